@@ -1,0 +1,1 @@
+"""Command-line interface: each command is a thin function over library calls."""
