@@ -1,0 +1,311 @@
+"""Forward model of a 1D powder pattern in 2theta (degrees). Plain numpy.
+
+y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 2theta_k, H_k, eta_k)
+          + diffuse (broad pseudo-Voigt) components.
+
+- Peak area (integrated intensity, in intensity x degrees): scale * multiplicity * |F|^2 * Lorentz,
+  Lorentz = 1 / (sin^2(theta) cos(theta)) (Debye-Scherrer powder). Polarization is NOT applied:
+  the integration stage divides it out (pyFAI polarization_factor), as it does the solid angle.
+- Peak positions: 2theta_obs = 2theta_Bragg(d, lambda) + zero_deg + displacement shift, with the
+  displacement shift of a sample moved by `displacement_um` towards a flat detector at
+  `distance_mm` (transmission): d(2theta) = -(delta/D) sin(2theta) cos(2theta) (rad).
+- Widths: GSAS-II CW U,V,W,X,Y plus microstrain/size (see `insitu_xrd.core.profiles`).
+- Background: Chebyshev polynomial of the first kind on 2theta mapped to [-1, 1] over
+  `background_range_deg`, plus optional broad pseudo-Voigt humps (amorphous / electrolyte).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label
+from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+
+__all__ = [
+    "Instrument",
+    "PhaseState",
+    "DiffusePeak",
+    "BroadPeak",
+    "PeakTable",
+    "PatternComponents",
+    "lorentz_factor",
+    "two_theta_deg_from_d",
+    "d_from_two_theta_deg",
+    "peak_table",
+    "sum_peaks",
+    "chebyshev_background",
+    "diffuse_center_deg",
+    "calc_pattern",
+    "WINDOW_FWHM",
+]
+
+#: Peaks are evaluated within +/- WINDOW_FWHM * FWHM of their centre (a Lorentzian loses
+#: 1/(pi * WINDOW_FWHM) of its area outside, 0.6 % here, absorbed by the background).
+WINDOW_FWHM = 50.0
+
+
+@dataclass
+class Instrument:
+    """Instrument (diffractometer) parameters in GSAS-II CW conventions.
+
+    wavelength_A : X-ray wavelength (A).
+    U, V, W : Gaussian variance coefficients (centideg^2).
+    X, Y : Lorentzian FWHM coefficients (centideg).
+    zero_deg : 2theta zero shift (deg), added to calculated positions.
+    displacement_um : sample displacement towards the detector along the beam (um).
+    distance_mm : sample-detector distance used by the displacement term (mm).
+    """
+
+    wavelength_A: float
+    U: float = 0.0
+    V: float = 0.0
+    W: float = 1.0
+    X: float = 0.0
+    Y: float = 0.0
+    zero_deg: float = 0.0
+    displacement_um: float = 0.0
+    distance_mm: float = 1000.0
+
+    def position_shift_deg(self, two_theta_deg: np.ndarray) -> np.ndarray:
+        """Shift (deg) added to Bragg positions by zero and sample displacement."""
+        tth = np.radians(np.asarray(two_theta_deg, dtype=float))
+        disp = -(self.displacement_um * 1e-3 / self.distance_mm) * np.sin(tth) * np.cos(tth)
+        return self.zero_deg + np.degrees(disp)
+
+
+@dataclass
+class PhaseState:
+    """A phase with its sample-dependent parameters for one pattern.
+
+    scale : Rietveld scale (peak area = scale * m * |F|^2 * Lorentz).
+    mustrain : GSAS-II isotropic microstrain (1e-6).
+    size_um : isotropic crystallite size (um), inf = no size broadening.
+    mustrain_mix, size_mix : Lorentzian fraction of each sample broadening (GSAS-II 'mx').
+    reflections : fixed reflection list (hkl, multiplicity); d is recomputed from the current
+        cell. Default: all reflections in the pattern range.
+    areas : per-reflection peak areas overriding the structure-factor areas (Le Bail).
+    f_sq : per-reflection |F|^2 (cached); computed from the structure when None.
+    """
+
+    phase: Phase
+    scale: float = 1.0
+    mustrain: float = 0.0
+    size_um: float = np.inf
+    mustrain_mix: float = 1.0
+    size_mix: float = 1.0
+    reflections: Reflections | None = None
+    areas: np.ndarray | None = None
+    f_sq: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.phase.name
+
+
+@dataclass
+class DiffusePeak:
+    """A broad pseudo-Voigt component tied to reflections of a phase (disordered surface layer).
+
+    Its centre follows the lattice: mean position of the named reflections + offset_deg.
+    area in intensity x deg; fwhm_deg in deg 2theta; eta Lorentzian fraction.
+    """
+
+    phase_name: str
+    reflections: tuple[str, ...]
+    area: float
+    fwhm_deg: float
+    eta: float = 0.5
+    offset_deg: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.phase_name}_{'_'.join(self.reflections)}"
+
+
+@dataclass
+class BroadPeak:
+    """A background hump at a fixed position (amorphous carbon, electrolyte, window)."""
+
+    center_deg: float
+    fwhm_deg: float
+    area: float
+    eta: float = 0.5
+
+
+@dataclass
+class PeakTable:
+    """Peaks of one phase in a pattern."""
+
+    phase_name: str
+    hkl: np.ndarray
+    multiplicity: np.ndarray
+    d_A: np.ndarray
+    two_theta_deg: np.ndarray
+    fwhm_deg: np.ndarray
+    eta: np.ndarray
+    area: np.ndarray
+    f_sq: np.ndarray
+
+    def __len__(self) -> int:
+        return int(len(self.d_A))
+
+
+@dataclass
+class PatternComponents:
+    """Result of `calc_pattern`: total and every component on the same 2theta grid."""
+
+    two_theta_deg: np.ndarray
+    total: np.ndarray
+    background: np.ndarray
+    phases: dict[str, np.ndarray] = field(default_factory=dict)
+    diffuse: dict[str, np.ndarray] = field(default_factory=dict)
+    peaks: dict[str, PeakTable] = field(default_factory=dict)
+
+
+def lorentz_factor(two_theta_deg: np.ndarray) -> np.ndarray:
+    """Debye-Scherrer powder Lorentz factor 1 / (sin^2(theta) cos(theta))."""
+    th = np.radians(np.asarray(two_theta_deg, dtype=float)) / 2.0
+    return 1.0 / (np.sin(th) ** 2 * np.cos(th))
+
+
+def two_theta_deg_from_d(d_A: np.ndarray, wavelength_A: float) -> np.ndarray:
+    """Bragg angle 2theta (deg) for spacings d (A); NaN where lambda/(2d) > 1."""
+    ratio = wavelength_A / (2.0 * np.asarray(d_A, dtype=float))
+    with np.errstate(invalid="ignore"):
+        return np.where(ratio < 1.0, 2.0 * np.degrees(np.arcsin(np.minimum(ratio, 1.0))), np.nan)
+
+
+def d_from_two_theta_deg(two_theta_deg: np.ndarray, wavelength_A: float) -> np.ndarray:
+    """Spacing d (A) at Bragg angle 2theta (deg)."""
+    return wavelength_A / (2.0 * np.sin(np.radians(np.asarray(two_theta_deg, dtype=float)) / 2.0))
+
+
+def _reflections_for(state: PhaseState, instrument: Instrument, tth_max_deg: float) -> Reflections:
+    if state.reflections is not None:
+        return state.reflections
+    dmin = float(d_from_two_theta_deg(min(tth_max_deg + 0.5, 179.0), instrument.wavelength_A))
+    return state.phase.reflections(dmin)
+
+
+def peak_table(
+    state: PhaseState,
+    instrument: Instrument,
+    two_theta_range_deg: tuple[float, float],
+) -> PeakTable:
+    """Positions, widths, eta and areas of the reflections of one phase inside the range
+    (extended by a margin so tails of peaks just outside are included)."""
+    lo, hi = two_theta_range_deg
+    refl = _reflections_for(state, instrument, hi)
+    d = state.phase.d_spacing(refl.hkl) if len(refl) else np.zeros(0)
+    tth_bragg = two_theta_deg_from_d(d, instrument.wavelength_A)
+    tth = tth_bragg + instrument.position_shift_deg(tth_bragg)
+    fwhm, eta = peak_fwhm_eta(
+        tth_bragg, instrument.wavelength_A, instrument.U, instrument.V, instrument.W, instrument.X, instrument.Y,
+        state.mustrain, state.size_um, state.mustrain_mix, state.size_mix,
+    )
+    if state.areas is not None:
+        area = np.asarray(state.areas, dtype=float)
+        f_sq = state.f_sq if state.f_sq is not None else np.full(len(refl), np.nan)
+    else:
+        f_sq = state.f_sq if state.f_sq is not None else state.phase.structure_factor_sq(refl.hkl)
+        area = state.scale * refl.multiplicity * f_sq * lorentz_factor(tth_bragg)
+    margin = 0.5 + 5.0 * float(np.nanmax(fwhm)) if len(refl) else 0.0
+    keep = np.isfinite(tth) & (tth > lo - margin) & (tth < hi + margin)
+    return PeakTable(
+        state.name, refl.hkl[keep], refl.multiplicity[keep], d[keep], tth[keep], fwhm[keep], eta[keep],
+        area[keep], np.asarray(f_sq)[keep],
+    )
+
+
+def sum_peaks(
+    x: np.ndarray,
+    centers: np.ndarray,
+    fwhms: np.ndarray,
+    etas: np.ndarray,
+    areas: np.ndarray,
+    window_fwhm: float = WINDOW_FWHM,
+) -> np.ndarray:
+    """Sum of area-weighted pseudo-Voigts on a sorted grid x, each within +/- window_fwhm*FWHM."""
+    x = np.asarray(x, dtype=float)
+    out = np.zeros_like(x)
+    lo_idx = np.searchsorted(x, centers - window_fwhm * fwhms)
+    hi_idx = np.searchsorted(x, centers + window_fwhm * fwhms)
+    for i0, i1, c, w, e, a in zip(lo_idx, hi_idx, centers, fwhms, etas, areas):
+        if i1 > i0 and a != 0.0:
+            out[i0:i1] += a * pseudo_voigt(x[i0:i1], c, w, e)
+    return out
+
+
+def chebyshev_background(
+    two_theta_deg: np.ndarray, coefficients: Sequence[float], range_deg: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Chebyshev series sum_i c_i T_i(t), t = 2theta mapped linearly from range_deg to [-1, 1]."""
+    x = np.asarray(two_theta_deg, dtype=float)
+    if len(coefficients) == 0:
+        return np.zeros_like(x)
+    lo, hi = range_deg if range_deg is not None else (float(x.min()), float(x.max()))
+    t = (2.0 * x - (lo + hi)) / (hi - lo)
+    return np.polynomial.chebyshev.chebval(t, np.asarray(coefficients, dtype=float))
+
+
+def diffuse_center_deg(peak: DiffusePeak, state: PhaseState, instrument: Instrument) -> float:
+    """Centre (deg) of a diffuse component: mean observed position of its reflections + offset."""
+    hkl = np.array([parse_hkl_label(lbl) for lbl in peak.reflections])
+    d = state.phase.d_spacing(hkl)
+    tth = two_theta_deg_from_d(d, instrument.wavelength_A)
+    tth = tth + instrument.position_shift_deg(tth)
+    return float(np.mean(tth)) + peak.offset_deg
+
+
+def calc_pattern(
+    two_theta_deg: np.ndarray,
+    phases: Sequence[PhaseState],
+    instrument: Instrument,
+    background_coeffs: Sequence[float] = (),
+    background_range_deg: tuple[float, float] | None = None,
+    broad_peaks: Sequence[BroadPeak] = (),
+    diffuse: Sequence[DiffusePeak] = (),
+) -> PatternComponents:
+    """Calculate a powder pattern and its components on the grid `two_theta_deg` (sorted, deg)."""
+    x = np.asarray(two_theta_deg, dtype=float)
+    rng = (float(x.min()), float(x.max()))
+    background = chebyshev_background(x, background_coeffs, background_range_deg or rng)
+    for hump in broad_peaks:
+        background = background + hump.area * pseudo_voigt(x, hump.center_deg, hump.fwhm_deg, hump.eta)
+    total = background.copy()
+    comps = PatternComponents(x, total, background)
+    by_name = {s.name: s for s in phases}
+    for state in phases:
+        table = peak_table(state, instrument, rng)
+        y = sum_peaks(x, table.two_theta_deg, table.fwhm_deg, table.eta, table.area)
+        comps.phases[state.name] = y
+        comps.peaks[state.name] = table
+        total += y
+    for peak in diffuse:
+        if peak.phase_name not in by_name:
+            raise KeyError(f"diffuse component refers to unknown phase {peak.phase_name!r}")
+        center = diffuse_center_deg(peak, by_name[peak.phase_name], instrument)
+        y = peak.area * pseudo_voigt(x, center, peak.fwhm_deg, peak.eta)
+        comps.diffuse[peak.label] = y
+        total += y
+    comps.total = total
+    return comps
+
+
+def weight_fractions(scales: dict[str, float], phases: dict[str, Phase]) -> dict[str, float]:
+    """Hill & Howard weight fractions W_p = S_p (ZMV)_p / sum_i S_i (ZMV)_i.
+
+    ZM is the unit-cell mass (amu) and V the cell volume (A^3); valid for the scale convention
+    above (|F|^2 per unit cell).
+    """
+    weights = {n: scales[n] * phases[n].cell_mass_amu * phases[n].volume_A3 for n in scales}
+    total = sum(weights.values())
+    return {n: (w / total if total > 0 else np.nan) for n, w in weights.items()}
+
+
+def scale_for_weight_fraction(weight_fraction: float, phase: Phase, k: float = 1.0) -> float:
+    """Inverse of `weight_fractions` for simulation: scale = k * W / (ZM V)."""
+    return k * weight_fraction / (phase.cell_mass_amu * phase.volume_A3)
