@@ -1,7 +1,286 @@
-"""Placeholder: replaced by the owner of this command."""
+"""`insitu-xrd refine` (Le Bail / Rietveld fit of one pattern) and `insitu-xrd instrument`
+(instrumental profile from a calibrant pattern, written as a GSAS-II .instprm file)."""
 
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
 import typer
+
+from insitu_xrd.errors import InsituXRDError
+
+
+class Mode(str, Enum):
+    lebail = "lebail"
+    rietveld = "rietveld"
+
+
+@dataclass
+class LoadedPattern:
+    """A pattern ready to fit: 2theta (deg), intensity, sigma, wavelength (A) and where it came from."""
+
+    two_theta_deg: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray
+    wavelength_A: float | None
+    description: str
+    wavelength_source: str
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b))
+
+
+def load_pattern(
+    path: Path, frame: int | None, wavelength_a: float | None, fallback_wavelength_A: float | None = None
+) -> LoadedPattern:
+    """Read a 1D pattern (.xye/.xy/.dat/.chi) or one frame of a Patterns Dataset (.nc).
+
+    Wavelength precedence: ``wavelength_a`` (the command-line option) > the file (.nc attrs or
+    pattern header) > ``fallback_wavelength_A`` (the recipe). A q axis is converted with the
+    wavelength chosen.
+    """
+    from insitu_xrd.io.pattern_files import q_invA_to_two_theta_deg, read_pattern_1d, two_theta_deg_to_q_invA
+
+    if not path.is_file():
+        raise InsituXRDError(f"pattern file {path}: does not exist")
+    if path.suffix.lower() in (".nc", ".h5", ".nc4"):
+        import xarray as xr
+
+        try:
+            ds = xr.load_dataset(path, engine="h5netcdf")
+        except Exception as exc:
+            raise InsituXRDError(f"patterns file {path}: cannot be opened as NetCDF ({exc})") from None
+        if "intensity" not in ds:
+            raise InsituXRDError(f"patterns file {path}: has no 'intensity' variable (not a Patterns Dataset)")
+        xdim = "two_theta" if "two_theta" in ds["intensity"].dims else ("q" if "q" in ds["intensity"].dims else None)
+        if xdim is None:
+            raise InsituXRDError(f"patterns file {path}: 'intensity' has neither a two_theta nor a q dimension")
+        file_wl = ds.attrs.get("wavelength_A")
+        file_wl = float(file_wl) if file_wl is not None and np.isfinite(float(file_wl)) else None
+        da = ds["intensity"]
+        sig = ds["sigma"] if "sigma" in ds else None
+        desc = str(path)
+        if "frame" in da.dims:
+            n = da.sizes["frame"]
+            if frame is None:
+                if n != 1:
+                    raise InsituXRDError(f"patterns file {path}: has {n} frames; choose one with --frame N (0..{n - 1})")
+                frame = int(ds["frame"].values[0]) if "frame" in ds.coords else 0
+            frames = ds["frame"].values if "frame" in ds.coords else np.arange(n)
+            idx = np.flatnonzero(frames == frame)
+            if idx.size == 0:
+                raise InsituXRDError(f"patterns file {path}: no frame {frame} (frames {int(frames.min())}..{int(frames.max())})")
+            i = int(idx[0])
+            if "status" in ds and str(ds["status"].values[i]) != "ok":
+                raise InsituXRDError(f"patterns file {path}: frame {frame} has status {str(ds['status'].values[i])!r}")
+            da = da.isel(frame=i)
+            sig = sig.isel(frame=i) if sig is not None else None
+            name = str(ds["frame_name"].values[i]) if "frame_name" in ds else ""
+            desc = f"{path} frame {frame}" + (f" ({name})" if name else "")
+        x = np.asarray(ds[xdim].values, dtype=float)
+        y = np.asarray(da.values, dtype=float)
+        s = np.asarray(sig.values, dtype=float) if sig is not None else np.sqrt(np.maximum(y, 1.0))
+        wl, src = _choose_wavelength(wavelength_a, file_wl, fallback_wavelength_A, path)
+        if xdim == "q":
+            if wl is None:
+                raise InsituXRDError(f"patterns file {path}: q axis and no wavelength known; give --wavelength-a")
+            x = q_invA_to_two_theta_deg(x, wl)
+        good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
+        return LoadedPattern(x[good], y[good], s[good], wl, desc, src)
+
+    pat = read_pattern_1d(path, wavelength_A=wavelength_a if wavelength_a is not None else fallback_wavelength_A)
+    header_wl = pat.wavelength_A if pat.metadata.get("wavelength_source") == "header" else None
+    wl, src = _choose_wavelength(wavelength_a, header_wl, fallback_wavelength_A, path)
+    x = pat.two_theta_deg
+    unit = pat.metadata.get("x_unit_in_file", "2th_deg")
+    if unit in ("q_A^-1", "q_nm^-1") and header_wl is not None and wl is not None and not _close(wl, header_wl):
+        # the reader converted q with the header wavelength; redo it with the one chosen
+        x = q_invA_to_two_theta_deg(two_theta_deg_to_q_invA(x, header_wl), wl)
+    return LoadedPattern(x, pat.intensity, pat.sigma, wl, str(path), src)
+
+
+def _choose_wavelength(option: float | None, from_file: float | None, recipe: float | None, path: Path) -> tuple[float | None, str]:
+    if option is not None:
+        if not option > 0:
+            raise InsituXRDError(f"--wavelength-a must be positive (A), got {option}")
+        return float(option), "--wavelength-a"
+    if from_file is not None:
+        return float(from_file), f"{path.name} header/attrs"
+    if recipe is not None:
+        return float(recipe), "recipe wavelength_A"
+    return None, "none"
+
+
+def _print_result(console, result, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    table.add_column("esd", justify="right")
+    for name, value in result.values.items():
+        esd = result.esds.get(name, math.nan)
+        if name.startswith("bkg_") and name[4:].isdigit():
+            continue  # background coefficients: in the .nc, not worth a screen line each
+        table.add_row(name, f"{value:.6g}", "" if not np.isfinite(esd) else f"{esd:.2g}")
+    for name, (frac, esd) in result.phase_fraction.items():
+        table.add_row(f"{name} weight fraction", f"{frac:.4f}", "" if not np.isfinite(esd) else f"{esd:.2g}")
+    console.print(table)
+    console.print(
+        f"Rwp {result.rwp:.2%}   Rp {result.rp:.2%}   Rexp {result.rexp:.2%}   GoF(chi2_red) {result.gof:.3f}   "
+        f"Durbin-Watson {result.durbin_watson:.2f}   points {result.nobs}   refined {result.nvarys}"
+    )
+    if result.at_bounds:
+        console.print(f"[yellow]at bounds:[/] {', '.join(result.at_bounds)}")
+    for w in result.warnings:
+        console.print(f"[yellow]note:[/] {w}")
+    if not result.success:
+        console.print(f"[yellow]optimizer did not report convergence:[/] {result.message}")
+
+
+def _write_nc(ds, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        tmp.replace(path)
+    except OSError as exc:
+        raise InsituXRDError(f"output {path}: cannot be written ({exc})") from None
+
+
+def refine(
+    pattern: Path = typer.Argument(..., help="Pattern: .xye/.xy/.dat/.chi (2theta or q with wavelength in the header), "
+                                   "or a Patterns Dataset .nc from `insitu-xrd integrate` (pick the frame with --frame)."),
+    recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML; its `refinement:` section and top-level `wavelength_A` are used."),
+    output: Path = typer.Option(..., "-o", "--output", help="Fit result NetCDF to write (obs, calc, background, diff, ticks, values +/- esd)."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="Frame index in a Patterns Dataset .nc (required when it has several)."),
+    wavelength_a: Optional[float] = typer.Option(None, "--wavelength-a", help="X-ray wavelength in angstrom (overrides the file and the recipe)."),
+    mode: Optional[Mode] = typer.Option(None, "--mode", help="Override the recipe's refinement mode (lebail or rietveld)."),
+    phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated phases to include (default: every non-optional phase), e.g. H2,H3."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot (PNG/PDF/SVG by suffix)."),
+    zoom: Optional[list[str]] = typer.Option(None, "--zoom", help="Zoom panel of the plot: reflection labels ('003', '108 110') or a range 'LO:HI' in deg 2theta; repeatable. Default 003, 104, 108/110 when present."),
+) -> None:
+    """Le Bail or Rietveld refinement of one pattern with the recipe's `refinement:` section."""
+    from rich.console import Console
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
+        from insitu_xrd.provenance import software_versions_json
+
+        rr = load_recipe_refinement(recipe)
+        pat = load_pattern(pattern, frame, wavelength_a, rr.wavelength_A)
+        if pat.wavelength_A is None:
+            raise InsituXRDError(
+                f"no wavelength for {pattern}: give --wavelength-a, a top-level wavelength_A in {recipe}, or a file with one"
+            )
+        if rr.wavelength_A is not None and not _close(rr.wavelength_A, pat.wavelength_A):
+            err.print(f"note: using wavelength {pat.wavelength_A} A ({pat.wavelength_source}); recipe says {rr.wavelength_A} A")
+        refinement = make_refinement(rr.spec, pat.wavelength_A, rr.base_dir)
+        active = [p.strip() for p in phases.split(",") if p.strip()] if phases else None
+        zooms = _parse_zooms(zoom) if zoom else None
+        with err.status(f"refining {pat.description} ..."):
+            result = refinement.fit(pat.two_theta_deg, pat.intensity, pat.sigma, phases=active,
+                                    mode=mode.value if mode else None)
+        ds = result.to_dataset()
+        ds.attrs.update(
+            {
+                "source_pattern": pat.description,
+                "recipe": str(recipe),
+                "wavelength_source": pat.wavelength_source,
+                "refinement_spec": json.dumps(rr.spec.model_dump(mode="json")),
+                "software_versions": software_versions_json(),
+            }
+        )
+        if frame is not None:
+            ds.attrs["frame"] = int(frame)
+        _write_nc(ds, output)
+        if plot is not None:
+            from insitu_xrd.plots.rietveld import plot_rietveld
+
+            plot_rietveld(ds, plot, zooms=zooms, title=pat.description)
+    except InsituXRDError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    _print_result(console, result, f"{result.mode} fit of {pat.description}")
+    typer.echo(f"fit_file             {output}")
+    if plot is not None:
+        typer.echo(f"plot                 {plot}")
+
+
+def _parse_zooms(items: list[str]) -> list:
+    out: list = []
+    for item in items:
+        if ":" in item:
+            try:
+                lo, hi = (float(v) for v in item.split(":", 1))
+            except ValueError:
+                raise InsituXRDError(f"--zoom {item!r}: a range must be LO:HI in degrees") from None
+            out.append((lo, hi))
+        else:
+            out.append(item)
+    return out
+
+
+def instrument(
+    pattern: Path = typer.Argument(..., help="Calibrant pattern (.xye/.xy/.chi, or a Patterns Dataset .nc with --frame), "
+                                   "integrated with the same geometry and settings as the sample data."),
+    calibrant: str = typer.Option(..., "--calibrant", help="Calibrant: CeO2, Ni, LaB6, Si or Al; its lattice parameter is held at the certified value."),
+    output: Path = typer.Option(..., "-o", "--output", help="GSAS-II instrument parameter file (.instprm) to write."),
+    wavelength_a: Optional[float] = typer.Option(None, "--wavelength-a", help="X-ray wavelength in angstrom (default: from the file header/attrs)."),
+    frame: Optional[int] = typer.Option(None, "--frame", help="Frame index when PATTERN is a Patterns Dataset .nc."),
+    mode: Mode = typer.Option(Mode.rietveld, "--mode", help="rietveld (scale + B_iso) or lebail (free intensities)."),
+    range_2theta_deg: Optional[tuple[float, float]] = typer.Option(None, "--range-2theta-deg", help="Fitted 2theta range LO HI in degrees (default: whole pattern)."),
+    chebyshev: int = typer.Option(8, "--chebyshev", help="Number of Chebyshev background coefficients."),
+    refine_zero: bool = typer.Option(True, "--refine-zero/--fix-zero", help="Refine the 2theta zero shift (deg)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot of the calibrant fit."),
+    fit_nc: Optional[Path] = typer.Option(None, "--fit-nc", help="Also write the full fit as NetCDF."),
+) -> None:
+    """Fit U, V, W, X, Y (and zero) to a calibrant pattern with its lattice fixed; write a .instprm file
+    for `profile: {instrument: FILE}` in sample recipes."""
+    from rich.console import Console
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        from insitu_xrd.fit.instrument import INSTRUMENT_PARAMS, fit_instrument
+        from insitu_xrd.io.instprm import write_instrument
+
+        pat = load_pattern(pattern, frame, wavelength_a)
+        if pat.wavelength_A is None:
+            raise InsituXRDError(f"no wavelength for {pattern}: give --wavelength-a")
+        refine_names = [p for p in INSTRUMENT_PARAMS if refine_zero or p != "zero_deg"]
+        with err.status(f"fitting the instrument profile to {pat.description} ..."):
+            fit = fit_instrument(pat.two_theta_deg, pat.intensity, pat.sigma, calibrant, pat.wavelength_A,
+                                 mode=mode.value, range_2theta_deg=range_2theta_deg, chebyshev=chebyshev,
+                                 refine=refine_names)
+        comments = [f"source pattern: {pat.description}"] + fit.summary_lines()
+        write_instrument(output, fit.instrument, comments=comments)
+        ds = fit.result.to_dataset()
+        ds.attrs.update({"source_pattern": pat.description, "calibrant": calibrant, "instrument_file": str(output)})
+        if fit_nc is not None:
+            _write_nc(ds, fit_nc)
+        if plot is not None:
+            from insitu_xrd.plots.rietveld import plot_rietveld
+
+            plot_rietveld(ds, plot, zooms=[], title=f"{calibrant} instrument fit: {pat.description}")
+    except InsituXRDError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    _print_result(console, fit.result, f"instrument profile from {calibrant} ({fit.lattice_A} A fixed)")
+    typer.echo(f"instrument_file      {output}")
+    if plot is not None:
+        typer.echo(f"plot                 {plot}")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("refine")(refine)
+    app.command("instrument")(instrument)

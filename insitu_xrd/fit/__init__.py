@@ -1,1 +1,41 @@
+"""Refinement engine: Le Bail and Rietveld fits of 1D powder patterns (pure numpy/scipy/lmfit).
 
+API summary (stable; the pipeline, CLI and plots build on it)
+------------------------------------------------------------
+``RefinementSpec`` (insitu_xrd.fit.spec): pydantic model of the recipe's ``refinement:`` section.
+
+``Refinement(spec, wavelength_A, instrument=None, phases=None)``
+    instrument: ``core.pattern.Instrument`` read by the caller from ``profile.instrument``
+    (spec values override it); phases: ``{name: core.crystal.Phase}`` for phases given as ``cif``
+    (templates are built from the spec).
+
+``Refinement.fit(two_theta_deg, intensity, sigma, start=None, phases=None, mode=None) -> FitResult``
+    start: a previous FitResult (warm start: its ``params`` and Le Bail intensities);
+    phases: names of active phases (default: every non-optional phase); mode: override spec.mode.
+
+``FitResult``: ``params`` (lmfit.Parameters, usable as the next start), ``values``/``esds`` dicts,
+``rwp, rp, rexp, gof (= reduced chi^2), durbin_watson, chi2, nobs, nvarys, success, message``,
+``at_bounds``, ``phase_fraction {phase: (value, esd)}``, ``correlation`` (+ ``correlation_names``),
+curves ``two_theta_deg, obs, sigma, calc, background, diff``, ``phase_curves``, ``diffuse_curves``,
+``peaks`` {phase: PeakTable} (tick positions, hkl, d), ``to_dataset()`` -> xarray Dataset.
+
+Parameter names: profile ``U V W X Y zero_deg displacement_um``; background ``bkg_0..``,
+``bkg_hump<i>_area|center_deg|fwhm_deg|eta``; phase ``<P>_a|b|c|scale|mustrain|size_um|
+mustrain_mix|size_mix|o_z|li_occupancy|ni_li_mixing|biso_A2|biso_tm_A2|biso_li_A2|biso_o_A2``;
+diffuse ``diff_<P>_<hkl>[_<hkl>]_area|fwhm_deg|offset_deg|eta`` (e.g. ``diff_H2_108_110_area``).
+"""
+
+from insitu_xrd.fit.engine import Refinement
+from insitu_xrd.fit.result import FitResult
+from insitu_xrd.fit.spec import BackgroundSpec, DiffuseSpec, HumpSpec, PhaseSpec, ProfileSpec, RefinementSpec
+
+__all__ = [
+    "Refinement",
+    "FitResult",
+    "RefinementSpec",
+    "ProfileSpec",
+    "BackgroundSpec",
+    "HumpSpec",
+    "PhaseSpec",
+    "DiffuseSpec",
+]

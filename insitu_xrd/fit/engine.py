@@ -1,0 +1,1064 @@
+"""Le Bail / Rietveld refinement of one 1D powder pattern (numpy + scipy + lmfit Parameters).
+
+Model (identical to `insitu_xrd.core.pattern.calc_pattern`): Chebyshev background + humps +
+per-phase sums of area-normalised TCH pseudo-Voigts (GSAS-II CW U,V,W,X,Y plus isotropic
+microstrain and size) + diffuse pseudo-Voigts tied to reflections of a phase.
+
+Algorithm
+---------
+- Linear parameters (background coefficients, hump and diffuse areas, phase scales, the Le Bail
+  phase multipliers) are eliminated by variable projection: for every trial value of the nonlinear
+  parameters (lattice, profile, zero, displacement, microstrain, size, diffuse widths/offsets, site
+  parameters) they are the weighted linear least-squares solution. The nonlinear problem is solved
+  by scipy's trust-region reflective least squares with bounds (finite-difference Jacobian of the
+  projected residual). Peaks are evaluated vectorised in windows of +/- `WINDOW_FWHM` FWHM, and
+  a phase's curve is reused while its positions/widths do not change (e.g. when another phase's
+  lattice is varied in the Jacobian).
+- Rietveld: area = scale * m |F|^2 / (sin^2(theta) cos(theta)); |F|^2 recomputed only when site
+  parameters change.
+- Le Bail: a structure-factor (Rietveld-like) stage first brings lattice and profile into the basin
+  (robust to a few tenths of a percent of starting lattice error); then cycles of (i) Le Bail
+  intensity extraction (partition of obs - background among overlapping peaks, several passes)
+  and (ii) the nonlinear fit with the intensities fixed, until Rwp changes by < 0.05 %.
+  A warm start reuses the previous intensities (matched by hkl) and skips the first stage.
+- Phase fractions in Le Bail mode: with lattice, profile and Le Bail positions fixed, one linear
+  least-squares step with structure-factor curves (one scale per phase) plus background/diffuse
+  gives the scales, hence Hill-Howard weight fractions W_p = S_p (ZMV)_p / sum (ZMV S).
+- Covariance: from the full weighted Jacobian at the solution (nonlinear columns by central
+  differences, linear columns analytic; in Le Bail mode the reflection intensities are included
+  as Pawley-type columns, so lattice esds account for intensity/position correlation in overlaps),
+  scaled by the reduced chi^2 (gof). Serial correlation: the Durbin-Watson statistic DW of the
+  weighted residuals gives the lag-1 autocorrelation rho = 1 - DW/2; for rho > 0 every esd is
+  multiplied by sqrt((1 + rho)/(1 - rho)) (AR(1) form of Berar & Lelann's 1991 correction).
+- A phase whose scale is not significant (|S| < 3 esd) in a multi-phase fit has its nonlinear
+  parameters held at their start values and the fit is repeated, so an absent H3 is reported as
+  a fraction ~0 +/- esd instead of a lattice wandering onto noise or another phase.
+- Degenerate combinations are avoided automatically (reported in ``warnings``): Y is held when a
+  Lorentzian microstrain is refined (both ~ tan(theta)), X when a Lorentzian size is refined
+  (both ~ 1/cos(theta)), U when a Gaussian microstrain is refined.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import lmfit
+import numpy as np
+from scipy.optimize import least_squares
+
+from insitu_xrd.core.crystal import Phase, Reflections, _metric_reciprocal, make_template, parse_hkl_label
+from insitu_xrd.core.pattern import (
+    WINDOW_FWHM,
+    Instrument,
+    PeakTable,
+    lorentz_factor,
+    two_theta_deg_from_d,
+    d_from_two_theta_deg,
+)
+from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.fit.result import FitResult
+from insitu_xrd.fit.spec import NMC_SITE_PARAMS, DiffuseSpec, PhaseSpec, RefinementSpec
+
+__all__ = ["Refinement"]
+
+_PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um")
+_SITE_NAMES = NMC_SITE_PARAMS + ("biso_A2",)
+_SIGNIFICANCE = 3.0
+
+
+def _lattice_names(phase: Phase) -> tuple[str, ...]:
+    system = phase.lattice_system
+    if system == "cubic":
+        return ("a",)
+    if system in ("hexagonal", "tetragonal"):
+        return ("a", "c")
+    return ("a", "b", "c")
+
+
+def _cell_from(phase: Phase, vals: dict[str, float]) -> tuple[float, ...]:
+    a0, b0, c0, al, be, ga = phase.cell
+    p = phase.name
+    a = vals.get(f"{p}_a", a0)
+    system = phase.lattice_system
+    if system == "cubic":
+        return (a, a, a, al, be, ga)
+    c = vals.get(f"{p}_c", c0)
+    if system in ("hexagonal", "tetragonal"):
+        return (a, a, c, al, be, ga)
+    return (a, vals.get(f"{p}_b", b0), c, al, be, ga)
+
+
+@dataclass
+class _PhaseData:
+    """Per-fit cache of one phase: reflections, |F|^2, Le Bail intensities."""
+
+    name: str
+    spec: PhaseSpec
+    phase: Phase
+    hkl: np.ndarray
+    mult: np.ndarray
+    fsq: np.ndarray
+    fsq_key: tuple = ()
+    areas: np.ndarray | None = None  # Le Bail intensities (area units), one per reflection
+    cache: dict = field(default_factory=dict)
+    hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
+
+
+class _Problem:
+    """One fit: data on the grid, parameter bookkeeping and the vectorised model."""
+
+    def __init__(self, ref: "Refinement", x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
+                 active: list[str], params: lmfit.Parameters):
+        self.ref = ref
+        self.lam = ref.wavelength_A
+        self.x, self.y, self.sig = x, y, sig
+        self.fitmask = fitmask
+        self.w = 1.0 / sig
+        self.xf, self.yf, self.wf = x[fitmask], y[fitmask], self.w[fitmask]
+        self.step = float(np.min(np.diff(x))) if len(x) > 1 else 1.0
+        dx = np.gradient(x)
+        self.dxf = np.where(fitmask, dx, 0.0)
+        self.active = active
+        self.params = params
+        self.distance_mm = ref.instrument.distance_mm
+        lo, hi = float(x.min()), float(x.max())
+        t = (2.0 * x - (lo + hi)) / (hi - lo)
+        nb = ref.spec.background.chebyshev
+        self.cheb = [np.polynomial.chebyshev.chebval(t, np.eye(nb)[i]) for i in range(nb)]
+        self.pd: dict[str, _PhaseData] = {}
+        for name in active:
+            self.pd[name] = self._phase_data(name, params)
+        self.diffuse = [d for d in ref.spec.diffuse if d.phase in active]
+        self.diffuse_hkl = {d.label: np.array([parse_hkl_label(r) for r in d.reflections]) for d in self.diffuse}
+        self.lebail = False
+        self.has_expr = any(p.expr for p in params.values())
+
+    # ----- phases -----------------------------------------------------------------------------
+    def _phase_data(self, name: str, params: lmfit.Parameters) -> _PhaseData:
+        vals = params.valuesdict()
+        phase = self.ref.structure(name, vals)
+        spec = self.ref.spec.phase(name) if name in self.ref.spec_names else _default_phase_spec(name)
+        cell = _cell_from(phase, vals)
+        bound = spec.lattice_bound_pct / 100.0
+        tmax = float(self.x.max()) + 1.0
+        dmin = float(d_from_two_theta_deg(min(tmax, 179.0), self.lam)) * (1.0 - 1.5 * bound)
+        refl = self.ref._reflections(name, phase, cell, dmin)
+        fsq = phase.structure_factor_sq(refl.hkl, cell) if len(refl) else np.zeros(0)
+        pd = _PhaseData(name, spec, phase, refl.hkl, refl.multiplicity, fsq, self._site_key(name, vals))
+        h = refl.hkl.astype(float)
+        pd.hh = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
+                          2 * h[:, 1] * h[:, 2]], axis=1)
+        return pd
+
+    def _site_key(self, name: str, vals: dict[str, float]) -> tuple:
+        return tuple(vals.get(f"{name}_{s}", np.nan) for s in _SITE_NAMES)
+
+    def update_fsq(self, vals: dict[str, float], force: bool = False) -> None:
+        for name, pd in self.pd.items():
+            key = self._site_key(name, vals)
+            if force or key != pd.fsq_key:
+                phase = self.ref.structure(name, vals)
+                pd.phase = phase
+                pd.fsq = phase.structure_factor_sq(pd.hkl, _cell_from(phase, vals)) if len(pd.hkl) else np.zeros(0)
+                pd.fsq_key = key
+                pd.cache.clear()
+
+    def shift(self, tthb: np.ndarray, vals: dict[str, float]) -> np.ndarray:
+        tth = np.radians(tthb)
+        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * np.sin(tth) * np.cos(tth)
+        return vals.get("zero_deg", 0.0) + np.degrees(disp)
+
+    def peak_params(self, pd: _PhaseData, vals: dict[str, float]):
+        """Positions t (deg), FWHM (deg), eta and Bragg angles of a phase's reflections."""
+        p = pd.name
+        cell = _cell_from(pd.phase, vals)
+        g = _metric_reciprocal(cell)
+        d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
+        tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
+        t = tthb + self.shift(tthb, vals)
+        size = vals.get(f"{p}_size_um", np.inf)
+        fwhm, eta = peak_fwhm_eta(
+            tthb, self.lam, vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
+            vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
+            vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0),
+        )
+        return t, fwhm, eta, tthb, d
+
+    def _blocks(self, t: np.ndarray, fwhm: np.ndarray, eta: np.ndarray):
+        """Windowed profile values: list of (peak indices, grid indices (k, 2K), values (k, 2K))."""
+        x = self.x
+        n = len(x)
+        ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
+        sel = np.nonzero(ok)[0]
+        if sel.size == 0:
+            return []
+        K = np.ceil(WINDOW_FWHM * fwhm[sel] / self.step).astype(int) + 1
+        K = np.minimum(K, n)
+        order = np.argsort(K)
+        groups = np.array_split(order, min(4, len(order)))
+        out = []
+        for g in groups:
+            if g.size == 0:
+                continue
+            idx_pk = sel[g]
+            k = int(K[g].max())
+            ic = np.searchsorted(x, t[idx_pk])
+            offs = np.arange(-k, k + 1)
+            idx = ic[:, None] + offs[None, :]
+            valid = (idx >= 0) & (idx < n)
+            idx = np.clip(idx, 0, n - 1)
+            dx = x[idx] - t[idx_pk, None]
+            h = fwhm[idx_pk, None]
+            valid &= np.abs(dx) < WINDOW_FWHM * h
+            u = (dx / h) ** 2
+            e = eta[idx_pk, None]
+            prof = e * ((2.0 / np.pi) / h / (1.0 + 4.0 * u)) + (1.0 - e) * (
+                np.sqrt(4.0 * np.log(2.0) / np.pi) / h * np.exp(-4.0 * np.log(2.0) * u))
+            prof = np.where(valid, prof, 0.0)
+            out.append((idx_pk, idx, prof))
+        return out
+
+    def phase_blocks(self, pd: _PhaseData, vals: dict[str, float]):
+        t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+        key = (t.tobytes(), fwhm.tobytes(), eta.tobytes())
+        hit = pd.cache.get(key)
+        if hit is None:
+            hit = (self._blocks(t, fwhm, eta), t, fwhm, eta, tthb, d)
+            if len(pd.cache) > 6:
+                pd.cache.pop(next(iter(pd.cache)))
+            pd.cache[key] = hit
+        return hit
+
+    def curve(self, blocks, areas: np.ndarray) -> np.ndarray:
+        y = np.zeros(len(self.x))
+        for idx_pk, idx, prof in blocks:
+            y += np.bincount(idx.ravel(), weights=(prof * areas[idx_pk, None]).ravel(), minlength=len(self.x))
+        return y
+
+    def structure_areas(self, pd: _PhaseData, tthb: np.ndarray) -> np.ndarray:
+        return pd.mult * pd.fsq * lorentz_factor(tthb)
+
+    def diffuse_center(self, d: DiffuseSpec, vals: dict[str, float]) -> float:
+        pd = self.pd[d.phase]
+        dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], _cell_from(pd.phase, vals))
+        tthb = two_theta_deg_from_d(dd, self.lam)
+        return float(np.mean(tthb + self.shift(tthb, vals))) + vals.get(f"diff_{d.label}_offset_deg", 0.0)
+
+    # ----- linear columns ---------------------------------------------------------------------
+    def columns(self, vals: dict[str, float], lebail: bool, structure_scales: bool = False):
+        """Model = fixed + sum_j coef_j * col_j. Returns (names, cols, fixed, phase_info)."""
+        names: list[str] = []
+        cols: list[np.ndarray] = []
+        fixed = np.zeros(len(self.x))
+        pars = self.params
+
+        def add(name: str, col: np.ndarray, linear_free: bool) -> None:
+            if linear_free:
+                names.append(name)
+                cols.append(col)
+            else:
+                fixed[:] += vals.get(name, 0.0) * col
+
+        for i, c in enumerate(self.cheb):
+            add(f"bkg_{i}", c, pars[f"bkg_{i}"].vary_linear)  # type: ignore[attr-defined]
+        for i, _h in enumerate(self.ref.spec.background.humps):
+            p = f"bkg_hump{i}"
+            col = pseudo_voigt(self.x, vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
+        info = {}
+        for name, pd in self.pd.items():
+            blocks, t, fwhm, eta, tthb, d = self.phase_blocks(pd, vals)
+            info[name] = (blocks, t, fwhm, eta, tthb, d)
+            if lebail and not structure_scales:
+                areas = pd.areas if pd.areas is not None else np.zeros(len(t))
+                add(f"{name}_lebail_k", self.curve(blocks, areas), True)
+            else:
+                col = self.curve(blocks, self.structure_areas(pd, tthb))
+                free = structure_scales or pars[f"{name}_scale"].vary_linear  # type: ignore[attr-defined]
+                add(f"{name}_scale", col, free)
+        for dspec in self.diffuse:
+            p = f"diff_{dspec.label}"
+            col = pseudo_voigt(self.x, self.diffuse_center(dspec, vals), vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
+        return names, cols, fixed, info
+
+    def solve_linear(self, cols: list[np.ndarray], fixed: np.ndarray):
+        b = (self.yf - fixed[self.fitmask]) * self.wf
+        if not cols:
+            return np.zeros(0), b
+        A = np.stack([c[self.fitmask] for c in cols], axis=1) * self.wf[:, None]
+        norms = np.sqrt(np.sum(A * A, axis=0))
+        good = norms > 0
+        coef = np.zeros(A.shape[1])
+        if good.any():
+            sol = np.linalg.lstsq(A[:, good] / norms[good], b, rcond=None)[0]
+            coef[good] = sol / norms[good]
+        return coef, b - A @ coef
+
+    def residual(self, vals: dict[str, float], lebail: bool):
+        names, cols, fixed, info = self.columns(vals, lebail)
+        coef, r = self.solve_linear(cols, fixed)
+        return r, dict(zip(names, coef)), (names, cols, fixed, info)
+
+    # ----- parameter vectors ------------------------------------------------------------------
+    def values_from(self, free: list[str], xvec: np.ndarray) -> dict[str, float]:
+        if self.has_expr:
+            for n, v in zip(free, xvec):
+                self.params[n].value = float(v)
+            self.params.update_constraints()
+            return self.params.valuesdict()
+        vals = self._base_vals.copy()
+        vals.update(zip(free, (float(v) for v in xvec)))
+        return vals
+
+
+def _single_thread_blas():
+    """BLAS threads cost more than they give on these small dense problems (measured 5x slower
+    with OpenBLAS on 2 cores); limit them for the duration of a fit when threadpoolctl exists."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional dependency
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _default_phase_spec(name: str) -> PhaseSpec:
+    return PhaseSpec(name=name, template="ni")
+
+
+class Refinement:
+    """Refinement engine for one recipe ``refinement:`` section (see module docstring)."""
+
+    def __init__(self, spec: RefinementSpec, wavelength_A: float, instrument: Instrument | None = None,
+                 phases: dict[str, Phase] | None = None):
+        if not (wavelength_A and wavelength_A > 0):
+            raise InsituXRDError(f"refinement needs a positive wavelength_A, got {wavelength_A!r}")
+        self.spec = spec
+        self.wavelength_A = float(wavelength_A)
+        prof = spec.profile
+        base = instrument if instrument is not None else Instrument(self.wavelength_A)
+        self.instrument = Instrument(
+            self.wavelength_A,
+            U=prof.U if prof.U is not None else base.U,
+            V=prof.V if prof.V is not None else base.V,
+            W=prof.W if prof.W is not None else base.W,
+            X=prof.X if prof.X is not None else base.X,
+            Y=prof.Y if prof.Y is not None else base.Y,
+            zero_deg=prof.zero_deg if prof.zero_deg is not None else base.zero_deg,
+            displacement_um=prof.displacement_um if prof.displacement_um is not None else base.displacement_um,
+            distance_mm=prof.distance_mm if prof.distance_mm is not None else base.distance_mm,
+        )
+        self.spec_names = [p.name for p in spec.phases]
+        self.phases: dict[str, Phase] = {}
+        given = phases or {}
+        for ps in spec.phases:
+            if ps.cif is not None:
+                if ps.name not in given:
+                    raise InsituXRDError(
+                        f"refinement.phases[{ps.name}]: cif {ps.cif!r} given but no Phase object was passed "
+                        "to Refinement(phases=...) (the caller reads the CIF)")
+                ph = given[ps.name]
+                ph = Phase(ps.name, ph.space_group, ph.cell, [s for s in ph.sites], ph.z_formula)
+            elif ps.name in given:
+                ph = given[ps.name]
+            else:
+                kw = {}
+                if ps.template.lower() == "nmc811":
+                    for k in ("li_occupancy", "ni_li_mixing", "o_z"):
+                        if getattr(ps, k) is not None:
+                            kw[k] = getattr(ps, k)
+                ph = make_template(ps.template, name=ps.name, **kw)
+            ph = ph.with_cell(a=ps.a, b=ps.b, c=ps.c)
+            if ps.biso_A2 is not None:
+                for s in ph.sites:
+                    s.biso_A2 = float(ps.biso_A2)
+            self.phases[ps.name] = ph
+        self._refl_cache: dict[str, tuple[float, tuple[float, ...], Reflections]] = {}
+
+    def _reflections(self, name: str, phase: Phase, cell: tuple[float, ...], dmin: float) -> Reflections:
+        """Reflection list (cached between fits while the cell stays within 1 % of the cached one)."""
+        hit = self._refl_cache.get(name)
+        if hit is not None:
+            dmin0, cell0, refl = hit
+            ratio = max(abs(c / c0 - 1.0) for c, c0 in zip(cell[:3], cell0[:3]))
+            if ratio < 0.01 and dmin0 <= dmin * (1.0 - 0.01):
+                return refl
+        dmin_used = dmin * 0.98
+        refl = phase.with_cell(cell[0], cell[1], cell[2]).reflections(dmin_used)
+        self._refl_cache[name] = (dmin_used, tuple(cell), refl)
+        return refl
+
+    # ----- structure with site parameters -----------------------------------------------------
+    def structure(self, name: str, vals: dict[str, float]) -> Phase:
+        """The phase with its site parameters set from `vals` (cell as in the base phase)."""
+        base = self.phases[name]
+        ps = self.spec.phase(name)
+        has = {s: vals[f"{name}_{s}"] for s in _SITE_NAMES if f"{name}_{s}" in vals}
+        if not has:
+            return base
+        if ps.template is not None and ps.template.lower() == "nmc811":
+            kw = {k: has[k] for k in NMC_SITE_PARAMS if k in has}
+            ph = make_template("nmc811", name=name, a=base.a, c=base.c, **_nmc_defaults(base, kw))
+        else:
+            ph = base.with_cell()
+        if "biso_A2" in has:
+            for s in ph.sites:
+                s.biso_A2 = float(has["biso_A2"])
+        return ph
+
+    # ----- parameters -------------------------------------------------------------------------
+    def initial_params(self, active: Sequence[str] | None = None) -> lmfit.Parameters:
+        """lmfit Parameters from the spec (all phases, or only `active`)."""
+        spec = self.spec
+        names = list(active) if active is not None else [p.name for p in spec.phases if not p.optional]
+        pars = lmfit.Parameters()
+        inst = self.instrument
+        prof_refine = set(spec.profile.refine)
+        for n in _PROFILE_NAMES:
+            v = getattr(inst, n)
+            p = lmfit.Parameter(n, value=float(v), vary=n in prof_refine)
+            if n in ("U", "W", "X", "Y"):
+                p.set(min=-1e3 if n == "U" else 0.0, max=1e4)
+            if n == "zero_deg":
+                p.set(min=-1.0, max=1.0)
+            pars.add(p)
+        for i in range(spec.background.chebyshev):
+            pars.add(f"bkg_{i}", value=0.0, vary=True)
+        for i, h in enumerate(spec.background.humps):
+            pre = f"bkg_hump{i}"
+            pars.add(f"{pre}_area", value=h.area or 0.0, vary="area" in h.refine)
+            pars.add(f"{pre}_center_deg", value=h.center_deg, vary="center_deg" in h.refine,
+                     min=h.center_deg - 2 * h.fwhm_deg, max=h.center_deg + 2 * h.fwhm_deg)
+            pars.add(f"{pre}_fwhm_deg", value=h.fwhm_deg, vary="fwhm_deg" in h.refine, min=h.fwhm_deg / 10, max=h.fwhm_deg * 10)
+            pars.add(f"{pre}_eta", value=h.eta, vary="eta" in h.refine, min=0.0, max=1.0)
+        for ps in spec.phases:
+            if ps.name not in names:
+                continue
+            self._add_phase_params(pars, ps)
+        for d in spec.diffuse:
+            if d.phase not in names:
+                continue
+            pre = f"diff_{d.label}"
+            pars.add(f"{pre}_area", value=d.area or 0.0, vary="area" in d.refine)
+            pars.add(f"{pre}_fwhm_deg", value=d.fwhm_deg, vary="fwhm_deg" in d.refine, min=0.01, max=5.0)
+            pars.add(f"{pre}_offset_deg", value=d.offset_deg, vary="offset_deg" in d.refine,
+                     min=-d.max_offset_deg, max=d.max_offset_deg)
+            pars.add(f"{pre}_eta", value=d.eta, vary="eta" in d.refine, min=0.0, max=1.0)
+        return pars
+
+    def _add_phase_params(self, pars: lmfit.Parameters, ps: PhaseSpec) -> None:
+        ph = self.phases[ps.name]
+        p = ps.name
+        bound = ps.lattice_bound_pct / 100.0
+        for ln in _lattice_names(ph):
+            v = {"a": ph.a, "b": ph.b, "c": ph.c}[ln]
+            pars.add(f"{p}_{ln}", value=v, vary=ln in ps.refine, min=v * (1 - bound), max=v * (1 + bound))
+        pars.add(f"{p}_scale", value=ps.scale or 1.0, vary="scale" in ps.refine)
+        pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=1e5)
+        if ps.size_um is not None or "size_um" in ps.refine:
+            pars.add(f"{p}_size_um", value=ps.size_um or 1.0, vary="size_um" in ps.refine, min=1e-3, max=1e3)
+        pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
+        pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
+        is_nmc = ps.template is not None and ps.template.lower() == "nmc811"
+        if is_nmc:
+            li = ph.site("Li")
+            start = {
+                "o_z": ph.site("O").xyz[2],
+                "li_occupancy": li.occupancy.get("Li", 0.0),
+                "ni_li_mixing": li.occupancy.get("Ni", 0.0),
+                "biso_tm_A2": ph.site("TM").biso_A2,
+                "biso_li_A2": li.biso_A2,
+                "biso_o_A2": ph.site("O").biso_A2,
+            }
+            lims = {"o_z": (0.24, 0.28), "li_occupancy": (0.0, 1.0), "ni_li_mixing": (0.0, 0.3),
+                    "biso_tm_A2": (0.0, 5.0), "biso_li_A2": (0.0, 10.0), "biso_o_A2": (0.0, 5.0)}
+            for k in NMC_SITE_PARAMS:
+                if k in ps.refine:
+                    pars.add(f"{p}_{k}", value=start[k], vary=True, min=lims[k][0], max=lims[k][1])
+        if "biso_A2" in ps.refine:
+            pars.add(f"{p}_biso_A2", value=ps.biso_A2 if ps.biso_A2 is not None else ph.sites[0].biso_A2,
+                     vary=True, min=0.0, max=10.0)
+
+    # ----- fitting ----------------------------------------------------------------------------
+    def fit(
+        self,
+        two_theta_deg: np.ndarray,
+        intensity: np.ndarray,
+        sigma: np.ndarray | None,
+        start: FitResult | None = None,
+        phases: Sequence[str] | None = None,
+        mode: str | None = None,
+    ) -> FitResult:
+        """Refine one pattern; see the module docstring for the algorithm."""
+        with _single_thread_blas():
+            return self._fit(two_theta_deg, intensity, sigma, start, phases, mode)
+
+    def _fit(self, two_theta_deg, intensity, sigma, start, phases, mode) -> FitResult:
+        t0 = time.perf_counter()
+        mode = mode or self.spec.mode
+        if mode not in ("lebail", "rietveld"):
+            raise InsituXRDError(f"refinement mode must be 'lebail' or 'rietveld', got {mode!r}")
+        active = list(phases) if phases is not None else [p.name for p in self.spec.phases if not p.optional]
+        unknown = [p for p in active if p not in self.spec_names]
+        if unknown:
+            raise InsituXRDError(f"unknown phase(s) {unknown}; recipe phases: {self.spec_names}")
+        if not active:
+            raise InsituXRDError("no active phase to refine")
+        x, y, s, fitmask = self._prepare_data(two_theta_deg, intensity, sigma)
+        params, warnings = self._start_params(active, start)
+        prob = _Problem(self, x, y, s, fitmask, active, params)
+        lebail_start = start.lebail_areas if (start is not None and mode == "lebail") else {}
+        held: list[str] = []
+        outcome = self._run(prob, mode, lebail_start, held)
+        # An insignificant phase in a multi-phase fit: hold its nonlinear parameters, refit.
+        if len(active) > 1:
+            weak = []
+            for name in active:
+                sc, esd = outcome["scales"].get(name, (np.nan, np.nan))
+                if np.isfinite(esd) and esd > 0 and abs(sc) < _SIGNIFICANCE * esd:
+                    weak.append(name)
+            if weak and len(weak) < len(active):
+                for name in weak:
+                    for pn, par in params.items():
+                        if pn.startswith(f"{name}_") and par.vary and not pn.endswith("_scale"):
+                            par.set(value=par.user_data["start"] if par.user_data else par.value, vary=False)
+                            held.append(pn)
+                    for d in self.spec.diffuse:
+                        if d.phase == name:
+                            for suff in ("fwhm_deg", "offset_deg", "eta"):
+                                par = params[f"diff_{d.label}_{suff}"]
+                                if par.vary:
+                                    par.set(vary=False)
+                                    held.append(par.name)
+                    warnings.append(
+                        f"phase {name}: scale not significant (|S| < {_SIGNIFICANCE:g} esd); "
+                        "its lattice/profile parameters were held at their start values")
+                prob = _Problem(self, x, y, s, fitmask, active, params)
+                outcome = self._run(prob, mode, outcome["lebail_areas"], held)
+        return self._result(prob, outcome, mode, warnings, time.perf_counter() - t0)
+
+    def _prepare_data(self, tth, inten, sigma):
+        x = np.asarray(tth, dtype=float)
+        y = np.asarray(inten, dtype=float)
+        if x.shape != y.shape or x.ndim != 1:
+            raise InsituXRDError(f"two_theta_deg and intensity must be 1D arrays of one length, got {x.shape}, {y.shape}")
+        if sigma is None:
+            s = np.sqrt(np.maximum(y, 1.0))
+        else:
+            s = np.asarray(sigma, dtype=float)
+            if s.shape != y.shape:
+                raise InsituXRDError(f"sigma has shape {s.shape}, intensity {y.shape}")
+        order = np.argsort(x)
+        x, y, s = x[order], y[order], s[order]
+        good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
+        rng = self.spec.range_2theta_deg
+        if rng is not None:
+            good &= (x >= rng[0]) & (x <= rng[1])
+        x, y, s = x[good], y[good], s[good]
+        fitmask = s > 0
+        for lo, hi in self.spec.exclude_2theta_deg:
+            fitmask &= ~((x >= lo) & (x <= hi))
+        if fitmask.sum() < 20:
+            raise InsituXRDError(f"only {int(fitmask.sum())} usable points in the refinement range {rng}")
+        s = np.where(s > 0, s, 1.0)
+        return x, y, s, fitmask
+
+    def _start_params(self, active: list[str], start: FitResult | None):
+        warnings: list[str] = []
+        params = self.initial_params(active)
+        if start is not None:
+            for n, p in start.params.items():
+                if n in params and np.isfinite(p.value):
+                    q = params[n]
+                    v = float(np.clip(p.value, q.min, q.max))
+                    q.set(value=v)
+                    if q.expr is None and n.split("_")[-1] in ("a", "b", "c") and n.count("_") == 1:
+                        # keep the bound relative to the new start (sequential fits drift by %)
+                        ps = self.spec.phase(n.split("_")[0])
+                        bnd = ps.lattice_bound_pct / 100.0
+                        q.set(min=v * (1 - bnd), max=v * (1 + bnd))
+        for par in params.values():
+            par.user_data = {"start": par.value}
+        # Degenerate profile/sample combinations.
+        prof = set(self.spec.profile.refine)
+        for name in active:
+            ps = self.spec.phase(name)
+            if "mustrain" in ps.refine:
+                if ps.mustrain_mix >= 1.0 and "Y" in prof and params["Y"].vary:
+                    params["Y"].set(vary=False)
+                    warnings.append("Y held: it is degenerate with a Lorentzian microstrain (both ~ tan(theta))")
+                if ps.mustrain_mix <= 0.0 and "U" in prof and params["U"].vary:
+                    params["U"].set(vary=False)
+                    warnings.append("U held: it is degenerate with a Gaussian microstrain (both ~ tan^2(theta))")
+            if "size_um" in ps.refine and ps.size_mix >= 1.0 and "X" in prof and params["X"].vary:
+                params["X"].set(vary=False)
+                warnings.append("X held: it is degenerate with a Lorentzian size (both ~ 1/cos(theta))")
+        return params, warnings
+
+    # ----- stages -----------------------------------------------------------------------------
+    @staticmethod
+    def _is_linear(name: str) -> bool:
+        return (name.startswith("bkg_") and (name[4:].isdigit() or name.endswith("_area"))) or name.endswith(
+            "_scale") or (name.startswith("diff_") and name.endswith("_area"))
+
+    def _split(self, params: lmfit.Parameters):
+        free_nl, free_lin = [], []
+        for n, p in params.items():
+            p.vary_linear = False  # type: ignore[attr-defined]
+            if not p.vary or p.expr:
+                continue
+            if self._is_linear(n):
+                free_lin.append(n)
+                p.vary_linear = True  # type: ignore[attr-defined]
+            else:
+                free_nl.append(n)
+        return free_nl, free_lin
+
+    def _nonlinear(self, prob: _Problem, free: list[str], lebail: bool, max_nfev: int):
+        params = prob.params
+        prob._base_vals = params.valuesdict()
+        if not free:
+            r, lin, _ = prob.residual(prob._base_vals, lebail)
+            return prob._base_vals, lin, r, True, "no nonlinear parameters"
+        x0 = np.array([params[n].value for n in free], dtype=float)
+        lb = np.array([params[n].min for n in free], dtype=float)
+        ub = np.array([params[n].max for n in free], dtype=float)
+        span = np.where(np.isfinite(ub - lb), ub - lb, np.abs(x0) + 1.0)
+        x0 = np.clip(x0, lb + 1e-9 * span, ub - 1e-9 * span)
+
+        def fun(xv: np.ndarray) -> np.ndarray:
+            return prob.residual(prob.values_from(free, xv), lebail)[0]
+
+        sol = least_squares(fun, x0, bounds=(lb, ub), method="trf", x_scale="jac", max_nfev=max_nfev,
+                            ftol=1e-7, xtol=1e-8, gtol=1e-8)
+        vals = prob.values_from(free, sol.x)
+        for n, v in zip(free, sol.x):
+            params[n].value = float(v)
+        r, lin, _ = prob.residual(vals, lebail)
+        return vals, lin, r, bool(sol.success), str(sol.message)
+
+    def _store_linear(self, params: lmfit.Parameters, lin: dict[str, float]) -> None:
+        for n, v in lin.items():
+            if n in params:
+                params[n].value = float(v)
+
+    def _run(self, prob: _Problem, mode: str, lebail_start: dict, held: list[str]) -> dict:
+        params = prob.params
+        free_nl, free_lin = self._split(params)
+        max_nfev = self.spec.max_nfev
+        site_free = [n for n in free_nl if self._has_site(n)]
+        messages = []
+        success = True
+        if mode == "rietveld":
+            vals, lin, r, ok, msg = self._nonlinear(prob, free_nl, False, max_nfev)
+            self._store_linear(params, lin)
+            success &= ok
+            messages.append(msg)
+            if site_free:
+                prob.update_fsq(params.valuesdict(), force=True)
+                vals, lin, r, ok, msg = self._nonlinear(prob, free_nl, False, max_nfev)
+                self._store_linear(params, lin)
+        else:
+            nl_lebail = [n for n in free_nl if n not in site_free]
+            have = self._assign_lebail_start(prob, lebail_start)
+            if not have:
+                # Structure-factor stage: brings lattice/profile into the basin.
+                vals, lin, r, ok, msg = self._nonlinear(prob, nl_lebail, False, max_nfev)
+                scales = {n: lin.get(f"{n}_scale", params[f"{n}_scale"].value) for n in prob.pd}
+                for name, pd in prob.pd.items():
+                    _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, params.valuesdict())
+                    pd.areas = max(scales[name], 0.0) * prob.structure_areas(pd, tthb)
+                self._store_linear(params, lin)
+            prev = np.inf
+            for cycle in range(self.spec.lebail_cycles):
+                self._extract(prob, params.valuesdict(), passes=3 if (cycle or have) else 6)
+                if cycle == 0:
+                    prob._base_vals = params.valuesdict()
+                    r0 = prob.residual(prob._base_vals, True)[0]
+                    prev = float(r0 @ r0)
+                vals, lin, r, ok, msg = self._nonlinear(prob, nl_lebail, True, max_nfev)
+                for name, pd in prob.pd.items():
+                    k = lin.pop(f"{name}_lebail_k", 1.0)
+                    pd.areas = pd.areas * max(k, 0.0)
+                self._store_linear(params, lin)
+                chi2 = float(r @ r)
+                if abs(prev - chi2) < 1e-3 * chi2:
+                    break
+                prev = chi2
+            success &= ok
+            messages.append(f"{msg} (Le Bail cycles: {cycle + 1})")
+            self._extract(prob, params.valuesdict(), passes=1)
+        vals = params.valuesdict()
+        prob._base_vals = vals
+        lebail = mode == "lebail"
+        r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
+        if lebail:
+            for name, pd in prob.pd.items():
+                k = lin.pop(f"{name}_lebail_k", 1.0)
+                pd.areas = pd.areas * max(k, 0.0)
+            r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
+        self._store_linear(params, lin)
+        vals = params.valuesdict()
+        cov_names, cov, extra_cols = self._covariance(prob, vals, free_nl, lebail)
+        out = dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, success=success,
+                   message="; ".join(messages), n_extra=extra_cols, held=list(held))
+        # phase fractions
+        scales: dict[str, tuple[float, float]] = {}
+        if lebail and self.spec.phase_fraction_step:
+            scales, frac_cov, frac_names = self._fraction_step(prob, vals)
+            out["frac_cov"] = (frac_names, frac_cov)
+        elif not lebail:
+            for name in prob.pd:
+                n = f"{name}_scale"
+                e = np.nan
+                if n in cov_names and np.isfinite(cov[cov_names.index(n), cov_names.index(n)]):
+                    e = float(np.sqrt(max(cov[cov_names.index(n), cov_names.index(n)], 0.0)))
+                scales[name] = (vals[n], e)
+        out["scales"] = scales
+        out["lebail_areas"] = {name: (pd.hkl.copy(), pd.areas.copy()) for name, pd in prob.pd.items()
+                               if pd.areas is not None}
+        return out
+
+    def _assign_lebail_start(self, prob: _Problem, start: dict) -> bool:
+        if not start:
+            return False
+        have = True
+        for name, pd in prob.pd.items():
+            if name not in start:
+                have = False
+                continue
+            hkl0, a0 = start[name]
+            lut = {tuple(h): a for h, a in zip(np.asarray(hkl0).tolist(), a0)}
+            pd.areas = np.array([lut.get(tuple(h), np.nan) for h in pd.hkl.tolist()], dtype=float)
+            if np.isnan(pd.areas).any():
+                fill = np.nanmedian(pd.areas) if np.isfinite(pd.areas).any() else 0.0
+                pd.areas = np.where(np.isnan(pd.areas), fill, pd.areas)
+        if not have:
+            # a newly activated phase: start its intensities from the structure with a small scale
+            vals = prob.params.valuesdict()
+            r, lin, _ = prob.residual(vals, False)
+            for name, pd in prob.pd.items():
+                if pd.areas is None:
+                    _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
+                    pd.areas = max(lin.get(f"{name}_scale", 0.0), 0.0) * prob.structure_areas(pd, tthb)
+        return True
+
+    def _extract(self, prob: _Problem, vals: dict[str, float], passes: int) -> None:
+        """Le Bail partition of (obs - background) among the reflections (`passes` iterations)."""
+        prob._base_vals = vals
+        for _ in range(passes):
+            names, cols, fixed, info = prob.columns(vals, True)
+            coef, _r = prob.solve_linear(cols, fixed)
+            lin = dict(zip(names, coef))
+            model = fixed.copy()
+            for n, c in zip(names, cols):
+                model += lin[n] * c
+            bkg = np.zeros(len(prob.x))
+            for i, c in enumerate(prob.cheb):
+                bkg += lin.get(f"bkg_{i}", vals[f"bkg_{i}"]) * c
+            for i, _h in enumerate(self.spec.background.humps):
+                p = f"bkg_hump{i}"
+                bkg += lin.get(f"{p}_area", vals[f"{p}_area"]) * pseudo_voigt(
+                    prob.x, vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            peaks = model - bkg
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(peaks > 1e-12 * max(float(peaks.max()), 1e-300), (prob.y - bkg) / peaks, 0.0)
+            ratio = np.clip(ratio, 0.0, None) * prob.dxf
+            for name, pd in prob.pd.items():
+                blocks = info[name][0]
+                k = lin.get(f"{name}_lebail_k", 1.0)
+                new = pd.areas * max(k, 0.0)
+                for idx_pk, idx, prof in blocks:
+                    num = np.sum(prof * ratio[idx], axis=1)
+                    den = np.sum(prof * prob.dxf[idx], axis=1)
+                    upd = np.where(den > 1e-3, num / np.where(den > 0, den, 1.0), 0.0)
+                    new[idx_pk] = new[idx_pk] * upd
+                pd.areas = new
+
+    def _fraction_step(self, prob: _Problem, vals: dict[str, float]):
+        names, cols, fixed, info = prob.columns(vals, True, structure_scales=True)
+        coef, r = prob.solve_linear(cols, fixed)
+        A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
+        cov = self._cov_from_jac(A, r, len(names))
+        scales = {}
+        for name in prob.pd:
+            i = names.index(f"{name}_scale")
+            scales[name] = (float(coef[i]), float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else np.nan)
+        return scales, cov, names
+
+    def _cov_from_jac(self, J: np.ndarray, r: np.ndarray, nvarys: int) -> np.ndarray:
+        m = len(r)
+        dof = max(m - nvarys, 1)
+        gof = float(r @ r) / dof
+        factor = self._esd_factor(r) ** 2
+        norms = np.sqrt(np.sum(J * J, axis=0))
+        norms = np.where(norms > 0, norms, 1.0)
+        Js = J / norms
+        u, sv, vt = np.linalg.svd(Js, full_matrices=False)
+        tol = sv.max() * 1e-10 if sv.size else 0.0
+        inv = np.where(sv > tol, 1.0 / np.where(sv > tol, sv, 1.0) ** 2, np.inf)
+        covs = (vt.T * np.where(np.isfinite(inv), inv, 0.0)) @ vt
+        cov = covs / np.outer(norms, norms) * gof * factor
+        # parameters in the null space get an infinite variance
+        if np.any(~np.isfinite(inv)):
+            null = vt[~np.isfinite(inv)]
+            bad = np.any(np.abs(null) > 1e-3, axis=0)
+            cov[bad, :] = np.nan
+            cov[:, bad] = np.nan
+        return cov
+
+    def _esd_factor(self, r: np.ndarray) -> float:
+        if self.spec.esd_correction == "none" or len(r) < 3:
+            return 1.0
+        dw = float(np.sum(np.diff(r) ** 2) / max(float(r @ r), 1e-300))
+        rho = max(0.0, 1.0 - dw / 2.0)
+        rho = min(rho, 0.99)
+        return float(np.sqrt((1.0 + rho) / (1.0 - rho)))
+
+    def _model_vector(self, prob: _Problem, vals: dict[str, float], lin: dict[str, float], lebail: bool) -> np.ndarray:
+        names, cols, fixed, info = prob.columns(vals, lebail)
+        out = fixed.copy()
+        for n, c in zip(names, cols):
+            out += lin.get(n, 0.0) * c
+        return out
+
+    def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
+        """Full weighted Jacobian at the solution -> covariance (scaled, corrected)."""
+        names, cols, fixed, info = prob.columns(vals, lebail)
+        coef, r = prob.solve_linear(cols, fixed)
+        lin = dict(zip(names, coef))
+        jac_cols: list[np.ndarray] = []
+        jac_names: list[str] = []
+        params = prob.params
+        for n in free_nl:
+            v = vals[n]
+            h = max(abs(v) * 1e-6, 1e-8)
+            if n.endswith("_mustrain"):
+                h = max(h, 1e-2)
+            vp = dict(vals)
+            vm = dict(vals)
+            vp[n] = v + h
+            vm[n] = v - h
+            if self._has_site(n):
+                prob.update_fsq(vp)
+                fp = self._model_vector(prob, vp, lin, lebail)
+                prob.update_fsq(vm)
+                fm = self._model_vector(prob, vm, lin, lebail)
+                prob.update_fsq(vals)
+            else:
+                fp = self._model_vector(prob, vp, lin, lebail)
+                fm = self._model_vector(prob, vm, lin, lebail)
+            jac_cols.append((fp - fm) / (2 * h))
+            jac_names.append(n)
+        extra = 0
+        for n, c in zip(names, cols):
+            if n.endswith("_lebail_k"):
+                continue
+            jac_cols.append(c)
+            jac_names.append(n)
+        if lebail:
+            # Pawley-type columns: one per group of (near-)coincident reflections of each phase
+            for name, pd in prob.pd.items():
+                blocks, t, fwhm, eta, tthb, d = info[name]
+                order = np.argsort(t)
+                groups: list[list[int]] = []
+                for i in order:
+                    if groups and abs(t[i] - t[groups[-1][-1]]) < 1e-3 * fwhm[i]:
+                        groups[-1].append(i)
+                    else:
+                        groups.append([i])
+                gid = np.full(len(t), -1)
+                for gi, g in enumerate(groups):
+                    gid[g] = gi
+                ng = len(groups)
+                G = np.zeros((ng, len(prob.x)))
+                for idx_pk, idx, prof in blocks:
+                    a = pd.areas[idx_pk]
+                    for row, pk in enumerate(idx_pk):
+                        if a[row] > 0:
+                            np.add.at(G[gid[pk]], idx[row], prof[row] * a[row])
+                for gi in range(ng):
+                    if np.any(G[gi][prob.fitmask] != 0):
+                        jac_cols.append(G[gi])  # derivative w.r.t. a relative intensity change
+                        extra += 1
+        J = np.stack([c[prob.fitmask] for c in jac_cols], axis=1) * prob.wf[:, None] if jac_cols else np.zeros((len(r), 0))
+        cov = self._cov_from_jac(J, r, J.shape[1])
+        npar = len(jac_names)
+        return jac_names, cov[:npar, :npar], extra
+
+    @staticmethod
+    def _has_site(name: str) -> bool:
+        parts = name.split("_", 1)
+        return len(parts) == 2 and parts[1] in _SITE_NAMES
+
+    # ----- result -----------------------------------------------------------------------------
+    def _result(self, prob: _Problem, out: dict, mode: str, warnings: list[str], elapsed: float) -> FitResult:
+        params = prob.params
+        vals = out["vals"]
+        r = out["r"]
+        lebail = mode == "lebail"
+        cov_names: list[str] = out["cov_names"]
+        cov: np.ndarray = out["cov"]
+        sd = np.sqrt(np.clip(np.diag(cov), 0, None)) if cov.size else np.zeros(0)
+        sd = np.where(np.isfinite(np.diag(cov)) if cov.size else np.zeros(0, bool), sd, np.nan)
+        esd_by = dict(zip(cov_names, sd))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / np.outer(sd, sd) if cov.size else np.zeros((0, 0))
+        nobs = int(prob.fitmask.sum())
+        nvarys = len(cov_names) + int(out["n_extra"])
+        chi2 = float(r @ r)
+        dof = max(nobs - nvarys, 1)
+        gof = chi2 / dof
+        yo = prob.yf
+        sw_yo2 = float(np.sum((prob.wf * yo) ** 2))
+        rwp = float(np.sqrt(chi2 / sw_yo2))
+        names, cols, fixed, info = prob.columns(vals, lebail)
+        lin = {n: vals.get(n, 0.0) for n in names}
+        if lebail:
+            lin.update({n: 1.0 for n in names if n.endswith("_lebail_k")})
+        calc = fixed.copy()
+        for n, c in zip(names, cols):
+            calc += lin[n] * c
+        background = np.zeros(len(prob.x))
+        for i, c in enumerate(prob.cheb):
+            background += vals[f"bkg_{i}"] * c
+        for i, _h in enumerate(self.spec.background.humps):
+            p = f"bkg_hump{i}"
+            background += vals[f"{p}_area"] * pseudo_voigt(prob.x, vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+        rp = float(np.sum(np.abs(yo - calc[prob.fitmask])) / np.sum(np.abs(yo)))
+        rexp = float(np.sqrt(dof / sw_yo2))
+        dw = float(np.sum(np.diff(r) ** 2) / max(chi2, 1e-300))
+        factor = self._esd_factor(r)
+        phase_curves: dict[str, np.ndarray] = {}
+        peaks: dict[str, PeakTable] = {}
+        lo, hi = float(prob.x.min()), float(prob.x.max())
+        for name, pd in prob.pd.items():
+            blocks, t, fwhm, eta, tthb, d = info[name]
+            if lebail:
+                areas = pd.areas
+                fsq = pd.fsq
+            else:
+                areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb)
+                fsq = pd.fsq
+            phase_curves[name] = prob.curve(blocks, areas)[prob.fitmask]
+            keep = (t >= lo) & (t <= hi)
+            peaks[name] = PeakTable(name, pd.hkl[keep], pd.mult[keep], d[keep], t[keep], fwhm[keep], eta[keep],
+                                    np.asarray(areas)[keep], np.asarray(fsq)[keep])
+        diffuse_curves = {}
+        for dspec in prob.diffuse:
+            p = f"diff_{dspec.label}"
+            diffuse_curves[dspec.label] = (vals[f"{p}_area"] * pseudo_voigt(
+                prob.x, prob.diffuse_center(dspec, vals), vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"]))[prob.fitmask]
+        # values/esds of every refined parameter
+        values: dict[str, float] = {}
+        esds: dict[str, float] = {}
+        for n, p in params.items():
+            if p.vary or n in out["held"] or (lebail and n.endswith("_scale") and self.spec.phase_fraction_step):
+                values[n] = float(p.value)
+                esds[n] = float(esd_by.get(n, np.nan))
+        for n, p in params.items():
+            p.stderr = esds.get(n) if n in esd_by else None
+            p.correl = None
+        for i, n in enumerate(cov_names):
+            params[n].correl = {m: float(corr[i, j]) for j, m in enumerate(cov_names) if j != i}
+        # phase fractions
+        phase_fraction: dict[str, tuple[float, float]] = {}
+        if lebail:
+            scales = out.get("scales", {})
+            for name, (sc, e) in scales.items():
+                values[f"{name}_scale"] = sc
+                esds[f"{name}_scale"] = e
+                params[f"{name}_scale"].value = sc
+        if all(f"{n}_scale" in values for n in prob.pd):
+            phase_fraction = self._fractions(prob, vals, values, esds, out, lebail, cov_names, cov)
+        # volumes
+        for name, pd in prob.pd.items():
+            ph = pd.phase
+            cell = _cell_from(ph, vals)
+            vol = Phase(name, ph.space_group, cell, [], 1).volume_A3
+            grads = []
+            idx = []
+            for ln in _lattice_names(ph):
+                n = f"{name}_{ln}"
+                if n in cov_names:
+                    v2 = dict(vals)
+                    v2[n] = vals[n] * (1 + 1e-7)
+                    vol2 = Phase(name, ph.space_group, _cell_from(ph, v2), [], 1).volume_A3
+                    grads.append((vol2 - vol) / (vals[n] * 1e-7))
+                    idx.append(cov_names.index(n))
+            values[f"{name}_volume_A3"] = vol
+            if idx:
+                g = np.array(grads)
+                sub = cov[np.ix_(idx, idx)]
+                esds[f"{name}_volume_A3"] = float(np.sqrt(max(g @ sub @ g, 0.0)))
+            else:
+                esds[f"{name}_volume_A3"] = np.nan
+        at_bounds = []
+        for n in cov_names:
+            p = params[n]
+            if self._is_linear(n):
+                continue
+            span = (p.max - p.min) if np.isfinite(p.max - p.min) else max(abs(p.value), 1.0)
+            if (np.isfinite(p.min) and p.value - p.min < 1e-6 * span) or (np.isfinite(p.max) and p.max - p.value < 1e-6 * span):
+                at_bounds.append(n)
+        if at_bounds:
+            warnings = warnings + [f"parameters at a bound: {at_bounds}"]
+        return FitResult(
+            params=params, values=values, esds=esds, rwp=rwp, rp=rp, rexp=rexp, gof=gof, durbin_watson=dw,
+            chi2=chi2, nobs=nobs, nvarys=nvarys, success=bool(out["success"]), message=out["message"],
+            at_bounds=at_bounds, phase_fraction=phase_fraction,
+            correlation=corr, correlation_names=list(cov_names),
+            two_theta_deg=prob.xf.copy(), obs=prob.yf.copy(), sigma=prob.sig[prob.fitmask].copy(),
+            calc=calc[prob.fitmask], background=background[prob.fitmask], phase_curves=phase_curves,
+            diffuse_curves=diffuse_curves, peaks=peaks, mode=mode, wavelength_A=self.wavelength_A,
+            active_phases=list(prob.active), esd_factor=factor, elapsed_s=elapsed, warnings=warnings,
+            lebail_areas=out["lebail_areas"],
+        )
+
+    def _fractions(self, prob, vals, values, esds, out, lebail, cov_names, cov):
+        names = list(prob.pd)
+        zmv = {}
+        for n in names:
+            ph = self.structure(n, vals)
+            zmv[n] = ph.cell_mass_amu * Phase(n, ph.space_group, _cell_from(ph, vals), [], 1).volume_A3
+        s = np.array([values[f"{n}_scale"] for n in names])
+        k = np.array([zmv[n] for n in names])
+        wts = s * k
+        tot = wts.sum()
+        frac = wts / tot if tot != 0 else np.full(len(names), np.nan)
+        # Jacobian dW_i/dS_j = k_j (delta_ij tot - S_i k_i) / tot^2
+        Jw = (np.diag(k) * tot - np.outer(wts, k)) / tot**2 if tot != 0 else np.full((len(names), len(names)), np.nan)
+        if lebail:
+            fnames, fcov = out.get("frac_cov", ([], np.zeros((0, 0))))
+            idx = [fnames.index(f"{n}_scale") for n in names]
+            C = fcov[np.ix_(idx, idx)]
+        else:
+            idx = [cov_names.index(f"{n}_scale") if f"{n}_scale" in cov_names else -1 for n in names]
+            C = np.zeros((len(names), len(names)))
+            for a_, ia in enumerate(idx):
+                for b_, ib in enumerate(idx):
+                    if ia >= 0 and ib >= 0:
+                        C[a_, b_] = cov[ia, ib]
+        fc = Jw @ C @ Jw.T
+        return {n: (float(frac[i]), float(np.sqrt(max(fc[i, i], 0.0))) if np.isfinite(fc[i, i]) else np.nan)
+                for i, n in enumerate(names)}
+
+
+def _nmc_defaults(base: Phase, kw: dict[str, float]) -> dict[str, float]:
+    """nmc811 template kwargs reproducing `base` except for those overridden in `kw`."""
+    li = base.site("Li")
+    cur = {
+        "o_z": base.site("O").xyz[2],
+        "li_occupancy": li.occupancy.get("Li", 0.0),
+        "ni_li_mixing": li.occupancy.get("Ni", 0.0),
+        "biso_tm_A2": base.site("TM").biso_A2,
+        "biso_li_A2": li.biso_A2,
+        "biso_o_A2": base.site("O").biso_A2,
+    }
+    cur.update(kw)
+    return cur

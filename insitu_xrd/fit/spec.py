@@ -1,0 +1,217 @@
+"""Pydantic v2 models of a recipe's ``refinement:`` section.
+
+Every model forbids unknown keys (``extra="forbid"``), so a misspelt key is an error that names it;
+``refine`` lists are ``Literal`` lists, so an unknown parameter name is an error listing the allowed
+names. The full recipe (owned by the pipeline) wraps :class:`RefinementSpec` and adds file names to
+the messages.
+
+Example (validates as written)::
+
+    refinement:
+      mode: lebail                                    # or rietveld
+      range_2theta_deg: [1.2, 11.8]
+      exclude_2theta_deg: [[3.05, 3.15]]             # optional
+      background: {chebyshev: 8}
+      profile: {U: 1.2, V: -0.4, W: 0.9, X: 0.15, Y: 0.3, refine: [W, X, Y]}
+      phases:
+        - {name: H2, template: nmc811, a: 2.872, c: 14.20, refine: [a, c, mustrain, scale]}
+        - {name: H3, template: nmc811, a: 2.82, c: 14.00, refine: [a, c, mustrain, scale], optional: true}
+        - {name: Li, template: li_metal, refine: [a, scale]}
+      diffuse: [{phase: H2, reflections: ["104"]}, {phase: H2, reflections: ["108", "110"]}]
+
+Units: angles in degrees 2theta, lattice lengths in A, microstrain in 1e-6 (GSAS-II mu-strain),
+size in um, profile U, V, W in centideg^2 and X, Y in centideg (GSAS-II CW).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from insitu_xrd.core.crystal import TEMPLATE_NAMES
+
+__all__ = [
+    "ProfileSpec",
+    "BackgroundSpec",
+    "HumpSpec",
+    "PhaseSpec",
+    "DiffuseSpec",
+    "RefinementSpec",
+    "PROFILE_REFINABLE",
+    "PHASE_REFINABLE",
+    "DIFFUSE_REFINABLE",
+]
+
+ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um"]
+PhaseName = Literal[
+    "a", "b", "c", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
+    "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
+]
+DiffuseName = Literal["area", "fwhm_deg", "offset_deg", "eta"]
+HumpName = Literal["area", "center_deg", "fwhm_deg", "eta"]
+
+PROFILE_REFINABLE: tuple[str, ...] = ProfileName.__args__  # type: ignore[attr-defined]
+PHASE_REFINABLE: tuple[str, ...] = PhaseName.__args__  # type: ignore[attr-defined]
+DIFFUSE_REFINABLE: tuple[str, ...] = DiffuseName.__args__  # type: ignore[attr-defined]
+
+#: Site parameters that exist only for the built-in ``nmc811`` template.
+NMC_SITE_PARAMS = ("o_z", "li_occupancy", "ni_li_mixing", "biso_tm_A2", "biso_li_A2", "biso_o_A2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProfileSpec(_Strict):
+    """Instrumental profile (GSAS-II CW) and peak-position corrections.
+
+    Either give ``U, V, W, X, Y`` here or name a GSAS-II ``instrument`` parameter file (loaded by
+    the caller and passed to ``Refinement(instrument=...)``); values given here override the file.
+    Missing values without a file default to U=V=0, W=1, X=Y=0 (a flag the caller may refine).
+    """
+
+    instrument: str | None = Field(None, description="GSAS-II .instprm file with U,V,W,X,Y (and Lam); read by the caller.")
+    U: float | None = Field(None, description="Gaussian U (centideg^2): sigma^2 = U tan^2(theta) + V tan(theta) + W.")
+    V: float | None = Field(None, description="Gaussian V (centideg^2).")
+    W: float | None = Field(None, description="Gaussian W (centideg^2).")
+    X: float | None = Field(None, description="Lorentzian X (centideg): gamma = X/cos(theta) + Y tan(theta).")
+    Y: float | None = Field(None, description="Lorentzian Y (centideg).")
+    zero_deg: float | None = Field(None, description="2theta zero shift (deg), added to calculated positions.")
+    displacement_um: float | None = Field(None, description="Sample displacement towards the detector (um).")
+    distance_mm: float | None = Field(None, description="Sample-detector distance for the displacement term (mm).")
+    refine: list[ProfileName] = Field(default_factory=list, description="Profile parameters to refine.")
+
+
+class HumpSpec(_Strict):
+    """A broad background hump (amorphous carbon, electrolyte, window) at a refinable position."""
+
+    center_deg: float = Field(..., description="Centre (deg 2theta).")
+    fwhm_deg: float = Field(1.0, gt=0, description="FWHM (deg 2theta).")
+    eta: float = Field(0.5, ge=0, le=1, description="Lorentzian fraction.")
+    area: float | None = Field(None, description="Start area (intensity x deg); solved linearly anyway.")
+    refine: list[HumpName] = Field(default_factory=lambda: ["area"], description="Refined hump parameters (area is always linear).")
+
+
+class BackgroundSpec(_Strict):
+    """Background: Chebyshev polynomial (first kind) over the fitted range, plus optional humps."""
+
+    chebyshev: int = Field(6, ge=1, le=36, description="Number of Chebyshev coefficients (GSAS-II 'chebyschev' count): bkg_0..bkg_{n-1}.")
+    humps: list[HumpSpec] = Field(default_factory=list, description="Broad pseudo-Voigt humps (bkg_hump<i>_*).")
+
+
+class PhaseSpec(_Strict):
+    """One phase: built-in ``template`` or ``cif`` file (read by the caller), start values, refine list.
+
+    Site parameters (``o_z``, ``li_occupancy``, ``ni_li_mixing``, ``biso_*_A2``) exist for the
+    ``nmc811`` template; ``biso_A2`` (one B for every site) for any phase. ``optional: true`` phases
+    are left out of a fit unless the caller activates them (the pipeline adds H3 when justified).
+    """
+
+    name: str = Field(..., pattern=r"^[A-Za-z][A-Za-z0-9]*$", description="Phase name; parameter prefix (H2 -> H2_a). Letters/digits only.")
+    template: str | None = Field(None, description=f"Built-in template: {', '.join(TEMPLATE_NAMES)}.")
+    cif: str | None = Field(None, description="CIF file of the phase (read by the caller, passed as Refinement(phases=...)).")
+    a: float | None = Field(None, gt=0, description="Start a (A).")
+    b: float | None = Field(None, gt=0, description="Start b (A), orthorhombic and lower only.")
+    c: float | None = Field(None, gt=0, description="Start c (A).")
+    li_occupancy: float | None = Field(None, ge=0, le=1, description="nmc811: Li occupancy of the 3b site.")
+    ni_li_mixing: float | None = Field(None, ge=0, le=0.5, description="nmc811: Ni fraction on the Li (3b) site.")
+    o_z: float | None = Field(None, gt=0.2, lt=0.3, description="nmc811: O z on 6c.")
+    biso_A2: float | None = Field(None, ge=0, description="One isotropic B (A^2) for every site (overrides the template's).")
+    mustrain: float = Field(1000.0, ge=0, description="Isotropic microstrain (1e-6, GSAS-II mu-strain).")
+    size_um: float | None = Field(None, gt=0, description="Isotropic crystallite size (um); none = no size broadening unless refined (then starts at 1 um).")
+    mustrain_mix: float = Field(1.0, ge=0, le=1, description="Lorentzian fraction of the microstrain broadening (GSAS-II mx).")
+    size_mix: float = Field(1.0, ge=0, le=1, description="Lorentzian fraction of the size broadening.")
+    scale: float | None = Field(None, gt=0, description="Start scale (solved linearly; only informational).")
+    lattice_bound_pct: float = Field(3.0, gt=0, le=20, description="Lattice lengths are bounded to +/- this % of the start values.")
+    refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description="Refined phase parameters.")
+    optional: bool = Field(False, description="Left out of fits unless activated by the caller (e.g. H3).")
+
+    @model_validator(mode="after")
+    def _source(self) -> "PhaseSpec":
+        if (self.template is None) == (self.cif is None):
+            raise ValueError(f"phase {self.name!r}: give exactly one of 'template' or 'cif'")
+        if self.template is not None and self.template.lower() not in TEMPLATE_NAMES:
+            raise ValueError(f"phase {self.name!r}: unknown template {self.template!r}; allowed: {', '.join(TEMPLATE_NAMES)}")
+        is_nmc = self.template is not None and self.template.lower() == "nmc811"
+        if not is_nmc:
+            bad = [p for p in self.refine if p in NMC_SITE_PARAMS]
+            bad += [k for k in ("li_occupancy", "ni_li_mixing", "o_z") if getattr(self, k) is not None]
+            if bad:
+                raise ValueError(f"phase {self.name!r}: {sorted(set(bad))} exist only for template nmc811")
+        return self
+
+
+class DiffuseSpec(_Strict):
+    """Broad pseudo-Voigt tied to reflections of a phase; its centre is the mean position of the
+    reflections (following the lattice) plus ``offset_deg``. Parameters ``diff_<phase>_<hkl...>_*``."""
+
+    phase: str = Field(..., description="Phase whose reflections carry this component.")
+    reflections: list[str] = Field(..., min_length=1, description="Reflection labels, e.g. ['104'] or ['108', '110'].")
+    fwhm_deg: float = Field(0.3, gt=0, description="Start FWHM (deg 2theta).")
+    eta: float = Field(0.5, ge=0, le=1, description="Lorentzian fraction.")
+    offset_deg: float = Field(0.0, description="Start offset from the reflections' mean position (deg).")
+    max_offset_deg: float = Field(0.3, gt=0, description="Bound on |offset_deg| (deg).")
+    area: float | None = Field(None, description="Start area (intensity x deg); solved linearly anyway.")
+    refine: list[DiffuseName] = Field(default_factory=lambda: ["area", "fwhm_deg", "offset_deg"], description="Refined parameters.")
+
+    @property
+    def label(self) -> str:
+        return f"{self.phase}_{'_'.join(self.reflections)}"
+
+
+class RefinementSpec(_Strict):
+    """The ``refinement:`` section of a recipe.
+
+    mode: ``lebail`` (reflection intensities extracted iteratively, no structure) or ``rietveld``
+    (structure-factor intensities, one scale per phase). In ``lebail`` mode phase fractions are
+    still reported (``phase_fraction_step``: a structure-factor scale fit with lattice and profile
+    fixed at the Le Bail result).
+    """
+
+    mode: Literal["lebail", "rietveld"] = Field("rietveld", description="Refinement mode.")
+    range_2theta_deg: tuple[float, float] | None = Field(None, description="Fitted 2theta range (deg); default: the whole pattern.")
+    exclude_2theta_deg: list[tuple[float, float]] = Field(default_factory=list, description="Excluded 2theta regions [[lo, hi], ...] (deg).")
+    background: BackgroundSpec = Field(default_factory=BackgroundSpec)
+    profile: ProfileSpec = Field(default_factory=ProfileSpec)
+    phases: list[PhaseSpec] = Field(..., min_length=1)
+    diffuse: list[DiffuseSpec] = Field(default_factory=list)
+    lebail_cycles: int = Field(8, ge=1, le=50, description="Maximum Le Bail intensity-extraction cycles.")
+    max_nfev: int = Field(400, ge=10, description="Maximum function evaluations per nonlinear stage.")
+    phase_fraction_step: bool = Field(True, description="lebail mode: run the structure-factor scale step to report phase fractions.")
+    esd_correction: Literal["durbin_watson", "none"] = Field(
+        "durbin_watson",
+        description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",
+    )
+
+    @field_validator("range_2theta_deg")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (0 < v[0] < v[1] < 180):
+            raise ValueError(f"range_2theta_deg {list(v)} must be [lo, hi] with 0 < lo < hi < 180")
+        return v
+
+    @field_validator("exclude_2theta_deg")
+    @classmethod
+    def _excl(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for lo, hi in v:
+            if not lo < hi:
+                raise ValueError(f"exclude_2theta_deg region [{lo}, {hi}] must have lo < hi")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "RefinementSpec":
+        names = [p.name for p in self.phases]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"phase names must be unique; repeated: {dup}")
+        for d in self.diffuse:
+            if d.phase not in names:
+                raise ValueError(f"diffuse component refers to unknown phase {d.phase!r}; phases: {names}")
+        return self
+
+    def phase(self, name: str) -> PhaseSpec:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(name)

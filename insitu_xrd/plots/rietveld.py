@@ -1,0 +1,203 @@
+"""The standard Rietveld/Le Bail figure from a fit Dataset (``FitResult.to_dataset()``). Agg backend.
+
+Layout: observed points, calculated line and background on top; one row of reflection ticks per
+phase (labelled); the difference curve obs - calc below on the same 2theta axis; optional zoom
+panels underneath (e.g. 003 and 104 / 108-110 of a layered oxide), each with its own difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from insitu_xrd.core.crystal import parse_hkl_label  # noqa: E402
+from insitu_xrd.errors import InsituXRDError  # noqa: E402
+
+__all__ = ["plot_rietveld", "zoom_windows", "DEFAULT_ZOOMS"]
+
+#: Zoom regions used when none are given and the fit has these reflections (layered R-3m oxides):
+#: the 003 (c axis, H2/H3 split), the 104 (with its diffuse component), the 108/110 pair.
+DEFAULT_ZOOMS: tuple[str, ...] = ("003", "104", "108 110")
+
+ZoomSpec = Union[str, tuple[float, float], Sequence[float]]
+
+_PHASE_COLOURS = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _canonical(label: str) -> tuple[int, int, int]:
+    return tuple(int(v) for v in parse_hkl_label(label))  # type: ignore[return-value]
+
+
+def zoom_windows(ds: xr.Dataset, zooms: Sequence[ZoomSpec] | None = None) -> list[tuple[str, float, float]]:
+    """Resolve zoom specifications into (title, lo_deg, hi_deg) windows.
+
+    A zoom is either an explicit (lo, hi) 2theta range in degrees or a string of reflection
+    labels separated by spaces, '+' or '/' ("003", "108 110", "108+110"); a label window spans the
+    positions of those reflections in every phase that has them, padded by max(0.05 deg, 3 % of
+    2theta) each side. Labels absent from the fit are skipped when ``zooms`` is None (defaults)
+    and are an error when given explicitly.
+    """
+    x = np.asarray(ds["two_theta"].values, dtype=float)
+    xmin, xmax = float(x.min()), float(x.max())
+    explicit = zooms is not None
+    specs = list(zooms) if zooms is not None else list(DEFAULT_ZOOMS)
+    out: list[tuple[str, float, float]] = []
+    have_peaks = "peak_hkl" in ds and ds.sizes.get("peak", 0) > 0
+    hkl = [str(h) for h in ds["peak_hkl"].values] if have_peaks else []
+    tth = np.asarray(ds["peak_two_theta"].values, dtype=float) if have_peaks else np.zeros(0)
+    keys = []
+    for h in hkl:
+        try:
+            keys.append(_canonical(h))
+        except InsituXRDError:
+            keys.append(None)
+    for z in specs:
+        if isinstance(z, str):
+            labels = [t for t in z.replace("+", " ").replace("/", " ").split() if t]
+            try:
+                wanted = {_canonical(t) for t in labels}
+            except InsituXRDError as exc:
+                raise InsituXRDError(f"zoom {z!r}: {exc}") from None
+            pos = tth[[k in wanted for k in keys]] if len(keys) else np.zeros(0)
+            pos = pos[(pos >= xmin) & (pos <= xmax)]
+            if pos.size == 0:
+                if explicit:
+                    raise InsituXRDError(f"zoom {z!r}: no such reflection inside the fitted range {xmin:.3f}-{xmax:.3f} deg")
+                continue
+            pad = max(0.05, 0.03 * float(pos.mean()))
+            out.append((" / ".join(labels), float(pos.min() - pad), float(pos.max() + pad)))
+        else:
+            lo, hi = (float(v) for v in z)
+            if not lo < hi:
+                raise InsituXRDError(f"zoom range {z!r}: need lo < hi (deg)")
+            out.append((f"{lo:g}-{hi:g} deg", lo, hi))
+    return out
+
+
+def plot_rietveld(
+    ds: xr.Dataset,
+    path: str | Path,
+    zooms: Sequence[ZoomSpec] | None = None,
+    title: str | None = None,
+    log_intensity: bool = False,
+    dpi: int = 120,
+) -> Path:
+    """Write the Rietveld figure of a fit Dataset to ``path`` (PNG/PDF/SVG by suffix).
+
+    zooms: see :func:`zoom_windows`; None uses 003, 104 and 108/110 when present, [] disables.
+    log_intensity: sqrt-free log scale on the main panel (useful for weak phases).
+    Returns the path written.
+    """
+    for var in ("obs", "calc", "diff"):
+        if var not in ds:
+            raise InsituXRDError(f"fit dataset has no {var!r} variable (not a refinement result?)")
+    path = Path(path)
+    x = np.asarray(ds["two_theta"].values, dtype=float)
+    obs = np.asarray(ds["obs"].values, dtype=float)
+    calc = np.asarray(ds["calc"].values, dtype=float)
+    diff = np.asarray(ds["diff"].values, dtype=float)
+    bkg = np.asarray(ds["background"].values, dtype=float) if "background" in ds else None
+    phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else []
+    windows = zoom_windows(ds, zooms)
+    have_peaks = "peak_phase" in ds and ds.sizes.get("peak", 0) > 0
+    pk_phase = np.array([str(p) for p in ds["peak_phase"].values]) if have_peaks else np.array([], dtype=str)
+    pk_tth = np.asarray(ds["peak_two_theta"].values, dtype=float) if have_peaks else np.zeros(0)
+    tick_phases = [p for p in phases if np.any(pk_phase == p)] or sorted(set(pk_phase.tolist()))
+
+    n_ticks = max(len(tick_phases), 1)
+    heights = [5.0, 0.28 * n_ticks + 0.15, 1.6]
+    nrows = 3 + (1 if windows else 0)
+    if windows:
+        heights.append(3.2)
+    fig = plt.figure(figsize=(12, sum(heights) * 0.9 + 0.8), constrained_layout=True)
+    gs = fig.add_gridspec(nrows, max(len(windows), 1), height_ratios=heights)
+    ax = fig.add_subplot(gs[0, :])
+    ax_tick = fig.add_subplot(gs[1, :], sharex=ax)
+    ax_diff = fig.add_subplot(gs[2, :], sharex=ax)
+
+    ax.plot(x, obs, "o", ms=2.0, mfc="none", mec="tab:blue", mew=0.6, label="observed")
+    ax.plot(x, calc, "-", color="tab:red", lw=0.9, label="calculated")
+    if bkg is not None:
+        ax.plot(x, bkg, "-", color="0.45", lw=0.8, label="background")
+    if "diffuse_curve" in ds and bkg is not None:
+        for lbl in ds["diffuse"].values:
+            ax.plot(x, bkg + np.asarray(ds["diffuse_curve"].sel(diffuse=lbl).values), ":", lw=0.9, label=f"diffuse {lbl}")
+    if log_intensity:
+        ax.set_yscale("log")
+    ax.set_ylabel("intensity")
+    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    attrs = ds.attrs
+    stats = []
+    for key, fmt in (("rwp", "Rwp {:.2%}"), ("rexp", "Rexp {:.2%}"), ("gof", "GoF(chi2_red) {:.2f}"),
+                     ("durbin_watson", "DW {:.2f}")):
+        if key in attrs and np.isfinite(attrs[key]):
+            stats.append(fmt.format(float(attrs[key])))
+    mode = attrs.get("mode", "")
+    wl = attrs.get("wavelength_A")
+    head = title or "refinement"
+    sub = f"{mode}, lambda = {wl:.5g} A" if wl is not None else str(mode)
+    ax.set_title(f"{head}   ({sub})\n" + "   ".join(stats), fontsize=10)
+    plt.setp(ax.get_xticklabels(), visible=False)
+
+    for row, name in enumerate(tick_phases):
+        colour = _PHASE_COLOURS[row % len(_PHASE_COLOURS)]
+        t = pk_tth[pk_phase == name]
+        t = t[(t >= x.min()) & (t <= x.max())]
+        ax_tick.vlines(t, -row - 0.38, -row + 0.38, color=colour, lw=0.8)
+    ax_tick.set_ylim(-n_ticks + 0.4, 0.6)
+    ax_tick.set_yticks([-i for i in range(len(tick_phases))])
+    ax_tick.set_yticklabels(tick_phases, fontsize=8)
+    ax_tick.tick_params(axis="y", length=0)
+    for sp in ("top", "right"):
+        ax_tick.spines[sp].set_visible(False)
+    plt.setp(ax_tick.get_xticklabels(), visible=False)
+
+    ax_diff.plot(x, diff, "-", color="0.2", lw=0.7)
+    ax_diff.axhline(0.0, color="0.6", lw=0.5)
+    ax_diff.set_ylabel("obs - calc")
+    ax_diff.set_xlabel("2theta (deg)")
+    ax.set_xlim(x.min(), x.max())
+
+    for j, (label, lo, hi) in enumerate(windows):
+        sub_ax = fig.add_subplot(gs[3, j])
+        sel = (x >= lo) & (x <= hi)
+        if not sel.any():
+            sub_ax.set_title(f"{label}: outside range", fontsize=9)
+            continue
+        xs = x[sel]
+        sub_ax.plot(xs, obs[sel], "o", ms=2.5, mfc="none", mec="tab:blue", mew=0.6)
+        sub_ax.plot(xs, calc[sel], "-", color="tab:red", lw=0.9)
+        if bkg is not None:
+            sub_ax.plot(xs, bkg[sel], "-", color="0.45", lw=0.7)
+        if "diffuse_curve" in ds and bkg is not None:
+            for lbl in ds["diffuse"].values:
+                sub_ax.plot(xs, bkg[sel] + np.asarray(ds["diffuse_curve"].sel(diffuse=lbl).values)[sel], ":", lw=0.9)
+        top = max(float(np.max(obs[sel])), float(np.max(calc[sel])))
+        # difference curve drawn below the pattern, as in GSAS-II's zoomed plots
+        off = min(0.0, float(np.min(obs[sel]))) - float(np.max(diff[sel])) - 0.05 * top
+        sub_ax.plot(xs, diff[sel] + off, "-", color="0.2", lw=0.7)
+        span = top - (off + float(np.min(diff[sel])))
+        for row, name in enumerate(tick_phases):
+            colour = _PHASE_COLOURS[row % len(_PHASE_COLOURS)]
+            t = pk_tth[(pk_phase == name) & (pk_tth >= lo) & (pk_tth <= hi)]
+            y0 = off + float(np.min(diff[sel])) - (0.04 + 0.05 * row) * span
+            sub_ax.vlines(t, y0 - 0.02 * span, y0 + 0.02 * span, color=colour, lw=1.0)
+        sub_ax.set_xlim(lo, hi)
+        sub_ax.set_title(label, fontsize=9)
+        sub_ax.set_xlabel("2theta (deg)", fontsize=8)
+        sub_ax.tick_params(labelsize=7)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    except OSError as exc:
+        raise InsituXRDError(f"plot {path}: cannot be written ({exc})") from None
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,230 @@
+"""Refinement engine against simulated patterns with known truth (core forward model + Poisson noise).
+
+Patterns: 2750 points over 1.2-11.8 deg at 0.1173 A, GSAS-II CW profile like the recipes, peak
+maxima ~5e4 counts on a ~400-count background, H2 (+ H3) NMC811, optional Li metal and diffuse
+components under 104 and 108/110.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from insitu_xrd.core.crystal import make_template
+from insitu_xrd.core.pattern import DiffusePeak, Instrument, PhaseState, calc_pattern, scale_for_weight_fraction
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.fit import FitResult, Refinement, RefinementSpec
+
+LAM = 0.1173
+TRUTH = dict(H2_a=2.8650, H2_c=14.310, H3_a=2.8180, H3_c=14.020, H2_mustrain=900.0, H3_mustrain=1200.0)
+PROFILE = dict(U=1.2, V=-0.4, W=0.9, X=0.15, Y=0.3)
+DIFFUSE = {"H2_104": 300.0, "H2_108_110": 200.0}
+
+
+def simulate(seed: int, h3_fraction: float = 0.3, li: bool = False, diffuse: bool = False, k: float = 1.0,
+             zero_deg: float = 0.002, nmc_kw: dict | None = None):
+    """Poisson-noisy pattern and its truth; k scales the counts (k = 1: peak max ~5e4)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(1.2, 11.8, 2750)
+    inst = Instrument(LAM, zero_deg=zero_deg, **PROFILE)
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"], **(nmc_kw or {}))
+    states = [PhaseState(h2, scale=scale_for_weight_fraction(1 - h3_fraction, h2, k), mustrain=TRUTH["H2_mustrain"])]
+    if h3_fraction > 0:
+        h3 = make_template("nmc811", name="H3", a=TRUTH["H3_a"], c=TRUTH["H3_c"])
+        states.append(PhaseState(h3, scale=scale_for_weight_fraction(h3_fraction, h3, k), mustrain=TRUTH["H3_mustrain"]))
+    if li:
+        lim = make_template("li_metal", name="Li", a=3.51)
+        states.append(PhaseState(lim, scale=scale_for_weight_fraction(0.05, lim, k), mustrain=500.0))
+    dif = []
+    if diffuse:
+        dif = [DiffusePeak("H2", ("104",), area=DIFFUSE["H2_104"] * k, fwhm_deg=0.25, eta=0.5, offset_deg=0.01),
+               DiffusePeak("H2", ("108", "110"), area=DIFFUSE["H2_108_110"] * k, fwhm_deg=0.3, eta=0.5)]
+    comp = calc_pattern(x, states, inst, background_coeffs=(400.0 * k, -50.0 * k, 30.0 * k), diffuse=dif)
+    y = rng.poisson(comp.total).astype(float)
+    return x, y, np.sqrt(np.maximum(y, 1.0))
+
+
+def make_spec(mode: str, start_error: float = 0.003, h3: bool = True, li: bool = False, diffuse: bool = False,
+              **extra) -> RefinementSpec:
+    phases = [dict(name="H2", template="nmc811", a=TRUTH["H2_a"] * (1 + start_error), c=TRUTH["H2_c"] * (1 - start_error),
+                   refine=["a", "c", "mustrain", "scale"])]
+    if h3:
+        phases.append(dict(name="H3", template="nmc811", a=TRUTH["H3_a"] * (1 - start_error),
+                           c=TRUTH["H3_c"] * (1 + start_error), refine=["a", "c", "mustrain", "scale"], optional=True))
+    if li:
+        phases.append(dict(name="Li", template="li_metal", refine=["a", "scale"]))
+    data = dict(mode=mode, range_2theta_deg=[1.2, 11.8], background={"chebyshev": 6},
+                profile=dict(**PROFILE, refine=["W", "X", "zero_deg"]), phases=phases)
+    if diffuse:
+        data["diffuse"] = [{"phase": "H2", "reflections": ["104"]}, {"phase": "H2", "reflections": ["108", "110"]}]
+    data.update(extra)
+    return RefinementSpec.model_validate(data)
+
+
+def _check_lattice(res: FitResult, names=("H2", "H3")) -> None:
+    for p in names:
+        for ln, tol in (("a", 2e-4), ("c", 1e-3)):
+            key = f"{p}_{ln}"
+            err = res.values[key] - TRUTH[key]
+            assert abs(err) < tol, (key, err)
+            assert abs(err) < 3 * res.esds[key], (key, err, res.esds[key])
+
+
+@pytest.mark.parametrize("mode", ["rietveld", "lebail"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_two_phase_with_li_and_diffuse(mode: str, seed: int) -> None:
+    """a, c, microstrain, H3 fraction and diffuse areas from 0.3 % lattice start errors."""
+    x, y, s = simulate(seed, li=True, diffuse=True)
+    ref = Refinement(make_spec(mode, li=True, diffuse=True), LAM)
+    res = ref.fit(x, y, s, phases=["H2", "H3", "Li"])
+    assert res.success
+    _check_lattice(res)
+    for p in ("H2", "H3"):
+        assert res.values[f"{p}_mustrain"] == pytest.approx(TRUTH[f"{p}_mustrain"], rel=0.10)
+    # H3 truth: 0.3 of the NMC mass; Li adds 0.05 -> fractions over all three phases.
+    h3_true = 0.3 / 1.05
+    frac, esd = res.phase_fraction["H3"]
+    assert abs(frac - h3_true) < 0.03 and esd > 0
+    for label, area in DIFFUSE.items():
+        assert res.values[f"diff_{label}_area"] == pytest.approx(area, rel=0.15), label
+    assert 0.8 < res.gof < 1.3
+    assert res.rwp < 0.05
+
+
+@pytest.mark.parametrize("mode", ["rietveld", "lebail"])
+def test_absent_h3_reported_zero(mode: str) -> None:
+    """H3 activated on an H2-only pattern: fraction zero within its esd, no spurious phase."""
+    x, y, s = simulate(3, h3_fraction=0.0)
+    ref = Refinement(make_spec(mode, start_error=0.001), LAM)
+    res = ref.fit(x, y, s, phases=["H2", "H3"])
+    frac, esd = res.phase_fraction["H3"]
+    assert np.isfinite(esd) and esd > 0
+    assert abs(frac) < 2.5 * esd and abs(frac) < 0.005
+    assert any("H3" in w for w in res.warnings)
+    _check_lattice(res, ("H2",))
+    default = ref.fit(x, y, s)  # optional phases are inactive by default
+    assert default.active_phases == ["H2"]
+    assert default.phase_fraction["H2"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["rietveld", "lebail"])
+def test_esd_coverage(mode: str) -> None:
+    """Truth within 2 esd in >= 85 % of 20 noise realisations (warm-started sequential fits)."""
+    ref = Refinement(make_spec(mode, start_error=0.001, h3=False), LAM)
+    inside = {"H2_a": 0, "H2_c": 0}
+    prev = None
+    n = 20
+    for seed in range(n):
+        x, y, s = simulate(100 + seed, h3_fraction=0.0, k=0.3)
+        res = ref.fit(x, y, s, start=prev)
+        prev = res
+        for key in inside:
+            inside[key] += abs(res.values[key] - TRUTH[key]) < 2 * res.esds[key]
+    for key, count in inside.items():
+        assert count / n >= 0.85, (key, count)
+
+
+def test_overlap_108_110_lebail_intensities() -> None:
+    """Le Bail partitions the overlapping 018/110 pair close to the true areas."""
+    x, y, s = simulate(5, h3_fraction=0.0)
+    res = Refinement(make_spec("lebail", h3=False), LAM).fit(x, y, s)
+    _check_lattice(res, ("H2",))
+    table = res.peaks["H2"]
+    labels = ["".join(map(str, h)) for h in table.hkl]
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"])
+    truth = calc_pattern(x, [PhaseState(h2, scale=scale_for_weight_fraction(1.0, h2, 1.0), mustrain=900.0)],
+                         Instrument(LAM, zero_deg=0.002, **PROFILE)).peaks["H2"]
+    tlabels = ["".join(map(str, h)) for h in truth.hkl]
+    for lbl in ("018", "110", "104", "003"):
+        got = table.area[labels.index(lbl)]
+        want = truth.area[tlabels.index(lbl)]
+        assert got == pytest.approx(want, rel=0.05), lbl
+
+
+def test_site_parameters_rietveld() -> None:
+    """Ni/Li mixing and O z refine to the truth from other start values."""
+    x, y, s = simulate(7, h3_fraction=0.0, nmc_kw=dict(ni_li_mixing=0.05, o_z=0.2580))
+    spec = make_spec("rietveld", start_error=0.001, h3=False)
+    spec.phases[0].refine = ["a", "c", "mustrain", "scale", "ni_li_mixing", "o_z"]
+    res = Refinement(spec, LAM).fit(x, y, s)
+    for key, true in (("H2_ni_li_mixing", 0.05), ("H2_o_z", 0.2580)):
+        assert abs(res.values[key] - true) < 3 * res.esds[key] + 1e-4, (key, res.values[key], res.esds[key])
+
+
+def test_calibrant_profile_fixed_lattice() -> None:
+    """CeO2 with a fixed lattice: instrument U, V, W, X and zero refine to their true values."""
+    rng = np.random.default_rng(11)
+    x = np.linspace(1.2, 11.8, 2750)
+    ceo2 = make_template("ceo2", name="CeO2")
+    true = dict(U=2.0, V=-0.8, W=1.5, X=0.4, Y=0.0, zero_deg=-0.003)
+    comp = calc_pattern(x, [PhaseState(ceo2, scale=scale_for_weight_fraction(1.0, ceo2, 0.3), mustrain=0.0)],
+                        Instrument(LAM, **true), background_coeffs=(300.0, 20.0))
+    y = rng.poisson(comp.total).astype(float)
+    spec = RefinementSpec.model_validate(dict(
+        mode="rietveld", background={"chebyshev": 4},
+        profile=dict(U=1.0, V=0.0, W=1.0, X=0.2, Y=0.0, refine=["U", "V", "W", "X", "zero_deg"]),
+        phases=[dict(name="CeO2", template="ceo2", mustrain=0.0, refine=["scale"])]))
+    res = Refinement(spec, LAM).fit(x, y, np.sqrt(np.maximum(y, 1)))
+    for key in ("U", "V", "W", "X", "zero_deg"):
+        assert abs(res.values[key] - true[key]) < 3 * res.esds[key] + 1e-9, (key, res.values[key], res.esds[key])
+
+
+@pytest.fixture(scope="module")
+def small_result() -> FitResult:
+    x, y, s = simulate(2, diffuse=True)
+    spec = make_spec("rietveld", start_error=0.001, diffuse=True, exclude_2theta_deg=[[6.0, 6.2]])
+    return Refinement(spec, LAM).fit(x, y, s, phases=["H2", "H3"])
+
+
+def test_dataset_schema_and_netcdf(small_result: FitResult, tmp_path) -> None:
+    res = small_result
+    assert not np.any((res.two_theta_deg >= 6.0) & (res.two_theta_deg <= 6.2))
+    assert res.nobs == len(res.two_theta_deg) and res.nvarys == len(res.correlation_names)
+    ds = res.to_dataset()
+    for var in ("obs", "sigma", "calc", "background", "diff"):
+        assert ds[var].dims == ("two_theta",)
+    assert ds["phase_curve"].dims == ("phase", "two_theta")
+    assert list(ds["phase"].values) == ["H2", "H3"]
+    for var in ("peak_two_theta", "peak_phase", "peak_hkl", "peak_d_A"):
+        assert ds[var].dims == ("peak",)
+    assert "104" in set(ds["peak_hkl"].values[ds["peak_phase"].values == "H2"])
+    for name in ("H2_a", "H3_c", "H2_mustrain", "W", "zero_deg", "bkg_0", "H2_phase_fraction", "H2_volume_A3"):
+        assert name in ds and f"{name}_esd" in ds, name
+    assert ds["correlation"].dims == ("param", "param2")
+    corr = ds["correlation"].values
+    np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-9)
+    for attr in ("rwp", "rp", "rexp", "gof", "durbin_watson", "mode", "wavelength_A", "software_versions"):
+        assert attr in ds.attrs
+    assert "polarization removed by integration" in ds.attrs["polarization"]
+    np.testing.assert_allclose(ds["calc"] + ds["diff"], ds["obs"])
+    path = tmp_path / "fit.nc"
+    ds.to_netcdf(path, engine="h5netcdf")
+    back = xr.load_dataset(path, engine="h5netcdf")
+    assert float(back["H2_a"]) == pytest.approx(res.values["H2_a"])
+
+
+def test_result_indices_and_params(small_result: FitResult) -> None:
+    res = small_result
+    w = 1 / res.sigma
+    assert res.rwp == pytest.approx(np.sqrt(np.sum((w * res.diff) ** 2) / np.sum((w * res.obs) ** 2)), rel=1e-6)
+    assert res.gof == pytest.approx(res.chi2 / (res.nobs - res.nvarys))
+    assert 1.5 < res.durbin_watson < 2.5
+    assert res.params["H2_a"].stderr == pytest.approx(res.esds["H2_a"])
+    assert res.at_bounds == []
+    total = res.background + sum(res.phase_curves.values()) + sum(res.diffuse_curves.values())
+    np.testing.assert_allclose(total, res.calc, rtol=1e-9, atol=1e-6)
+
+
+def test_bad_input_errors() -> None:
+    ref = Refinement(make_spec("rietveld"), LAM)
+    x = np.linspace(1.2, 11.8, 100)
+    with pytest.raises(InsituXRDError, match="unknown phase"):
+        ref.fit(x, np.ones_like(x), np.ones_like(x), phases=["H5"])
+    with pytest.raises(InsituXRDError, match="mode"):
+        ref.fit(x, np.ones_like(x), np.ones_like(x), mode="pawley")
+    with pytest.raises(InsituXRDError, match="wavelength"):
+        Refinement(make_spec("rietveld"), 0.0)
+    spec = RefinementSpec.model_validate(dict(phases=[dict(name="X", cif="x.cif")]))
+    with pytest.raises(InsituXRDError, match="x.cif"):
+        Refinement(spec, LAM)

@@ -1,0 +1,233 @@
+"""`insitu-xrd refine` / `insitu-xrd instrument`, make_refinement and the Rietveld plot, on simulated
+patterns with known truth (core forward model + Poisson noise, fixed seeds)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+from typer.testing import CliRunner
+
+from insitu_xrd.cli.main import app
+from insitu_xrd.core.crystal import make_template
+from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.fit.instrument import fit_instrument
+from insitu_xrd.io.instprm import read_instrument, write_instrument
+from insitu_xrd.io.pattern_files import write_xye
+from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
+from insitu_xrd.plots.rietveld import plot_rietveld, zoom_windows
+
+WL = 0.1173
+TRUE_INST = Instrument(WL, U=1.2, V=-0.4, W=0.9, X=0.15, Y=0.3, zero_deg=0.0)
+TRUTH = {"H2_a": 2.8405, "H2_c": 14.43, "Li_a": 3.5100, "H2_mustrain": 900.0}
+
+
+def _sample_pattern(seed: int = 1):
+    x = np.linspace(1.0, 12.0, 2750)
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"])
+    li = make_template("li_metal", name="Li", a=TRUTH["Li_a"])
+    comp = calc_pattern(x, [PhaseState(h2, scale=3e-4, mustrain=TRUTH["H2_mustrain"]), PhaseState(li, scale=2e-3, mustrain=300)],
+                        TRUE_INST, background_coeffs=[300, -80, 30])
+    y = np.random.default_rng(seed).poisson(comp.total).astype(float)
+    return x, y, np.sqrt(np.maximum(y, 1.0))
+
+
+def _ceo2_pattern(seed: int = 2):
+    x = np.linspace(1.0, 12.0, 2750)
+    comp = calc_pattern(x, [PhaseState(make_template("ceo2"), scale=2e-5)], TRUE_INST, background_coeffs=[200, -50, 20])
+    y = np.random.default_rng(seed).poisson(comp.total).astype(float)
+    return x, y, np.sqrt(np.maximum(y, 1.0))
+
+
+def _recipe(tmp_path: Path, profile: dict, mode: str = "lebail", wavelength: float | None = WL, extra: dict | None = None) -> Path:
+    refinement = {
+        "mode": mode,
+        "range_2theta_deg": [1.2, 11.8],
+        "background": {"chebyshev": 6},
+        "profile": profile,
+        "phases": [
+            {"name": "H2", "template": "nmc811", "a": 2.845, "c": 14.40, "refine": ["a", "c", "scale", "mustrain"]},
+            {"name": "Li", "template": "li_metal", "refine": ["a", "scale", "mustrain"]},
+        ],
+    }
+    refinement.update(extra or {})
+    recipe = {"refinement": refinement, "frames": "ignored by refine"}
+    if wavelength is not None:
+        recipe["wavelength_A"] = wavelength
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _check_truth(ds: xr.Dataset) -> None:
+    for name, true in TRUTH.items():
+        esd = float(ds[f"{name}_esd"])
+        assert np.isfinite(esd) and esd > 0
+        # 5 esd, with a floor for the tiny esds of a noise-only simulation
+        tol = max(5 * esd, 2e-5 * abs(true))
+        assert abs(float(ds[name]) - true) < tol, (name, float(ds[name]), esd)
+
+
+@pytest.fixture(scope="module")
+def instrument_file(tmp_path_factory) -> Path:
+    """The calibrant workflow: fit CeO2 (lattice fixed), write .instprm."""
+    out = tmp_path_factory.mktemp("inst")
+    x, y, s = _ceo2_pattern()
+    xye = write_xye(out / "ceo2.xye", x, y, s, wavelength_A=WL)
+    res = CliRunner().invoke(app, ["instrument", str(xye), "--calibrant", "CeO2", "-o", str(out / "inst.instprm"),
+                                   "--plot", str(out / "inst.png"), "--chebyshev", "4"])
+    assert res.exit_code == 0, res.output
+    assert (out / "inst.png").stat().st_size > 10_000
+    return out / "inst.instprm"
+
+
+def test_instrument_fit_recovers_profile(instrument_file: Path):
+    inst = read_instrument(instrument_file, wavelength_A=WL)
+    # the widths, not the (correlated) coefficients, are what the instrument file must get right
+    from insitu_xrd.core.profiles import peak_fwhm_eta
+
+    tth = np.array([2.0, 4.0, 6.0, 8.0, 10.0])
+    f_fit, e_fit = peak_fwhm_eta(tth, WL, inst.U, inst.V, inst.W, inst.X, inst.Y)
+    f_true, e_true = peak_fwhm_eta(tth, WL, TRUE_INST.U, TRUE_INST.V, TRUE_INST.W, TRUE_INST.X, TRUE_INST.Y)
+    np.testing.assert_allclose(f_fit, f_true, rtol=0.01)
+    np.testing.assert_allclose(e_fit, e_true, atol=0.03)
+    assert abs(inst.zero_deg) < 2e-4
+
+
+def test_instrument_fit_from_poor_start_lebail():
+    x, y, s = _ceo2_pattern(seed=5)
+    fit = fit_instrument(x, y, s, "ceo2", WL, mode="lebail", chebyshev=4)
+    r = fit.result
+    assert r.gof < 1.3
+    assert fit.instrument.W == pytest.approx(TRUE_INST.W, abs=5 * r.esds["W"] + 0.02)
+    assert fit.lattice_A == pytest.approx(5.411651)
+
+
+def test_refine_cli_xye_with_instrument_file(tmp_path: Path, instrument_file: Path):
+    x, y, s = _sample_pattern()
+    xye = write_xye(tmp_path / "sample.xye", x, y, s)  # no wavelength in the file: the recipe gives it
+    (tmp_path / "cal").mkdir()
+    (tmp_path / "cal" / "inst.instprm").write_text(instrument_file.read_text())
+    recipe = _recipe(tmp_path, {"instrument": "cal/inst.instprm"})
+    res = CliRunner().invoke(app, ["refine", str(xye), "--recipe", str(recipe), "-o", str(tmp_path / "fit.nc"),
+                                   "--plot", str(tmp_path / "fit.png")])
+    assert res.exit_code == 0, res.output
+    assert "H2_a" in res.output and "Rwp" in res.output
+    ds = xr.load_dataset(tmp_path / "fit.nc", engine="h5netcdf")
+    _check_truth(ds)
+    assert ds.attrs["mode"] == "lebail" and ds.attrs["wavelength_A"] == pytest.approx(WL)
+    assert ds.attrs["gof"] < 1.5
+    assert {"obs", "calc", "background", "diff", "phase_curve", "peak_two_theta", "peak_hkl", "correlation"} <= set(ds.variables)
+    assert (tmp_path / "fit.png").stat().st_size > 20_000
+
+
+def test_refine_cli_patterns_nc_frame_rietveld(tmp_path: Path):
+    x, y0, s0 = _sample_pattern(seed=3)
+    _, y1, s1 = _sample_pattern(seed=4)
+    ds = xr.Dataset(
+        {"intensity": (("frame", "two_theta"), np.stack([y0, y1])), "sigma": (("frame", "two_theta"), np.stack([s0, s1])),
+         "status": (("frame",), np.array(["ok", "ok"]))},
+        coords={"frame": [0, 1], "two_theta": x, "time_s": ("frame", [0.0, 60.0]), "frame_name": ("frame", ["a.tif", "b.tif"])},
+        attrs={"wavelength_A": WL, "unit": "2th_deg"},
+    )
+    nc = tmp_path / "patterns.nc"
+    ds.to_netcdf(nc, engine="h5netcdf")
+    recipe = _recipe(tmp_path, {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3}, mode="rietveld", wavelength=None)
+    out = tmp_path / "fit1.nc"
+    res = CliRunner().invoke(app, ["refine", str(nc), "--recipe", str(recipe), "--frame", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    fit = xr.load_dataset(out, engine="h5netcdf")
+    _check_truth(fit)
+    assert "frame 1 (b.tif)" in fit.attrs["source_pattern"]
+    # several frames and no --frame: a clear error
+    res = CliRunner().invoke(app, ["refine", str(nc), "--recipe", str(recipe), "-o", str(out)])
+    assert res.exit_code == 2 and "--frame" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("bad_key", "refinement.phases[0].refin"),
+        ("bad_refine_name", "refinement.phases[0].refine[0]"),
+        ("missing_pattern", "does not exist"),
+        ("missing_instrument", "instrument file (refinement.profile.instrument)"),
+        ("no_wavelength", "no wavelength"),
+        ("bad_yaml", "not valid YAML"),
+        ("no_section", "no 'refinement' section"),
+    ],
+)
+def test_refine_cli_errors_exit_2(tmp_path: Path, case: str, expected: str):
+    x, y, s = _sample_pattern()
+    xye = write_xye(tmp_path / "p.xye", x, y, s)
+    profile = {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3}
+    recipe = _recipe(tmp_path, profile)
+    data = yaml.safe_load(recipe.read_text())
+    if case == "bad_key":
+        data["refinement"]["phases"][0]["refin"] = data["refinement"]["phases"][0].pop("refine")
+    elif case == "bad_refine_name":
+        data["refinement"]["phases"][0]["refine"] = ["lattice_a"]
+    elif case == "missing_pattern":
+        xye = tmp_path / "nope.xye"
+    elif case == "missing_instrument":
+        data["refinement"]["profile"] = {"instrument": "absent.instprm"}
+    elif case == "no_wavelength":
+        data.pop("wavelength_A")
+    elif case == "no_section":
+        data.pop("refinement")
+    recipe.write_text(yaml.safe_dump(data) if case != "bad_yaml" else "refinement: [unclosed\n")
+    res = CliRunner().invoke(app, ["refine", str(xye), "--recipe", str(recipe), "-o", str(tmp_path / "f.nc")])
+    assert res.exit_code == 2, res.output
+    err = res.stderr.strip()
+    assert err.startswith("error:") and expected in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_make_refinement_resolves_cif_relative_to_base(tmp_path: Path):
+    from test_cif import NMC_CIF
+
+    (tmp_path / "phases").mkdir()
+    (tmp_path / "phases" / "nmc.cif").write_text(NMC_CIF)
+    recipe = _recipe(tmp_path, {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3}, mode="rietveld")
+    data = yaml.safe_load(recipe.read_text())
+    data["refinement"]["phases"][0] = {"name": "H2", "cif": "phases/nmc.cif", "a": 2.845, "c": 14.40,
+                                       "refine": ["a", "c", "scale", "mustrain"]}
+    recipe.write_text(yaml.safe_dump(data))
+    rr = load_recipe_refinement(recipe)
+    ref = make_refinement(rr.spec, rr.wavelength_A, rr.base_dir)
+    x, y, s = _sample_pattern()
+    res = ref.fit(x, y, s)
+    assert res.values["H2_a"] == pytest.approx(TRUTH["H2_a"], abs=max(5 * res.esds["H2_a"], 1e-4))
+    assert res.values["H2_c"] == pytest.approx(TRUTH["H2_c"], abs=max(5 * res.esds["H2_c"], 1e-3))
+    data["refinement"]["phases"][0]["cif"] = "phases/missing.cif"
+    recipe.write_text(yaml.safe_dump(data))
+    rr = load_recipe_refinement(recipe)
+    with pytest.raises(InsituXRDError, match=r"CIF file \(refinement.phases\[0\].cif\).*missing.cif"):
+        make_refinement(rr.spec, rr.wavelength_A, rr.base_dir)
+
+
+def test_instrument_file_wavelength_must_match(tmp_path: Path):
+    write_instrument(tmp_path / "i.instprm", Instrument(0.2, W=1.0))
+    recipe = _recipe(tmp_path, {"instrument": "i.instprm"})
+    rr = load_recipe_refinement(recipe)
+    with pytest.raises(InsituXRDError, match="Lam = 0.2 A but the data wavelength is 0.1173"):
+        make_refinement(rr.spec, WL, rr.base_dir)
+
+
+def test_rietveld_plot_zoom_windows(tmp_path: Path):
+    rr = load_recipe_refinement(_recipe(tmp_path, {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3}, mode="rietveld"))
+    x, y, s = _sample_pattern()
+    ds = make_refinement(rr.spec, WL, tmp_path).fit(x, y, s).to_dataset()
+    wins = zoom_windows(ds)
+    assert [w[0] for w in wins] == ["003", "104", "108 / 110"]
+    d003 = TRUTH["H2_c"] / 3
+    t003 = 2 * math.degrees(math.asin(WL / (2 * d003)))
+    assert wins[0][1] < t003 < wins[0][2]
+    with pytest.raises(InsituXRDError, match="no such reflection"):
+        zoom_windows(ds, ["999"])
+    out = plot_rietveld(ds, tmp_path / "r.png", zooms=["003", (4.5, 4.9)])
+    assert out.stat().st_size > 20_000
