@@ -1,7 +1,106 @@
-"""Placeholder: replaced by the owner of this command."""
+"""``insitu-xrd run``, ``insitu-xrd watch`` and ``insitu-xrd demo``: the whole pipeline from a recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from insitu_xrd.errors import InsituXRDError
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+def run_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file (see docs/recipes.md); relative paths in it are relative to its folder."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not show progress bars."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures (the report still lists the results)."),
+) -> None:
+    """Run a recipe: calibrate (or reuse the PONI), integrate, sequential refinement, echem, strain,
+    report. Stages whose inputs did not change are reused (see OUTPUTS/stages.json)."""
+    from rich.console import Console
+
+    from insitu_xrd.pipeline.run import run_pipeline
+
+    console = Console(stderr=False)
+    try:
+        res = run_pipeline(recipe, progress=not no_progress, say=lambda m: console.print(m, markup=False, highlight=False),
+                           figures=not no_figures)
+    except InsituXRDError as exc:
+        _fail(exc)
+        return
+    console.print(f"done in {res.elapsed_s:.1f} s; outputs in {res.recipe.output_dir}", highlight=False)
+    if res.results is not None:
+        for k, v in res.results.attrs.items():
+            if k.endswith("_onset_frame"):
+                name = k.split("_onset")[0]
+                if int(v) < 0:
+                    console.print(f"{name}: not detected", highlight=False)
+                else:
+                    x = res.results.attrs.get(f"{name}_onset_x_li")
+                    console.print(f"{name} appears at frame {int(v)}" + (f", x = {float(x):.4f}" if x is not None else ""),
+                                  highlight=False)
+    if res.report is not None:
+        console.print(f"report: {res.report}", highlight=False)
+
+
+def watch_command(
+    folder: Path = typer.Argument(..., help="Folder the detector writes frames into."),
+    recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML (calibration, integration, refinement, echem, outputs)."),
+    poll_s: float = typer.Option(2.0, "--poll-s", min=0.01, help="Seconds between polls of the folder."),
+    idle_exit_s: Optional[float] = typer.Option(None, "--idle-exit-s", min=0.0, help="Stop after this many seconds without a new frame (default: run until Ctrl-C)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after refining this many frames in total."),
+    refresh_s: float = typer.Option(30.0, "--refresh-s", min=0.0, help="Minimum seconds between figure refreshes."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Do not draw figures."),
+) -> None:
+    """Beamtime mode: integrate and refine each new frame as it lands, append to the results,
+    refresh the figures. Survives bad frames; restart it to resume."""
+    from rich.console import Console
+
+    from insitu_xrd.pipeline.watch import watch_folder
+
+    console = Console()
+    try:
+        summ = watch_folder(folder, recipe, poll_s=poll_s, idle_exit_s=idle_exit_s, max_frames=max_frames,
+                            refresh_s=refresh_s, figures=not no_figures,
+                            say=lambda m: console.print(m, markup=False, highlight=False))
+    except InsituXRDError as exc:
+        _fail(exc)
+        return
+    console.print(f"stopped ({summ.stopped_because or 'done'}): {summ.n_refined} frames refined this session, "
+                  f"{summ.n_frames_total} in total; results: {summ.results_path}", highlight=False)
+
+
+def demo_command(
+    out: Path = typer.Option(Path("demo_out"), "--out", help="Output folder (simulated data in OUT/data, results in OUT/data/results)."),
+    seed: int = typer.Option(7, "--seed", help="Random seed of the simulated experiment."),
+    n_frames: int = typer.Option(40, "--frames", min=4, help="Number of simulated frames."),
+    binning: int = typer.Option(2, "--binning", min=1, help="Detector binning of the simulated frames (1 = full 2048x2048)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not show progress bars."),
+) -> None:
+    """Simulate the built-in NMC811 charge scenario and run the pipeline on it; prints truth vs
+    recovered values and writes the figures."""
+    from rich.console import Console
+
+    from insitu_xrd.pipeline.demo import run_demo
+
+    console = Console()
+    try:
+        summary = run_demo(out, seed=seed, n_frames=n_frames, binning=binning, progress=not no_progress,
+                           say=lambda m: console.print(m, markup=False, highlight=False))
+    except InsituXRDError as exc:
+        _fail(exc)
+        return
+    console.print(summary.table)
+    console.print(summary.text, highlight=False)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run_command)
+    app.command("watch")(watch_command)
+    app.command("demo")(demo_command)

@@ -1,7 +1,44 @@
-"""Placeholder: replaced by the owner of this command."""
+"""`insitu-xrd simulate`: a synthetic operando NMC811 dataset with known truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from insitu_xrd.errors import InsituXRDError
+
+
+def simulate(
+    out_dir: Path = typer.Argument(..., help="Output folder (created): frames/, calib/, cycler.csv, truth.json, recipe.yaml."),
+    frames: int = typer.Option(40, "--frames", min=1, help="Number of frames, evenly spaced in time over the charge."),
+    seed: int = typer.Option(0, "--seed", help="Master random seed (Poisson noise of every image, voltage noise)."),
+    coated: bool = typer.Option(False, "--coated", help="Coated-particle scenario: smaller lattice change, larger microstrain."),
+    wavelength_a: float = typer.Option(0.1173, "--wavelength-a", help="Wavelength of the frames and the in-situ CeO2 (angstrom)."),
+    binning: int = typer.Option(1, "--binning", help="Detector binning: 1 = Perkin 2048x2048 200 um, 2 = 1024x1024 400 um (fast tests)."),
+    no_cell_lines: bool = typer.Option(False, "--no-cell-lines", help="Leave out the Li-metal and Al current-collector lines."),
+    no_diffuse: bool = typer.Option(False, "--no-diffuse", help="Leave out the broad diffuse components under H2 104 and 108/110."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for the frames (default: all cores)."),
+) -> None:
+    """Write a synthetic in-situ dataset (first charge of NMC811) whose every true value is in truth.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from insitu_xrd.simulate.dataset import simulate_dataset
+
+    try:
+        with Progress(TextColumn("[bold]simulating frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
+            task = bar.add_task("frames", total=frames)
+            truth = simulate_dataset(
+                out_dir, frames=frames, seed=seed, coated=coated, wavelength_A=wavelength_a, binning=binning,
+                cell_lines=not no_cell_lines, diffuse=not no_diffuse, workers=workers,
+                progress=lambda done, total: bar.update(task, completed=done),
+            )
+    except InsituXRDError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {frames} frames, calibrants, cycler.csv, recipe.yaml and {truth}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("simulate")(simulate)

@@ -169,6 +169,8 @@ class SmoothCurve:
         from scipy.interpolate import PchipInterpolator
 
         xq = np.asarray(x, dtype=float)
+        if not np.all(np.isfinite(nodes)):
+            return np.full(xq.shape, np.nan)
         if self.x_nodes.size == 1:
             return np.where(np.isclose(xq, self.x_nodes[0]), nodes[0], np.nan)
         return PchipInterpolator(self.x_nodes, nodes, extrapolate=False)(xq)
@@ -178,12 +180,11 @@ def _spline_operator(x: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
     """Matrix S with smoothed = S @ y for the weighted smoothing spline at penalty lam."""
     from scipy.interpolate import make_smoothing_spline
 
-    n = x.size
-    S = np.empty((n, n))
-    eye = np.eye(n)
-    for j in range(n):
-        S[:, j] = make_smoothing_spline(x, eye[j], w=w, lam=lam)(x)
-    return S
+    eye = np.eye(x.size)
+    try:  # recent scipy fits all columns of a 2-D y at once
+        return np.asarray(make_smoothing_spline(x, eye, w=w, lam=lam)(x))
+    except ValueError:  # older scipy: one unit vector at a time
+        return np.stack([make_smoothing_spline(x, e, w=w, lam=lam)(x) for e in eye], axis=1)
 
 
 def smooth_curve(
@@ -210,6 +211,11 @@ def smooth_curve(
     notes: list[str] = []
     if n == 0:
         raise ValueError("no finite (x, y) points to build a curve from")
+    positive = np.isfinite(ss) & (ss > 0)
+    if positive.any() and np.all(np.isfinite(ss)) and not positive.all():
+        # an exact point (the reference frame: eps = 0, esd 0) gets the smallest esd of the others
+        ss = np.where(positive, ss, ss[positive].min())
+        notes.append("zero esd (reference frame) replaced by the smallest esd of the other points")
     have_esd = bool(np.all(np.isfinite(ss) & (ss > 0)))
     if method == "spline" and not have_esd:
         notes.append("esds missing or zero: PCHIP through the data instead of a smoothing spline")

@@ -254,6 +254,7 @@ class _Problem:
         cols: list[np.ndarray] = []
         fixed = np.zeros(len(self.x))
         pars = self.params
+        self.update_fsq(vals)
 
         def add(name: str, col: np.ndarray, linear_free: bool) -> None:
             if linear_free:
@@ -313,6 +314,10 @@ class _Problem:
         vals = self._base_vals.copy()
         vals.update(zip(free, (float(v) for v in xvec)))
         return vals
+
+
+def held_phases(held: list[str]) -> set[str]:
+    return {n.split("_", 1)[0] for n in held}
 
 
 def _single_thread_blas():
@@ -459,7 +464,7 @@ class Refinement:
             v = {"a": ph.a, "b": ph.b, "c": ph.c}[ln]
             pars.add(f"{p}_{ln}", value=v, vary=ln in ps.refine, min=v * (1 - bound), max=v * (1 + bound))
         pars.add(f"{p}_scale", value=ps.scale or 1.0, vary="scale" in ps.refine)
-        pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=1e5)
+        pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=3e4)
         if ps.size_um is not None or "size_um" in ps.refine:
             pars.add(f"{p}_size_um", value=ps.size_um or 1.0, vary="size_um" in ps.refine, min=1e-3, max=1e3)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
@@ -514,33 +519,50 @@ class Refinement:
         prob = _Problem(self, x, y, s, fitmask, active, params)
         lebail_start = start.lebail_areas if (start is not None and mode == "lebail") else {}
         held: list[str] = []
-        outcome = self._run(prob, mode, lebail_start, held)
-        # An insignificant phase in a multi-phase fit: hold its nonlinear parameters, refit.
+        # Newly activated phases (optional ones on a cold start, phases absent from `start`) are on
+        # probation: held at their start lattice until their scale proves significant (see _run).
+        if start is None:
+            new = [p for p in active if self.spec.phase(p).optional]
+        else:
+            new = [p for p in active if p not in start.active_phases]
+        probation = new if (new and len(new) < len(active)) else []
+        outcome = self._run(prob, mode, lebail_start, held, probation)
+        warnings += outcome["warnings"]
+        # A phase that became insignificant in a multi-phase fit: hold its nonlinear parameters, refit.
         if len(active) > 1:
             weak = []
             for name in active:
                 sc, esd = outcome["scales"].get(name, (np.nan, np.nan))
-                if np.isfinite(esd) and esd > 0 and abs(sc) < _SIGNIFICANCE * esd:
+                if name not in held_phases(held) and np.isfinite(esd) and esd > 0 and abs(sc) < _SIGNIFICANCE * esd:
                     weak.append(name)
             if weak and len(weak) < len(active):
                 for name in weak:
-                    for pn, par in params.items():
-                        if pn.startswith(f"{name}_") and par.vary and not pn.endswith("_scale"):
-                            par.set(value=par.user_data["start"] if par.user_data else par.value, vary=False)
-                            held.append(pn)
-                    for d in self.spec.diffuse:
-                        if d.phase == name:
-                            for suff in ("fwhm_deg", "offset_deg", "eta"):
-                                par = params[f"diff_{d.label}_{suff}"]
-                                if par.vary:
-                                    par.set(vary=False)
-                                    held.append(par.name)
+                    held += self._hold_phase(params, name, reset=True)
                     warnings.append(
                         f"phase {name}: scale not significant (|S| < {_SIGNIFICANCE:g} esd); "
                         "its lattice/profile parameters were held at their start values")
                 prob = _Problem(self, x, y, s, fitmask, active, params)
                 outcome = self._run(prob, mode, outcome["lebail_areas"], held)
+                warnings += outcome["warnings"]
         return self._result(prob, outcome, mode, warnings, time.perf_counter() - t0)
+
+    def _hold_phase(self, params: lmfit.Parameters, name: str, reset: bool) -> list[str]:
+        """Fix the nonlinear parameters of a phase (and of its diffuse components); return their names."""
+        out = []
+        for pn, par in params.items():
+            if pn.startswith(f"{name}_") and par.vary and not par.expr and not self._is_linear(pn):
+                if reset and par.user_data:
+                    par.set(value=par.user_data["start"])
+                par.set(vary=False)
+                out.append(pn)
+        for d in self.spec.diffuse:
+            if d.phase == name:
+                for suff in ("fwhm_deg", "offset_deg", "eta"):
+                    par = params[f"diff_{d.label}_{suff}"]
+                    if par.vary:
+                        par.set(vary=False)
+                        out.append(par.name)
+        return out
 
     def _prepare_data(self, tth, inten, sigma):
         x = np.asarray(tth, dtype=float)
@@ -619,7 +641,7 @@ class Refinement:
                 free_nl.append(n)
         return free_nl, free_lin
 
-    def _nonlinear(self, prob: _Problem, free: list[str], lebail: bool, max_nfev: int):
+    def _nonlinear(self, prob: _Problem, free: list[str], lebail: bool, max_nfev: int, loose: bool = False):
         params = prob.params
         prob._base_vals = params.valuesdict()
         if not free:
@@ -635,7 +657,7 @@ class Refinement:
             return prob.residual(prob.values_from(free, xv), lebail)[0]
 
         sol = least_squares(fun, x0, bounds=(lb, ub), method="trf", x_scale="jac", max_nfev=max_nfev,
-                            ftol=1e-7, xtol=1e-8, gtol=1e-8)
+                            ftol=1e-4 if loose else 1e-7, xtol=1e-6 if loose else 1e-8, gtol=1e-8)
         vals = prob.values_from(free, sol.x)
         for n, v in zip(free, sol.x):
             params[n].value = float(v)
@@ -647,14 +669,62 @@ class Refinement:
             if n in params:
                 params[n].value = float(v)
 
-    def _run(self, prob: _Problem, mode: str, lebail_start: dict, held: list[str]) -> dict:
+    def _run(self, prob: _Problem, mode: str, lebail_start: dict, held: list[str],
+             probation: Sequence[str] = ()) -> dict:
+        """Fit stages for one set of active phases.
+
+        Stage A (structure-factor intensities, loose tolerance) runs on a cold Le Bail start or when
+        phases are on probation (newly activated): their nonlinear parameters are held during it and
+        released only if their scale is significant (linear esd at the stage-A solution).
+        Stage B: Rietveld fit, or Le Bail cycles.
+        """
         params = prob.params
-        free_nl, free_lin = self._split(params)
         max_nfev = self.spec.max_nfev
-        site_free = [n for n in free_nl if self._has_site(n)]
-        messages = []
+        messages: list[str] = []
+        warnings: list[str] = []
         success = True
-        if mode == "rietveld":
+        lebail = mode == "lebail"
+        missing = self._assign_lebail_start(prob, lebail_start) if lebail else set()
+        if probation or missing:
+            on_hold = {name: self._hold_phase(params, name, reset=False) for name in probation}
+            free_nl, _ = self._split(params)
+            nl = [n for n in free_nl if not self._has_site(n)]
+            vals, lin, r, ok, msg = self._nonlinear(prob, nl, False, max_nfev, loose=True)
+            self._store_linear(params, lin)
+            sig = self._linear_scale_esds(prob, params.valuesdict())
+            released = False
+            for name, names in on_hold.items():
+                sc, esd = sig.get(name, (0.0, np.inf))
+                if np.isfinite(esd) and esd > 0 and abs(sc) >= _SIGNIFICANCE * esd:
+                    for pn in names:
+                        params[pn].set(vary=True)
+                    released = True
+                else:
+                    held.extend(names)
+                    warnings.append(
+                        f"phase {name}: scale not significant (|S| < {_SIGNIFICANCE:g} esd) at its start lattice; "
+                        "its lattice/profile parameters were held at their start values")
+            if released:
+                # the held stage distorts the other phases' parameters: restart from the start
+                # values (and, for Le Bail, redo the structure stage with every phase free)
+                for par in params.values():
+                    if par.user_data and par.vary and not self._is_linear(par.name):
+                        par.set(value=par.user_data["start"])
+                if lebail:
+                    free_nl, _ = self._split(params)
+                    nl = [n for n in free_nl if not self._has_site(n)]
+                    vals, lin, r, ok, msg = self._nonlinear(prob, nl, False, max_nfev, loose=True)
+                    self._store_linear(params, lin)
+            if lebail:
+                vals = params.valuesdict()
+                for name, pd in prob.pd.items():
+                    if name in missing or pd.areas is None or released:
+                        _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
+                        pd.areas = max(lin.get(f"{name}_scale", params[f"{name}_scale"].value), 0.0) * \
+                            prob.structure_areas(pd, tthb)
+        free_nl, free_lin = self._split(params)
+        site_free = [n for n in free_nl if self._has_site(n)]
+        if not lebail:
             vals, lin, r, ok, msg = self._nonlinear(prob, free_nl, False, max_nfev)
             self._store_linear(params, lin)
             success &= ok
@@ -665,18 +735,9 @@ class Refinement:
                 self._store_linear(params, lin)
         else:
             nl_lebail = [n for n in free_nl if n not in site_free]
-            have = self._assign_lebail_start(prob, lebail_start)
-            if not have:
-                # Structure-factor stage: brings lattice/profile into the basin.
-                vals, lin, r, ok, msg = self._nonlinear(prob, nl_lebail, False, max_nfev)
-                scales = {n: lin.get(f"{n}_scale", params[f"{n}_scale"].value) for n in prob.pd}
-                for name, pd in prob.pd.items():
-                    _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, params.valuesdict())
-                    pd.areas = max(scales[name], 0.0) * prob.structure_areas(pd, tthb)
-                self._store_linear(params, lin)
             prev = np.inf
             for cycle in range(self.spec.lebail_cycles):
-                self._extract(prob, params.valuesdict(), passes=3 if (cycle or have) else 6)
+                self._extract(prob, params.valuesdict(), passes=6 if (cycle == 0 and missing) else 3)
                 if cycle == 0:
                     prob._base_vals = params.valuesdict()
                     r0 = prob.residual(prob._base_vals, True)[0]
@@ -691,8 +752,9 @@ class Refinement:
                     break
                 prev = chi2
             success &= ok
-            messages.append(f"{msg} (Le Bail cycles: {cycle + 1})")
             self._extract(prob, params.valuesdict(), passes=1)
+            steps = self._pawley_polish(prob, nl_lebail) if self.spec.pawley_polish else 0
+            messages.append(f"{msg} (Le Bail cycles: {cycle + 1}; Pawley polish steps: {steps})")
         vals = params.valuesdict()
         prob._base_vals = vals
         lebail = mode == "lebail"
@@ -706,7 +768,7 @@ class Refinement:
         vals = params.valuesdict()
         cov_names, cov, extra_cols = self._covariance(prob, vals, free_nl, lebail)
         out = dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, success=success,
-                   message="; ".join(messages), n_extra=extra_cols, held=list(held))
+                   message="; ".join(messages), n_extra=extra_cols, held=list(held), warnings=warnings)
         # phase fractions
         scales: dict[str, tuple[float, float]] = {}
         if lebail and self.spec.phase_fraction_step:
@@ -724,13 +786,13 @@ class Refinement:
                                if pd.areas is not None}
         return out
 
-    def _assign_lebail_start(self, prob: _Problem, start: dict) -> bool:
-        if not start:
-            return False
-        have = True
+    def _assign_lebail_start(self, prob: _Problem, start: dict) -> set[str]:
+        """Le Bail intensities from a previous fit, matched by hkl; returns the phases without any."""
+        missing = set()
         for name, pd in prob.pd.items():
             if name not in start:
-                have = False
+                pd.areas = None
+                missing.add(name)
                 continue
             hkl0, a0 = start[name]
             lut = {tuple(h): a for h, a in zip(np.asarray(hkl0).tolist(), a0)}
@@ -738,15 +800,21 @@ class Refinement:
             if np.isnan(pd.areas).any():
                 fill = np.nanmedian(pd.areas) if np.isfinite(pd.areas).any() else 0.0
                 pd.areas = np.where(np.isnan(pd.areas), fill, pd.areas)
-        if not have:
-            # a newly activated phase: start its intensities from the structure with a small scale
-            vals = prob.params.valuesdict()
-            r, lin, _ = prob.residual(vals, False)
-            for name, pd in prob.pd.items():
-                if pd.areas is None:
-                    _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
-                    pd.areas = max(lin.get(f"{name}_scale", 0.0), 0.0) * prob.structure_areas(pd, tthb)
-        return True
+            # Pawley-polished intensities may be slightly negative; extraction needs >= 0
+            pd.areas = np.maximum(pd.areas, 0.0)
+        return missing
+
+    def _linear_scale_esds(self, prob: _Problem, vals: dict[str, float]) -> dict[str, tuple[float, float]]:
+        """Phase scales and their esds from the linear problem at fixed nonlinear parameters."""
+        names, cols, fixed, info = prob.columns(vals, False, structure_scales=True)
+        coef, r = prob.solve_linear(cols, fixed)
+        A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
+        cov = self._cov_from_jac(A, r, len(names))
+        out = {}
+        for name in prob.pd:
+            i = names.index(f"{name}_scale")
+            out[name] = (float(coef[i]), float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else np.nan)
+        return out
 
     def _extract(self, prob: _Problem, vals: dict[str, float], passes: int) -> None:
         """Le Bail partition of (obs - background) among the reflections (`passes` iterations)."""
@@ -827,14 +895,19 @@ class Refinement:
             out += lin.get(n, 0.0) * c
         return out
 
-    def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
-        """Full weighted Jacobian at the solution -> covariance (scaled, corrected)."""
+    def _jacobian(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
+        """Full weighted Jacobian at `vals` (linear parameters at their least-squares values).
+
+        Columns: nonlinear parameters (central differences), linear parameters, and in Le Bail mode
+        one Pawley-type column per group of coincident reflections of a phase (derivative with
+        respect to the group's area). Returns (J, r, names, groups) with r the weighted residual
+        and groups [(phase, member indices, member shares)] for the Pawley columns.
+        """
         names, cols, fixed, info = prob.columns(vals, lebail)
         coef, r = prob.solve_linear(cols, fixed)
         lin = dict(zip(names, coef))
         jac_cols: list[np.ndarray] = []
         jac_names: list[str] = []
-        params = prob.params
         for n in free_nl:
             v = vals[n]
             h = max(abs(v) * 1e-6, 1e-8)
@@ -844,52 +917,116 @@ class Refinement:
             vm = dict(vals)
             vp[n] = v + h
             vm[n] = v - h
+            fp = self._model_vector(prob, vp, lin, lebail)
+            fm = self._model_vector(prob, vm, lin, lebail)
             if self._has_site(n):
-                prob.update_fsq(vp)
-                fp = self._model_vector(prob, vp, lin, lebail)
-                prob.update_fsq(vm)
-                fm = self._model_vector(prob, vm, lin, lebail)
                 prob.update_fsq(vals)
-            else:
-                fp = self._model_vector(prob, vp, lin, lebail)
-                fm = self._model_vector(prob, vm, lin, lebail)
             jac_cols.append((fp - fm) / (2 * h))
             jac_names.append(n)
-        extra = 0
         for n, c in zip(names, cols):
             if n.endswith("_lebail_k"):
                 continue
             jac_cols.append(c)
             jac_names.append(n)
+        groups_out: list[tuple[str, np.ndarray]] = []
         if lebail:
-            # Pawley-type columns: one per group of (near-)coincident reflections of each phase
+            nx = len(prob.x)
             for name, pd in prob.pd.items():
                 blocks, t, fwhm, eta, tthb, d = info[name]
+                k = max(lin.get(f"{name}_lebail_k", 1.0), 0.0)
                 order = np.argsort(t)
-                groups: list[list[int]] = []
-                for i in order:
-                    if groups and abs(t[i] - t[groups[-1][-1]]) < 1e-3 * fwhm[i]:
-                        groups[-1].append(i)
-                    else:
-                        groups.append([i])
                 gid = np.full(len(t), -1)
-                for gi, g in enumerate(groups):
-                    gid[g] = gi
-                ng = len(groups)
-                G = np.zeros((ng, len(prob.x)))
+                ng = 0
+                last = None
+                for i in order:
+                    if last is not None and abs(t[i] - t[last]) < 1e-3 * fwhm[i]:
+                        gid[i] = ng - 1
+                    else:
+                        gid[i] = ng
+                        ng += 1
+                    last = i
+                flat_idx, flat_w = [], []
+                # a group's column is the profile of its members weighted by their share of the
+                # group intensity (equal shares when all are zero): derivative w.r.t. the group area
+                areas = pd.areas * k
+                tot = np.bincount(gid, weights=areas, minlength=ng)
+                cnt = np.bincount(gid, minlength=ng)
+                share = np.where(tot[gid] > 0, areas / np.where(tot[gid] > 0, tot[gid], 1.0), 1.0 / cnt[gid])
                 for idx_pk, idx, prof in blocks:
-                    a = pd.areas[idx_pk]
-                    for row, pk in enumerate(idx_pk):
-                        if a[row] > 0:
-                            np.add.at(G[gid[pk]], idx[row], prof[row] * a[row])
+                    flat_idx.append((gid[idx_pk][:, None] * nx + idx).ravel())
+                    flat_w.append((prof * share[idx_pk, None]).ravel())
+                if not flat_idx:
+                    continue
+                G = np.bincount(np.concatenate(flat_idx), weights=np.concatenate(flat_w), minlength=ng * nx).reshape(ng, nx)
                 for gi in range(ng):
                     if np.any(G[gi][prob.fitmask] != 0):
-                        jac_cols.append(G[gi])  # derivative w.r.t. a relative intensity change
-                        extra += 1
+                        jac_cols.append(G[gi])
+                        members = np.nonzero(gid == gi)[0]
+                        groups_out.append((name, members, share[members]))
         J = np.stack([c[prob.fitmask] for c in jac_cols], axis=1) * prob.wf[:, None] if jac_cols else np.zeros((len(r), 0))
+        return J, r, jac_names, groups_out
+
+    def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
+        """Covariance (scaled by gof and the serial-correlation factor) of the refined parameters."""
+        J, r, jac_names, groups = self._jacobian(prob, vals, free_nl, lebail)
         cov = self._cov_from_jac(J, r, J.shape[1])
         npar = len(jac_names)
-        return jac_names, cov[:npar, :npar], extra
+        return jac_names, cov[:npar, :npar], len(groups)
+
+    def _pawley_polish(self, prob: _Problem, free_nl: list[str], steps: int = 3) -> int:
+        """Gauss-Newton steps on the joint problem (nonlinear + linear + reflection intensities).
+
+        The Le Bail fixed point is not the least-squares optimum where reflections overlap (the
+        partition shares intensity in proportion to the current profile, which biases widths: +3 to
+        +6 % in microstrain on simulated H2+H3+Li patterns); a few Gauss-Newton steps from it
+        (truncated SVD, relative cut 1e-4, step halving) reach the Pawley optimum. As in Pawley
+        refinement, weak overlapped intensities may then come out slightly negative.
+        """
+        params = prob.params
+        taken = 0
+        for _ in range(steps):
+            vals = params.valuesdict()
+            prob._base_vals = vals
+            J, r, names, groups = self._jacobian(prob, vals, free_nl, True)
+            chi0 = float(r @ r)
+            norms = np.sqrt(np.sum(J * J, axis=0))
+            norms = np.where(norms > 0, norms, 1.0)
+            delta = np.linalg.lstsq(J / norms, r, rcond=1e-4)[0] / norms
+            nnl = len(free_nl)
+            ngrp = len(groups)
+            old_areas = {n: pd.areas.copy() for n, pd in prob.pd.items()}
+            accepted = False
+            step = 1.0
+            for _attempt in range(4):
+                trial = dict(vals)
+                for j, n in enumerate(free_nl):
+                    p = params[n]
+                    trial[n] = float(np.clip(vals[n] + step * delta[j], p.min, p.max))
+                for gi, (name, members, share) in enumerate(groups):
+                    dg = delta[len(delta) - ngrp + gi]
+                    prob.pd[name].areas[members] = old_areas[name][members] + step * dg * share
+                prob._base_vals = trial
+                r1, lin1, _ = prob.residual(trial, True)
+                chi1 = float(r1 @ r1)
+                print('polish', chi0, chi1, step)
+                if chi1 < chi0:
+                    accepted = True
+                    for j, n in enumerate(free_nl):
+                        params[n].value = trial[n]
+                    for name, pd in prob.pd.items():
+                        pd.areas = pd.areas * max(lin1.pop(f"{name}_lebail_k", 1.0), 0.0)
+                    self._store_linear(params, lin1)
+                    break
+                for name, pd in prob.pd.items():
+                    pd.areas = old_areas[name].copy()
+                step *= 0.25
+            if not accepted:
+                break
+            taken += 1
+            if chi0 - chi1 < 1e-5 * chi0:
+                break
+        prob._base_vals = params.valuesdict()
+        return taken
 
     @staticmethod
     def _has_site(name: str) -> bool:

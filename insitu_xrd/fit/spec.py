@@ -178,6 +178,11 @@ class RefinementSpec(_Strict):
     diffuse: list[DiffuseSpec] = Field(default_factory=list)
     lebail_cycles: int = Field(8, ge=1, le=50, description="Maximum Le Bail intensity-extraction cycles.")
     max_nfev: int = Field(400, ge=10, description="Maximum function evaluations per nonlinear stage.")
+    pawley_polish: bool = Field(
+        True,
+        description="lebail mode: after the Le Bail cycles take damped Gauss-Newton steps on the joint problem "
+        "(intensities included) to reach the least-squares optimum where reflections overlap.",
+    )
     phase_fraction_step: bool = Field(True, description="lebail mode: run the structure-factor scale step to report phase fractions.")
     esd_correction: Literal["durbin_watson", "none"] = Field(
         "durbin_watson",

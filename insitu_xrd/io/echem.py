@@ -238,6 +238,8 @@ def _build_log(
                              "and time_unit, voltage_unit, current_unit, capacity_unit")
     chosen: dict[str, str] = {}
     for q in QUANTITIES:
+        if q in columns and columns[q] in ("", None, "none"):
+            continue  # explicitly not used (e.g. capacity_mAh: none -> integrate the current)
         if q in columns:
             if columns[q] not in table:
                 raise InsituXRDError(f"{source}: column {columns[q]!r} (mapped to {q}) not found; "
@@ -304,6 +306,15 @@ def _build_log(
     if "capacity_mAh" in data:
         capacity = data["capacity_mAh"]
         cap_source = f"column {chosen['capacity_mAh']!r} (net charge, converted to mAh)"
+        if "current_mA" in data:
+            # a per-step or unsigned capacity (many cycler exports) disagrees with the current
+            q_int = capacity[0] + integrate_capacity_mAh(data["time_s"], data["current_mA"])
+            worst = float(np.max(np.abs(capacity - q_int)))
+            scale = float(max(np.max(np.abs(q_int - capacity[0])), np.max(np.abs(capacity - capacity[0]))))
+            if scale > 0 and worst > 0.05 * scale:
+                notes.append(f"capacity column {chosen['capacity_mAh']!r} differs from the integrated current by up to "
+                             f"{worst:.4g} mAh ({100 * worst / scale:.0f} % of the range): it may restart every step or "
+                             "be unsigned; map current_mA only (capacity_mAh unmapped) to integrate the current instead")
     else:
         capacity = integrate_capacity_mAh(data["time_s"], data["current_mA"])
         cap_source = f"integrated current column {chosen['current_mA']!r} over time (trapezoid rule)"

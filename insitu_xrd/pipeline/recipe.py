@@ -66,6 +66,7 @@ class CalibrationSection(_Strict):
     center_px: tuple[float, float] | None = Field(None, description="Rough beam centre [x, y] (pixels); none = searched.")
     wavelength_A: float | None = Field(None, gt=0, description="Wavelength of the calibrant image (A) if it differs from the recipe's (ex-situ calibration).")
     mask: str | None = Field(None, description="Mask image for the calibrant (non-zero = ignore).")
+    binning: int | None = Field(None, ge=1, le=16, description="Detector pixel binning of the images (none = inferred from the image shape).")
     poni: str | None = Field(None, description="PONI file: reused when it exists, written by the calibration otherwise.")
 
     @model_validator(mode="after")
@@ -78,7 +79,8 @@ class CalibrationSection(_Strict):
 class FramesSection(_Strict):
     """Detector frames of the in-situ series and their acquisition times."""
 
-    files: str = Field(..., description="Glob pattern of the frames (e.g. frames/*.tif), or an HDF5/NeXus file; sorted by name.")
+    files: str = Field(..., description="Glob pattern of the frames (e.g. frames/*.tif), a folder, or an HDF5/NeXus file; natural-sorted by name.")
+    hdf5_dataset: str | None = Field(None, description="Dataset path of the image stack inside HDF5/NeXus files (default: auto-detected).")
     time_source: Literal["header", "sidecar", "period", "none"] | None = Field(
         None, description="Where the frame times come from; default: 'sidecar' if a sidecar is given, 'period' if period_s is given, else 'header'.")
     sidecar: str | None = Field(None, description="CSV with columns file,time_s (file names relative to the CSV's folder).")
@@ -106,7 +108,8 @@ class IntegrationSection(_Strict):
     range: tuple[float, float] | None = Field(None, description="Radial range [lo, hi] in the unit; none = full detector.")
     polarization: float | None = Field(0.99, ge=-1, le=1, description="Polarization factor (0.99 for horizontal synchrotron polarization); none = no correction.")
     sigma_clip: float | None = Field(None, gt=0, description="Sigma-clipping threshold (robust azimuthal outlier rejection, e.g. single-crystal spots); none = plain integration.")
-    method: tuple[str, str, str] = Field(("bbox", "csc", "cython"), description="pyFAI method (split, algorithm, implementation).")
+    method: tuple[str, str, str] | None = Field(None, description="pyFAI method (split, algorithm, implementation); none = ('full', 'csc', 'cython').")
+    auto_mask: bool = Field(True, description="Mask gap/dead/hot pixels found on the first frames.")
 
     @field_validator("range")
     @classmethod
@@ -191,9 +194,9 @@ class Recipe(_Strict):
     name: str = Field("insitu-xrd", description="Name of the experiment (report title).")
     wavelength_A: float = Field(..., gt=0, description="X-ray wavelength (A).")
     calibration: CalibrationSection
-    frames: FramesSection
+    frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe.")
     integration: IntegrationSection = Field(default_factory=IntegrationSection)
-    refinement: RefinementSpec
+    refinement: RefinementSpec | None = Field(None, description="Refinement section; none = stop after integration.")
     sequential: SequentialSection = Field(default_factory=SequentialSection)
     echem: EchemSection | None = None
     strain: StrainSection = Field(default_factory=StrainSection)

@@ -54,6 +54,8 @@ __all__ = [
     "seeded_spec",
     "refine_sequence",
     "records_to_dataset",
+    "refit_frame",
+    "phase_onset_attrs",
     "dataset_to_records",
     "PER_PHASE_VARS",
     "UNITS",
@@ -76,7 +78,8 @@ UNITS: dict[str, str] = {
     "microstrain": "1e-6 (GSAS-II mu-strain)",
     "size": "um",
     "scale": "1 (Rietveld scale)",
-    "phase_fraction": "1 (weight fraction)",
+    "phase_fraction": "1 (weight fraction of all refined phases)",
+    "cathode_fraction": "1 (weight fraction within the cathode phases)",
     "rwp": "1 (fraction, not %)",
     "gof": "1 (reduced chi^2)",
     "zero_shift": "deg 2theta",
@@ -405,7 +408,11 @@ class SequentialRefiner:
             lattice = [p for p in lattice if p.split("_", 1)[0] in self.base_phases]
             if lattice:
                 return f"at bound: {', '.join(lattice)}"
-        if len(self.rwp_history) >= 3:
+        for name in self.base_phases:
+            sc, esd = _param_value(fit, f"{name}_scale")
+            if np.isfinite(esd) and esd > 0 and not sc > 3 * esd:
+                return f"phase {name} not significant (scale {sc:.4g} +/- {esd:.2g})"
+        if len(self.rwp_history) >= 2:
             ref = float(np.median(self.rwp_history[-7:]))
             if fit.rwp > self.opt.divergence.rwp_jump_factor * ref:
                 return f"Rwp jump {fit.rwp:.4f} > {self.opt.divergence.rwp_jump_factor} x median {ref:.4f}"
@@ -626,6 +633,26 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     dims2 = ("frame", "phase")
     for k, v in per.items():
         data[k] = (dims2, v)
+    # fraction within the cathode (phases of the first phase's template, plus optional phases):
+    # the lever-rule H2/H3 fraction, independent of cell lines (Al, Li) in the beam
+    cath = cathode_phases(spec)
+    cidx = [phases.index(p) for p in cath]
+    wf = np.nan_to_num(per["phase_fraction"][:, cidx])
+    wf_esd = np.nan_to_num(per["phase_fraction_esd"][:, cidx])
+    tot = wf.sum(axis=1, keepdims=True)
+    cf = np.full((nf, npn), np.nan)
+    cf_esd = np.full((nf, npn), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac_c = np.where(tot > 0, wf / tot, np.nan)
+        # first-order propagation, treating the weight fractions as independent
+        esd_c = np.where(tot > 0, np.sqrt(((1 - frac_c) * wf_esd) ** 2 + (frac_c**2) * (np.sum(wf_esd**2, axis=1, keepdims=True) - wf_esd**2)) / tot, np.nan)
+    cf[:, cidx] = frac_c
+    cf_esd[:, cidx] = esd_c
+    no_fit = np.array([r is None or not (r.good or r.status == "diverged") for r in records] + [True] * (nf - len(records)))[:nf]
+    cf[no_fit] = np.nan
+    cf_esd[no_fit] = np.nan
+    data["cathode_fraction"] = (dims2, cf)
+    data["cathode_fraction_esd"] = (dims2, cf_esd)
     data["active"] = (dims2, active)
     data["rwp"] = (("frame",), rwp)
     data["gof"] = (("frame",), gof)
@@ -656,6 +683,7 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
         "wavelength_A": float(patterns.attrs.get("wavelength_A", np.nan)),
         "units": json.dumps({k: v for k, v in UNITS.items()}),
         "optional_phases": json.dumps([p.name for p in spec.phases if p.optional]),
+        "cathode_phases": json.dumps(cath),
         "refinement_spec": spec.model_dump_json(),
         "software_versions": software_versions_json(),
         "created_utc": utc_now_iso(),
@@ -665,6 +693,17 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     if attrs:
         ds.attrs.update(attrs)
     return ds
+
+
+def cathode_phases(spec: RefinementSpec) -> list[str]:
+    """Phases of the electrode material: the first phase, phases with its template, optional phases."""
+    first = spec.phases[0]
+    out = []
+    for p in spec.phases:
+        same = p.template is not None and first.template is not None and p.template.lower() == first.template.lower()
+        if p is first or same or p.optional:
+            out.append(p.name)
+    return out
 
 
 def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
@@ -978,3 +1017,18 @@ def _atomic_write(ds: xr.Dataset, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     ds.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, path)
+
+
+def refit_frame(results: xr.Dataset, patterns: xr.Dataset, index: int, spec: RefinementSpec,
+                factory: RefinementFactory) -> Any:
+    """Fit one frame again from its stored sequential result (same phases, start = its values);
+    gives the full FitResult (curves, reflection ticks) for a Rietveld plot of any frame."""
+    recs = dataset_to_records(results.isel(frame=[index]))
+    rec = recs[0]
+    tth, y, s, st = _frame_arrays(patterns, index)
+    if st != "ok":
+        raise InsituXRDError(f"frame {index}: pattern status is {st!r}; nothing to fit")
+    good = np.isfinite(y) & np.isfinite(s) & (s > 0)
+    sp = seeded_spec(spec, rec.values) if rec is not None and rec.values else spec
+    active = rec.active if rec is not None and rec.active else [p.name for p in spec.phases if not p.optional]
+    return factory(sp).fit(tth[good], y[good], s[good], phases=active)

@@ -35,12 +35,39 @@ def _canonical(label: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in parse_hkl_label(label))  # type: ignore[return-value]
 
 
+def _match_by_d(keys: list, phase_of: np.ndarray, d_of: np.ndarray, phase: str, labels: list[str]) -> np.ndarray | None:
+    """Peaks of ``phase`` whose d equals that of any of ``labels`` (None unless every label
+    matches). The reciprocal metric is fitted to the phase's own (hkl, d) list."""
+    idx = [i for i, (k, q) in enumerate(zip(keys, phase_of)) if q == phase and k is not None]
+    if not idx:
+        return None
+    h = np.array([keys[i] for i in idx], dtype=float)
+    inv_d2 = 1.0 / d_of[idx] ** 2
+    design = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
+                       2 * h[:, 1] * h[:, 2]], axis=1)
+    g, *_ = np.linalg.lstsq(design, inv_d2, rcond=None)
+    exact = np.max(np.abs(design @ g - inv_d2) / inv_d2) < 1e-6 if len(idx) >= 6 else False
+    hits = np.zeros(len(keys), dtype=bool)
+    for label in labels:
+        hl = np.array(_canonical(label), dtype=float)
+        if exact:
+            row = np.array([hl[0] ** 2, hl[1] ** 2, hl[2] ** 2, 2 * hl[0] * hl[1], 2 * hl[0] * hl[2], 2 * hl[1] * hl[2]])
+            target = float(row @ g)
+            found = [i for i, v in zip(idx, inv_d2) if abs(v - target) < 1e-6 * target]
+        else:
+            found = [i for i in idx if keys[i] == tuple(int(v) for v in hl)]
+        if not found:
+            return None
+        hits[found] = True
+    return hits
+
+
 def zoom_windows(ds: xr.Dataset, zooms: Sequence[ZoomSpec] | None = None) -> list[tuple[str, float, float]]:
     """Resolve zoom specifications into (title, lo_deg, hi_deg) windows.
 
     A zoom is either an explicit (lo, hi) 2theta range in degrees or a string of reflection
     labels separated by spaces, '+' or '/' ("003", "108 110", "108+110"); a label window spans the
-    positions of those reflections in every phase that has them, padded by max(0.05 deg, 3 % of
+    positions of those reflections in every phase that has all of them, padded by max(0.05 deg, 3 % of
     2theta) each side. Labels absent from the fit are skipped when ``zooms`` is None (defaults)
     and are an error when given explicitly.
     """
@@ -52,6 +79,8 @@ def zoom_windows(ds: xr.Dataset, zooms: Sequence[ZoomSpec] | None = None) -> lis
     have_peaks = "peak_hkl" in ds and ds.sizes.get("peak", 0) > 0
     hkl = [str(h) for h in ds["peak_hkl"].values] if have_peaks else []
     tth = np.asarray(ds["peak_two_theta"].values, dtype=float) if have_peaks else np.zeros(0)
+    phase_of = np.array([str(p) for p in ds["peak_phase"].values]) if have_peaks else np.array([], dtype=str)
+    d_of = np.asarray(ds["peak_d_A"].values, dtype=float) if have_peaks else np.zeros(0)
     keys = []
     for h in hkl:
         try:
@@ -62,10 +91,19 @@ def zoom_windows(ds: xr.Dataset, zooms: Sequence[ZoomSpec] | None = None) -> lis
         if isinstance(z, str):
             labels = [t for t in z.replace("+", " ").replace("/", " ").split() if t]
             try:
-                wanted = {_canonical(t) for t in labels}
+                for t in labels:
+                    _canonical(t)
             except InsituXRDError as exc:
                 raise InsituXRDError(f"zoom {z!r}: {exc}") from None
-            pos = tth[[k in wanted for k in keys]] if len(keys) else np.zeros(0)
+            # Match by d-spacing in each phase's metric, so '108' finds R-3m's 018 (the same d, the
+            # label papers use); only phases having every listed reflection count (Li metal's 110
+            # is not part of NMC's 108/110 pair).
+            sel = np.zeros(len(keys), dtype=bool)
+            for p in dict.fromkeys(phase_of.tolist()):
+                hits = _match_by_d(keys, phase_of, d_of, p, labels)
+                if hits is not None:
+                    sel |= hits
+            pos = tth[sel] if sel.size else np.zeros(0)
             pos = pos[(pos >= xmin) & (pos <= xmax)]
             if pos.size == 0:
                 if explicit:

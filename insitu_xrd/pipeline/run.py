@@ -1,0 +1,136 @@
+"""``insitu-xrd run RECIPE``: the whole pipeline from raw frames to lattice, phase and strain curves.
+
+Stages (see :mod:`insitu_xrd.pipeline.stages`): calibrate (or reuse the PONI) -> integrate ->
+sequential refinement -> echem alignment -> strain -> report. Every stage is cached in
+``<outputs.dir>/stages.json``; what was reused is listed in the returned stages and the report.
+
+Outputs in ``outputs.dir``: ``patterns.nc`` (integrated frames), ``sequential.nc`` (refinement
+checkpoint), ``results.nc`` (refinement + echem coords: the main result), ``strain/``,
+``figures/``, ``report.md``, ``stages.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import xarray as xr
+
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.io.store import write_dataset_atomic
+from insitu_xrd.pipeline.recipe import Recipe, load_recipe
+from insitu_xrd.pipeline.stages import (
+    StageCache,
+    StageInfo,
+    calibrate_stage,
+    echem_stage,
+    integrate_stage,
+    refine_stage,
+    strain_stage,
+)
+
+__all__ = ["PipelineResult", "run_pipeline", "finish_results"]
+
+
+@dataclass
+class PipelineResult:
+    """What ``run_pipeline`` produced (paths and in-memory Datasets)."""
+
+    recipe: Recipe
+    stages: list[StageInfo] = field(default_factory=list)
+    poni: Path | None = None
+    patterns_path: Path | None = None
+    results_path: Path | None = None
+    results: xr.Dataset | None = None
+    strain: xr.Dataset | None = None
+    report: Path | None = None
+    figures: list[Path] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def stage(self, name: str) -> StageInfo | None:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        return None
+
+
+def finish_results(recipe: Recipe, patterns: xr.Dataset, seq: xr.Dataset, stages: list[StageInfo],
+                   figures: bool = True) -> tuple[xr.Dataset, xr.Dataset | None, list[Path], Path | None]:
+    """Echem, strain, results.nc, figures and report from a sequential-results Dataset
+    (shared by the batch run and the watch mode)."""
+    from insitu_xrd.pipeline.report import write_figures, write_report
+
+    res, info = echem_stage(recipe, seq)
+    stages.append(info)
+    results_path = recipe.output_dir / "results.nc"
+    write_dataset_atomic(res, results_path)
+    strain = None
+    strain_files: list[str] = []
+    try:
+        strain, info = strain_stage(recipe, res)
+        strain_files = info.outputs
+    except InsituXRDError as exc:  # e.g. no good frame yet (watch mode): report, go on
+        info = StageInfo("strain", "skipped", 0.0, str(exc))
+    stages.append(info)
+    figs: list[Path] = []
+    report = None
+    t0 = time.perf_counter()
+    if figures and recipe.outputs.figures:
+        figs = write_figures(recipe, patterns, res, strain)
+    if recipe.outputs.report:
+        stages.append(StageInfo("report", "ran", time.perf_counter() - t0, f"{len(figs)} figures"))
+        report = write_report(recipe, res, stages, figs, strain_files)
+    return res, strain, figs, report
+
+
+def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callable[[str], None] | None = None,
+                 figures: bool = True) -> PipelineResult:
+    """Run every stage of a recipe (reusing cached stages); returns a :class:`PipelineResult`.
+
+    recipe: a Recipe or the path of a recipe YAML file.
+    progress: rich progress bars for integration and refinement.
+    say: callback for one-line stage messages (e.g. ``console.print``).
+    figures: draw figures (also subject to ``outputs.figures``).
+    """
+    from insitu_xrd.io.patterns import read_patterns
+
+    t0 = time.perf_counter()
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    say = say or (lambda msg: None)
+    out_dir = rec.output_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InsituXRDError(f"recipe {rec.source}: key 'outputs.dir': cannot create {out_dir}: {exc}") from None
+    cache = StageCache(out_dir)
+    result = PipelineResult(rec)
+
+    def done(info: StageInfo) -> None:
+        result.stages.append(info)
+        say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
+
+    poni, info = calibrate_stage(rec, cache, say=lambda m: None)
+    result.poni = poni
+    done(info)
+    if rec.frames is None:
+        result.elapsed_s = time.perf_counter() - t0
+        return result
+    patterns_path, info = integrate_stage(rec, poni, cache, progress=progress)
+    result.patterns_path = patterns_path
+    done(info)
+    if rec.refinement is None:
+        result.elapsed_s = time.perf_counter() - t0
+        return result
+    seq, info = refine_stage(rec, patterns_path, cache, progress=progress)
+    done(info)
+    patterns = read_patterns(patterns_path)
+    n_before = len(result.stages)
+    res, strain, figs, report = finish_results(rec, patterns, seq, result.stages, figures=figures)
+    for info in result.stages[n_before:]:
+        say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
+    result.results, result.strain, result.figures, result.report = res, strain, figs, report
+    result.results_path = out_dir / "results.nc"
+    result.elapsed_s = time.perf_counter() - t0
+    return result

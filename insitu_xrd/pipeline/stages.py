@@ -1,0 +1,387 @@
+"""The stages of ``insitu-xrd run`` and their cache.
+
+Each stage has a cache key: a hash of its recipe section(s) and of its inputs (file contents or
+the previous stage's output fingerprint). Keys and outputs are kept in ``<outputs.dir>/stages.json``;
+a stage whose key and output file are unchanged is reused, so re-running after editing only the
+``refinement:`` section re-refines but does not re-calibrate or re-integrate.
+
+Stages: ``calibrate`` (PONI from the calibrant image, or an existing PONI reused), ``integrate``
+(frames -> patterns.nc; resumable, new frames only), ``refine`` (sequential refinement ->
+sequential.nc, checkpointed, resumable), ``echem`` (cycler log -> voltage, capacity, x, soc coords;
+results.nc), ``strain`` (strain/*.nc, .csv, .json, COMSOL table), ``report`` (report.md + figures).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import xarray as xr
+
+from insitu_xrd.errors import InsituXRDError, RecipeError
+from insitu_xrd.pipeline.recipe import Recipe, section_hash
+
+__all__ = [
+    "StageInfo",
+    "StageCache",
+    "file_digest",
+    "calibrate_stage",
+    "integrate_stage",
+    "patterns_fingerprint",
+    "refine_stage",
+    "sequential_cache_key",
+    "echem_stage",
+    "strain_stage",
+    "make_factory",
+    "integration_settings",
+    "time_source_of",
+]
+
+
+@dataclass
+class StageInfo:
+    """What a stage did: ``ran``, ``reused``, ``resumed`` or ``skipped`` (with why), time, outputs."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    detail: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+
+class StageCache:
+    """``stages.json`` in the output folder: {stage: {key, outputs, finished_utc}}."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / "stages.json"
+        self.data: dict[str, Any] = {}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.data = {}
+
+    def hit(self, stage: str, key: str, outputs: list[Path]) -> bool:
+        entry = self.data.get(stage)
+        return bool(entry) and entry.get("key") == key and all(Path(p).exists() for p in outputs)
+
+    def store(self, stage: str, key: str, outputs: list[Path]) -> None:
+        from insitu_xrd.provenance import utc_now_iso
+
+        self.data[stage] = {"key": key, "outputs": [str(p) for p in outputs], "finished_utc": utc_now_iso()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.replace(self.path)
+
+    def invalidate(self, stage: str) -> None:
+        self.data.pop(stage, None)
+
+
+def file_digest(path: Path | None) -> str | None:
+    """sha256 of a file's content (None for None / a missing file)."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate
+
+
+def _read_image(path: Path, what: str) -> np.ndarray:
+    import fabio
+
+    if not path.is_file():
+        raise InsituXRDError(f"{what} {path} does not exist")
+    try:
+        return np.asarray(fabio.open(str(path)).data)
+    except Exception as exc:
+        raise InsituXRDError(f"{what} {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+def _detector_for(name: str, shape: tuple[int, ...], binning: int | None, where: str) -> Any:
+    """pyFAI detector, binned to the image shape when its full shape is an integer multiple."""
+    from insitu_xrd.reduction.calibrate import resolve_detector
+
+    det = resolve_detector(name)
+    full = tuple(det.max_shape or det.shape or shape)
+    b = binning
+    if b is None and full != tuple(shape):
+        ratios = {full[0] / shape[0], full[1] / shape[1]}
+        if len(ratios) == 1 and float(next(iter(ratios))).is_integer():
+            b = int(next(iter(ratios)))
+    if b and b > 1:
+        det.set_binning((b, b))
+    if det.shape is not None and tuple(det.shape) != tuple(shape):
+        raise InsituXRDError(f"{where}: image shape {tuple(shape)} does not match detector {name!r} "
+                             f"{tuple(det.shape)} (set calibration.binning or the detector name)")
+    return det
+
+
+def calibrate_stage(recipe: Recipe, cache: StageCache, say: Callable[[str], None] = lambda m: None) -> tuple[Path, StageInfo]:
+    """The PONI to use: an existing ``calibration.poni`` is reused; otherwise the calibrant image
+    is calibrated and the PONI written (to ``calibration.poni`` or ``<outputs>/geometry.poni``)."""
+    t0 = time.perf_counter()
+    cal = recipe.calibration
+    poni = recipe.path(cal.poni) if cal.poni else recipe.output_dir / "geometry.poni"
+    key = section_hash(cal, recipe.wavelength_A, file_digest(recipe.path(cal.image)))
+    if cal.poni and poni.is_file():
+        written_by_us = cache.data.get("calibrate", {}).get("outputs") == [str(poni)]
+        if not written_by_us or cache.hit("calibrate", key, [poni]) or not cal.image:
+            return poni, StageInfo("calibrate", "reused", time.perf_counter() - t0, f"existing PONI {poni}", [str(poni)])
+    elif not cal.poni and cache.hit("calibrate", key, [poni]):
+        return poni, StageInfo("calibrate", "reused", time.perf_counter() - t0, f"cached PONI {poni}", [str(poni)])
+    if not cal.image:
+        raise RecipeError(f"recipe {recipe.source}: key 'calibration.poni': file {poni} does not exist and no "
+                          "'calibration.image' is given to make it")
+    from insitu_xrd.reduction.calibrate import calibrate_image
+
+    img_path = recipe.path(cal.image)
+    img = _read_image(img_path, "calibration image (calibration.image)")
+    mask = _read_image(recipe.path(cal.mask), "calibration mask (calibration.mask)") != 0 if cal.mask else None
+    det = _detector_for(cal.detector, img.shape, cal.binning, f"calibration image {img_path}")
+    wl = cal.wavelength_A or recipe.wavelength_A
+    center = tuple(cal.center_px) if cal.center_px else None
+    if center is not None and cal.binning:
+        center = (center[0], center[1])
+    say(f"calibrating {img_path.name} ({cal.calibrant}, {wl} A)")
+    res = calibrate_image(img, cal.calibrant, wl, det, distance_mm=cal.distance_mm, center_px=center, mask=mask,
+                          progress=say)
+    res.write_poni(poni)
+    cache.store("calibrate", key, [poni])
+    detail = (f"{cal.calibrant}: distance {res.distance_mm:.3f} mm, rms {res.rms_residual_mdeg:.3f} mdeg "
+              f"({len(res.control_points)} points) -> {poni}")
+    return poni, StageInfo("calibrate", "ran", time.perf_counter() - t0, detail, [str(poni)])
+
+
+# ---------------------------------------------------------------------------------------------
+# integrate
+
+
+def time_source_of(recipe: Recipe) -> Any:
+    """The ``time_source`` argument of io.frames for the recipe's frames section."""
+    fr = recipe.frames
+    assert fr is not None
+    if fr.time_source == "sidecar":
+        return {"sidecar": str(recipe.path(fr.sidecar))}
+    if fr.time_source == "period":
+        return {"period_s": float(fr.period_s)}
+    if fr.time_source == "none":
+        return {"period_s": float("nan")}
+    return "header"
+
+
+def integration_settings(recipe: Recipe) -> Any:
+    from insitu_xrd.reduction.integrate import IntegrationSettings
+
+    it = recipe.integration
+    kw: dict[str, Any] = dict(npt=it.npt, unit=it.unit, radial_range=tuple(it.range) if it.range else None,
+                              polarization_factor=it.polarization, auto_mask=it.auto_mask)
+    if it.method is not None:
+        kw["method"] = tuple(it.method)
+    if it.sigma_clip is not None:
+        kw["sigma_clip"] = True
+        kw["sigma_clip_threshold"] = float(it.sigma_clip)
+    return IntegrationSettings(**kw)
+
+
+def _frame_specs(recipe: Recipe) -> str:
+    fr = recipe.frames
+    assert fr is not None
+    return str(recipe.path(fr.files))
+
+
+def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: bool = True,
+                    frames: list[Any] | None = None, output: Path | None = None) -> tuple[Path, StageInfo]:
+    """Integrate the recipe's frames into ``<outputs>/patterns.nc`` (new frames only when the
+    settings are unchanged; everything again when they changed)."""
+    from insitu_xrd.io.frames import discover_frames
+    from insitu_xrd.reduction.integrate import integrate_series
+
+    t0 = time.perf_counter()
+    fr = recipe.frames
+    if fr is None:
+        raise RecipeError(f"recipe {recipe.source}: no 'frames' section; nothing to integrate")
+    out = output or (recipe.output_dir / "patterns.nc")
+    poni_lines = "\n".join(l for l in Path(poni).read_text().splitlines() if l.strip() and not l.startswith("#"))
+    key = section_hash(recipe.integration, fr.model_dump(exclude={"files"}), recipe.wavelength_A, poni_lines,
+                       file_digest(recipe.path(fr.dark)), file_digest(recipe.path(fr.flat)),
+                       file_digest(recipe.path(fr.mask)))
+    refs = frames if frames is not None else discover_frames(_frame_specs(recipe), hdf5_dataset=fr.hdf5_dataset)
+    same_settings = cache.hit("integrate", key, [out])
+    if same_settings:
+        try:
+            with xr.open_dataset(out, engine="h5netcdf") as old:
+                have = set(str(k) for k in old["frame_key"].values) if "frame_key" in old.variables else set()
+        except Exception:
+            have = set()
+        if all(r.key in have for r in refs):
+            return out, StageInfo("integrate", "reused", time.perf_counter() - t0, f"{len(refs)} frames in {out}", [str(out)])
+    settings = integration_settings(recipe)
+    bar = _Bar("integrate", progress)
+    with bar:
+        rep = integrate_series(refs, poni, out, settings, mask=recipe.path(fr.mask), dark=recipe.path(fr.dark),
+                               flat=recipe.path(fr.flat), wavelength_A=recipe.wavelength_A,
+                               time_source=time_source_of(recipe), hdf5_dataset=fr.hdf5_dataset,
+                               overwrite=not same_settings, progress=bar.update, on_start=bar.start)
+    cache.store("integrate", key, [out])
+    status = "resumed" if rep.n_skipped_done else "ran"
+    detail = (f"{rep.n_ok} frames integrated ({rep.frames_per_s:.1f} frames/s), {rep.n_skipped_done} already done, "
+              f"{rep.n_error} errors")
+    return out, StageInfo("integrate", status, time.perf_counter() - t0, detail, [str(out)])
+
+
+class _Bar:
+    """A rich progress bar fed by integrate_series callbacks."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.prog = Progress(TextColumn(f"[bold]{label}[/bold] {{task.description}}"), BarColumn(),
+                             MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled)
+        self.task = None
+
+    def __enter__(self) -> "_Bar":
+        self.prog.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.prog.__exit__(*exc)
+
+    def start(self, total: int, done: int) -> None:
+        self.task = self.prog.add_task("", total=total, completed=done)
+
+    def update(self, done: int, total: int, name: str, status: str) -> None:
+        if self.task is not None:
+            self.prog.update(self.task, completed=done, description=f"{name} {status[:30]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# refine
+
+
+def patterns_fingerprint(ds: xr.Dataset) -> str:
+    """Hash of a Patterns Dataset's data, axis, statuses, names, times and wavelength."""
+    h = hashlib.sha256()
+    for name in ("intensity", "sigma"):
+        h.update(np.ascontiguousarray(ds[name].values, dtype=np.float64).tobytes())
+    rname = "two_theta" if "two_theta" in ds.coords else "q"
+    h.update(np.ascontiguousarray(ds[rname].values, dtype=np.float64).tobytes())
+    for name in ("status", "frame_name"):
+        if name in ds.variables:
+            h.update("\n".join(str(v) for v in ds[name].values).encode())
+    if "time_s" in ds.variables:
+        h.update(np.ascontiguousarray(ds["time_s"].values, dtype=np.float64).tobytes())
+    h.update(repr(float(ds.attrs.get("wavelength_A", np.nan))).encode())
+    return h.hexdigest()[:20]
+
+
+def sequential_cache_key(recipe: Recipe, patterns: xr.Dataset) -> str:
+    seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every"})
+    return section_hash(recipe.refinement, seq, patterns_fingerprint(patterns))
+
+
+def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
+    from insitu_xrd.pipeline.refine_setup import make_refinement
+
+    base = recipe.base_dir
+    return lambda spec: make_refinement(spec, wavelength_A, base)
+
+
+def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progress: bool = True) -> tuple[xr.Dataset, StageInfo]:
+    """Sequential refinement of every frame into ``<outputs>/sequential.nc`` (checkpointed)."""
+    from insitu_xrd.io.patterns import read_patterns
+    from insitu_xrd.pipeline.sequential import refine_sequence
+
+    t0 = time.perf_counter()
+    if recipe.refinement is None:
+        raise RecipeError(f"recipe {recipe.source}: no 'refinement' section")
+    patterns = read_patterns(patterns_path)
+    key = sequential_cache_key(recipe, patterns)
+    out = recipe.output_dir / "sequential.nc"
+    if cache.hit("refine", key, [out]):
+        try:
+            ds = xr.load_dataset(out, engine="h5netcdf")
+            if ds.attrs.get("cache_key") == key and "pending" not in set(map(str, ds["status"].values)):
+                return ds, StageInfo("refine", "reused", time.perf_counter() - t0, f"{ds.sizes['frame']} frames in {out}", [str(out)])
+        except Exception:
+            pass
+    resumed = False
+    if out.exists():
+        try:
+            with xr.open_dataset(out, engine="h5netcdf") as old:
+                resumed = old.attrs.get("cache_key") == key
+        except Exception:
+            resumed = False
+    wl = float(patterns.attrs["wavelength_A"])
+    ds = refine_sequence(patterns, recipe.refinement, make_factory(recipe, wl), recipe.sequential, checkpoint=out,
+                         cache_key=key, progress=progress, base_dir=recipe.base_dir,
+                         attrs={"patterns_file": str(patterns_path), "recipe": str(recipe.source),
+                                "recipe_name": recipe.name})
+    cache.store("refine", key, [out])
+    st = [str(s) for s in ds["status"].values]
+    detail = (f"{len(st)} frames: {st.count('ok')} ok, {st.count('refit')} refit, {st.count('diverged')} diverged, "
+              f"{sum(s.startswith('skipped') or s == 'error' for s in st)} skipped/error")
+    return ds, StageInfo("refine", "resumed" if resumed else "ran", time.perf_counter() - t0, detail, [str(out)])
+
+
+# ---------------------------------------------------------------------------------------------
+# echem and strain
+
+
+def echem_stage(recipe: Recipe, ds: xr.Dataset) -> tuple[xr.Dataset, StageInfo]:
+    """Attach voltage, capacity, x_li and soc per frame (no echem section: unchanged)."""
+    from insitu_xrd.io.echem import read_cycler_log
+    from insitu_xrd.pipeline.echem_align import attach_echem
+    from insitu_xrd.pipeline.sequential import phase_onset_attrs
+
+    t0 = time.perf_counter()
+    ec = recipe.echem
+    if ec is None:
+        return ds, StageInfo("echem", "skipped", 0.0, "no echem section in the recipe")
+    log = read_cycler_log(recipe.path(ec.file), format=ec.format, columns=ec.columns or None)
+    out = attach_echem(ds, log, offset_s=ec.offset_s, active_mass_mg=ec.active_mass_mg,
+                       theoretical_capacity_mAh_g=ec.theoretical_capacity_mAh_g, x_start=ec.x_start)
+    out.attrs.update(phase_onset_attrs(out))
+    n_out = int(out.attrs.get("echem_frames_outside_log", 0))
+    return out, StageInfo("echem", "ran", time.perf_counter() - t0,
+                          f"{log.source}: {len(log)} samples, {n_out} frames outside the log")
+
+
+def strain_stage(recipe: Recipe, ds: xr.Dataset) -> tuple[xr.Dataset | None, StageInfo]:
+    """Strain per frame and smooth curves; written to ``<outputs>/strain/``."""
+    from insitu_xrd.io.strain_export import compute_strain, write_strain_outputs
+
+    t0 = time.perf_counter()
+    st = recipe.strain
+    versus = st.versus
+    if versus not in ds.variables and versus != "frame":
+        return None, StageInfo("strain", "skipped", 0.0, f"abscissa {versus!r} not available (no echem section?)")
+    kw: dict[str, Any] = dict(reference=st.reference, versus=versus, reference_phase=st.phase,
+                              source=str(recipe.output_dir / "results.nc"))
+    if st.reference == "frame":
+        kw["reference_frame"] = st.frame
+    if st.reference == "values":
+        vals = dict(st.values or {})
+        ph = st.phase or (recipe.refinement.phases[0].name if recipe.refinement else "")
+        kw["a0_A"] = vals.get("a", vals.get(f"{ph}_a"))
+        kw["c0_A"] = vals.get("c", vals.get(f"{ph}_c"))
+        kw["a0_esd_A"] = vals.get("a_esd", 0.0)
+        kw["c0_esd_A"] = vals.get("c_esd", 0.0)
+        if kw["a0_A"] is None or kw["c0_A"] is None:
+            raise RecipeError(f"recipe {recipe.source}: key 'strain.values' needs a and c (A)")
+    strain = compute_strain(ds, **kw)
+    out_dir = recipe.output_dir / "strain"
+    paths = write_strain_outputs(strain, out_dir)
+    return strain, StageInfo("strain", "ran", time.perf_counter() - t0, f"vs {versus} -> {out_dir}",
+                             [str(p) for p in paths.values()])

@@ -1,0 +1,235 @@
+"""Standard in-situ figures (Agg backend).
+
+* :func:`plot_insitu_map`: pattern intensity map (2theta x time) next to the voltage curve, with the
+  003 and 104 regions of the layered oxide zoomed (the c-axis and in-plane signatures of H2/H3).
+* :func:`plot_lattice`: lattice parameters a, c, cell volume and phase fractions versus x (or
+  SoC, time, ...) with esd error bars, one series per phase.
+Strain curves: :mod:`insitu_xrd.plots.strain`; the Rietveld fit of one frame:
+:mod:`insitu_xrd.plots.rietveld`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+
+__all__ = ["plot_insitu_map", "plot_lattice", "reflection_two_theta_deg", "AXIS_LABELS"]
+
+AXIS_LABELS = {
+    "x_li": "x in Li$_x$TMO$_2$",
+    "soc": "state of charge",
+    "capacity_mAh_g": "capacity (mAh/g)",
+    "voltage_V": "voltage (V)",
+    "time_s": "time (h)",
+    "frame": "frame",
+}
+_COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
+
+
+def reflection_two_theta_deg(hkl: tuple[int, int, int], a_A: float, c_A: float, wavelength_A: float) -> float:
+    """2theta (deg) of a hexagonal reflection: 1/d^2 = 4/3 (h^2+hk+k^2)/a^2 + l^2/c^2."""
+    h, k, l = hkl
+    inv_d2 = 4.0 / 3.0 * (h * h + h * k + k * k) / a_A**2 + l * l / c_A**2
+    s = wavelength_A * math.sqrt(inv_d2) / 2
+    return math.degrees(2 * math.asin(min(s, 1.0)))
+
+
+def _two_theta(patterns: xr.Dataset) -> np.ndarray:
+    if "two_theta" in patterns.coords:
+        return np.asarray(patterns["two_theta"].values, dtype=float)
+    lam = float(patterns.attrs["wavelength_A"])
+    q = np.asarray(patterns["q"].values, dtype=float)
+    return np.degrees(2 * np.arcsin(np.clip(q * lam / (4 * np.pi), 0, 1)))
+
+
+def _zoom_ranges(results: xr.Dataset | None, wavelength_A: float, labels: Sequence[str]) -> list[tuple[str, float, float]]:
+    """2theta windows around 003/104 spanning every refined lattice of every phase (+ margin)."""
+    if results is None or "a" not in results or "c" not in results:
+        return []
+    a = np.asarray(results["a"].values, dtype=float).ravel()
+    c = np.asarray(results["c"].values, dtype=float).ravel()
+    good = np.isfinite(a) & np.isfinite(c)
+    if not good.any():
+        return []
+    out = []
+    for label in labels:
+        hkl = tuple(int(ch) for ch in label)
+        t = [reflection_two_theta_deg(hkl, ai, ci, wavelength_A) for ai, ci in zip(a[good], c[good])]
+        lo, hi = min(t), max(t)
+        margin = max(0.06, 0.25 * (hi - lo))
+        out.append((label, lo - margin, hi + margin))
+    return out
+
+
+def _time_h(ds: xr.Dataset) -> np.ndarray | None:
+    if "time_s" in ds.variables:
+        t = np.asarray(ds["time_s"].values, dtype=float)
+        if np.isfinite(t).sum() >= 2:
+            return t / 3600.0
+    return None
+
+
+def plot_insitu_map(
+    patterns: xr.Dataset,
+    path: str | Path,
+    results: xr.Dataset | None = None,
+    echem: xr.Dataset | None = None,
+    zooms: Sequence[str] = ("003", "104"),
+    title: str | None = None,
+    dpi: int = 130,
+) -> Path:
+    """Intensity map (sqrt scale) of every frame versus time, zoomed 003/104 maps, voltage curve.
+
+    patterns: Patterns Dataset. results: sequential results (for the zoom windows, the H3 onset
+    line and, if it carries echem coords, the voltage curve); echem: any Dataset with
+    ``time_s`` and ``voltage_V`` per frame (default: ``results``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tth = _two_theta(patterns)
+    inten = np.asarray(patterns["intensity"].values, dtype=float)
+    ok = np.array([str(s) == "ok" for s in patterns["status"].values]) if "status" in patterns else np.ones(len(inten), bool)
+    inten = np.where(ok[:, None], inten, np.nan)
+    y = _time_h(patterns)
+    ylabel = "time (h)"
+    if y is None or not np.all(np.diff(y[np.isfinite(y)]) > 0):
+        y = np.arange(inten.shape[0], dtype=float)
+        ylabel = "frame"
+    lam = float(patterns.attrs.get("wavelength_A", np.nan))
+    windows = _zoom_ranges(results, lam, zooms) if np.isfinite(lam) else []
+    ec = echem if echem is not None else results
+    has_v = ec is not None and "voltage_V" in ec.variables and np.isfinite(np.asarray(ec["voltage_V"].values, float)).any()
+    ncols = 1 + len(windows) + (1 if has_v else 0)
+    widths = [4.0] + [1.6] * len(windows) + ([1.4] if has_v else [])
+    fig, axes = plt.subplots(1, ncols, figsize=(sum(widths) + 1.2, 5.2), sharey=True, constrained_layout=True,
+                             gridspec_kw={"width_ratios": widths})
+    axes = np.atleast_1d(axes)
+    sq = np.sqrt(np.clip(inten, 0, None))
+    finite = sq[np.isfinite(sq)]
+    vmin, vmax = (np.percentile(finite, 1), np.percentile(finite, 99.7)) if finite.size else (0, 1)
+
+    def show(ax, lo: float, hi: float) -> None:
+        sel = (tth >= lo) & (tth <= hi)
+        if sel.sum() < 2:
+            return
+        ax.pcolormesh(tth[sel], y, sq[:, sel], shading="nearest", cmap="viridis", vmin=vmin,
+                      vmax=np.nanpercentile(sq[:, sel], 99.7) if np.isfinite(sq[:, sel]).any() else vmax,
+                      rasterized=True)
+
+    show(axes[0], float(tth.min()), float(tth.max()))
+    axes[0].set_xlabel("2$\\theta$ (deg)")
+    axes[0].set_ylabel(ylabel)
+    axes[0].set_title("$\\sqrt{I}$", fontsize=9)
+    for k, (label, lo, hi) in enumerate(windows):
+        ax = axes[1 + k]
+        show(ax, lo, hi)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("2$\\theta$ (deg)")
+        ax.set_title(f"{label}", fontsize=9)
+        axes[0].axvspan(lo, hi, color="w", alpha=0.12, lw=0)
+    onset_y = None
+    if results is not None:
+        for key, val in results.attrs.items():
+            if key.endswith("_onset_frame") and isinstance(val, (int, np.integer)) and val >= 0 and val < len(y):
+                onset_y = (key.split("_onset")[0], y[int(val)])
+    if has_v:
+        ax = axes[-1]
+        v = np.asarray(ec["voltage_V"].values, dtype=float)
+        yv = y
+        if ylabel == "time (h)" and _time_h(ec) is not None and len(_time_h(ec)) == len(v):
+            yv = _time_h(ec)
+        ax.plot(v, yv, "k-", lw=1.2)
+        ax.set_xlabel("voltage (V)")
+        ax.grid(alpha=0.3)
+        if "x_li" in ec.variables:
+            x = np.asarray(ec["x_li"].values, dtype=float)
+            good = np.isfinite(x) & np.isfinite(yv)
+            if good.sum() >= 2:
+                sec = ax.secondary_yaxis("right", functions=(
+                    lambda t, xs=x[good], ts=yv[good]: np.interp(t, ts, xs),
+                    lambda xx, xs=x[good], ts=yv[good]: np.interp(xx, xs[::-1], ts[::-1])))
+                sec.set_ylabel("x in Li$_x$TMO$_2$")
+    if onset_y is not None:
+        name, yo = onset_y
+        for ax in axes:
+            ax.axhline(yo, color="w" if ax is not axes[-1] or not has_v else "tab:red", ls="--", lw=0.8)
+        axes[-1].annotate(f"{name} onset", (0.02, yo), xycoords=("axes fraction", "data"), fontsize=7,
+                          color="tab:red" if has_v else "w", va="bottom")
+    fig.suptitle(title or "operando patterns", fontsize=10)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _abscissa(results: xr.Dataset, versus: str) -> tuple[np.ndarray, str]:
+    if versus in results.variables:
+        x = np.asarray(results[versus].values, dtype=float)
+        if np.isfinite(x).sum() >= 2:
+            if versus == "time_s":
+                return x / 3600.0, AXIS_LABELS["time_s"]
+            return x, AXIS_LABELS.get(versus, versus)
+    t = _time_h(results)
+    if t is not None:
+        return t, AXIS_LABELS["time_s"]
+    return np.asarray(results["frame"].values, dtype=float), "frame"
+
+
+def plot_lattice(results: xr.Dataset, path: str | Path, versus: str = "x_li", title: str | None = None,
+                 dpi: int = 130) -> Path:
+    """a, c, volume and phase fraction per phase versus ``versus`` with esd bars; Rwp below."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x, xlabel = _abscissa(results, versus)
+    phases = [str(p) for p in results["phase"].values]
+    good = np.array([str(s) in ("ok", "refit") for s in results["status"].values])
+    fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex=True, constrained_layout=True)
+    panels = [("a", "a (Å)"), ("c", "c (Å)"), ("volume", "volume (Å$^3$)"), ("phase_fraction", "weight fraction"),
+              ("microstrain", "microstrain (10$^{-6}$)")]
+    for ax, (var, label) in zip(axes.ravel(), panels):
+        if var not in results:
+            ax.set_visible(False)
+            continue
+        for j, p in enumerate(phases):
+            v = np.asarray(results[var].values[:, j], dtype=float)
+            e = np.asarray(results[f"{var}_esd"].values[:, j], dtype=float) if f"{var}_esd" in results else None
+            m = good & np.isfinite(v) & np.isfinite(x)
+            if var == "phase_fraction":
+                m = good & np.isfinite(x)
+                v = np.nan_to_num(v)
+            if not m.any():
+                continue
+            ax.errorbar(x[m], v[m], yerr=None if e is None else np.nan_to_num(e[m]), fmt="o-", ms=3, lw=0.8,
+                        capsize=1.5, color=_COLOURS[j % len(_COLOURS)], label=p)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes.ravel()[5]
+    rwp = np.asarray(results["rwp"].values, dtype=float) * 100
+    ax.plot(x[good], rwp[good], "k.-", lw=0.8, label="Rwp")
+    bad = ~good & np.isfinite(x)
+    if bad.any():
+        ax.plot(x[bad], np.where(np.isfinite(rwp[bad]), rwp[bad], np.nanmax(rwp) if np.isfinite(rwp).any() else 0),
+                "rx", label="not ok")
+    ax.set_ylabel("Rwp (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    for key, val in results.attrs.items():
+        if key.endswith("_onset_frame") and isinstance(val, (int, np.integer)) and 0 <= val < len(x):
+            for a_ in axes.ravel():
+                a_.axvline(x[int(val)], color="0.4", ls="--", lw=0.8)
+    for a_ in axes[-1]:
+        a_.set_xlabel(xlabel)
+    if versus == "x_li" and xlabel == AXIS_LABELS["x_li"]:
+        axes[0, 0].invert_xaxis()
+    fig.suptitle(title or "sequential refinement", fontsize=10)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

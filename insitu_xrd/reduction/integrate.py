@@ -1,0 +1,573 @@
+"""Azimuthal integration of detector frame series into a Patterns Dataset (pyFAI).
+
+:func:`integrate_series` is the library behind ``insitu-xrd integrate``:
+
+1. frames are discovered (:mod:`insitu_xrd.io.frames`), the PONI is validated, the wavelength is
+   resolved (``wavelength_A`` argument > PONI > frame header ``Wavelength``), dark/flat/mask files
+   are loaded and checked against the detector shape, and the static mask is built (mask file +
+   detector gaps + dead/hot/gap pixels found on the first frames, :mod:`.masking`);
+2. one :class:`FrameIntegrator` builds the pyFAI engine once (sparse CSC matrix with full pixel
+   splitting by default) and is shared by two worker threads (pyFAI's Cython engines release the
+   GIL), each reading and integrating frames while the main thread stores results in order;
+3. results go to a :class:`~insitu_xrd.io.store.FrameStore` (atomic checkpoints, resume: frames
+   already "ok" in the output are not integrated again; failed frames are retried);
+4. unreadable / truncated / wrong-shape frames get ``status = "error: <reason>"`` and NaN data.
+
+Intensities are per-pixel averages after dark subtraction, flat division, polarization and
+solid-angle correction (pyFAI's normalised intensity); ``sigma`` comes from pyFAI's "poisson"
+error model (variance = raw counts, propagated through the same corrections).
+
+Method: ``("full", "csc", "cython")`` — full pixel splitting. At ~1 m with 200 um pixels a pixel
+spans ~0.011 deg while 3000 bins over ~16 deg are ~0.005 deg wide: without splitting single bins
+are off by up to 31 % (measured); full splitting costs the same as bbox splitting in the CSC
+engine (~18 frames/s per core on 2048x2048).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from insitu_xrd.errors import FrameError, InsituXRDError
+from insitu_xrd.io.frames import FrameClock, FrameRef, discover_frames, read_frame
+from insitu_xrd.io.patterns import export_xye, open_patterns_store, radial_name
+from insitu_xrd.io.pattern_files import q_invA_to_two_theta_deg, write_xye
+from insitu_xrd.io.poni import load_poni, poni_text, wavelength_A_of
+from insitu_xrd.provenance import software_versions, utc_now_iso
+from insitu_xrd.reduction.masking import (
+    DELTA_DUMMY,
+    DUMMY,
+    default_saturation_level,
+    detector_mask,
+    dynamic_bad_pixels,
+    find_bad_pixels,
+    load_image_file,
+    load_mask_file,
+)
+
+__all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "integrate_series", "DEFAULT_METHOD"]
+
+DEFAULT_METHOD = ("full", "csc", "cython")
+_PYFAI_UNIT = {"2th_deg": "2th_deg", "q_A^-1": "q_A^-1"}
+
+
+@dataclass
+class IntegrationSettings:
+    """Everything that shapes the integrated numbers (all of it is recorded in the output).
+
+    Attributes:
+        npt: number of radial bins.
+        unit: "2th_deg" or "q_A^-1".
+        radial_range: (lo, hi) in ``unit``; None = the detector's full range.
+        polarization_factor: pyFAI polarization factor (0.99 for a horizontally polarised
+            synchrotron beam); None = no polarization correction.
+        correct_solid_angle: divide by the pixel solid angle.
+        method: pyFAI (split, algorithm, implementation).
+        sigma_clip: reject azimuthal outliers (single-crystal spots) with pyFAI ``sigma_clip``.
+        sigma_clip_threshold: rejection threshold in Poisson sigma; sigma_clip_max_iter: passes.
+        cake: also store a 2D cake (chi x radial); cake_npt_azim: number of azimuth bins.
+        dark_scale: factor applied to the dark image (e.g. ratio of exposure times).
+        auto_mask: find gap/dead/hot pixels on the first ``auto_mask_frames`` frames.
+        saturation_counts: raw level treated as saturated (per frame); None = dtype maximum for
+            integer frames.
+        workers: threads reading+integrating frames (2 uses both cores of a 2-core machine).
+    """
+
+    npt: int = 3000
+    unit: str = "2th_deg"
+    radial_range: tuple[float, float] | None = None
+    polarization_factor: float | None = 0.99
+    correct_solid_angle: bool = True
+    method: tuple[str, str, str] = DEFAULT_METHOD
+    sigma_clip: bool = False
+    sigma_clip_threshold: float = 5.0
+    sigma_clip_max_iter: int = 5
+    cake: bool = False
+    cake_npt_azim: int = 72
+    dark_scale: float = 1.0
+    auto_mask: bool = True
+    auto_mask_frames: int = 3
+    saturation_counts: float | None = None
+    workers: int = 2
+
+    def validate(self) -> None:
+        if self.unit not in _PYFAI_UNIT:
+            raise InsituXRDError(f"--unit {self.unit!r}: must be one of {', '.join(_PYFAI_UNIT)}")
+        if self.npt < 10:
+            raise InsituXRDError(f"--npt {self.npt}: need at least 10 bins")
+        if self.radial_range is not None:
+            lo, hi = self.radial_range
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo >= 0):
+                raise InsituXRDError(f"--range {lo} {hi}: need 0 <= LO < HI")
+        if self.polarization_factor is not None and not -1.0 <= self.polarization_factor <= 1.0:
+            raise InsituXRDError(f"--polarization {self.polarization_factor}: must be within [-1, 1]")
+        if self.sigma_clip_threshold <= 0:
+            raise InsituXRDError("--sigma-clip-thres must be positive")
+
+
+@dataclass
+class _Result1D:
+    radial: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray
+    count: np.ndarray
+
+
+class FrameIntegrator:
+    """A pyFAI integrator with its engine built once, shared by threads.
+
+    Args:
+        ai: pyFAI AzimuthalIntegrator (geometry + wavelength).
+        shape: frame shape (ny, nx).
+        settings: IntegrationSettings.
+        static_mask: bool image, True = excluded (None = nothing masked).
+        dark: dark image (already scaled), or None. flat: flat image normalised to ~1, or None.
+        saturation: raw level treated as saturated per frame, or None.
+
+    ``integrate(data)`` returns a dict: intensity, sigma, n_pixels (radial), n_dynamic_masked
+    (int) and with ``settings.cake`` cake_intensity, cake_sigma (chi x radial).
+    """
+
+    def __init__(
+        self,
+        ai: Any,
+        shape: tuple[int, int],
+        settings: IntegrationSettings,
+        static_mask: np.ndarray | None = None,
+        dark: np.ndarray | None = None,
+        flat: np.ndarray | None = None,
+        saturation: float | None = None,
+    ) -> None:
+        self.ai = ai
+        self.shape = tuple(shape)
+        self.settings = settings
+        self.mask = None if static_mask is None or not static_mask.any() else np.ascontiguousarray(static_mask, dtype=np.int8)
+        self.dark = None if dark is None else np.ascontiguousarray(dark, dtype=np.float32)
+        self.flat = None if flat is None else np.ascontiguousarray(flat, dtype=np.float32)
+        self.saturation = saturation
+        ai.empty = np.nan  # bins without any pixel are NaN, not 0
+        self.unit = _PYFAI_UNIT[settings.unit]
+        if settings.radial_range is None:
+            # pin the range so the radial axis is known before any frame and stable on resume
+            corners = ai.array_from_unit(self.shape, "corner", self.unit, scale=True)[..., 0]
+            lo = float(np.nanmin(corners))
+            hi = float(np.nanmax(corners))
+            self.radial_range: tuple[float, float] = (max(lo, 0.0), hi)
+        else:
+            self.radial_range = tuple(map(float, settings.radial_range))
+        # build the engine(s) once on a blank image
+        blank = np.zeros(self.shape, dtype=np.float32)
+        first = self._integrate1d(blank)
+        self.radial = np.asarray(first.radial, dtype=float)
+        self.chi_deg = None
+        if settings.cake:
+            cake = self._integrate2d(blank)
+            self.chi_deg = np.asarray(cake.azimuthal, dtype=float)
+        self._lock = threading.Lock()
+
+    def _common(self) -> dict[str, Any]:
+        s = self.settings
+        return dict(
+            unit=self.unit,
+            radial_range=self.radial_range,
+            mask=self.mask,
+            dark=self.dark,
+            flat=self.flat,
+            polarization_factor=s.polarization_factor,
+            correctSolidAngle=s.correct_solid_angle,
+            dummy=float(DUMMY),
+            delta_dummy=DELTA_DUMMY,
+            error_model="poisson",
+        )
+
+    def _integrate1d(self, data: np.ndarray) -> Any:
+        s = self.settings
+        if s.sigma_clip:
+            return self._sigma_clip(data)
+        return self.ai.integrate1d(data, s.npt, method=s.method, **self._common())
+
+    def _sigma_clip(self, data: np.ndarray) -> Any:
+        """Azimuthal outlier rejection with Poisson sigma.
+
+        The rejection itself uses pyFAI's "azimuthal" error model: with the Poisson model every
+        pixel on a steep peak flank deviates from the bin mean by many Poisson sigma (the radial
+        gradient inside a bin) and would be clipped. pyFAI reports only the sigma of the model it
+        clipped with, and the azimuthal one overestimates peak sigma (shared README), so the
+        Poisson sigma is rebuilt from an unclipped Poisson pass over the same bins:
+        sigma_clip = sigma_all * sqrt((I_clip / I_all) * (n_all / n_kept)) — Poisson variance of a
+        mean of n pixels scales as I / n.
+        """
+        s = self.settings
+        common = self._common()
+        common["error_model"] = "azimuthal"
+        clip = self.ai.sigma_clip(data, s.npt, method=("no", "csr", "cython"), thres=s.sigma_clip_threshold,
+                                  max_iter=s.sigma_clip_max_iter, **common)
+        full = self.ai.integrate1d(data, s.npt, method=("no", "csr", "cython"), **self._common())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = (np.asarray(clip.intensity) / np.asarray(full.intensity)) * (
+                np.asarray(full.count) / np.asarray(clip.count))
+            sigma = np.asarray(full.sigma) * np.sqrt(np.where(scale > 0, scale, np.nan))
+        return _Result1D(np.asarray(clip.radial), np.asarray(clip.intensity), sigma, np.asarray(clip.count))
+
+    def _integrate2d(self, data: np.ndarray) -> Any:
+        s = self.settings
+        return self.ai.integrate2d(data, s.npt, s.cake_npt_azim, method=("bbox", "csr", "cython"), **self._common())
+
+    def integrate(self, data: np.ndarray) -> dict[str, Any]:
+        """Integrate one raw frame (any numeric dtype). Thread-safe."""
+        if tuple(data.shape) != self.shape:
+            raise FrameError(f"shape {data.shape} differs from the detector {self.shape}")
+        bad = dynamic_bad_pixels(data, self.saturation)
+        n_bad = 0
+        if bad is not None:
+            n_bad = int(bad.sum())
+            data = data.astype(np.float32)
+            data[bad] = DUMMY
+        res = self._integrate1d(data)
+        out: dict[str, Any] = {
+            "intensity": np.asarray(res.intensity, dtype=float),
+            "sigma": np.asarray(res.sigma, dtype=float),
+            "n_dynamic_masked": n_bad,
+        }
+        count = getattr(res, "count", None)
+        if count is not None:
+            out["n_pixels"] = np.asarray(count, dtype=np.float32)
+        if self.settings.cake:
+            cake = self._integrate2d(data)
+            out["cake_intensity"] = np.asarray(cake.intensity, dtype=np.float32)
+            out["cake_sigma"] = np.asarray(cake.sigma, dtype=np.float32)
+        empty = ~np.isfinite(out["intensity"]) | (out.get("n_pixels", np.ones(1)) <= 0)
+        out["intensity"][empty] = np.nan
+        out["sigma"][empty] = np.nan
+        return out
+
+
+@dataclass
+class IntegrationReport:
+    """Summary of a run."""
+
+    output: Path
+    n_frames: int
+    n_skipped_done: int
+    n_ok: int
+    n_error: int
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    frames_per_s: float = 0.0
+    wavelength_A: float = math.nan
+    masked_pixels: dict[str, int] = field(default_factory=dict)
+    xye_files: int = 0
+
+
+def _file_digest(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{Path(path).name} sha256:{h.hexdigest()[:16]}"
+
+
+def _header_wavelength_A(header: dict[str, Any]) -> float | None:
+    for key in ("wavelength_A", "qxrd.Wavelength", "Wavelength", "wavelength"):
+        if key in header:
+            try:
+                val = float(str(header[key]).split()[0])
+            except (ValueError, IndexError):
+                continue
+            if 0.01 < val < 10:  # Angstrom
+                return val
+            if 1e-12 < val < 1e-9:  # metres
+                return val * 1e10
+    return None
+
+
+def _sample_frames(refs: Sequence[FrameRef], n: int, max_tries: int = 20) -> list[Any]:
+    out = []
+    for ref in refs[:max_tries]:
+        try:
+            out.append(read_frame(ref))
+        except FrameError:
+            continue
+        if len(out) >= n:
+            break
+    return out
+
+
+def integrate_series(
+    frames: Sequence[str | Path] | Sequence[FrameRef],
+    poni: str | Path,
+    output: str | Path,
+    settings: IntegrationSettings | None = None,
+    *,
+    mask: str | Path | None = None,
+    dark: str | Path | None = None,
+    flat: str | Path | None = None,
+    wavelength_A: float | None = None,
+    orientation: int | None = None,
+    time_source: Any = "header",
+    time_zero_epoch_s: float | None = None,
+    hdf5_dataset: str | None = None,
+    xye_dir: str | Path | None = None,
+    overwrite: bool = False,
+    checkpoint_every_s: float = 10.0,
+    checkpoint_every_frames: int = 100,
+    progress: Callable[[int, int, str, str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> IntegrationReport:
+    """Integrate a frame series into a Patterns Dataset NetCDF (resumable; see module docstring).
+
+    Args:
+        frames: paths, globs, folders (or FrameRefs already discovered).
+        poni: PONI geometry file.
+        output: NetCDF output; if it exists (and not ``overwrite``) the run resumes into it.
+        settings: IntegrationSettings (defaults: 3000 bins in 2theta, polarization 0.99).
+        mask / dark / flat: image files (mask: non-zero = excluded).
+        wavelength_A: overrides the PONI wavelength (Angstrom).
+        orientation: detector orientation 1-4 overriding the PONI.
+        time_source: "header", {"sidecar": csv}, {"period_s": s} (see io.frames).
+        time_zero_epoch_s: absolute time (Unix s) of time_s = 0 for absolute frame times.
+        hdf5_dataset: dataset path of the image stack in HDF5 files.
+        xye_dir: also write one .xye per integrated frame there.
+        overwrite: start a new output even if one exists.
+        progress: callback(done, total, frame_name, status) after each frame.
+        on_start: callback(total, already_done) once the work list is known.
+
+    Raises:
+        InsituXRDError: invalid PONI, missing wavelength, shape mismatch between detector and
+            all sampled frames, unreadable dark/flat/mask, output of other settings.
+    """
+    t_start = time.perf_counter()
+    settings = settings or IntegrationSettings()
+    settings.validate()
+    output = Path(output)
+    if frames and isinstance(frames[0], FrameRef):
+        refs = list(frames)  # type: ignore[arg-type]
+    else:
+        refs = discover_frames(list(frames), hdf5_dataset=hdf5_dataset)  # type: ignore[arg-type]
+    if not refs:
+        raise InsituXRDError("no frames given")
+    ai = load_poni(poni, orientation=orientation)
+    poni_path = Path(poni)
+
+    samples = _sample_frames(refs, max(1, settings.auto_mask_frames))
+    if not samples:
+        raise InsituXRDError(f"none of the first frames can be read (first: {refs[0].path}); nothing to integrate")
+    det_shape = getattr(ai.detector, "shape", None)
+    if det_shape is None:
+        shape = tuple(samples[0].data.shape)
+        ai.detector.shape = shape
+        ai.detector.max_shape = shape
+    else:
+        shape = tuple(det_shape)
+        matching = [s for s in samples if tuple(s.data.shape) == shape]
+        if not matching:
+            raise InsituXRDError(
+                f"detector/frame shape mismatch: PONI {poni_path} describes a {ai.detector.name} of shape {shape}, "
+                f"but frame {samples[0].ref.name} has shape {tuple(samples[0].data.shape)} (binning? wrong PONI?)"
+            )
+        samples = matching
+
+    wl = wavelength_A
+    wl_source = "--wavelength-a"
+    if wl is None:
+        wl = wavelength_A_of(ai)
+        wl_source = f"PONI {poni_path.name}"
+    if wl is None:
+        wl = _header_wavelength_A(samples[0].header)
+        wl_source = f"frame header of {samples[0].ref.name}"
+    if wl is None or not (0.01 < wl < 10):
+        raise InsituXRDError(
+            f"wavelength unknown: PONI {poni_path} has no Wavelength and the frames' headers have none; "
+            "give --wavelength-a (Angstrom)"
+        )
+    ai.wavelength = wl * 1e-10
+
+    dark_img = None
+    if dark is not None:
+        dark_img = load_image_file(dark, shape, "dark").astype(np.float32) * np.float32(settings.dark_scale)
+    flat_img = None
+    flat_masked = None
+    if flat is not None:
+        f = load_image_file(flat, shape, "flat").astype(np.float64)
+        good = np.isfinite(f) & (f > 0)
+        if good.sum() < 0.5 * f.size:
+            raise InsituXRDError(f"flat file {flat}: fewer than half of the pixels are positive")
+        # normalise so that the flat changes relative pixel response, not the intensity scale
+        f = f / np.median(f[good])
+        flat_masked = ~good
+        f[~good] = 1.0
+        flat_img = f.astype(np.float32)
+
+    static = np.zeros(shape, dtype=bool)
+    counts: dict[str, int] = {}
+    if mask is not None:
+        m = load_mask_file(mask, shape)
+        counts["mask_file"] = int(m.sum())
+        static |= m
+    dm = detector_mask(ai.detector, shape)
+    counts["detector"] = int(dm.sum())
+    static |= dm
+    if flat_masked is not None:
+        counts["flat_nonpositive"] = int(flat_masked.sum())
+        static |= flat_masked
+    if settings.auto_mask:
+        found = find_bad_pixels([s.data for s in samples[: settings.auto_mask_frames]], dark=dark_img)
+        for k, v in found.items():
+            counts[k] = int(v.sum())
+            static |= v
+    counts["total_static"] = int(static.sum())
+    saturation = settings.saturation_counts
+    if saturation is None:
+        saturation = default_saturation_level(samples[0].data.dtype)
+
+    integrator = FrameIntegrator(ai, shape, settings, static_mask=static, dark=dark_img, flat=flat_img,
+                                 saturation=saturation)
+
+    corrections = {
+        "dark": _file_digest(Path(dark)) if dark else None,
+        "dark_scale": settings.dark_scale if dark else None,
+        "flat": _file_digest(Path(flat)) if flat else None,
+        "flat_normalisation": "divided by median of positive pixels" if flat else None,
+        "mask_file": _file_digest(Path(mask)) if mask else None,
+        "auto_mask": settings.auto_mask,
+        "auto_mask_frames": settings.auto_mask_frames if settings.auto_mask else 0,
+        "saturation_counts": saturation,
+        "solid_angle": settings.correct_solid_angle,
+        "polarization_factor": settings.polarization_factor,
+        "sigma_clip": ({"threshold": settings.sigma_clip_threshold, "max_iter": settings.sigma_clip_max_iter,
+                        "method": "no,csr,cython"} if settings.sigma_clip else None),
+        "error_model": "poisson",
+    }
+    method_text = "sigma_clip no,csr,cython" if settings.sigma_clip else ",".join(settings.method)
+    attrs = {
+        "title": "insitu-xrd integrated powder patterns",
+        "wavelength_A": float(wl),
+        "wavelength_source": wl_source,
+        "poni": poni_text(ai),
+        "poni_file": str(poni_path),
+        "polarization_factor": settings.polarization_factor if settings.polarization_factor is not None else "none",
+        "corrections": json.dumps(corrections, sort_keys=True),
+        "method": method_text,
+        "npt": settings.npt,
+        "radial_range": list(integrator.radial_range),
+        "time_source": str(time_source if not isinstance(time_source, dict) else json.dumps(time_source)),
+        "software_versions": json.dumps(software_versions(), sort_keys=True),
+        "created_utc": utc_now_iso(),
+    }
+    signature = {k: attrs[k] for k in ("wavelength_A", "poni", "polarization_factor", "corrections", "method",
+                                       "npt", "radial_range")}
+    # the PONI text carries a "Calibration done on <now>" comment: compare the geometry lines only
+    signature["poni"] = "\n".join(l for l in attrs["poni"].splitlines() if l.strip() and not l.startswith("#"))
+    signature["unit"] = settings.unit
+    signature["cake_npt_azim"] = settings.cake_npt_azim if settings.cake else None
+    store = open_patterns_store(
+        output, integrator.radial, settings.unit, attrs, signature=signature,
+        cake_chi_deg=integrator.chi_deg, overwrite=overwrite,
+        checkpoint_every_s=checkpoint_every_s, checkpoint_every_frames=checkpoint_every_frames,
+    )
+    t0_saved = store.attrs.get("time_zero_epoch_s")
+    clock = FrameClock(time_source, time_zero_epoch_s=time_zero_epoch_s if time_zero_epoch_s is not None
+                       else (float(t0_saved) if t0_saved not in (None, "") else None))
+
+    done = store.done_keys("status", "ok")
+    todo = [(pos, ref) for pos, ref in enumerate(refs) if ref.key not in done]
+    n_skipped = len(refs) - len(todo)
+    if on_start is not None:
+        on_start(len(refs), n_skipped)
+    xye_path = Path(xye_dir) if xye_dir is not None else None
+    rname = radial_name(settings.unit)
+    tth_axis = (integrator.radial if settings.unit == "2th_deg"
+                else q_invA_to_two_theta_deg(integrator.radial, wl))
+
+    def work(ref: FrameRef) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+        try:
+            fr = read_frame(ref)
+        except FrameError as exc:
+            return None, None, str(exc)
+        try:
+            return integrator.integrate(fr.data), fr.header, None
+        except FrameError as exc:
+            return None, fr.header, f"frame {ref.name}: {exc}"
+        except Exception as exc:  # a frame pyFAI chokes on must not stop the series
+            return None, fr.header, f"frame {ref.name}: integration failed ({type(exc).__name__}: {exc})"
+
+    n_ok = n_err = n_xye = 0
+    errors: list[tuple[str, str]] = []
+    window = max(2, 2 * settings.workers)
+    with store, ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="integrate") as pool:
+        pending: deque = deque()
+        it = iter(todo)
+
+        def fill() -> None:
+            while len(pending) < window:
+                try:
+                    pos, ref = next(it)
+                except StopIteration:
+                    return
+                pending.append((pos, ref, pool.submit(work, ref)))
+
+        fill()
+        try:
+            while pending:
+                pos, ref, fut = pending.popleft()
+                result, header, err = fut.result()
+                fill()
+                t_s, e_s, _src = clock.times(ref, header, pos)
+                rec: dict[str, Any] = {"time_s": t_s, "epoch_s": e_s, "frame_name": ref.name}
+                if err is None and result is not None:
+                    rec["status"] = "ok"
+                    rec["intensity"] = result["intensity"]
+                    rec["sigma"] = result["sigma"]
+                    if "n_pixels" in result:
+                        rec["n_pixels"] = result["n_pixels"]
+                    if settings.cake:
+                        rec["cake_intensity"] = result["cake_intensity"]
+                        rec["cake_sigma"] = result["cake_sigma"]
+                    n_ok += 1
+                    if xye_path is not None:
+                        stem = ref.name.replace(":", "_").rsplit(".", 1)[0] if ref.index is None else ref.name.replace(":", "_")
+                        write_xye(xye_path / f"{stem}.xye", tth_axis, result["intensity"], result["sigma"],
+                                  header_lines=[f"insitu-xrd integrate: frame {ref.name}", f"time_s={t_s!r}",
+                                                f"unit in dataset: {settings.unit} ({rname})"],
+                                  wavelength_A=wl)
+                        n_xye += 1
+                else:
+                    reason = (err or "unknown error").replace("\n", " ")
+                    rec["status"] = f"error: {reason}"
+                    errors.append((ref.name, reason))
+                    n_err += 1
+                if clock.time_zero_epoch_s is not None:
+                    store.attrs["time_zero_epoch_s"] = float(clock.time_zero_epoch_s)
+                store.append(ref.key, rec)
+                if progress is not None:
+                    progress(n_skipped + n_ok + n_err, len(refs), ref.name, rec["status"])
+        except BaseException:
+            for _pos, _ref, fut in pending:
+                fut.cancel()
+            raise
+    elapsed = time.perf_counter() - t_start
+    return IntegrationReport(
+        output=output,
+        n_frames=len(refs),
+        n_skipped_done=n_skipped,
+        n_ok=n_ok,
+        n_error=n_err,
+        errors=errors,
+        elapsed_s=elapsed,
+        frames_per_s=(n_ok + n_err) / elapsed if elapsed > 0 else math.nan,
+        wavelength_A=float(wl),
+        masked_pixels=counts,
+        xye_files=n_xye,
+    )

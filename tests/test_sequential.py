@@ -1,0 +1,175 @@
+"""Sequential refinement: seeding, H3 appearance detected from the data, bad frames, resume, chunks.
+
+Patterns are calculated with the core model (`calc_pattern`) plus Poisson noise, so the true
+lattice, H3 onset and fraction of every frame are known; tolerances are a few esd.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from insitu_xrd.core.crystal import make_template
+from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern, scale_for_weight_fraction
+from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.pipeline.recipe import SequentialSection
+from insitu_xrd.pipeline.refine_setup import make_refinement
+from insitu_xrd.pipeline.sequential import (
+    SequentialRefiner,
+    coarse_lattice_search,
+    dataset_to_records,
+    records_to_dataset,
+    refine_sequence,
+)
+
+LAM = 0.1173
+INST = dict(U=1.0, V=-0.3, W=0.8, X=0.1, Y=0.2)
+
+
+def _series(nf: int, onset: int | None, seed: int, collapse: bool = False, npt: int = 1600):
+    """nf frames of a charge: a shrinks, c grows; H3 (c 14.03) from frame `onset` with a growing
+    fraction; `collapse`: c of the single phase falls to 14.05 instead (no H3)."""
+    rng = np.random.default_rng(seed)
+    tth = np.linspace(1.0, 9.0, npt)
+    inst = Instrument(LAM, **INST)
+    u = np.linspace(0, 1, nf)
+    a = 2.872 - 0.05 * u
+    c = 14.20 + 0.25 * np.sin(np.pi * u * 0.9) if not collapse else 14.20 + 0.27 * u - 0.65 * np.clip(u - 0.6, 0, None) ** 1 * 1.5
+    frac = np.zeros(nf)
+    if onset is not None:
+        frac[onset:] = np.linspace(0.12, 0.5, nf - onset)
+    I, S = [], []
+    for i in range(nf):
+        h2 = make_template("nmc811", name="H2", a=a[i], c=c[i])
+        st = [PhaseState(h2, scale=scale_for_weight_fraction(1 - frac[i], h2, 4.0), mustrain=900)]
+        if frac[i] > 0:
+            h3 = make_template("nmc811", name="H3", a=2.816, c=14.03)
+            st.append(PhaseState(h3, scale=scale_for_weight_fraction(frac[i], h3, 4.0), mustrain=1200))
+        y = calc_pattern(tth, st, inst, background_coeffs=[300, -60, 20]).total
+        obs = rng.poisson(np.clip(y, 0, None)).astype(float)
+        I.append(obs)
+        S.append(np.sqrt(np.maximum(obs, 1)))
+    ds = xr.Dataset(
+        {"intensity": (("frame", "two_theta"), np.array(I)), "sigma": (("frame", "two_theta"), np.array(S)),
+         "status": (("frame",), np.array(["ok"] * nf))},
+        coords={"frame": np.arange(nf), "two_theta": tth, "time_s": ("frame", 60.0 * np.arange(nf)),
+                "frame_name": ("frame", np.array([f"f{i:03d}.tif" for i in range(nf)]))},
+        attrs={"wavelength_A": LAM, "unit": "2th_deg"})
+    return ds, {"a": a, "c": c, "frac": frac}
+
+
+SPEC = RefinementSpec.model_validate(dict(
+    mode="rietveld", background={"chebyshev": 4}, profile=dict(**INST, refine=["zero_deg"]),
+    phases=[dict(name="H2", template="nmc811", a=2.872, c=14.2, mustrain=900, refine=["a", "c", "mustrain", "scale"]),
+            dict(name="H3", template="nmc811", a=2.82, c=14.0, mustrain=1200, refine=["a", "c", "mustrain", "scale"],
+                 optional=True)]))
+
+
+def _factory(spec):
+    return make_refinement(spec, LAM, ".")
+
+
+@pytest.fixture(scope="module")
+def two_phase():
+    ds, truth = _series(9, onset=5, seed=11)
+    out = refine_sequence(ds, SPEC, _factory, SequentialSection(), progress=False)
+    return ds, truth, out
+
+
+def test_two_phase_lattice_onset_and_fraction(two_phase):
+    ds, truth, out = two_phase
+    st = [str(s) for s in out["status"].values]
+    assert all(s in ("ok", "refit") for s in st), st
+    a = out["a"].sel(phase="H2").values
+    c = out["c"].sel(phase="H2").values
+    np.testing.assert_allclose(a, truth["a"], atol=2e-4)
+    np.testing.assert_allclose(c, truth["c"], atol=1e-3)
+    # H3 appears where the data say, within one frame, and is reported in attrs
+    assert abs(out.attrs["H3_onset_frame"] - 5) <= 1
+    assert out.attrs["H3_onset_frame_name"] in ("f004.tif", "f005.tif", "f006.tif")
+    frac = out["phase_fraction"].sel(phase="H3").values
+    np.testing.assert_allclose(frac, truth["frac"], atol=0.05)
+    # absent phase -> NaN lattice, fraction 0
+    assert np.all(np.isnan(out["a"].sel(phase="H3").values[:4]))
+    assert np.all(out["phase_fraction"].sel(phase="H3").values[:4] == 0)
+    # esd twins and units
+    for v in ("a", "c", "volume", "microstrain", "phase_fraction", "scale"):
+        assert f"{v}_esd" in out and out[v].dims == ("frame", "phase")
+    assert out["a"].attrs["units"] == "A"
+    assert np.all(np.isfinite(out["rwp"].values)) and np.all(np.isfinite(out["gof"].values))
+    assert "zero_shift" in out and "time_s" in out.coords and "frame_name" in out.coords
+
+
+def test_single_phase_collapse_stays_single_phase():
+    """A continuous c collapse without a second phase must not produce an H3."""
+    ds, truth = _series(7, onset=None, seed=5, collapse=True)
+    out = refine_sequence(ds, SPEC, _factory, SequentialSection(), progress=False)
+    assert out.attrs["H3_onset_frame"] == -1
+    assert not out["active"].sel(phase="H3").values.any()
+    np.testing.assert_allclose(out["c"].sel(phase="H2").values, truth["c"], atol=1e-3)
+
+
+def test_bad_frames_are_flagged_and_run_continues(tmp_path):
+    ds, truth = _series(6, onset=None, seed=3)
+    ds["status"].values[2] = "error: truncated file"
+    rng = np.random.default_rng(0)
+    junk = rng.poisson(300, ds.sizes["two_theta"]).astype(float)  # no diffraction at all
+    ds["intensity"].values[3] = junk
+    ds["sigma"].values[3] = np.sqrt(junk)
+    out = refine_sequence(ds, SPEC, _factory, SequentialSection(), checkpoint=tmp_path / "seq.nc", cache_key="k",
+                          progress=False)
+    st = [str(s) for s in out["status"].values]
+    assert st[2].startswith("skipped")
+    assert st[3] in ("refit", "diverged")
+    assert st[4] == "ok" and st[5] == "ok"
+    np.testing.assert_allclose(out["a"].sel(phase="H2").values[[0, 1, 4, 5]], truth["a"][[0, 1, 4, 5]], atol=2e-4)
+    assert (tmp_path / "seq.nc").is_file()
+
+
+def test_resume_from_checkpoint_gives_same_result(tmp_path, two_phase):
+    ds, truth, full = two_phase
+    ck = tmp_path / "seq.nc"
+    # a checkpoint of an interrupted run: only the first 6 frames done
+    recs = dataset_to_records(full)
+    part = records_to_dataset(recs[:6] + [None] * (len(recs) - 6), ds, SPEC, {"cache_key": "key1"})
+    part.to_netcdf(ck, engine="h5netcdf")
+    calls = []
+
+    def counting(spec):
+        calls.append(1)
+        return _factory(spec)
+
+    out = refine_sequence(ds, SPEC, counting, SequentialSection(), checkpoint=ck, cache_key="key1", progress=False)
+    np.testing.assert_array_equal(out["a"].values[:6], full["a"].values[:6])  # kept, not refitted
+    np.testing.assert_allclose(out["a"].sel(phase="H2").values, truth["a"], atol=2e-4)
+    np.testing.assert_allclose(out["phase_fraction"].sel(phase="H3").values, truth["frac"], atol=0.05)
+    assert xr.load_dataset(ck, engine="h5netcdf").attrs["cache_key"] == "key1"
+    # a different cache key starts over
+    out2 = refine_sequence(ds.isel(frame=slice(0, 3)), SPEC, _factory, SequentialSection(), checkpoint=tmp_path / "b.nc",
+                           cache_key="other", progress=False)
+    assert list(map(str, out2["status"].values)) == ["ok"] * 3
+
+
+def test_chunks_in_parallel_and_reverse_agree(two_phase):
+    ds, truth, serial = two_phase
+    par = refine_sequence(ds, SPEC, _factory, SequentialSection(chunks=2, workers=2), progress=False, base_dir=".")
+    np.testing.assert_allclose(par["a"].sel(phase="H2").values, truth["a"], atol=2e-4)
+    np.testing.assert_allclose(par["c"].sel(phase="H2").values, truth["c"], atol=1e-3)
+    assert abs(par.attrs["H3_onset_frame"] - 5) <= 1
+    rev = refine_sequence(ds, SPEC, _factory, SequentialSection(direction="reverse"), progress=False)
+    np.testing.assert_allclose(rev["c"].sel(phase="H2").values, truth["c"], atol=1e-3)
+    assert rev.attrs["direction"] == "reverse"
+
+
+def test_coarse_lattice_search_finds_a_2pct_shifted_cell():
+    ds, truth = _series(1, onset=None, seed=2)
+    h2 = make_template("nmc811", name="H2", a=2.872 * 1.02, c=14.2 * 0.985)
+    a, c = coarse_lattice_search(h2, LAM, ds["two_theta"].values, ds["intensity"].values[0], bound_pct=3.0)
+    assert abs(a - truth["a"][0]) < 0.002 and abs(c - truth["c"][0]) < 0.01
+
+
+def test_refiner_step_never_raises_on_garbage():
+    r = SequentialRefiner(SPEC, LAM, _factory, SequentialSection())
+    rec = r.step(0, np.linspace(1, 9, 100), np.full(100, np.nan), np.ones(100))
+    assert rec.status.startswith("skipped")
