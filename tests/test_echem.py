@@ -120,6 +120,10 @@ def test_recipe_column_map_and_capacity_column(tmp_path):
     log = read_cycler_log(path, columns={"time_s": "T", "voltage_V": "U", "current_mA": "I", "capacity_mAh": "Q"})
     assert log.capacity_mAh == pytest.approx(q)
     assert "column 'Q'" in log.capacity_source
+    # a log that starts with charge already counted: x_start refers to the first sample
+    path2 = write_csv(tmp_path / "log2.csv", ["T", "U", "I", "Q"], np.c_[t, 3.7 + 0 * t, np.full(t.size, I_MA), q + 0.5])
+    log2 = read_cycler_log(path2, columns={"time_s": "T", "voltage_V": "U", "current_mA": "I", "capacity_mAh": "Q"})
+    assert log2.capacity_mAh == pytest.approx(q) and "counted from the first sample" in log2.notes[0]
 
 
 @pytest.mark.parametrize(

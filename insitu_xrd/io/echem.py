@@ -1,7 +1,8 @@
 """Cycler logs: generic CSV/TSV, BioLogic .mpr (binary) and .mpt (text), Neware .nda/.ndax.
 
 Everything becomes a :class:`CyclerLog` in fixed units: time (s), voltage (V), current (mA),
-net capacity (mAh, positive on charge = Li extracted from the cathode), sorted by time.
+net capacity (mAh since the first sample, positive on charge = Li extracted from the cathode),
+sorted by time.
 
 Formats (``format=`` or from the extension with ``"auto"``):
 
@@ -314,7 +315,11 @@ def _build_log(
             if scale > 0 and worst > 0.05 * scale:
                 notes.append(f"capacity column {chosen['capacity_mAh']!r} differs from the integrated current by up to "
                              f"{worst:.4g} mAh ({100 * worst / scale:.0f} % of the range): it may restart every step or "
-                             "be unsigned; map current_mA only (capacity_mAh unmapped) to integrate the current instead")
+                             "be unsigned; set columns: {capacity_mAh: none} to integrate the current instead")
+        if capacity[0] != 0.0:
+            # x_start is the Li content at the first log sample: count charge from there
+            notes.append(f"capacity column starts at {capacity[0]:.6g} mAh; counted from the first sample")
+            capacity = capacity - capacity[0]
     else:
         capacity = integrate_capacity_mAh(data["time_s"], data["current_mA"])
         cap_source = f"integrated current column {chosen['current_mA']!r} over time (trapezoid rule)"
