@@ -104,13 +104,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=120, help="number of 2048x2048 frames")
     ap.add_argument("--npt", type=int, default=3000, help="radial bins")
-    ap.add_argument("--keep", type=Path, default=None, help="folder to keep frames in (default: temporary)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="folder to keep frames in and reuse on the next run (default: temporary)")
     args = ap.parse_args()
 
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_integrate_"))
     try:
         t = time.perf_counter()
-        poni = make_frames(folder, args.frames)
+        existing = sorted((folder / "frames").glob("*.tif")) if (folder / "frames").is_dir() else []
+        if args.keep is not None and len(existing) == args.frames and (folder / "geo.poni").is_file():
+            poni = folder / "geo.poni"  # frames kept from an earlier run of this script
+        else:
+            poni = make_frames(folder, args.frames)
         files = sorted((folder / "frames").glob("*.tif"))
         for f in files:  # warm the page cache for both contenders
             f.read_bytes()

@@ -228,3 +228,71 @@ def test_bad_input_errors() -> None:
     spec = RefinementSpec.model_validate(dict(phases=[dict(name="X", cif="x.cif")]))
     with pytest.raises(InsituXRDError, match="x.cif"):
         Refinement(spec, LAM)
+
+
+def test_size_and_strain_with_degenerate_profile_terms_held() -> None:
+    """Size and microstrain separate; X and Y (degenerate with them) are held with a warning."""
+    rng = np.random.default_rng(4)
+    x = np.linspace(1.2, 11.8, 2750)
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"])
+    comp = calc_pattern(x, [PhaseState(h2, scale=scale_for_weight_fraction(1.0, h2, 1.0), mustrain=900.0, size_um=0.15)],
+                        Instrument(LAM, zero_deg=0.002, **PROFILE), background_coeffs=(400.0,))
+    y = rng.poisson(comp.total).astype(float)
+    spec = make_spec("rietveld", h3=False)
+    spec.profile.refine = ["W", "X", "Y", "zero_deg"]
+    spec.phases[0].refine = ["a", "c", "mustrain", "size_um", "scale"]
+    res = Refinement(spec, LAM).fit(x, y, np.sqrt(np.maximum(y, 1)))
+    assert any(w.startswith("Y held") for w in res.warnings)
+    assert any(w.startswith("X held") for w in res.warnings)
+    assert "X" not in res.correlation_names and "Y" not in res.correlation_names
+    assert res.values["H2_size_um"] == pytest.approx(0.15, rel=0.10)
+    assert res.values["H2_mustrain"] == pytest.approx(900.0, rel=0.10)
+    for key, true in (("H2_size_um", 0.15), ("H2_mustrain", 900.0)):
+        assert abs(res.values[key] - true) < 3 * res.esds[key]
+
+
+def test_warm_start_sequence_follows_lattice() -> None:
+    """Sequential warm starts track a drifting lattice and reuse Le Bail intensities."""
+    ref = Refinement(make_spec("lebail", start_error=0.001, h3=False), LAM)
+    prev = None
+    for step, da in enumerate((0.0, -0.002, -0.004)):
+        TRUTH_STEP = dict(TRUTH, H2_a=TRUTH["H2_a"] + da)
+        rng = np.random.default_rng(50 + step)
+        x = np.linspace(1.2, 11.8, 2750)
+        h2 = make_template("nmc811", name="H2", a=TRUTH_STEP["H2_a"], c=TRUTH["H2_c"])
+        comp = calc_pattern(x, [PhaseState(h2, scale=scale_for_weight_fraction(1.0, h2, 1.0), mustrain=900.0)],
+                            Instrument(LAM, zero_deg=0.002, **PROFILE), background_coeffs=(400.0,))
+        y = rng.poisson(comp.total).astype(float)
+        res = ref.fit(x, y, np.sqrt(np.maximum(y, 1)), start=prev)
+        assert abs(res.values["H2_a"] - TRUTH_STEP["H2_a"]) < max(3 * res.esds["H2_a"], 1e-4)
+        if prev is not None:
+            assert res.lebail_areas["H2"][1].shape == prev.lebail_areas["H2"][1].shape
+        prev = res
+
+
+def test_low_angle_asymmetry() -> None:
+    """Berar-Baldinozzi asymmetric peaks (built from the core functions): refining asym_1/asym_2
+    recovers them and removes the lattice bias of a symmetric fit."""
+    from insitu_xrd.core.pattern import peak_table, two_theta_deg_from_d
+    from insitu_xrd.core.profiles import berar_baldinozzi_factor, pseudo_voigt
+
+    rng = np.random.default_rng(8)
+    x = np.linspace(1.2, 11.8, 2750)
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"])
+    table = peak_table(PhaseState(h2, scale=scale_for_weight_fraction(1.0, h2, 1.0), mustrain=900.0),
+                       Instrument(LAM, zero_deg=0.002, **PROFILE), (1.2, 11.8))
+    y_true = np.full_like(x, 400.0)
+    tth_bragg = two_theta_deg_from_d(table.d_A, LAM)
+    for t, h, e, a, tb in zip(table.two_theta_deg, table.fwhm_deg, table.eta, table.area, tth_bragg):
+        w = np.abs(x - t) < 50 * h
+        y_true[w] += a * pseudo_voigt(x[w], t, h, e) * berar_baldinozzi_factor(x[w], t, h, tb, 0.004, 0.001)
+    y = rng.poisson(y_true).astype(float)
+    s = np.sqrt(np.maximum(y, 1.0))
+    spec = make_spec("rietveld", h3=False, start_error=0.001)
+    sym = Refinement(spec, LAM).fit(x, y, s)
+    spec.profile.refine = ["W", "X", "zero_deg", "asym_1", "asym_2"]
+    res = Refinement(spec, LAM).fit(x, y, s)
+    assert sym.gof > 1.5 and res.gof < 1.2
+    for key, true in (("asym_1", 0.004), ("asym_2", 0.001)):
+        assert abs(res.values[key] - true) < 3 * res.esds[key] + 1e-5, (key, res.values[key], res.esds[key])
+    _check_lattice(res, ("H2",))

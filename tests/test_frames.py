@@ -60,6 +60,8 @@ def test_simulator_tiff_header_times_and_sidecar_and_period(tmp_path):
     per = FrameClock(parse_time_source("period_s: 7.5"))
     assert [per.times(r, None, i)[0] for i, r in enumerate(refs)] == [0.0, 7.5]
     assert np.isnan(FrameClock("header").times(refs[0], {}, 0)[0])  # unknown -> NaN, never invented
+    assert np.isnan(FrameClock("none").times(refs[0], frames[0].header, 0)[0])
+    assert np.isnan(FrameClock({"period_s": float("nan")}).times(refs[1], None, 1)[0])
 
 
 def test_time_source_errors(tmp_path):
@@ -108,7 +110,9 @@ def test_hdf5_stack_discovery_names_and_times(tmp_path):
     with h5py.File(q, "w") as fh:
         fh.create_dataset("entry/data/data_000001", data=np.zeros((2, 4, 4), np.uint32))
         fh.create_dataset("entry/data/data_000002", data=np.ones((1, 4, 4), np.uint32))
-    refs = discover_frames(q)
+    with h5py.File(tmp_path / "eiger_data_000001.h5", "w") as fh:  # the data file beside its master
+        fh.create_dataset("entry/data/data", data=np.zeros((2, 4, 4), np.uint32))
+    refs = discover_frames(str(tmp_path / "eiger_*.h5"))  # the data file is not listed twice
     assert [r.name for r in refs] == ["eiger_master.h5:0", "eiger_master.h5:1", "eiger_master.h5:2"]
     assert read_frame(refs[2]).data.sum() == 16
 

@@ -257,6 +257,15 @@ def test_interrupted_run_is_readable_and_resumes_without_redoing(series, tmp_pat
     assert calls["n"] == 4  # the two saved frames were not integrated again
     ds = read_patterns(out)
     assert list(ds["frame_name"].values) == series["names"]
+    # watch-mode style: a later call with only a new frame appends it
+    late = tmp_path / "late"
+    late.mkdir()
+    (late / "frame_0099.tif").write_bytes((series["frames"] / series["names"][0]).read_bytes())
+    rep = integrate_series([late / "frame_0099.tif"], series["poni"], out, IntegrationSettings(**SETTINGS))
+    assert rep.n_ok == 1 and rep.n_skipped_done == 0
+    ds = read_patterns(out)
+    assert ds.sizes["frame"] == 7 and ds["frame_name"].values[-1] == "frame_0099.tif"
+    np.testing.assert_array_equal(ds["intensity"].values[-1], ds["intensity"].values[0])  # same mask, same numbers
     # other settings cannot resume into the same file
     with pytest.raises(InsituXRDError, match="other settings"):
         integrate_series([series["frames"]], series["poni"], out, IntegrationSettings(npt=500))
@@ -376,3 +385,39 @@ def test_cli_bad_inputs_exit_2_with_one_clear_line(series, tmp_path):
     res = _cli([frames, "--poni", nowl, "--wavelength-a", WL_A, "--npt", 200, "-o", out])
     assert res.exit_code == 0, res.output
     assert xr.load_dataset(out, engine="h5netcdf").attrs["wavelength_source"] == "--wavelength-a"
+
+
+def test_real_pilatus_image_needs_orientation_2_for_its_old_dioptas_poni(real_data_dir, tmp_path):
+    """Real CeO2 Pilatus 1M frame (negative gap pixels) + its 2015 DIOPTAS PONI: the PONI
+    predates pyFAI's orientation field; only a vertical flip (orientation 2) reproduces the
+    pattern DIOPTAS integrated from it."""
+    ref = read_pattern_1d(real_data_dir / "CeO2_Pilatus1M.xy")
+    corr = {}
+    for orientation in (None, 2):
+        out = tmp_path / f"pil{orientation}.nc"
+        rep = integrate_series([real_data_dir / "CeO2_Pilatus1M.tif"], real_data_dir / "CeO2_Pilatus1M.poni", out,
+                               IntegrationSettings(npt=1512, polarization_factor=None), orientation=orientation)
+        assert rep.masked_pixels["gaps"] > 10000  # module gaps (-1) found by the auto-mask
+        ds = read_patterns(out)
+        x = ds["two_theta"].values
+        y = ds["intensity"].values[0]
+        g = np.isfinite(y)
+        corr[orientation] = np.corrcoef(np.interp(ref.two_theta_deg, x[g], y[g]), ref.intensity)[0, 1]
+    assert corr[2] > 0.99 and corr[None] < 0.5
+
+
+def test_two_worker_threads_give_the_same_numbers_as_one(series):
+    """pyFAI's 1D CSC engine is shared by the worker threads; the 2D cake and sigma-clip engines
+    are not thread-safe and are serialised: concurrent results must equal serial ones."""
+    ai = make_ai()
+    imgs = [fabio.open(str(series["frames"] / n)).data for n in series["names"]]
+    from concurrent.futures import ThreadPoolExecutor
+
+    for kw in (dict(npt=400), dict(npt=200, cake=True, cake_npt_azim=36), dict(npt=200, sigma_clip=True)):
+        fi = integ.FrameIntegrator(ai, SHAPE, IntegrationSettings(**kw))
+        serial = [fi.integrate(im) for im in imgs]
+        with ThreadPoolExecutor(2) as pool:
+            parallel = list(pool.map(fi.integrate, imgs * 2))
+        for a, b in zip(serial * 2, parallel):
+            for key in a:
+                np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=f"{kw} {key}")

@@ -24,6 +24,7 @@ __all__ = [
     "pseudo_voigt",
     "pseudo_voigt_dx0",
     "peak_fwhm_eta",
+    "berar_baldinozzi_factor",
 ]
 
 EIGHT_LN2 = 8.0 * np.log(2.0)
@@ -121,3 +122,24 @@ def peak_fwhm_eta(
     fwhm_g = np.sqrt(EIGHT_LN2 * sig2) / 100.0
     fwhm_l = gam / 100.0
     return tch_fwhm_eta(fwhm_g, fwhm_l)
+
+
+def berar_baldinozzi_factor(
+    x: np.ndarray, x0: np.ndarray | float, fwhm: np.ndarray | float, two_theta_deg: np.ndarray | float,
+    asym_1: float, asym_2: float,
+) -> np.ndarray:
+    """Low-angle peak asymmetry of Berar & Baldinozzi (1993, J. Appl. Cryst. 26, 128), as used
+    by FullProf/TOPAS: multiply a symmetric profile by
+
+        1 + (asym_1 * Fa(z) + asym_2 * Fb(z)) / tan(theta),
+        z = (x - x0) / fwhm,  Fa(z) = 2 z exp(-z^2),  Fb(z) = 2 (2 z^2 - 3) Fa(z).
+
+    Fa and Fb are odd in z, so the peak area is unchanged. Only the 1/tan(theta) pair is offered:
+    below 2theta ~ 20 deg the 1/tan(2theta) pair is almost proportional to it. Positive asym_1
+    moves intensity to the low-angle side. The factor is clipped at 0.
+    """
+    z = (np.asarray(x, dtype=float) - x0) / fwhm
+    fa = 2.0 * z * np.exp(-z * z)
+    fb = 2.0 * (2.0 * z * z - 3.0) * fa
+    tan_th = np.tan(np.radians(np.asarray(two_theta_deg, dtype=float)) / 2.0)
+    return np.maximum(1.0 - (asym_1 * fa + asym_2 * fb) / tan_th, 0.0)

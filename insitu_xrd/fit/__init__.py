@@ -10,14 +10,30 @@ API summary (stable; the pipeline, CLI and plots build on it)
     (templates are built from the spec).
 
 ``Refinement.fit(two_theta_deg, intensity, sigma, start=None, phases=None, mode=None) -> FitResult``
-    start: a previous FitResult (warm start: its ``params`` and Le Bail intensities);
-    phases: names of active phases (default: every non-optional phase); mode: override spec.mode.
+    sigma: Poisson esds of the intensities (None: sqrt(max(I, 1))); start: a previous FitResult
+    (warm start: its ``params`` and Le Bail intensities); phases: names of active phases (default:
+    every non-optional phase); mode: override spec.mode. A phase newly activated (optional on a
+    cold start, or absent from ``start``) is held at its start lattice until its scale is
+    significant (> 3 esd), so an absent H3 is reported as a fraction ~0 +/- esd (see ``warnings``).
+
+``Refinement.initial_params(active=None) -> lmfit.Parameters``: the spec's starting parameters.
+
+Phase fractions in ``lebail`` mode come from a structure-factor scale step (lattice, profile and
+positions fixed at the Le Bail result; one scale per phase, background and diffuse re-solved);
+the scales are reported as ``<P>_scale``. Esds: covariance of the full Jacobian (Le Bail:
+including the reflection intensities) x reduced chi^2, times sqrt((1+rho)/(1-rho)) with
+rho = max(0, 1 - DW/2) (``esd_factor``; Durbin-Watson AR(1) correction).
 
 ``FitResult``: ``params`` (lmfit.Parameters, usable as the next start), ``values``/``esds`` dicts,
 ``rwp, rp, rexp, gof (= reduced chi^2), durbin_watson, chi2, nobs, nvarys, success, message``,
 ``at_bounds``, ``phase_fraction {phase: (value, esd)}``, ``correlation`` (+ ``correlation_names``),
-curves ``two_theta_deg, obs, sigma, calc, background, diff``, ``phase_curves``, ``diffuse_curves``,
-``peaks`` {phase: PeakTable} (tick positions, hkl, d), ``to_dataset()`` -> xarray Dataset.
+curves ``two_theta_deg, obs, sigma, calc, background, diff`` (fitted points only: range and
+exclusions applied), ``phase_curves``, ``diffuse_curves``, ``peaks`` {phase: PeakTable} (tick
+positions, hkl, d, areas), ``lebail_areas``, ``warnings``, ``esd_factor``, ``elapsed_s``,
+``active_phases``, ``to_dataset()`` -> xarray Dataset (dims two_theta, peak, param, param2, phase,
+diffuse; one scalar per refined value with an ``_esd`` twin, ``<P>_phase_fraction[_esd]``,
+``<P>_volume_A3[_esd]``, ``correlation``; attrs rwp, rp, rexp, gof, durbin_watson, mode,
+wavelength_A, polarization note, software_versions).
 
 Parameter names: profile ``U V W X Y zero_deg displacement_um``; background ``bkg_0..``,
 ``bkg_hump<i>_area|center_deg|fwhm_deg|eta``; phase ``<P>_a|b|c|scale|mustrain|size_um|

@@ -43,7 +43,7 @@ __all__ = [
     "DIFFUSE_REFINABLE",
 ]
 
-ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um"]
+ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "asym_1", "asym_2"]
 PhaseName = Literal[
     "a", "b", "c", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
@@ -80,6 +80,8 @@ class ProfileSpec(_Strict):
     zero_deg: float | None = Field(None, description="2theta zero shift (deg), added to calculated positions.")
     displacement_um: float | None = Field(None, description="Sample displacement towards the detector (um).")
     distance_mm: float | None = Field(None, description="Sample-detector distance for the displacement term (mm).")
+    asym_1: float | None = Field(None, ge=-0.05, le=0.05, description="Berar-Baldinozzi low-angle asymmetry, Fa(z)/tan(theta) term (0 = symmetric; > 0 shifts intensity to low angle).")
+    asym_2: float | None = Field(None, ge=-0.05, le=0.05, description="Berar-Baldinozzi asymmetry, Fb(z)/tan(theta) term.")
     refine: list[ProfileName] = Field(default_factory=list, description="Profile parameters to refine.")
 
 

@@ -73,6 +73,7 @@ __all__ = [
     "header_times",
     "parse_datetime_epoch_s",
     "natural_sort_key",
+    "iter_read_frames",
 ]
 
 HDF5_EXTENSIONS = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
@@ -250,6 +251,10 @@ def discover_frames(
             raise InsituXRDError(f"frames {text!r}: no such file or folder")
         files.extend(sorted(matched, key=lambda q: natural_sort_key(str(q))))
 
+    # Eiger: <prefix>_master.h5 links to <prefix>_data_00000N.h5; list only the master
+    masters = {f.name[: -len("_master.h5")] for f in files if f.name.endswith("_master.h5")}
+    files = [f for f in files if not (re.fullmatch(r"(.+)_data_\d+\.h5", f.name)
+                                      and re.fullmatch(r"(.+)_data_\d+\.h5", f.name).group(1) in masters)]
     refs: list[FrameRef] = []
     seen: set[Path] = set()
     for f in files:
@@ -523,7 +528,8 @@ def load_sidecar_times(csv_path: str | Path) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class TimeSource:
-    """Where frame times come from: kind 'header', 'sidecar' (path) or 'period' (period_s)."""
+    """Where frame times come from: kind 'header', 'sidecar' (path), 'period' (period_s) or
+    'none' (all NaN)."""
 
     kind: str = "header"
     sidecar: Path | None = None
@@ -535,17 +541,20 @@ class TimeSource:
             return f"sidecar {self.sidecar}"
         if self.kind == "period":
             return f"period_s={self.period_s} start_s={self.start_s}"
-        return "header"
+        return self.kind
 
 
 def parse_time_source(value: Any) -> TimeSource:
     """TimeSource from a recipe/CLI value.
 
-    Accepts ``"header"``, ``{"sidecar": path}``, ``{"period_s": 10, "start_s": 0}``, a string
+    Accepts ``"header"``, ``"none"`` (or ``{"period_s": nan}``: every time NaN),
+    ``{"sidecar": path}``, ``{"period_s": 10, "start_s": 0}``, a string
     ``"sidecar:path"`` / ``"period_s:10"``, or a number (period in seconds).
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "header"):
         return TimeSource("header")
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return TimeSource("none")
     if isinstance(value, TimeSource):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -559,6 +568,11 @@ def parse_time_source(value: Any) -> TimeSource:
         if "sidecar" in value:
             return TimeSource("sidecar", sidecar=Path(str(value["sidecar"])).expanduser())
         if "period_s" in value:
+            try:
+                if math.isnan(float(value["period_s"])):  # "no times": every time_s NaN
+                    return TimeSource("none")
+            except (TypeError, ValueError):
+                pass
             p = _float_or_none(value["period_s"])
             s0 = _float_or_none(value.get("start_s", 0.0))
             if p is None or p <= 0 or s0 is None:
@@ -593,6 +607,8 @@ class FrameClock:
         """
         if self.source.kind == "period":
             return self.source.start_s + position * self.source.period_s, math.nan, "period_s"
+        if self.source.kind == "none":
+            return math.nan, math.nan, "none"
         if self.source.kind == "sidecar":
             assert self._sidecar is not None
             t = self._sidecar.get(ref.key)

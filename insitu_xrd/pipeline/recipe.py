@@ -128,6 +128,7 @@ class OptionalPhaseTest(_Strict):
     drop_fraction_sigma: float = Field(1.0, ge=0, description="An active optional phase is dropped when its fraction falls below this many esds ...")
     drop_after_frames: int = Field(2, ge=1, description="... for this many consecutive frames.")
     try_every: int = Field(1, ge=1, description="Test the optional phase every n-th frame while it is absent.")
+    prescreen_sigma: float = Field(2.0, ge=0, description="Cheap matched-filter gate: the full fit with the optional phase runs only when its calculated pattern explains the residual at > this many sigma (0 = always run it).")
 
 
 class DivergenceSection(_Strict):

@@ -408,7 +408,7 @@ class SequentialRefiner:
             lattice = [p for p in lattice if p.split("_", 1)[0] in self.base_phases]
             if lattice:
                 return f"at bound: {', '.join(lattice)}"
-        for name in self.base_phases:
+        for name in self.base_phases[:1]:  # the main phase; minor phases (cell lines) may be weak
             sc, esd = _param_value(fit, f"{name}_scale")
             if np.isfinite(esd) and esd > 0 and not sc > 3 * esd:
                 return f"phase {name} not significant (scale {sc:.4g} +/- {esd:.2g})"
@@ -474,6 +474,35 @@ class SequentialRefiner:
                                      ph.lattice_bound_pct * 0.95, zero if np.isfinite(zero) else 0.0)
         return _with_lattice(spec, name, a, c)
 
+    def _prescreen(self, spec: RefinementSpec, fit0: Any, name: str) -> float:
+        """Significance (in sigma) of the optional phase's calculated pattern in the residual of
+        fit0: one weighted linear amplitude, lattice from the residual search, profile of fit0.
+        A cheap gate before the full fit with the phase (inf when it cannot be computed)."""
+        from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
+
+        try:
+            phase = _phase_object(spec, name, self._refinement_for(spec))
+            if phase is None:
+                return math.inf
+            ph = spec.phase(name)
+            v = lambda k, d: (_param_value(fit0, k)[0] if np.isfinite(_param_value(fit0, k)[0]) else d)  # noqa: E731
+            inst = Instrument(self.wavelength_A, U=v("U", 0.0), V=v("V", 0.0), W=v("W", 1.0), X=v("X", 0.0),
+                              Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0))
+            x = np.asarray(fit0.two_theta_deg, dtype=float)
+            curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=ph.mustrain,
+                                                size_um=ph.size_um or np.inf)], inst).phases[name]
+            w = 1.0 / np.asarray(fit0.sigma, dtype=float)
+            r = (np.asarray(fit0.obs) - np.asarray(fit0.calc)) * w
+            cw = curve * w
+            den = float(np.dot(cw, cw))
+            if not den > 0:
+                return 0.0
+            amp = float(np.dot(r, cw)) / den
+            esd = math.sqrt(max(float(fit0.gof), 1.0) / den)
+            return amp / esd
+        except Exception:
+            return math.inf
+
     # -- one frame ---------------------------------------------------------------------------
     def step(self, index: int, two_theta_deg: np.ndarray, intensity: np.ndarray, sigma: np.ndarray,
              pattern_status: str = "ok") -> FrameRecord:
@@ -518,6 +547,12 @@ class SequentialRefiner:
                     continue
                 tested = True
                 trial_spec = self._trial_spec_for_optional(spec, fit, name)
+                gate = self.opt.optional_phase.prescreen_sigma
+                if gate > 0:
+                    z = self._prescreen(trial_spec, fit, name)
+                    if not z > gate:
+                        notes.append(f"{name} not tested (residual match {z:.1f} sigma <= {gate:g})")
+                        continue
                 fit1 = self._fit(trial_spec, tth, y, s, fit, active + [name])
                 ok, p, why_not = self._optional_justified(fit, fit1, name)
                 optional_p = p

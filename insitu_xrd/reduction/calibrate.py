@@ -351,6 +351,40 @@ def _distance_candidates(
     return picked
 
 
+def _estimate_fwhm_px(radius_px: np.ndarray, profile: np.ndarray, ring_radii_px: np.ndarray) -> float:
+    """Median FWHM (pixels) of the clearest inner rings in a raw radial profile; NaN if none."""
+    step = radius_px[1] - radius_px[0]
+    widths = []
+    inside = ring_radii_px[(ring_radii_px > 20) & (ring_radii_px < radius_px[-1] - 40)]
+    for k, r in enumerate(inside[:10]):
+        gaps = np.diff(inside)
+        half_gap = 0.5 * min(gaps[k - 1] if k > 0 else np.inf, gaps[k] if k < len(gaps) else np.inf, 60.0)
+        lo, hi = np.searchsorted(radius_px, [r - half_gap, r + half_gap])
+        seg = profile[lo:hi]
+        if seg.size < 8:
+            continue
+        bg = min(np.percentile(seg[: max(2, seg.size // 6)], 50), np.percentile(seg[-max(2, seg.size // 6):], 50))
+        i0 = int(np.argmax(seg))
+        height = seg[i0] - bg
+        noise = np.std(np.diff(seg)) + 1e-12
+        if height < 8 * noise or i0 in (0, seg.size - 1):
+            continue
+        half = bg + 0.5 * height
+        left = i0
+        while left > 0 and seg[left] > half:
+            left -= 1
+        right = i0
+        while right < seg.size - 1 and seg[right] > half:
+            right += 1
+        if left == 0 or right == seg.size - 1:
+            continue
+        # linear interpolation of the two half-maximum crossings
+        xl = left + (half - seg[left]) / (seg[left + 1] - seg[left])
+        xr = right - (half - seg[right]) / (seg[right - 1] - seg[right])
+        widths.append((xr - xl) * step)
+    return float(np.median(widths)) if widths else float("nan")
+
+
 # --------------------------------------------------------------------------------------------
 # refinement
 
@@ -436,10 +470,11 @@ def calibrate_image(
     center_px: rough direct-beam centre (x = column, y = row, pixels); None searches the detector.
     mask: boolean array, True = ignore pixel.
     center_search_px: how far from ``center_px`` the centre search looks (pixels).
-    min_ring_separation_px: rings closer than this (radially, pixels) to a neighbouring ring are not
-        used for control points (their peaks overlap).
+    min_ring_separation_px: rings closer than this (radially, pixels; at least 1.2 x the measured ring
+        FWHM) to a neighbouring ring are not used for control points (their peaks overlap).
     pts_per_deg: control points per azimuthal degree and ring.
-    max_rms_px: a refinement with a larger rms residual (pixels) is treated as not converged.
+    max_rms_px: a refinement with a larger rms residual (pixels; at least 0.15 x the measured ring
+        FWHM) is treated as not converged.
     progress: optional callback receiving short stage messages.
 
     Returns
@@ -503,6 +538,14 @@ def calibrate_image(
     candidates = _distance_candidates(radius_px, prof, tth_all[:60], pixel_m, d_lo, d_hi)
     if not candidates:
         raise InsituXRDError("no calibrant ring found in the image: check calibrant, wavelength and distance")
+    # Ring width (px) sets which rings are separable and what rms residual means "converged":
+    # broad rings give proportionally noisier control points.
+    raw_radius, raw_prof = _radial_profile(img, valid, c_rc, 0.25)
+    fwhm_px = _estimate_fwhm_px(raw_radius, raw_prof, candidates[0] * np.tan(tth_all) / pixel_m)
+    if not np.isfinite(fwhm_px):
+        fwhm_px = 3.0
+    separation_px = max(min_ring_separation_px, 1.2 * fwhm_px)
+    rms_limit_px = max(max_rms_px, 0.15 * fwhm_px)
 
     # ---- pyFAI refinement from the best candidates
     best: tuple[float, AzimuthalIntegrator, np.ndarray, np.ndarray] | None = None
@@ -513,7 +556,7 @@ def calibrate_image(
         r_ring = dist_m * np.tan(tth_all) / pixel_m
         gap = np.minimum(np.diff(r_ring, prepend=-np.inf), np.diff(r_ring, append=np.inf))
         r_max = np.hypot(max(centre_xy[0], img.shape[1] - centre_xy[0]), max(centre_xy[1], img.shape[0] - centre_xy[1]))
-        usable = (gap > min_ring_separation_px) & (r_ring < r_max) & (r_ring > 10)
+        usable = (gap > separation_px) & (r_ring < r_max) & (r_ring > 10)
         if usable.sum() < 3:
             tried.append(f"{dist_m * 1e3:.1f} mm: fewer than 3 separated rings")
             continue
@@ -530,9 +573,9 @@ def calibrate_image(
         tried.append(f"{dist_m * 1e3:.1f} mm: rms {rms_px:.3f} px")
         if best is None or rms_px < best[0]:
             best = (rms_px, ai, pts, res)
-        if rms_px < max_rms_px:
+        if rms_px < rms_limit_px:
             break
-    if best is None or best[0] >= max_rms_px:
+    if best is None or best[0] >= rms_limit_px:
         raise InsituXRDError(
             "calibration did not converge (" + "; ".join(tried) + "); give a better --distance-mm/--center-px or a mask"
         )
@@ -554,7 +597,8 @@ def calibrate_image(
         rms_residual_mdeg=float(np.sqrt(np.mean(res**2))), rms_residual_px=float(rms_px),
         ring_residuals=rings, control_points=pts, point_residuals_mdeg=res,
         ring_two_theta_deg=np.degrees(tth_all), mask=bad,
-        coarse={"center_px": centre_xy, "distance_candidates_mm": [c * 1e3 for c in candidates], "tried": tried},
+        coarse={"center_px": centre_xy, "distance_candidates_mm": [c * 1e3 for c in candidates], "tried": tried,
+                "ring_fwhm_px": fwhm_px, "ring_separation_px": separation_px, "rms_limit_px": rms_limit_px},
         elapsed_s=time.perf_counter() - t0,
     )
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from collections import deque
@@ -40,7 +41,7 @@ import numpy as np
 
 from insitu_xrd.errors import FrameError, InsituXRDError
 from insitu_xrd.io.frames import FrameClock, FrameRef, discover_frames, read_frame
-from insitu_xrd.io.patterns import export_xye, open_patterns_store, radial_name
+from insitu_xrd.io.patterns import open_patterns_store, radial_name
 from insitu_xrd.io.pattern_files import q_invA_to_two_theta_deg, write_xye
 from insitu_xrd.io.poni import load_poni, poni_text, wavelength_A_of
 from insitu_xrd.provenance import software_versions, utc_now_iso
@@ -159,12 +160,13 @@ class FrameIntegrator:
         self.unit = _PYFAI_UNIT[settings.unit]
         if settings.radial_range is None:
             # pin the range so the radial axis is known before any frame and stable on resume
-            corners = ai.array_from_unit(self.shape, "corner", self.unit, scale=True)[..., 0]
+            corners = ai.corner_array(self.shape, unit=self.unit, scale=True)[..., 0]  # cached: the engine reuses it
             lo = float(np.nanmin(corners))
             hi = float(np.nanmax(corners))
             self.radial_range: tuple[float, float] = (max(lo, 0.0), hi)
         else:
             self.radial_range = tuple(map(float, settings.radial_range))
+        self._lock = threading.Lock()
         # build the engine(s) once on a blank image
         blank = np.zeros(self.shape, dtype=np.float32)
         first = self._integrate1d(blank)
@@ -173,7 +175,6 @@ class FrameIntegrator:
         if settings.cake:
             cake = self._integrate2d(blank)
             self.chi_deg = np.asarray(cake.azimuthal, dtype=float)
-        self._lock = threading.Lock()
 
     def _common(self) -> dict[str, Any]:
         s = self.settings
@@ -193,7 +194,10 @@ class FrameIntegrator:
     def _integrate1d(self, data: np.ndarray) -> Any:
         s = self.settings
         if s.sigma_clip:
-            return self._sigma_clip(data)
+            # the clip and the Poisson pass share pyFAI's ("no","csr") engine, whose sigma_clip is
+            # not safe against a concurrent call (measured); the plain 1D CSC path is
+            with self._lock:
+                return self._sigma_clip(data)
         return self.ai.integrate1d(data, s.npt, method=s.method, **self._common())
 
     def _sigma_clip(self, data: np.ndarray) -> Any:
@@ -243,7 +247,10 @@ class FrameIntegrator:
         if count is not None:
             out["n_pixels"] = np.asarray(count, dtype=np.float32)
         if self.settings.cake:
-            cake = self._integrate2d(data)
+            # pyFAI's 2D CSR integration is not thread-safe (measured: results differ between
+            # concurrent calls); the 1D engines are
+            with self._lock:
+                cake = self._integrate2d(data)
             out["cake_intensity"] = np.asarray(cake.intensity, dtype=np.float32)
             out["cake_sigma"] = np.asarray(cake.sigma, dtype=np.float32)
         empty = ~np.isfinite(out["intensity"]) | (out.get("n_pixels", np.ones(1)) <= 0)
@@ -305,6 +312,59 @@ def _sample_frames(refs: Sequence[FrameRef], n: int, max_tries: int = 20) -> lis
     return out
 
 
+_INTEGRATOR_CACHE: dict[str, FrameIntegrator] = {}
+
+
+def _array_digest(arr: np.ndarray | None) -> str:
+    if arr is None:
+        return "none"
+    return hashlib.sha1(np.ascontiguousarray(arr).view(np.uint8)).hexdigest()
+
+
+def _cached_integrator(ai: Any, shape: tuple[int, int], settings: IntegrationSettings, static: np.ndarray,
+                       dark: np.ndarray | None, flat: np.ndarray | None, saturation: float | None) -> FrameIntegrator:
+    """Reuse the last FrameIntegrator of this process when nothing that shapes it changed (the
+    watch mode integrates each new batch of frames with a new call; building a full-splitting
+    engine for 2048x2048 takes seconds)."""
+    geometry = "\n".join(l for l in poni_text(ai).splitlines() if l.strip() and not l.startswith("#"))
+    key = hashlib.sha1(json.dumps([geometry, list(shape), asdict(settings), _array_digest(static),
+                                   _array_digest(dark), _array_digest(flat), saturation],
+                                  sort_keys=True, default=str).encode()).hexdigest()
+    cached = _INTEGRATOR_CACHE.get(key)
+    if cached is not None:
+        return cached
+    integ = FrameIntegrator(ai, shape, settings, static_mask=static, dark=dark, flat=flat, saturation=saturation)
+    _INTEGRATOR_CACHE.clear()  # keep one engine: each holds a large sparse matrix
+    _INTEGRATOR_CACHE[key] = integ
+    return integ
+
+
+def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRef]:
+    """Frames the auto-mask of an existing output was computed from (empty if none/unknown)."""
+    if not output.is_file():
+        return []
+    try:
+        import h5py
+
+        with h5py.File(output, "r") as fh:
+            text = fh.attrs.get("auto_mask_frames_used")
+        keys = json.loads(text.decode() if isinstance(text, bytes) else text) if text else []
+    except Exception:  # unreadable output: the store reports it properly later
+        return []
+    refs: list[FrameRef] = []
+    for key in keys:
+        m = re.fullmatch(r"(.*\.(?:h5|hdf5|hdf|nxs|nx5|cxi)):(\d+)", key, flags=re.I)
+        path = Path(m.group(1) if m else key)
+        if not path.is_file():
+            continue
+        try:
+            found = [r for r in discover_frames([path], hdf5_dataset=hdf5_dataset) if r.key == key]
+        except InsituXRDError:
+            continue
+        refs.extend(found)
+    return refs
+
+
 def integrate_series(
     frames: Sequence[str | Path] | Sequence[FrameRef],
     poni: str | Path,
@@ -361,7 +421,10 @@ def integrate_series(
     ai = load_poni(poni, orientation=orientation)
     poni_path = Path(poni)
 
-    samples = _sample_frames(refs, max(1, settings.auto_mask_frames))
+    # on resume, find bad pixels on the same frames as the first run (the watch mode passes only
+    # new frames): the static mask, hence the numbers, stay consistent across the whole series
+    earlier = _earlier_mask_frames(output, hdf5_dataset) if not overwrite else []
+    samples = _sample_frames(earlier + [r for r in refs if r not in earlier], max(1, settings.auto_mask_frames))
     if not samples:
         raise InsituXRDError(f"none of the first frames can be read (first: {refs[0].path}); nothing to integrate")
     det_shape = getattr(ai.detector, "shape", None)
@@ -432,8 +495,7 @@ def integrate_series(
     if saturation is None:
         saturation = default_saturation_level(samples[0].data.dtype)
 
-    integrator = FrameIntegrator(ai, shape, settings, static_mask=static, dark=dark_img, flat=flat_img,
-                                 saturation=saturation)
+    integrator = _cached_integrator(ai, shape, settings, static, dark_img, flat_img, saturation)
 
     corrections = {
         "dark": _file_digest(Path(dark)) if dark else None,
@@ -465,6 +527,8 @@ def integrate_series(
         "time_source": str(time_source if not isinstance(time_source, dict) else json.dumps(time_source)),
         "software_versions": json.dumps(software_versions(), sort_keys=True),
         "created_utc": utc_now_iso(),
+        "auto_mask_frames_used": json.dumps([s.ref.key for s in samples[: settings.auto_mask_frames]]
+                                            if settings.auto_mask else []),
     }
     signature = {k: attrs[k] for k in ("wavelength_A", "poni", "polarization_factor", "corrections", "method",
                                        "npt", "radial_range")}

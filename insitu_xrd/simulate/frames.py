@@ -127,7 +127,7 @@ def write_frame_tiff(path: str | Path, data: np.ndarray, header: Mapping[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     hdr = {str(k): str(v) for k, v in header.items()}
-    tmp = path.with_name(path.name + ".tmp.tif")
+    tmp = path.with_name("." + path.name + ".partial")  # not matched by "*.tif" globs
     fabio.tifimage.TifImage(data=np.ascontiguousarray(data, dtype=np.int32), header=hdr).write(str(tmp))
     tmp.replace(path)
     return path

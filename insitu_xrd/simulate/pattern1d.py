@@ -17,12 +17,13 @@ Scales follow Hill & Howard weight fractions: scale_p = k W_p / (Z M V)_p (`scal
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from insitu_xrd.core.crystal import Phase, make_template, parse_hkl_label
+from insitu_xrd.core.crystal import Phase, Reflections, make_template, parse_hkl_label
 from insitu_xrd.core.pattern import (
     BroadPeak,
     DiffusePeak,
@@ -30,6 +31,7 @@ from insitu_xrd.core.pattern import (
     PatternComponents,
     PhaseState,
     calc_pattern,
+    d_from_two_theta_deg,
     peak_table,
     scale_for_weight_fraction,
     weight_fractions,
@@ -104,7 +106,19 @@ def cathode_phase(name: str, a_A: float, c_A: float, li_occupancy: float, ni_li_
     return make_template("nmc811", name=name, a=a_A, c=c_A, li_occupancy=li_occupancy, ni_li_mixing=ni_li_mixing, o_z=o_z)
 
 
-def _phase_states(state: ScenarioState, cell: CellModel, k: float) -> list[PhaseState]:
+@functools.lru_cache(maxsize=64)
+def _reflection_list(template: str, dmin_A: float) -> Reflections:
+    # hkl and multiplicities do not depend on the cell within a template; generating them is the
+    # slow part of a pattern, so build the list once with a 5 % margin on d (cells change < 3 %)
+    return make_template(template).reflections(0.95 * dmin_A)
+
+
+def _dmin_A(wavelength_A: float, tth_max_deg: float) -> float:
+    return round(float(d_from_two_theta_deg(min(tth_max_deg + 0.5, 179.0), wavelength_A)), 4)
+
+
+def _phase_states(state: ScenarioState, cell: CellModel, k: float, dmin_A: float | None = None) -> list[PhaseState]:
+    """Phase states of the pattern; with dmin_A the reflection lists are cached per template."""
     wf = cell.weight_fractions()
     out: list[PhaseState] = []
     for pt in state.phases:
@@ -112,11 +126,13 @@ def _phase_states(state: ScenarioState, cell: CellModel, k: float) -> list[Phase
             continue
         ph = cathode_phase(pt.name, pt.a_A, pt.c_A, pt.li_occupancy, pt.ni_li_mixing, pt.o_z)  # type: ignore[arg-type]
         w = wf["cathode"] * pt.cathode_fraction
-        out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=pt.mustrain, size_um=pt.size_um))  # type: ignore[arg-type]
+        refl = _reflection_list("nmc811", dmin_A) if dmin_A else None
+        out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=pt.mustrain, size_um=pt.size_um, reflections=refl))  # type: ignore[arg-type]
     if cell.cell_lines:
         for name, template, w, mu in (("Li", "li_metal", wf["Li"], cell.li_mustrain), ("Al", "al", wf["Al"], cell.al_mustrain)):
             ph = make_template(template, name=name)
-            out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=mu))
+            refl = _reflection_list(template, dmin_A) if dmin_A else None
+            out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=mu, reflections=refl))
     return out
 
 
@@ -156,9 +172,12 @@ def build_model(
     cell: CellModel,
     k: float,
     diffuse_areas: list[float] | None = None,
+    tth_max_deg: float | None = None,
 ) -> tuple[list[PhaseState], list[DiffusePeak], list[BroadPeak]]:
-    """Phase states, diffuse components and humps of the pattern at one state."""
-    phases = _phase_states(state, cell, k)
+    """Phase states, diffuse components and humps of the pattern at one state (reflection lists
+    cached per template up to tth_max_deg when given)."""
+    dmin = _dmin_A(instrument.wavelength_A, tth_max_deg) if tth_max_deg is not None else None
+    phases = _phase_states(state, cell, k, dmin)
     diffuse: list[DiffusePeak] = []
     if cell.diffuse and state.h2.present:
         areas = diffuse_areas if diffuse_areas is not None else diffuse_reference_areas(scenario, instrument, cell, k)
@@ -257,7 +276,7 @@ def simulate_pattern_1d(
     if k is None:
         k = intensity_scale_for_peak_counts(scenario, instrument, cell)
     state = scenario.state(x_li)
-    phases, diffuse, humps = build_model(state, scenario, instrument, cell, k, diffuse_areas)
+    phases, diffuse, humps = build_model(state, scenario, instrument, cell, k, diffuse_areas, float(x.max()))
     comps = calc_pattern(x, phases, instrument, cell.background_coeffs, cell.background_range_deg, humps, diffuse)
     expected = np.clip(comps.total, 0.0, None)
     if seed is None:
