@@ -154,3 +154,42 @@ def test_zero_shift_and_diffuse_follow_lattice() -> None:
     assert c1 - c0 == pytest.approx(expected, abs=1e-3)
     # +/- 3 deg around the centre holds all but 1 % of a 0.2 deg wide eta = 0.5 pseudo-Voigt.
     assert np.trapezoid(base.diffuse["H2_104"], x) == pytest.approx(10.0 * (1 - 0.5 * (1 - 2 / np.pi * np.arctan(30.0))), rel=2e-3)
+
+
+@pytest.mark.parametrize("tth, fwhm, sh_l", [(1.5, 0.03, 0.002), (3.0, 0.02, 0.01), (20.0, 0.05, 0.02), (150.0, 0.1, 0.02)])
+def test_fcj_asymmetry_against_direct_convolution(tth: float, fwhm: float, sh_l: float) -> None:
+    """GSAS-II SH/L profile = FCJ (1994) convolution with S/L = H/L = SH/L/2, computed here directly
+    from the FCJ weight W/(h cos 2phi), W = H + S - h, by brute-force quadrature over 2phi."""
+    from insitu_xrd.core.profiles import fcj_extent_deg, fcj_pseudo_voigt
+
+    eta = 0.4
+    p = np.radians(tth)
+    # FCJ eq. 6: cos(2phi_min) = cos(2theta) sqrt(((H + S)/L)^2 + 1)
+    phi_min = np.arccos(np.cos(p) * np.sqrt(sh_l**2 + 1.0))
+    assert np.degrees(abs(p - phi_min)) == pytest.approx(float(fcj_extent_deg(tth, sh_l)), rel=1e-6)
+    # 2phi grid from 2phi_min to 2theta, midpoints (integrable 1/sqrt singularity at 2theta)
+    edges = np.linspace(phi_min, p, 400001)
+    phi = 0.5 * (edges[1:] + edges[:-1])
+    h_over_l = np.sqrt(np.cos(phi) ** 2 / np.cos(p) ** 2 - 1.0)
+    weight = np.clip(sh_l - h_over_l, 0, None) / (h_over_l * np.cos(phi)) * np.abs(np.diff(edges))
+    weight /= weight.sum()
+    x = np.linspace(tth - 8 * fwhm - np.degrees(abs(p - phi_min)), tth + 8 * fwhm + np.degrees(abs(p - phi_min)), 801)
+    direct = np.zeros_like(x)
+    for centre, w in zip(np.degrees(phi)[::200], np.add.reduceat(weight, np.arange(0, weight.size, 200))):
+        direct += w * pseudo_voigt(x, centre, fwhm, eta)
+    model = fcj_pseudo_voigt(x, tth, fwhm, eta, sh_l)
+    np.testing.assert_allclose(model, direct, atol=2e-3 * direct.max())
+    # the tail is on the low-angle side below 90 deg (centroid shift ~ -extent/6), high-angle above
+    centroid = np.sum(x * model) / np.sum(model) - tth
+    assert np.sign(centroid) == (-1 if tth < 90 else 1)
+    assert fcj_pseudo_voigt(x, tth, fwhm, eta, 0.0) == pytest.approx(pseudo_voigt(x, tth, fwhm, eta))
+
+
+def test_calc_pattern_applies_instrument_sh_l() -> None:
+    """calc_pattern's peaks carry the instrument's SH/L asymmetry; area is unchanged."""
+    x = np.linspace(1.0, 4.0, 30001)
+    ni = make_template("ni")
+    sym = calc_pattern(x, [PhaseState(ni, scale=1e-3)], Instrument(0.1173, W=0.5, X=0.1)).total
+    asym = calc_pattern(x, [PhaseState(ni, scale=1e-3)], Instrument(0.1173, W=0.5, X=0.1, sh_l=0.01)).total
+    assert np.trapezoid(asym, x) == pytest.approx(np.trapezoid(sym, x), rel=1e-3)
+    assert np.trapezoid(x * asym, x) < np.trapezoid(x * sym, x)  # intensity moved to low angle

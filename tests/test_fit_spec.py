@@ -74,3 +74,24 @@ def test_cross_checks(mutate, match) -> None:
     mutate(data)
     with pytest.raises(pydantic.ValidationError, match=match):
         RefinementSpec.model_validate(data)
+
+
+def test_constraints_limits_asymmetry_and_diffuse_range_validate() -> None:
+    data = yaml.safe_load(EXAMPLE)["refinement"]
+    data.update(constraints={"H3_mustrain": "H2_mustrain * 1.3"}, limits={"H2_mustrain": [0, 5000], "zero_deg": [None, 0.01]})
+    data["profile"].update(sh_l=0.002, refine=["W", "sh_l"])
+    data["diffuse"][0].update(fwhm_deg=0.2, fwhm_range_deg=[0.1, 0.5])
+    spec = RefinementSpec.model_validate(data)
+    assert spec.limits["zero_deg"] == (None, 0.01) and spec.profile.sh_l == 0.002
+    assert spec.diffuse[0].fwhm_bounds_deg == (0.1, 0.5) and spec.diffuse[1].fwhm_bounds_deg == (0.075, 1.2)
+    for key, value, match in (("limits", {"H2_mustrain": [5000, 0]}, "min < max"),):
+        bad = dict(data, **{key: value})
+        with pytest.raises(pydantic.ValidationError, match=match):
+            RefinementSpec.model_validate(bad)
+    data["diffuse"][0]["fwhm_range_deg"] = [0.3, 0.5]
+    with pytest.raises(pydantic.ValidationError, match="fwhm_range_deg"):
+        RefinementSpec.model_validate(data)
+    data["diffuse"][0].pop("fwhm_range_deg")
+    data["profile"]["sh_l"] = -0.01
+    with pytest.raises(pydantic.ValidationError, match="sh_l"):
+        RefinementSpec.model_validate(data)

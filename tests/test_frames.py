@@ -92,6 +92,29 @@ def test_edf_and_cbf_header_times(tmp_path):
     assert parse_datetime_epoch_s("Thu Sep 20 13:40:48 2012") == parse_datetime_epoch_s("2012-09-20T13:40:48")
 
 
+def test_multi_frame_edf_gives_one_ref_per_frame_and_single_edf_one(tmp_path):
+    multi = tmp_path / "series.edf"
+    edf = fabio.edfimage.EdfImage(data=np.zeros((6, 7), np.float32), header={"time_s": "0"})
+    for i in (1, 2):
+        edf.append_frame(data=np.full((6, 7), i, np.float32), header={"time_s": f"{2.5 * i}"})
+    edf.write(str(multi))
+    single = tmp_path / "one.edf"
+    fabio.edfimage.EdfImage(data=np.full((6, 7), 9, np.float32), header={"time_s": "7"}).write(str(single))
+    refs = discover_frames(tmp_path)
+    assert [r.name for r in refs] == ["one.edf", "series.edf:0", "series.edf:1", "series.edf:2"]
+    frames = [read_frame(r) for r in refs]
+    assert [float(f.data[0, 0]) for f in frames] == [9.0, 0.0, 1.0, 2.0]
+    clock = FrameClock("header")
+    assert [clock.times(f.ref, f.header, i)[0] for i, f in enumerate(frames)] == [7.0, 0.0, 2.5, 5.0]
+
+
+def test_real_spe_frame_is_read(real_data_dir):
+    refs = discover_frames(real_data_dir / "CeO2_PI_CCD_Mo.SPE")
+    assert len(refs) == 1 and refs[0].name == "CeO2_PI_CCD_Mo.SPE"
+    fr = read_frame(refs[0])
+    assert fr.data.shape == (1042, 1042) and fr.data.dtype == np.uint16 and fr.data.max() > 1000
+
+
 def test_hdf5_stack_discovery_names_and_times(tmp_path):
     p = tmp_path / "scan.h5"
     with h5py.File(p, "w") as fh:

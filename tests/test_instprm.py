@@ -28,6 +28,7 @@ def test_read_gsas2_format_example():
     assert (inst.U, inst.V, inst.W, inst.X, inst.Y) == (1.163, -0.126, 0.063, 0.0, 0.0)
     assert inst.zero_deg == pytest.approx(-0.00418)
     assert inst.wavelength_A == pytest.approx(0.413263)
+    assert inst.sh_l == pytest.approx(0.002)  # GSAS-II SH/L: the FCJ asymmetry of the profile
 
 
 def test_semicolon_joined_items_and_spaces():
@@ -43,7 +44,8 @@ def test_semicolon_joined_items_and_spaces():
     assert prm.items["V"] == pytest.approx(-1.2877)
     assert prm.items["SH/L"] == pytest.approx(0.0264)
     inst = read_instrument_text(text)
-    assert inst.Y == pytest.approx(4.4014)
+    assert inst.Y == pytest.approx(4.4014) and inst.X == pytest.approx(-0.0977)
+    assert inst.sh_l == pytest.approx(0.0264)
 
 
 def read_instrument_text(text: str) -> Instrument:
@@ -54,11 +56,11 @@ def read_instrument_text(text: str) -> Instrument:
 
 def test_round_trip_instrument(tmp_path):
     inst = Instrument(wavelength_A=0.1173, U=1.234567891, V=-0.4321, W=0.98765, X=0.1234, Y=0.5678,
-                      zero_deg=-0.00321, displacement_um=12.5, distance_mm=1001.25)
+                      zero_deg=-0.00321, displacement_um=12.5, distance_mm=1001.25, sh_l=0.0031)
     path = write_instrument(tmp_path / "inst.instprm", inst, comments=["fit of CeO2, Rwp 3.1 %"])
     text = path.read_text()
     assert text.splitlines()[0].startswith("#GSAS-II instrument parameter file")
-    assert "Lam:0.1173" in text and "Diff-type:Debye-Scherrer" in text
+    assert "Lam:0.1173" in text and "Diff-type:Debye-Scherrer" in text and "SH/L:0.0031" in text
     back = read_instrument(path, wavelength_A=0.1173)
     assert back == inst  # exact: floats are written with repr
     prm = read_instprm(path)
@@ -97,6 +99,7 @@ def test_multibank_file():
         ("#GSAS-II x\nType:PNT\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\n", "not constant-wavelength X-ray"),
         ("#GSAS-II x\nType:PXC\nLam1:1.5405;Lam2:1.5443;I(L2)/I(L1):0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\n", "Kalpha doublet"),
         ("#GSAS-II x\nType:PXC\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\nZ:0.3\n", "Z = 0.3"),
+        ("#GSAS-II x\nType:PXC\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\nSH/L:-0.01\n", "SH/L = -0.01"),
     ],
 )
 def test_invalid_files_give_clear_errors(tmp_path, text, message):

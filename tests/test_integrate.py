@@ -89,6 +89,8 @@ def test_integrated_pattern_matches_truth_within_sigma(series, tmp_path):
     assert set(ds["status"].values) == {"ok"}
     corr = json.loads(ds.attrs["corrections"])
     assert corr["polarization_factor"] == 0.99 and corr["solid_angle"] is True
+    assert ds.attrs["method"] == "full,csc,cython" and "pyFAI" in json.loads(ds.attrs["software_versions"])
+    assert "Distance" in ds.attrs["poni"] and ds.attrs["created_utc"]
     tth = ds["two_theta"].values
     inten = ds["intensity"].values
     sig = ds["sigma"].values
@@ -207,6 +209,134 @@ def test_hdf5_stack_input(series, tmp_path):
     ref = read_patterns(out_t)
     np.testing.assert_allclose(ds["intensity"].values, ref["intensity"].values, rtol=1e-6)
     assert read_patterns_tiff is None
+
+
+def test_eiger_master_with_external_bitshuffle_data_files(series, tmp_path):
+    """Eiger layout: <name>_master.h5 links /entry/data/data_00000N to <name>_data_00000N.h5
+    (bitshuffle/LZ4, hdf5plugin); frames are numbered across the data files; a folder lists the
+    master only."""
+    import hdf5plugin
+
+    frames = np.stack([fabio.open(str(series["frames"] / n)).data for n in series["names"][:5]])
+    folder = tmp_path / "eiger"
+    folder.mkdir()
+    parts = {"data_000001": frames[:3], "data_000002": frames[3:]}
+    for key, block in parts.items():
+        with h5py.File(folder / f"scan_{key}.h5", "w") as fh:
+            fh.create_dataset("entry/data/data", data=block, chunks=(1, *SHAPE), **hdf5plugin.Bitshuffle(cname="lz4"))
+    with h5py.File(folder / "scan_master.h5", "w") as fh:
+        for key in parts:
+            fh[f"entry/data/{key}"] = h5py.ExternalLink(f"scan_{key}.h5", "/entry/data/data")
+        fh["entry/instrument/detector/detectorSpecific/data_collection_date"] = "2026-01-01T00:00:00.000+00:00"
+        fh["entry/instrument/detector/frame_time"] = 0.5
+    out = tmp_path / "e.nc"
+    rep = integrate_series([folder], series["poni"], out, IntegrationSettings(**SETTINGS))
+    assert rep.n_ok == 5 and rep.n_error == 0
+    ds = read_patterns(out)
+    assert list(ds["frame_name"].values) == [f"scan_master.h5:{i}" for i in range(5)]
+    assert list(ds["time_s"].values) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    out_t = tmp_path / "t.nc"
+    integrate_series([series["frames"] / n for n in series["names"][:5]], series["poni"], out_t, IntegrationSettings(**SETTINGS))
+    np.testing.assert_allclose(ds["intensity"].values, read_patterns(out_t)["intensity"].values, rtol=1e-6)
+    # a missing data file is reported by name, not a crash
+    (folder / "scan_data_000002.h5").unlink()
+    with pytest.raises(InsituXRDError, match="scan_master.h5"):
+        integrate_series([folder / "scan_master.h5"], series["poni"], tmp_path / "e2.nc", IntegrationSettings(**SETTINGS))
+
+
+def test_dark_scale_multiplies_the_dark(series, tmp_path):
+    """--dark-scale: a dark taken with another exposure is scaled before subtraction."""
+    rng = np.random.default_rng(8)
+    fdir = tmp_path / "frames"
+    fdir.mkdir()
+    dark_per_s = np.full(SHAPE, 20.0)  # dark current, counts per second
+    for i in range(2):
+        img = rng.poisson(series["expected"] + 10 * dark_per_s).astype(np.int32)  # 10 s frames
+        fabio.tifimage.TifImage(data=img).write(str(fdir / f"f{i}.tif"))
+    fabio.edfimage.EdfImage(data=(2 * dark_per_s).astype(np.float32)).write(str(tmp_path / "dark_2s.edf"))
+    out = tmp_path / "d.nc"
+    integrate_series([fdir], series["poni"], out, IntegrationSettings(dark_scale=5.0, **SETTINGS), dark=tmp_path / "dark_2s.edf")
+    ds = read_patterns(out)
+    good = np.all(np.isfinite(ds["intensity"].values), axis=0) & (ds["n_pixels"].values.min(axis=0) > 20)
+    ref = noise_free(series, IntegrationSettings(**SETTINGS))
+    z = (ds["intensity"].values[:, good] - ref[good]) / ds["sigma"].values[:, good]
+    assert abs(z.mean()) < 0.1
+    assert json.loads(ds.attrs["corrections"])["dark_scale"] == 5.0
+
+
+def test_fast_bad_pixel_search_equals_full_median_filter():
+    """find_bad_pixels evaluates the neighbourhood median only where a test can succeed; the
+    result must equal the plain full-image median-filter formulation of the same criteria."""
+    from scipy.ndimage import convolve, median_filter
+
+    from insitu_xrd.reduction.masking import find_bad_pixels
+
+    def reference(frames, dark=None, hot_sigma=20.0, dead_min=10.0):
+        lo = np.min(np.stack(frames), axis=0).astype(np.float32)
+        hi = np.max(np.stack(frames), axis=0)
+        sig = lo if dark is None else lo - dark.astype(np.float32)
+        cross = np.zeros((5, 5), bool)
+        cross[2, :] = cross[:, 2] = True
+        med = median_filter(sig, footprint=cross, mode="mirror")
+        resid = (sig - med) / np.sqrt(np.maximum(med, 0) + 1.0)
+        kernel = np.ones((3, 3), np.float32)
+        kernel[1, 1] = 0
+        nb = convolve((resid > 5.0).astype(np.float32), kernel, mode="constant")
+        gaps = lo < 0
+        return {"gaps": gaps, "dead": (hi == 0) & (med > dead_min) & ~gaps,
+                "hot": (resid > hot_sigma) & (nb <= 1) & ~gaps}
+
+    rng = np.random.default_rng(21)
+    yy, xx = np.mgrid[0:300, 0:280]
+    r = np.hypot(yy - 40.0, xx - 250.0)
+    expected = 50 + 4000 * np.exp(-0.5 * ((r - 120) / 1.2) ** 2) + 900 * np.exp(-0.5 * ((r - 200) / 0.8) ** 2)
+    frames = [rng.poisson(expected).astype(np.int32) for _ in range(3)]
+    hot = (rng.integers(0, 300, 60), rng.integers(0, 280, 60))
+    dead = (rng.integers(0, 300, 60), rng.integers(0, 280, 60))
+    for f in frames:
+        f[hot] += rng.integers(200, 5000, 60)  # some hot, some too weak to call
+        f[dead] = 0
+        f[0, 0] = f[299, 279] = 10**6  # hot pixels in corners (edge padding)
+        f[150:152, 10:12] = 10**6  # a 2x2 spot: not isolated -> kept
+        f[200:203, 0:280] = -1  # a gap row
+    frames[1][10, 10] = 10**6  # hot in one frame only -> not hot
+    for dark in (None, np.full((300, 280), 30.0)):
+        got, want = find_bad_pixels(frames, dark=dark), reference(frames, dark=dark)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        assert got["hot"].sum() > 20 and got["dead"].sum() > 20 and got["gaps"].sum() == 3 * 280
+        assert got["hot"][0, 0] and not got["hot"][150, 10] and not got["hot"][10, 10]
+
+
+def test_hot_pixels_must_stand_out_from_their_ring(tmp_path):
+    """On an 8x8-binned Perkin (1.6 mm pixels) CeO2 rings are narrower than a pixel: ring pixels
+    look like isolated hot pixels to the neighbourhood test. With the geometry they are compared
+    with their ring and kept; real hot pixels (on rings or background) are still found."""
+    from insitu_xrd.reduction.masking import find_bad_pixels
+    from insitu_xrd.simulate.calibrant import make_geometry, render_calibrant_image
+
+    geo = make_geometry("Perkin", 1000.0, (128.4, 127.4), tilt_deg=0.3, binning=8, wavelength_A=WL_A)
+    frames = [render_calibrant_image("CeO2", geo, WL_A, binning=8, seed=s) for s in (1, 2, 3)]
+    assert find_bad_pixels(frames)["hot"].sum() > 20  # ring pixels taken for hot pixels
+    step = 0.5 * geo.detector.pixel1 / geo.dist
+    assert find_bad_pixels(frames, radial_at=geo.tth, radial_step=step)["hot"].sum() == 0
+    rng = np.random.default_rng(4)
+    hot = (rng.integers(3, 253, 25), rng.integers(3, 253, 25))
+    for f in frames:
+        f[hot] = 10 * f[hot] + 5000
+    local = find_bad_pixels(frames)["hot"]
+    found = find_bad_pixels(frames, radial_at=geo.tth, radial_step=step)["hot"]
+    # the ring test drops no real hot pixel; it only removes ring pixels (this dense-ring image
+    # leaves some hot pixels next to ring pixels, where the isolation test cannot call them)
+    assert np.array_equal(found[hot], local[hot]) and found[hot].sum() >= 8
+    assert found.sum() == found[hot].sum() < local.sum()
+    # integrate_series passes its geometry: no ring pixel of the clean frames is masked
+    fdir = tmp_path / "frames"
+    fdir.mkdir()
+    for i, s in enumerate((1, 2, 3)):
+        fabio.tifimage.TifImage(data=render_calibrant_image("CeO2", geo, WL_A, binning=8, seed=s)).write(str(fdir / f"f{i}.tif"))
+    rep = integrate_series([fdir], write_poni(geo, tmp_path / "g.poni"), tmp_path / "h.nc", IntegrationSettings(npt=300))
+    assert rep.masked_pixels["hot"] == 0
 
 
 def test_bad_frames_are_recorded_and_skipped(series, tmp_path):

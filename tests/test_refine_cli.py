@@ -3,6 +3,7 @@ patterns with known truth (core forward model + Poisson noise, fixed seeds)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -231,3 +232,56 @@ def test_rietveld_plot_zoom_windows(tmp_path: Path):
         zoom_windows(ds, ["999"])
     out = plot_rietveld(ds, tmp_path / "r.png", zooms=["003", (4.5, 4.9)])
     assert out.stat().st_size > 20_000
+
+
+def test_instrument_file_without_asymmetry_keeps_sh_l_zero(instrument_file: Path):
+    """The symmetric simulated CeO2: the SH/L test finds nothing significant; the file says SH/L 0."""
+    text = instrument_file.read_text()
+    assert "SH/L:0.0\n" in text and "SH/L asymmetry not significant" in text
+    assert read_instrument(instrument_file, wavelength_A=WL).sh_l == 0.0
+
+
+def test_instrument_asymmetry_carried_to_sample_fit(tmp_path: Path):
+    """GSAS-II SH/L asymmetry in the beamline: `insitu-xrd instrument` finds it on CeO2, writes it
+    to the .instprm, and the sample Le Bail fit that reads the file recovers the lattice (which a
+    symmetric profile would bias by several esd)."""
+    inst = Instrument(WL, U=1.2, V=-0.4, W=0.9, X=0.15, Y=0.3, zero_deg=0.0, sh_l=0.003)
+    x = np.linspace(1.0, 12.0, 2750)
+    ceo2 = calc_pattern(x, [PhaseState(make_template("ceo2"), scale=2e-5)], inst, background_coeffs=[200, -50, 20]).total
+    y = np.random.default_rng(7).poisson(ceo2).astype(float)
+    xye = write_xye(tmp_path / "ceo2.xye", x, y, np.sqrt(np.maximum(y, 1.0)), wavelength_A=WL)
+    res = CliRunner().invoke(app, ["instrument", str(xye), "--calibrant", "CeO2", "--chebyshev", "4",
+                                   "-o", str(tmp_path / "asym.instprm")])
+    assert res.exit_code == 0, res.output
+    found = read_instrument(tmp_path / "asym.instprm", wavelength_A=WL)
+    assert found.sh_l == pytest.approx(0.003, rel=0.15)
+    h2 = make_template("nmc811", name="H2", a=TRUTH["H2_a"], c=TRUTH["H2_c"])
+    li = make_template("li_metal", name="Li", a=TRUTH["Li_a"])
+    comp = calc_pattern(x, [PhaseState(h2, scale=3e-4, mustrain=TRUTH["H2_mustrain"]), PhaseState(li, scale=2e-3, mustrain=300)],
+                        inst, background_coeffs=[300, -80, 30])
+    y = np.random.default_rng(8).poisson(comp.total).astype(float)
+    sample = write_xye(tmp_path / "sample.xye", x, y, np.sqrt(np.maximum(y, 1.0)))
+    recipe = _recipe(tmp_path, {"instrument": "asym.instprm"})
+    res = CliRunner().invoke(app, ["refine", str(sample), "--recipe", str(recipe), "-o", str(tmp_path / "fit.nc")])
+    assert res.exit_code == 0, res.output
+    _check_truth(xr.load_dataset(tmp_path / "fit.nc", engine="h5netcdf"))
+
+
+def test_refine_cli_with_the_demo_recipe(tmp_path: Path):
+    """`refine` reads the refinement section of a full recipe (recipes/demo.yaml: Le Bail, H2 + Li +
+    Al, diffuse components) on a simulator pattern of the pristine cathode, plot included."""
+    from insitu_xrd.simulate.pattern1d import simulate_pattern_1d
+
+    demo = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+    x = np.linspace(1.0, 12.0, 2750)
+    sim = simulate_pattern_1d(1.0, x, seed=3)
+    xye = write_xye(tmp_path / "pristine.xye", x, sim.observed, sim.sigma, wavelength_A=WL)
+    res = CliRunner().invoke(app, ["refine", str(xye), "--recipe", str(demo), "-o", str(tmp_path / "fit.nc"),
+                                   "--plot", str(tmp_path / "fit.png")])
+    assert res.exit_code == 0, res.output
+    ds = xr.load_dataset(tmp_path / "fit.nc", engine="h5netcdf")
+    h2 = sim.truth["phases"]["H2"]
+    for ln in ("a", "c"):
+        assert abs(float(ds[f"H2_{ln}"]) - h2[f"{ln}_A"]) < 3 * float(ds[f"H2_{ln}_esd"]) + 1e-4
+    assert json.loads(ds.attrs["active_phases"]) == ["H2", "Li", "Al"] and ds.attrs["mode"] == "lebail"
+    assert (tmp_path / "fit.png").stat().st_size > 20_000

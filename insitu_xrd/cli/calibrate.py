@@ -62,13 +62,21 @@ def calibrate(
         Flip.none, "--flip", help="Flip the image (and mask) before calibrating, e.g. 'vertical' to match Dioptas, "
         "which displays and calibrates images upside down; the PONI then refers to the flipped image."
     ),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a diagnostic PNG (rings overlaid, residual per ring)."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Diagnostic PNG (image with the fitted rings, residual per ring); default: the PONI path "
+        "with .png (geometry.poni -> geometry.png)."
+    ),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Write no diagnostic PNG."),
     center_search_px: float = typer.Option(60.0, "--center-search-px", help="Search radius around --center-px in pixels."),
 ) -> None:
     """Refine the detector geometry from a calibrant image and write a PONI file."""
     from rich.console import Console
 
     err = Console(stderr=True)
+    if plot is None and not no_plot:
+        plot = output.with_suffix(".png")
+    if no_plot:
+        plot = None
     try:
         from insitu_xrd.reduction.calibrate import calibrate_image
 

@@ -61,7 +61,7 @@ def integrate_command(
             auto_mask=not no_auto_mask, saturation_counts=saturation_counts, workers=workers,
         )
         with Progress(TextColumn("[bold]integrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[name]}"),
-                      TimeRemainingColumn(), console=err, transient=False) as bar:
+                      TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("integrate", total=None, name="setting up (engine, masks)")
 
             def on_start(total: int, done: int) -> None:
@@ -79,8 +79,11 @@ def integrate_command(
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2)
     except KeyboardInterrupt:
-        err.print(f"interrupted: frames integrated so far are saved in {output}; run the same command again to resume",
-                  markup=False)
+        if output.is_file():
+            err.print(f"interrupted: frames integrated so far are saved in {output}; run the same command again to resume",
+                      markup=False)
+        else:
+            err.print(f"interrupted before the first frame was integrated: nothing written to {output}", markup=False)
         raise typer.Exit(code=130)
     for name, reason in report.errors:
         err.print(f"skipped {name}: {reason}", markup=False, highlight=False, soft_wrap=True)

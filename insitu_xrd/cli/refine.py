@@ -241,11 +241,12 @@ def instrument(
     range_2theta_deg: Optional[tuple[float, float]] = typer.Option(None, "--range-2theta-deg", help="Fitted 2theta range LO HI in degrees (default: whole pattern)."),
     chebyshev: int = typer.Option(8, "--chebyshev", help="Number of Chebyshev background coefficients."),
     refine_zero: bool = typer.Option(True, "--refine-zero/--fix-zero", help="Refine the 2theta zero shift (deg)."),
+    asymmetry: bool = typer.Option(True, "--asymmetry/--no-asymmetry", help="Try the GSAS-II SH/L (Finger-Cox-Jephcoat) low-angle asymmetry; it is kept only when it improves the fit significantly (3 esd)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot of the calibrant fit."),
     fit_nc: Optional[Path] = typer.Option(None, "--fit-nc", help="Also write the full fit as NetCDF."),
 ) -> None:
-    """Fit U, V, W, X, Y (and zero) to a calibrant pattern with its lattice fixed; write a .instprm file
-    for `profile: {instrument: FILE}` in sample recipes."""
+    """Fit U, V, W, X, Y (zero, SH/L asymmetry) to a calibrant pattern with its lattice fixed; write a
+    GSAS-II .instprm file for `profile: {instrument: FILE}` in sample recipes."""
     from rich.console import Console
 
     console = Console()
@@ -257,7 +258,7 @@ def instrument(
         pat = load_pattern(pattern, frame, wavelength_a)
         if pat.wavelength_A is None:
             raise InsituXRDError(f"no wavelength for {pattern}: give --wavelength-a")
-        refine_names = [p for p in INSTRUMENT_PARAMS if refine_zero or p != "zero_deg"]
+        refine_names = [p for p in INSTRUMENT_PARAMS if refine_zero or p != "zero_deg"] + (["sh_l"] if asymmetry else [])
         with err.status(f"fitting the instrument profile to {pat.description} ..."):
             fit = fit_instrument(pat.two_theta_deg, pat.intensity, pat.sigma, calibrant, pat.wavelength_A,
                                  mode=mode.value, range_2theta_deg=range_2theta_deg, chebyshev=chebyshev,

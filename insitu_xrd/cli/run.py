@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -26,11 +25,12 @@ def run_command(
     from rich.console import Console
 
     from insitu_xrd.pipeline.run import run_pipeline
+    from insitu_xrd.plots.insitu import write_figures
 
     console = Console(stderr=False)
     try:
         res = run_pipeline(recipe, progress=not no_progress, say=lambda m: console.print(m, markup=False, highlight=False),
-                           figures=not no_figures)
+                           figure_writer=None if no_figures else write_figures)
     except InsituXRDError as exc:
         _fail(exc)
         return
@@ -53,8 +53,10 @@ def watch_command(
     folder: Path = typer.Argument(..., help="Folder the detector writes frames into."),
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML (calibration, integration, refinement, echem, outputs)."),
     poll_s: float = typer.Option(2.0, "--poll-s", min=0.01, help="Seconds between polls of the folder."),
+    settle_s: float = typer.Option(2.0, "--settle-s", min=0.0, help="A frame file is read once its size and modification time have not changed for this many seconds (a file still being written is waited for)."),
+    bad_after_s: float = typer.Option(30.0, "--bad-after-s", min=0.0, help="A settled file that still cannot be opened after this many seconds is recorded as a bad frame (flagged, not fitted; tried again if it changes)."),
     idle_exit_s: Optional[float] = typer.Option(None, "--idle-exit-s", min=0.0, help="Stop after this many seconds without a new frame (default: run until Ctrl-C)."),
-    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after refining this many frames in total."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after refining this many new frames in this session."),
     refresh_s: float = typer.Option(30.0, "--refresh-s", min=0.0, help="Minimum seconds between figure refreshes."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Do not draw figures."),
 ) -> None:
@@ -63,17 +65,20 @@ def watch_command(
     from rich.console import Console
 
     from insitu_xrd.pipeline.watch import watch_folder
+    from insitu_xrd.plots.insitu import write_figures
 
     console = Console()
     try:
-        summ = watch_folder(folder, recipe, poll_s=poll_s, idle_exit_s=idle_exit_s, max_frames=max_frames,
-                            refresh_s=refresh_s, figures=not no_figures,
+        summ = watch_folder(folder, recipe, poll_s=poll_s, settle_s=settle_s, bad_after_s=bad_after_s,
+                            idle_exit_s=idle_exit_s, max_frames=max_frames,
+                            refresh_s=refresh_s, figure_writer=None if no_figures else write_figures,
                             say=lambda m: console.print(m, markup=False, highlight=False))
     except InsituXRDError as exc:
         _fail(exc)
         return
-    console.print(f"stopped ({summ.stopped_because or 'done'}): {summ.n_refined} frames refined this session, "
-                  f"{summ.n_frames_total} in total; results: {summ.results_path}", highlight=False)
+    console.print(f"stopped ({summ.stopped_because or 'done'}): {summ.n_refined} frames refined this session "
+                  f"({summ.n_flagged} flagged), {summ.n_frames_total} in total; results: {summ.results_path}",
+                  highlight=False)
 
 
 def demo_command(
@@ -88,10 +93,12 @@ def demo_command(
     from rich.console import Console
 
     from insitu_xrd.pipeline.demo import run_demo
+    from insitu_xrd.plots.insitu import write_figures
 
     console = Console()
     try:
         summary = run_demo(out, seed=seed, n_frames=n_frames, binning=binning, progress=not no_progress,
+                           figure_writer=write_figures,
                            say=lambda m: console.print(m, markup=False, highlight=False))
     except InsituXRDError as exc:
         _fail(exc)

@@ -9,7 +9,9 @@ y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 
 - Peak positions: 2theta_obs = 2theta_Bragg(d, lambda) + zero_deg + displacement shift, with the
   displacement shift of a sample moved by `displacement_um` towards a flat detector at
   `distance_mm` (transmission): d(2theta) = -(delta/D) sin(2theta) cos(2theta) (rad).
-- Widths: GSAS-II CW U,V,W,X,Y plus microstrain/size (see `insitu_xrd.core.profiles`).
+- Widths: GSAS-II CW U,V,W,X,Y plus microstrain/size (see `insitu_xrd.core.profiles`), evaluated
+  with the Lorentz factor at the Bragg angle; optional GSAS-II SH/L (Finger-Cox-Jephcoat)
+  low-angle asymmetry of the Bragg peaks, about the observed position.
 - Background: Chebyshev polynomial of the first kind on 2theta mapped to [-1, 1] over
   `background_range_deg`, plus optional broad pseudo-Voigt humps (amorphous / electrolyte).
 """
@@ -22,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label
-from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.core.profiles import fcj_extent_deg, fcj_node_count, fcj_nodes, peak_fwhm_eta, pseudo_voigt
 
 __all__ = [
     "Instrument",
@@ -57,6 +59,8 @@ class Instrument:
     zero_deg : 2theta zero shift (deg), added to calculated positions.
     displacement_um : sample displacement towards the detector along the beam (um).
     distance_mm : sample-detector distance used by the displacement term (mm).
+    sh_l : GSAS-II SH/L = S/L + H/L, Finger-Cox-Jephcoat axial-divergence asymmetry (0: symmetric
+        peaks; see `insitu_xrd.core.profiles.fcj_nodes`).
     """
 
     wavelength_A: float
@@ -68,6 +72,7 @@ class Instrument:
     zero_deg: float = 0.0
     displacement_um: float = 0.0
     distance_mm: float = 1000.0
+    sh_l: float = 0.0
 
     def position_shift_deg(self, two_theta_deg: np.ndarray) -> np.ndarray:
         """Shift (deg) added to Bragg positions by zero and sample displacement."""
@@ -227,15 +232,24 @@ def sum_peaks(
     etas: np.ndarray,
     areas: np.ndarray,
     window_fwhm: float = WINDOW_FWHM,
+    sh_l: float = 0.0,
 ) -> np.ndarray:
-    """Sum of area-weighted pseudo-Voigts on a sorted grid x, each within +/- window_fwhm*FWHM."""
+    """Sum of area-weighted pseudo-Voigts on a sorted grid x, each within +/- window_fwhm*FWHM
+    (widened on the tail side by the FCJ extent when sh_l > 0: GSAS-II SH/L asymmetry)."""
     x = np.asarray(x, dtype=float)
     out = np.zeros_like(x)
-    lo_idx = np.searchsorted(x, centers - window_fwhm * fwhms)
-    hi_idx = np.searchsorted(x, centers + window_fwhm * fwhms)
+    centers = np.asarray(centers, dtype=float)
+    extent = fcj_extent_deg(centers, sh_l) if sh_l > 0 else np.zeros_like(centers)
+    lo_idx = np.searchsorted(x, centers - window_fwhm * fwhms - extent)
+    hi_idx = np.searchsorted(x, centers + window_fwhm * fwhms + extent)
     for i0, i1, c, w, e, a in zip(lo_idx, hi_idx, centers, fwhms, etas, areas):
         if i1 > i0 and a != 0.0:
-            out[i0:i1] += a * pseudo_voigt(x[i0:i1], c, w, e)
+            if sh_l > 0:
+                shift, weight = fcj_nodes(c, sh_l, fcj_node_count(c, sh_l, w))
+                for s_j, w_j in zip(shift[0], weight[0]):
+                    out[i0:i1] += (a * w_j) * pseudo_voigt(x[i0:i1], c + s_j, w, e)
+            else:
+                out[i0:i1] += a * pseudo_voigt(x[i0:i1], c, w, e)
     return out
 
 
@@ -280,7 +294,7 @@ def calc_pattern(
     by_name = {s.name: s for s in phases}
     for state in phases:
         table = peak_table(state, instrument, rng)
-        y = sum_peaks(x, table.two_theta_deg, table.fwhm_deg, table.eta, table.area)
+        y = sum_peaks(x, table.two_theta_deg, table.fwhm_deg, table.eta, table.area, sh_l=instrument.sh_l)
         comps.phases[state.name] = y
         comps.peaks[state.name] = table
         total += y

@@ -20,9 +20,10 @@ API summary (stable; the pipeline, CLI and plots build on it)
 
 Phase fractions in ``lebail`` mode come from a structure-factor scale step (lattice, profile and
 positions fixed at the Le Bail result; one scale per phase, background and diffuse re-solved);
-the scales are reported as ``<P>_scale``. Esds: covariance of the full Jacobian (Le Bail:
-including the reflection intensities) x reduced chi^2, times sqrt((1+rho)/(1-rho)) with
-rho = max(0, 1 - DW/2) (``esd_factor``; Durbin-Watson AR(1) correction).
+the scales are reported as ``<P>_scale`` (their esds include the uncertainty of the refined
+lattice/profile). Esds: covariance of the full Jacobian (Le Bail: including the reflection
+intensities) x reduced chi^2, times sqrt((1+rho)/(1-rho)) with rho = max(0, 1 - DW/2)
+(``esd_factor``; Durbin-Watson AR(1) correction).
 
 ``FitResult``: ``params`` (lmfit.Parameters, usable as the next start), ``values``/``esds`` dicts,
 ``rwp, rp, rexp, gof (= reduced chi^2), durbin_watson, chi2, nobs, nvarys, success, message``,
@@ -35,7 +36,7 @@ diffuse; one scalar per refined value with an ``_esd`` twin, ``<P>_phase_fractio
 ``<P>_volume_A3[_esd]``, ``correlation``; attrs rwp, rp, rexp, gof, durbin_watson, mode,
 wavelength_A, polarization note, software_versions).
 
-Parameter names: profile ``U V W X Y zero_deg displacement_um``; background ``bkg_0..``,
+Parameter names: profile ``U V W X Y zero_deg displacement_um sh_l`` (``sh_l``: GSAS-II SH/L); background ``bkg_0..``,
 ``bkg_hump<i>_area|center_deg|fwhm_deg|eta``; phase ``<P>_a|b|c|scale|mustrain|size_um|
 mustrain_mix|size_mix|o_z|li_occupancy|ni_li_mixing|biso_A2|biso_tm_A2|biso_li_A2|biso_o_A2``;
 diffuse ``diff_<P>_<hkl>[_<hkl>]_area|fwhm_deg|offset_deg|eta`` (e.g. ``diff_H2_108_110_area``).

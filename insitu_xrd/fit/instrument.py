@@ -33,6 +33,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 
 __all__ = [
     "INSTRUMENT_PARAMS",
+    "INSTRUMENT_REFINABLE",
     "InstrumentFit",
     "calibrant_template",
     "estimate_start",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: Profile parameters refined by default.
 INSTRUMENT_PARAMS: tuple[str, ...] = ("U", "V", "W", "X", "Y", "zero_deg")
+#: Every profile parameter a calibrant fit can refine (``sh_l``: GSAS-II SH/L asymmetry, on request).
+INSTRUMENT_REFINABLE: tuple[str, ...] = INSTRUMENT_PARAMS + ("sh_l",)
 
 _ALIASES = {"ceo2": "ceo2", "ni": "ni", "lab6": "lab6", "si": "si", "al": "al"}
 
@@ -76,9 +79,10 @@ class InstrumentFit:
             f"insitu-xrd instrument profile from {self.calibrant} (a fixed at {self.lattice_A} A), {r.mode} fit",
             f"Rwp {r.rwp:.4f}  Rexp {r.rexp:.4f}  GoF(chi2_red) {r.gof:.3f}  points {r.nobs}",
         ]
-        for n in ("U", "V", "W", "X", "Y", "zero_deg"):
+        for n in INSTRUMENT_REFINABLE:
             if n in r.values:
                 lines.append(f"{n} = {r.values[n]:.6g} +/- {esd.get(n, float('nan')):.2g}")
+        lines += [w for w in r.warnings if w.startswith("SH/L")]
         return lines
 
 
@@ -143,7 +147,7 @@ def instrument_spec(
     tpl = calibrant_template(calibrant)
     name = {"ceo2": "CeO2", "ni": "Ni", "lab6": "LaB6", "si": "Si", "al": "Al"}[tpl]
     start = dict(start or {})
-    profile = {k: start[k] for k in ("U", "V", "W", "X", "Y", "zero_deg") if k in start}
+    profile = {k: start[k] for k in ("U", "V", "W", "X", "Y", "zero_deg", "sh_l") if k in start}
     profile.setdefault("U", 0.0)
     profile.setdefault("V", 0.0)
     profile.setdefault("W", 1.0)
@@ -187,14 +191,18 @@ def fit_instrument(
     wavelength_A: X-ray wavelength (A), fixed.
     mode: "rietveld" (scale + one B refined) or "lebail" (intensities free).
     start: start values of the profile (default: estimated from the data).
-    A two-pass fit is used: Gaussian W and zero (with U=V=X=Y at 0) first, then everything in
+    refine: profile parameters to refine (any of ``INSTRUMENT_REFINABLE``). With ``sh_l`` the GSAS-II
+    SH/L asymmetry is tried after the symmetric fit and kept only if it lowers chi^2 by more than
+    9 x gof x esd_factor^2 (3 esd for one parameter); the decision is in ``result.warnings``.
+    A multi-pass fit is used: Gaussian W and zero (with U=V=X=Y at 0) first, then everything in
     ``refine`` from there, which converges from the rough data-driven start.
     """
     if mode not in ("rietveld", "lebail"):
         raise InsituXRDError(f"instrument fit mode must be 'rietveld' or 'lebail', got {mode!r}")
     tpl = calibrant_template(calibrant)
     if start is not None:
-        first = {"U": start.U, "V": start.V, "W": start.W, "X": start.X, "Y": start.Y, "zero_deg": start.zero_deg}
+        first = {"U": start.U, "V": start.V, "W": start.W, "X": start.X, "Y": start.Y, "zero_deg": start.zero_deg,
+                 "sh_l": start.sh_l}
     else:
         x = np.asarray(two_theta_deg, dtype=float)
         y = np.asarray(intensity, dtype=float)
@@ -205,13 +213,29 @@ def fit_instrument(
     stage1_refine = [p for p in ("W", "zero_deg") if p in refine]
     spec1 = instrument_spec(tpl, "rietveld", range_2theta_deg, chebyshev, stage1_refine or ["W"], first, exclude_2theta_deg)
     res1 = Refinement(spec1, wavelength_A).fit(two_theta_deg, intensity, sigma)
-    spec2 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, refine, first, exclude_2theta_deg)
+    symmetric = [p for p in refine if p != "sh_l"]
+    spec2 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, symmetric, first, exclude_2theta_deg)
     result = Refinement(spec2, wavelength_A).fit(two_theta_deg, intensity, sigma, start=res1)
+    if "sh_l" in refine:
+        # SH/L is kept only when it improves the fit significantly: chi2 drop > 9 x (gof x esd
+        # factor^2), a 3-esd test of one extra parameter (with the serial-correlation correction)
+        spec3 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, list(refine), first, exclude_2theta_deg)
+        res3 = Refinement(spec3, wavelength_A).fit(two_theta_deg, intensity, sigma, start=result)
+        gain = result.chi2 - res3.chi2
+        threshold = 9.0 * res3.gof * res3.esd_factor**2
+        if gain > threshold:
+            result = res3
+            result.warnings.append(
+                f"SH/L asymmetry refined: {res3.values['sh_l']:.4g} (chi2 lower by {gain:.4g}, > {threshold:.3g})")
+        else:
+            result.warnings.append(
+                f"SH/L asymmetry not significant (chi2 lower by {gain:.3g}, < {threshold:.3g}): symmetric profile kept")
     vals = result.params.valuesdict()
     instrument = Instrument(
         wavelength_A=float(wavelength_A),
         U=float(vals["U"]), V=float(vals["V"]), W=float(vals["W"]), X=float(vals["X"]), Y=float(vals["Y"]),
         zero_deg=float(vals["zero_deg"]),
         displacement_um=float(vals.get("displacement_um", 0.0)),
+        sh_l=float(vals.get("sh_l", 0.0)),
     )
     return InstrumentFit(instrument, result, calibrant, CALIBRANT_LATTICE_A[tpl])

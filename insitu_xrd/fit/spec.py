@@ -18,9 +18,11 @@ Example (validates as written)::
         - {name: H3, template: nmc811, a: 2.82, c: 14.00, refine: [a, c, mustrain, scale], optional: true}
         - {name: Li, template: li_metal, refine: [a, scale]}
       diffuse: [{phase: H2, reflections: ["104"]}, {phase: H2, reflections: ["108", "110"]}]
+      constraints: {H3_size_um: H2_size_um}           # lmfit expressions (nonlinear parameters)
+      limits: {H2_mustrain: [0, 5000]}
 
 Units: angles in degrees 2theta, lattice lengths in A, microstrain in 1e-6 (GSAS-II mu-strain),
-size in um, profile U, V, W in centideg^2 and X, Y in centideg (GSAS-II CW).
+size in um, profile U, V, W in centideg^2 and X, Y in centideg, SH/L dimensionless (GSAS-II CW).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ __all__ = [
     "DIFFUSE_REFINABLE",
 ]
 
-ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "asym_1", "asym_2"]
+ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l"]
 PhaseName = Literal[
     "a", "b", "c", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
@@ -80,8 +82,9 @@ class ProfileSpec(_Strict):
     zero_deg: float | None = Field(None, description="2theta zero shift (deg), added to calculated positions.")
     displacement_um: float | None = Field(None, description="Sample displacement towards the detector (um).")
     distance_mm: float | None = Field(None, description="Sample-detector distance for the displacement term (mm).")
-    asym_1: float | None = Field(None, ge=-0.05, le=0.05, description="Berar-Baldinozzi low-angle asymmetry, Fa(z)/tan(theta) term (0 = symmetric; > 0 shifts intensity to low angle).")
-    asym_2: float | None = Field(None, ge=-0.05, le=0.05, description="Berar-Baldinozzi asymmetry, Fb(z)/tan(theta) term.")
+    sh_l: float | None = Field(
+        None, ge=0, le=0.1,
+        description="GSAS-II SH/L = S/L + H/L: Finger-Cox-Jephcoat axial-divergence low-angle asymmetry (0 = symmetric peaks).")
     refine: list[ProfileName] = Field(default_factory=list, description="Profile parameters to refine.")
 
 
@@ -151,11 +154,29 @@ class DiffuseSpec(_Strict):
     phase: str = Field(..., description="Phase whose reflections carry this component.")
     reflections: list[str] = Field(..., min_length=1, description="Reflection labels, e.g. ['104'] or ['108', '110'].")
     fwhm_deg: float = Field(0.3, gt=0, description="Start FWHM (deg 2theta).")
+    fwhm_range_deg: tuple[float, float] | None = Field(
+        None, description="Bounds [lo, hi] of the refined FWHM (deg); default [fwhm_deg/4, 4 fwhm_deg] (keeps the "
+        "component broad: narrower it would mimic a Bragg peak, broader the background).")
     eta: float = Field(0.5, ge=0, le=1, description="Lorentzian fraction.")
     offset_deg: float = Field(0.0, description="Start offset from the reflections' mean position (deg).")
     max_offset_deg: float = Field(0.3, gt=0, description="Bound on |offset_deg| (deg).")
     area: float | None = Field(None, description="Start area (intensity x deg); solved linearly anyway.")
     refine: list[DiffuseName] = Field(default_factory=lambda: ["area", "fwhm_deg", "offset_deg"], description="Refined parameters.")
+
+    @model_validator(mode="after")
+    def _fwhm_range(self) -> "DiffuseSpec":
+        if self.fwhm_range_deg is not None:
+            lo, hi = self.fwhm_range_deg
+            if not (0 < lo <= self.fwhm_deg <= hi):
+                raise ValueError(f"fwhm_range_deg {list(self.fwhm_range_deg)} must satisfy 0 < lo <= fwhm_deg ({self.fwhm_deg}) <= hi")
+        return self
+
+    @property
+    def fwhm_bounds_deg(self) -> tuple[float, float]:
+        """Bounds of the refined FWHM (deg)."""
+        if self.fwhm_range_deg is not None:
+            return (float(self.fwhm_range_deg[0]), float(self.fwhm_range_deg[1]))
+        return (self.fwhm_deg / 4.0, self.fwhm_deg * 4.0)
 
     @property
     def label(self) -> str:
@@ -186,6 +207,14 @@ class RefinementSpec(_Strict):
         "(intensities included) to reach the least-squares optimum where reflections overlap.",
     )
     phase_fraction_step: bool = Field(True, description="lebail mode: run the structure-factor scale step to report phase fractions.")
+    constraints: dict[str, str] = Field(
+        default_factory=dict,
+        description="lmfit expressions tying nonlinear parameters, e.g. {H3_mustrain: 'H2_mustrain', H3_size_um: "
+        "'H2_size_um'}: the parameter follows the expression instead of being refined (skipped while its phase is "
+        "inactive). Linear parameters (scales, background, areas) cannot be constrained.")
+    limits: dict[str, tuple[float | None, float | None]] = Field(
+        default_factory=dict,
+        description="Bounds [min, max] (null = unbounded side) overriding the defaults, e.g. {H2_mustrain: [0, 4000]}.")
     esd_correction: Literal["durbin_watson", "none"] = Field(
         "durbin_watson",
         description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",
@@ -216,6 +245,14 @@ class RefinementSpec(_Strict):
             if d.phase not in names:
                 raise ValueError(f"diffuse component refers to unknown phase {d.phase!r}; phases: {names}")
         return self
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: dict[str, tuple[float | None, float | None]]) -> dict[str, tuple[float | None, float | None]]:
+        for name, (lo, hi) in v.items():
+            if lo is not None and hi is not None and not lo < hi:
+                raise ValueError(f"limits.{name} [{lo}, {hi}] must have min < max")
+        return v
 
     def phase(self, name: str) -> PhaseSpec:
         for p in self.phases:

@@ -11,7 +11,8 @@ Discovery
 (``.h5 .hdf5 .hdf .nxs``, Eiger ``*_master.h5``) are expanded into one ref per frame of the image
 stack (a 3D dataset; ``/entry/data/data`` or the Eiger ``/entry/data/data_000001...`` links, or
 the first 3D dataset found, or ``hdf5_dataset``); their names are ``file.h5:<index>``. Every other
-file is read by fabio (TIFF, EDF, CBF, SPE, MAR, ADSC, ...) as one frame.
+file is read by fabio (TIFF, EDF, CBF, SPE, MAR, ADSC, ...); multi-frame files of the formats that
+hold series (GE ``.ge*``, SPE, EDF) give one ref per frame, named ``file:<index>`` like stacks.
 
 Frames are read one at a time (:func:`read_frame`), so a series is never held in memory.
 
@@ -60,6 +61,7 @@ from insitu_xrd.errors import FrameError, InsituXRDError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MULTIFRAME_EXTENSIONS",
     "HDF5_EXTENSIONS",
     "FrameRef",
     "Frame",
@@ -95,8 +97,8 @@ class FrameRef:
 
     Attributes:
         path: the file (absolute).
-        index: position in the file's stack (HDF5 global index over all data_0000N parts);
-            None for single-frame files.
+        index: position in the file's stack (HDF5 global index over all data_0000N parts, or
+            the frame number in a multi-frame fabio file); None for single-frame files.
         dataset: HDF5 dataset path holding the frame; None for fabio files.
         local_index: index inside ``dataset`` (differs from ``index`` for Eiger split data).
     """
@@ -130,9 +132,43 @@ class Frame:
     header: dict[str, Any] = field(default_factory=dict)
 
 
+#: fabio formats that may hold several frames in one file (checked at discovery)
+MULTIFRAME_EXTENSIONS = (".ge", ".ge1", ".ge2", ".ge3", ".ge4", ".ge5", ".spe", ".edf")
+
 # --------------------------------------------------------------------------------------------
 # discovery
 # --------------------------------------------------------------------------------------------
+def _edf_may_hold_more_frames(path: Path) -> bool:
+    """Cheap test from the first EDF header (no pixel data read): is the file larger than one
+    header block plus its data? A folder of single-frame EDFs is then not read twice."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+        size = path.stat().st_size
+    except OSError:
+        return False  # reported when the frame is read
+    end = head.find(b"}")
+    m = re.search(rb"\bSize\s*=\s*(\d+)", head[:end]) if end > 0 else None
+    if m is None:
+        return True  # unusual header: let fabio count the frames
+    return size >= end + 2 + int(m.group(1)) + 512  # a second frame needs at least one more header block
+
+
+def _fabio_frame_count(path: Path) -> int:
+    """Number of frames in a fabio file of a multi-frame format (1 when unknown or unreadable:
+    a broken file is reported by name when it is read)."""
+    suffix = path.suffix.lower()
+    if suffix not in MULTIFRAME_EXTENSIONS or (suffix == ".edf" and not _edf_may_hold_more_frames(path)):
+        return 1
+    try:
+        import fabio
+
+        with fabio.open(str(path)) as img:
+            return max(1, int(getattr(img, "nframes", 1) or 1))
+    except Exception:  # fabio raises many types for corrupt files
+        return 1
+
+
 def _is_hdf5(path: Path) -> bool:
     return path.suffix.lower() in HDF5_EXTENSIONS
 
@@ -275,7 +311,11 @@ def discover_frames(
                     refs.append(FrameRef(f, index=g, dataset=dset, local_index=i))
                     g += 1
         else:
-            refs.append(FrameRef(f))
+            n = _fabio_frame_count(f)
+            if n == 1:
+                refs.append(FrameRef(f))
+            else:
+                refs.extend(FrameRef(f, index=i, local_index=i) for i in range(n))
     return refs
 
 
@@ -375,7 +415,8 @@ def read_frame(ref: FrameRef) -> Frame:
         import fabio
 
         try:
-            img = fabio.open(str(ref.path))
+            # a frame of a multi-frame file is read alone (fabio seeks to it)
+            img = fabio.open(str(ref.path)) if ref.index is None else fabio.open(str(ref.path), frame=ref.index)
             data = img.data
             header = dict(img.header)
         except Exception as exc:  # fabio raises many types for corrupt files

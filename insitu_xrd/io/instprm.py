@@ -18,10 +18,11 @@ Format (as GSAS-II's ``ReadInstprm``/``WriteInstprm`` handle it):
 Mapping to :class:`insitu_xrd.core.pattern.Instrument`: Lam -> wavelength_A, U V W X Y as they are
 (the same GSAS-II CW units), Zero -> zero_deg, Gonio.radius -> distance_mm. GSAS-II has no item for
 insitu-xrd's flat-detector sample displacement, so ``displacement_um`` travels in a header comment
-``#insitu-xrd displacement_um: <value>`` that GSAS-II skips. ``Z`` (a Gaussian term in
-1/cos^2(theta)) and ``SH/L`` (asymmetry) are not part of the insitu-xrd profile model: they are read
-and written back unchanged, and :func:`instrument_from_instprm` refuses a non-zero ``Z`` (the
-profile would be wrong) and a non-zero Kalpha2 intensity (the model is single-wavelength).
+``#insitu-xrd displacement_um: <value>`` that GSAS-II skips. ``SH/L`` -> sh_l, the
+Finger-Cox-Jephcoat axial-divergence asymmetry of the same (GSAS-II) profile function. ``Z`` (a
+Gaussian term in 1/cos^2(theta)) is not part of the insitu-xrd profile model:
+:func:`instrument_from_instprm` refuses a non-zero ``Z`` (the profile would be wrong) and a non-zero
+Kalpha2 intensity (the model is single-wavelength).
 """
 
 from __future__ import annotations
@@ -218,6 +219,11 @@ def instrument_from_instprm(
     kwargs: dict[str, float] = {}
     if isinstance(radius, float) and radius > 0:
         kwargs["distance_mm"] = radius
+    sh_l = prm.items.get("SH/L", 0.0)
+    if isinstance(sh_l, float):
+        if not 0.0 <= sh_l <= 0.1:
+            raise InsituXRDError(f"{where}: SH/L = {sh_l} is outside [0, 0.1] (GSAS-II axial-divergence asymmetry S/L + H/L)")
+        kwargs["sh_l"] = sh_l
     return Instrument(
         wavelength_A=wl,
         U=prm.items["U"], V=prm.items["V"], W=prm.items["W"], X=prm.items["X"], Y=prm.items["Y"],
@@ -243,7 +249,7 @@ def format_instprm(
     instrument: Instrument,
     polarization: float = 0.99,
     azimuth_deg: float = 0.0,
-    sh_l: float = 0.002,
+    sh_l: float | None = None,
     comments: list[str] | tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> str:
@@ -252,8 +258,8 @@ def format_instprm(
     polarization: GSAS-II ``Polariz.`` (0.99 for a horizontally polarised synchrotron beam). It
         does not enter insitu-xrd fits, which work on patterns with polarization already divided
         out; it is there for GSAS-II users of the file.
-    sh_l: GSAS-II's axial-divergence asymmetry (not modelled by insitu-xrd; negligible at high
-        energy); written so GSAS-II reads a complete file.
+    sh_l: GSAS-II SH/L (FCJ axial-divergence asymmetry); default ``instrument.sh_l`` (0 unless
+        refined), so GSAS-II and insitu-xrd compute the same profile from the file.
     comments: lines written as ``# ...`` after the header (provenance, fit quality); they must
         not contain 'Bank' (GSAS-II would take them for a bank header).
     extra: items overriding or adding to the standard ones (e.g. ``{"InstrName": "11-ID-C"}``).
@@ -271,7 +277,7 @@ def format_instprm(
         "X": float(instrument.X),
         "Y": float(instrument.Y),
         "Z": 0.0,
-        "SH/L": float(sh_l),
+        "SH/L": float(instrument.sh_l if sh_l is None else sh_l),
     }
     tail: dict[str, Any] = {"Diff-type": "Debye-Scherrer", "Gonio.radius": float(instrument.distance_mm)}
     for key, value in (extra or {}).items():
@@ -303,7 +309,7 @@ def write_instrument(
     instrument: Instrument,
     polarization: float = 0.99,
     azimuth_deg: float = 0.0,
-    sh_l: float = 0.002,
+    sh_l: float | None = None,
     comments: list[str] | tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
 ) -> Path:

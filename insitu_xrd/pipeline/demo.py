@@ -104,25 +104,41 @@ class DemoSummary:
 
 
 def _table(m: dict[str, Any]) -> Any:
+    """Truth vs recovered on a few frames (first, quarters, H3 onset, last); fits 80 columns:
+    errors are given in 1e-4 A (the lattice targets are 2e-4 A for a, 1e-3 A for c)."""
+    from rich import box
     from rich.table import Table
 
     pf = m["per_frame"]
     nf = len(pf["a"])
     rows = sorted(set([0, nf // 4, nf // 2, max(m["h3_onset_true_frame"], 0), max(m["h3_onset_detected_frame"], 0),
                        (3 * nf) // 4, nf - 1]))
-    tab = Table(title="truth vs recovered (H2 lattice, H3 cathode fraction, x)")
-    for col in ("frame", "x true", "x", "a true (A)", "a (A)", "c true (A)", "c (A)", "H3 frac true", "H3 frac", "status"):
-        tab.add_column(col, justify="right")
-    f = lambda v, n: "-" if not np.isfinite(v) else f"{v:.{n}f}"  # noqa: E731
+    tab = Table(title="truth vs recovered: H2 lattice, H3 cathode fraction (x: Li per f.u.)", box=box.SIMPLE_HEAD,
+                padding=(0, 1), pad_edge=False, title_justify="left", caption="* frame not 'ok' (see report.md)",
+                caption_justify="left")
+    heads = [("frame", ""), ("x", "true"), ("x", "fit"), ("a (A)", "true"), ("a err", "1e-4 A"),
+             ("c (A)", "true"), ("c err", "1e-4 A"), ("H3", "true"), ("H3", "fit")]
+    for name, sub in heads:
+        tab.add_column(f"{name}\n{sub}" if sub else name, justify="right", no_wrap=True)
+
+    def f(v: float, n: int, scale: float = 1.0, sign: bool = False) -> str:
+        if not np.isfinite(v):
+            return "-"
+        return f"{v * scale:+.{n}f}" if sign else f"{v * scale:.{n}f}"
+
     for i in rows:
-        tab.add_row(str(i), f(pf["x_true"][i], 4), f(pf["x"][i], 4), f(pf["a_true"][i], 5), f(pf["a"][i], 5),
-                    f(pf["c_true"][i], 4), f(pf["c"][i], 4), f(pf["f3_true"][i], 3), f(pf["f3"][i], 3), pf["status"][i])
+        flag = "" if pf["status"][i] == "ok" else "*"
+        tab.add_row(f"{i}{flag}", f(pf["x_true"][i], 3), f(pf["x"][i], 3), f(pf["a_true"][i], 4),
+                    f(pf["a"][i] - pf["a_true"][i], 1, 1e4, True), f(pf["c_true"][i], 3),
+                    f(pf["c"][i] - pf["c_true"][i], 1, 1e4, True), f(pf["f3_true"][i], 3), f(pf["f3"][i], 3))
     return tab
 
 
 def run_demo(out: str | Path = "demo_out", seed: int = 7, n_frames: int = 40, binning: int = 2, progress: bool = True,
-             say: Callable[[str], None] | None = None, recipe: str | Path | None = None) -> DemoSummary:
-    """Simulate ``n_frames`` frames (seed, detector binning) into OUT/data and run the demo recipe."""
+             say: Callable[[str], None] | None = None, recipe: str | Path | None = None,
+             figure_writer: Any = None) -> DemoSummary:
+    """Simulate ``n_frames`` frames (seed, detector binning) into OUT/data and run the demo recipe
+    (``figure_writer``: see :func:`insitu_xrd.pipeline.run.run_pipeline`)."""
     from insitu_xrd.pipeline.run import run_pipeline
     from insitu_xrd.simulate.dataset import simulate_dataset
 
@@ -135,7 +151,7 @@ def run_demo(out: str | Path = "demo_out", seed: int = 7, n_frames: int = 40, bi
     src = Path(recipe) if recipe is not None else packaged_recipe("demo.yaml")
     dst = data / "demo.yaml"
     shutil.copyfile(src, dst)
-    res = run_pipeline(dst, progress=progress, say=say)
+    res = run_pipeline(dst, progress=progress, say=say, figure_writer=figure_writer)
     if res.results is None:
         raise InsituXRDError("demo: the pipeline produced no results")
     m = compare_with_truth(res.results, data / "truth.json")

@@ -66,7 +66,7 @@ class CalibrationSection(_Strict):
     center_px: tuple[float, float] | None = Field(None, description="Rough beam centre [x, y] (pixels); none = searched.")
     wavelength_A: float | None = Field(None, gt=0, description="Wavelength of the calibrant image (A) if it differs from the recipe's (ex-situ calibration).")
     mask: str | None = Field(None, description="Mask image for the calibrant (non-zero = ignore).")
-    binning: int | None = Field(None, ge=1, le=16, description="Detector pixel binning of the images (none = inferred from the image shape).")
+    binning: int | None = Field(None, ge=1, le=16, description="Pixel binning of the images relative to the detector's nominal shape (Perkin: 2 -> 1024 x 1024, 400 um); none = inferred from the image shape.")
     poni: str | None = Field(None, description="PONI file: reused when it exists, written by the calibration otherwise.")
 
     @model_validator(mode="after")
@@ -126,9 +126,11 @@ class OptionalPhaseTest(_Strict):
     min_fraction_sigma: float = Field(3.0, ge=0, description="The optional phase's fraction must exceed this many esds to be added.")
     min_fraction: float = Field(0.01, ge=0, lt=1, description="... and this absolute fraction (0..1).")
     drop_fraction_sigma: float = Field(1.0, ge=0, description="An active optional phase is dropped when its fraction falls below this many esds ...")
+    drop_fraction: float = Field(0.005, ge=0, lt=1, description="... or below this absolute fraction (0..1; hysteresis below min_fraction) ...")
     drop_after_frames: int = Field(2, ge=1, description="... for this many consecutive frames.")
     try_every: int = Field(1, ge=1, description="Test the optional phase every n-th frame while it is absent.")
-    prescreen_sigma: float = Field(2.0, ge=0, description="Cheap matched-filter gate: the full fit with the optional phase runs only when its calculated pattern explains the residual at > this many sigma (0 = always run it).")
+    prescreen_sigma: float = Field(2.0, ge=0, description="Cheap matched-filter gate: the full fit with the optional phase runs only when its calculated pattern explains the residual at > this many sigma (0 = always run the full fit).")
+    prescreen_fraction_factor: float = Field(0.25, ge=0, le=1, description="... and when the weight fraction that match implies exceeds this factor times min_fraction (0 = no fraction gate). The match underestimates the fraction (approximate lattice and width): 3.5-5x at the H3 onset of the simulated bare and coated charges, hence 1/4.")
 
 
 class DivergenceSection(_Strict):
@@ -146,7 +148,8 @@ class SequentialSection(_Strict):
     divergence: DivergenceSection = Field(default_factory=DivergenceSection)
     chunks: int = Field(1, ge=1, le=64, description="Independent chunks of frames (each cold-started, one overlap frame with the previous chunk).")
     workers: int = Field(1, ge=1, le=64, description="Processes running the chunks in parallel.")
-    checkpoint_every: int = Field(1, ge=1, description="Write the results file every n frames (resume after an interruption).")
+    checkpoint_every: int = Field(1, ge=1, description="Write the checkpoint (sequential.nc) after at least n new frames ...")
+    checkpoint_interval_s: float = Field(10.0, ge=0, description="... and at least this many seconds after the previous write (an interruption loses at most this much fitting; 0 = after every n frames).")
 
 
 class EchemSection(_Strict):

@@ -1,9 +1,10 @@
-"""Figures and the Markdown report written by ``insitu-xrd run`` / ``watch`` into ``outputs.dir``.
+"""The Markdown report written by ``insitu-xrd run`` / ``watch`` into ``outputs.dir``.
 
-Figures (drawn by :mod:`insitu_xrd.plots`, imported lazily so the pipeline stays usable without a
-display or when figures are switched off): ``insitu_map``, ``lattice``, ``strain``, and
-``rietveld_frame<NNNN>`` for the first frame, the frame where the optional phase (H3) appears, and
-the last frame (or ``outputs.rietveld_frames``).
+Figures are drawn by a *figure writer* handed down by the caller (layers: the pipeline does not
+import :mod:`insitu_xrd.plots`): ``insitu_xrd.plots.insitu.write_figures`` draws ``insitu_map``,
+``lattice``, ``strain`` and ``rietveld_frame<NNNN>`` for the frames :func:`rietveld_frames` picks
+(first, the frame where the optional phase (H3) appears, last; or ``outputs.rietveld_frames``).
+A writer is ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
 
 from insitu_xrd.pipeline.recipe import Recipe
 
-__all__ = ["write_figures", "write_report", "summary_rows", "rietveld_frames"]
+__all__ = ["FigureWriter", "write_report", "summary_rows", "rietveld_frames"]
+
+#: ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``
+FigureWriter = Callable[[Recipe, xr.Dataset, xr.Dataset, "xr.Dataset | None"], "tuple[list[Path], list[str]]"]
 
 
 def rietveld_frames(recipe: Recipe, results: xr.Dataset) -> list[int]:
@@ -35,48 +39,6 @@ def rietveld_frames(recipe: Recipe, results: xr.Dataset) -> list[int]:
             out.append(int(v))
     out.append(good[-1])
     return sorted(set(out))
-
-
-def write_figures(recipe: Recipe, patterns: xr.Dataset, results: xr.Dataset, strain: xr.Dataset | None,
-                  rietveld: Sequence[int] | None = None) -> list[Path]:
-    """Write the standard figures into ``<outputs>/figures``; a figure that fails is skipped
-    (its error is returned in the report, the run goes on)."""
-    from insitu_xrd.pipeline.stages import make_factory
-    from insitu_xrd.pipeline.sequential import refit_frame
-    from insitu_xrd.plots.insitu import plot_insitu_map, plot_lattice
-
-    fig_dir = recipe.output_dir / "figures"
-    ext = recipe.outputs.figure_format
-    written: list[Path] = []
-    errors: list[str] = []
-
-    def attempt(fn: Any, *args: Any, **kw: Any) -> None:
-        try:
-            written.append(fn(*args, **kw))
-        except Exception as exc:  # a figure must never break the run
-            errors.append(f"{getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc}")
-
-    attempt(plot_insitu_map, patterns, fig_dir / f"insitu_map.{ext}", results=results, title=recipe.name)
-    attempt(plot_lattice, results, fig_dir / f"lattice.{ext}", versus=recipe.strain.versus, title=recipe.name)
-    if strain is not None:
-        from insitu_xrd.plots.strain import plot_strain
-
-        attempt(plot_strain, strain, fig_dir / f"strain.{ext}")
-    if recipe.refinement is not None:
-        from insitu_xrd.plots.rietveld import plot_rietveld
-
-        factory = make_factory(recipe, float(patterns.attrs["wavelength_A"]))
-        frames = rietveld_frames(recipe, results) if rietveld is None else list(rietveld)
-        for i in frames:
-            try:
-                fit = refit_frame(results, patterns, i, recipe.refinement, factory)
-                name = str(results["frame_name"].values[i]) if "frame_name" in results.coords else str(i)
-                written.append(plot_rietveld(fit.to_dataset(), fig_dir / f"rietveld_frame{i:04d}.{ext}",
-                                             title=f"{recipe.name}: frame {i} ({name}), Rwp {100 * fit.rwp:.2f} %"))
-            except Exception as exc:
-                errors.append(f"rietveld frame {i}: {type(exc).__name__}: {exc}")
-    write_figures.errors = errors  # type: ignore[attr-defined]
-    return written
 
 
 def _fmt(v: float, nd: int = 5) -> str:
@@ -102,7 +64,7 @@ def summary_rows(results: xr.Dataset, max_rows: int = 60) -> list[list[str]]:
 
 
 def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[Any], figures: Sequence[Path],
-                 strain_outputs: Sequence[str] = (), extra: str = "") -> Path:
+                 strain_outputs: Sequence[str] = (), extra: str = "", figure_errors: Sequence[str] = ()) -> Path:
     """``<outputs>/report.md``: stages (ran/reused), the H3 onset, a per-frame table, figures."""
     out = recipe.output_dir / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +116,7 @@ def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[An
         for f in figures:
             rel = Path(f).relative_to(recipe.output_dir) if Path(f).is_relative_to(recipe.output_dir) else Path(f)
             lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
-    errs = getattr(write_figures, "errors", [])
+    errs = list(figure_errors)
     if errs:
         lines += ["Figures not drawn:", ""] + [f"- {e}" for e in errs] + [""]
     if extra:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.store import write_dataset_atomic
-from insitu_xrd.pipeline.recipe import Recipe, load_recipe
+from insitu_xrd.pipeline.recipe import Recipe, load_recipe, section_hash
+from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
@@ -31,7 +32,7 @@ from insitu_xrd.pipeline.stages import (
     strain_stage,
 )
 
-__all__ = ["PipelineResult", "run_pipeline", "finish_results"]
+__all__ = ["PipelineResult", "run_pipeline", "finish_results", "finish_key"]
 
 
 @dataclass
@@ -57,10 +58,11 @@ class PipelineResult:
 
 
 def finish_results(recipe: Recipe, patterns: xr.Dataset, seq: xr.Dataset, stages: list[StageInfo],
-                   figures: bool = True) -> tuple[xr.Dataset, xr.Dataset | None, list[Path], Path | None]:
-    """Echem, strain, results.nc, figures and report from a sequential-results Dataset
-    (shared by the batch run and the watch mode)."""
-    from insitu_xrd.pipeline.report import write_figures, write_report
+                   figure_writer: FigureWriter | None = None
+                   ) -> tuple[xr.Dataset, xr.Dataset | None, list[Path], Path | None]:
+    """Echem, strain, results.nc, figures (with ``figure_writer``, when ``outputs.figures``) and
+    report from a sequential-results Dataset (shared by the batch run and the watch mode)."""
+    from insitu_xrd.pipeline.report import write_report
 
     res, info = echem_stage(recipe, seq)
     stages.append(info)
@@ -75,24 +77,39 @@ def finish_results(recipe: Recipe, patterns: xr.Dataset, seq: xr.Dataset, stages
         info = StageInfo("strain", "skipped", 0.0, str(exc))
     stages.append(info)
     figs: list[Path] = []
+    errors: list[str] = []
     report = None
     t0 = time.perf_counter()
-    if figures and recipe.outputs.figures:
-        figs = write_figures(recipe, patterns, res, strain)
+    if figure_writer is not None and recipe.outputs.figures:
+        try:
+            figs, errors = figure_writer(recipe, patterns, res, strain)
+        except Exception as exc:  # figures must never break a run
+            errors = [f"figures: {type(exc).__name__}: {exc}"]
     if recipe.outputs.report:
         stages.append(StageInfo("report", "ran", time.perf_counter() - t0, f"{len(figs)} figures"))
-        report = write_report(recipe, res, stages, figs, strain_files)
+        report = write_report(recipe, res, stages, figs, strain_files, figure_errors=errors)
     return res, strain, figs, report
 
 
+def finish_key(recipe: Recipe, seq: xr.Dataset, figures: bool) -> str:
+    """Cache key of the stages after the refinement (echem, strain, figures, report): the
+    refinement's key plus every recipe part and file they read (``figures``: drawn or not)."""
+    from insitu_xrd.pipeline.stages import file_digest
+
+    ec = recipe.echem
+    return section_hash(str(seq.attrs.get("cache_key", "")), ec, file_digest(recipe.path(ec.file)) if ec else None,
+                        recipe.strain, recipe.outputs, recipe.name, bool(figures))
+
+
 def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callable[[str], None] | None = None,
-                 figures: bool = True) -> PipelineResult:
+                 figure_writer: FigureWriter | None = None) -> PipelineResult:
     """Run every stage of a recipe (reusing cached stages); returns a :class:`PipelineResult`.
 
     recipe: a Recipe or the path of a recipe YAML file.
     progress: rich progress bars for integration and refinement.
     say: callback for one-line stage messages (e.g. ``console.print``).
-    figures: draw figures (also subject to ``outputs.figures``).
+    figure_writer: draws the figures (``insitu_xrd.plots.insitu.write_figures``, as the CLI
+        does; also subject to ``outputs.figures``); None: no figures.
     """
     from insitu_xrd.io.patterns import read_patterns
 
@@ -125,12 +142,33 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
         return result
     seq, info = refine_stage(rec, patterns_path, cache, progress=progress)
     done(info)
+    results_path = out_dir / "results.nc"
+    result.results_path = results_path
+    # echem, strain, figures and report again only when an input of theirs changed
+    fkey = finish_key(rec, seq, figure_writer is not None and rec.outputs.figures)
+    finish_outputs = [results_path] + ([out_dir / "report.md"] if rec.outputs.report else [])
+    if info.status == "reused" and cache.hit("finish", fkey, finish_outputs):
+        try:
+            result.results = xr.load_dataset(results_path, engine="h5netcdf")
+        except Exception:
+            result.results = None
+        if result.results is not None:
+            old = cache.data["finish"]
+            result.figures = [Path(p) for p in old.get("figures", []) if Path(p).is_file()]
+            result.report = out_dir / "report.md" if rec.outputs.report else None
+            strain_nc = out_dir / "strain" / "strain.nc"
+            if strain_nc.is_file():
+                result.strain = xr.load_dataset(strain_nc, engine="h5netcdf")
+            done(StageInfo("finish", "reused", 0.0, f"echem, strain, figures and report unchanged ({results_path})",
+                           [str(p) for p in finish_outputs]))
+            result.elapsed_s = time.perf_counter() - t0
+            return result
     patterns = read_patterns(patterns_path)
     n_before = len(result.stages)
-    res, strain, figs, report = finish_results(rec, patterns, seq, result.stages, figures=figures)
+    res, strain, figs, report = finish_results(rec, patterns, seq, result.stages, figure_writer=figure_writer)
     for info in result.stages[n_before:]:
         say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
     result.results, result.strain, result.figures, result.report = res, strain, figs, report
-    result.results_path = out_dir / "results.nc"
+    cache.store("finish", fkey, finish_outputs, figures=[str(p) for p in figs])
     result.elapsed_s = time.perf_counter() - t0
     return result

@@ -35,6 +35,7 @@ __all__ = [
     "patterns_fingerprint",
     "refine_stage",
     "sequential_cache_key",
+    "watch_cache_key",
     "echem_stage",
     "strain_stage",
     "make_factory",
@@ -70,10 +71,11 @@ class StageCache:
         entry = self.data.get(stage)
         return bool(entry) and entry.get("key") == key and all(Path(p).exists() for p in outputs)
 
-    def store(self, stage: str, key: str, outputs: list[Path]) -> None:
+    def store(self, stage: str, key: str, outputs: list[Path], **extra: Any) -> None:
+        """Record a finished stage (``extra``: more JSON-able fields kept with it)."""
         from insitu_xrd.provenance import utc_now_iso
 
-        self.data[stage] = {"key": key, "outputs": [str(p) for p in outputs], "finished_utc": utc_now_iso()}
+        self.data[stage] = {"key": key, "outputs": [str(p) for p in outputs], "finished_utc": utc_now_iso(), **extra}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
@@ -114,14 +116,17 @@ def _detector_for(name: str, shape: tuple[int, ...], binning: int | None, where:
     from insitu_xrd.reduction.calibrate import resolve_detector
 
     det = resolve_detector(name)
+    # some detectors are binned by default (pyFAI's Perkin: 4096 max_shape, 2x2 -> 2048 x 2048,
+    # 200 um); a recipe's binning is relative to that nominal shape, pyFAI's to max_shape
+    native = tuple(det.binning or (1, 1))
     full = tuple(det.max_shape or det.shape or shape)
-    b = binning
-    if b is None and full != tuple(shape):
+    b_abs: int | None = binning * native[0] if binning else None
+    if b_abs is None and tuple(det.shape or ()) != tuple(shape):
         ratios = {full[0] / shape[0], full[1] / shape[1]}
         if len(ratios) == 1 and float(next(iter(ratios))).is_integer():
-            b = int(next(iter(ratios)))
-    if b and b > 1:
-        det.set_binning((b, b))
+            b_abs = int(next(iter(ratios)))
+    if b_abs and (b_abs, b_abs) != native:
+        det.binning = (b_abs, b_abs)  # property setter (set_binning is deprecated since pyFAI 2025.09)
     if det.shape is not None and tuple(det.shape) != tuple(shape):
         raise InsituXRDError(f"{where}: image shape {tuple(shape)} does not match detector {name!r} "
                              f"{tuple(det.shape)} (set calibration.binning or the detector name)")
@@ -287,8 +292,44 @@ def patterns_fingerprint(ds: xr.Dataset) -> str:
 
 
 def sequential_cache_key(recipe: Recipe, patterns: xr.Dataset) -> str:
-    seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every"})
-    return section_hash(recipe.refinement, seq, patterns_fingerprint(patterns))
+    """Key of the batch refinement: refinement + sequential sections + the patterns' content."""
+    from insitu_xrd import __version__
+
+    seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every", "checkpoint_interval_s"})
+    return section_hash(recipe.refinement, seq, patterns_fingerprint(patterns), __version__)
+
+
+def watch_cache_key(recipe: Recipe) -> str:
+    """Key of a watch session's refinement (the patterns grow, so only the recipe sections)."""
+    from insitu_xrd import __version__
+
+    seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every", "checkpoint_interval_s", "chunks"})
+    return "watch:" + section_hash(recipe.refinement, seq, __version__)
+
+
+def _adopt_watch_results(recipe: Recipe, patterns: xr.Dataset, out: Path, key: str) -> int:
+    """Let the batch run continue from a watch session's ``sequential.nc``: when it was made by
+    ``watch`` with the same refinement and sequential sections on the same frames in the same
+    order (the patterns file both use), its frames count as done. Returns how many were adopted."""
+    if recipe.sequential.direction != "forward" or not out.exists() or "frame_key" not in patterns.variables:
+        return 0
+    try:
+        with xr.open_dataset(out, engine="h5netcdf") as old:
+            if old.attrs.get("mode") != "watch" or old.attrs.get("cache_key") != watch_cache_key(recipe):
+                return 0
+            old = old.load()
+    except Exception:
+        return 0
+    if "frame_key" not in old.variables or old.sizes.get("frame") != patterns.sizes["frame"]:
+        return 0
+    if [str(k) for k in old["frame_key"].values] != [str(k) for k in patterns["frame_key"].values]:
+        return 0
+    old.attrs["cache_key"] = key
+    old.attrs["adopted_from"] = "watch"
+    from insitu_xrd.io.store import write_dataset_atomic
+
+    write_dataset_atomic(old, out)
+    return int(sum(str(s) != "pending" for s in old["status"].values))
 
 
 def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
@@ -317,6 +358,7 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
         except Exception:
             pass
     resumed = False
+    adopted = _adopt_watch_results(recipe, patterns, out, key)
     if out.exists():
         try:
             with xr.open_dataset(out, engine="h5netcdf") as old:
@@ -332,6 +374,8 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
     st = [str(s) for s in ds["status"].values]
     detail = (f"{len(st)} frames: {st.count('ok')} ok, {st.count('refit')} refit, {st.count('diverged')} diverged, "
               f"{sum(s.startswith('skipped') or s == 'error' for s in st)} skipped/error")
+    if adopted:
+        detail += f" ({adopted} refined by the watch session)"
     return ds, StageInfo("refine", "resumed" if resumed else "ran", time.perf_counter() - t0, detail, [str(out)])
 
 

@@ -2,20 +2,28 @@
 
 Each poll:
 
-1. lists the frame files in FOLDER (the recipe's ``frames.files`` pattern, applied inside FOLDER);
-   a file is *ready* once its size is non-zero and unchanged since the previous poll (a detector
-   still writing it is waited for) and it can be opened;
-2. integrates the ready frames not yet in ``<outputs>/patterns.nc`` (same settings, same file as
-   ``insitu-xrd run``; an unreadable frame gets an error status and is retried next poll);
-3. refines every new frame in order, seeded from the previous one (same
+1. lists the frame files in FOLDER (the recipe's ``frames.files`` pattern, applied inside FOLDER;
+   hidden files and ``*.tmp``/``*.part``/``*.partial`` are ignored). A file is *settled* once its
+   size is non-zero and its size and modification time have not changed for ``settle_s`` seconds
+   (a detector still writing it is waited for). A settled file is integrated when it opens; one
+   that still cannot be read after ``bad_after_s`` seconds is integrated anyway, which records it
+   with an ``error: ...`` status (a truncated or corrupt frame: flagged, never fitted). A flagged
+   file is tried again only if it changes.
+2. integrates the new frames into ``<outputs>/patterns.nc`` (same settings, same file and same
+   stage cache as ``insitu-xrd run``);
+3. refines every new frame in order, seeded from the previous one (the same
    :class:`~insitu_xrd.pipeline.sequential.SequentialRefiner` as the batch run, so the results are
-   the same), appends to ``<outputs>/sequential.nc``;
-4. refreshes ``results.nc`` (with echem), strain files, figures and ``report.md`` (figures at most
-   every ``refresh_s`` seconds, and once at exit).
+   the same as ``run`` on the same frames), and rewrites ``<outputs>/sequential.nc``;
+4. refreshes ``results.nc`` (with echem), the strain files and ``report.md`` after every new frame;
+   figures at most every ``refresh_s`` seconds, and once at exit.
 
 Restarting the command resumes: integrated frames are not integrated again and the refinement
-continues from the last stored frame. It stops after ``idle_exit_s`` seconds without a new
-frame or after ``max_frames`` refined frames (or Ctrl-C).
+continues after the last stored frame, from the chain state saved beside ``sequential.nc``
+(``sequential.nc.state``: the same fits as without the interruption), or seeded from the last
+stored values when that state is missing. A later ``insitu-xrd run``
+of the same recipe adopts the frames the watch refined (see
+:func:`insitu_xrd.pipeline.stages.refine_stage`). The watch stops after ``idle_exit_s`` seconds
+without a new frame, after ``max_frames`` frames refined in this session, or on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,24 +32,37 @@ import fnmatch
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError, RecipeError
 from insitu_xrd.io.store import write_dataset_atomic
-from insitu_xrd.pipeline.recipe import FramesSection, Recipe, load_recipe, section_hash
+from insitu_xrd.pipeline.recipe import FramesSection, Recipe, load_recipe
+from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.sequential import (
     FrameRecord,
     SequentialRefiner,
     _frame_arrays,
+    chain_state_path,
     dataset_to_records,
+    read_chain_state,
     records_to_dataset,
+    write_chain_state,
 )
-from insitu_xrd.pipeline.stages import StageCache, StageInfo, calibrate_stage, integrate_stage, make_factory
+from insitu_xrd.pipeline.stages import (
+    StageCache,
+    StageInfo,
+    calibrate_stage,
+    integrate_stage,
+    make_factory,
+    watch_cache_key,
+)
 
-__all__ = ["WatchSummary", "watch_folder", "ready_files"]
+__all__ = ["WatchSummary", "FolderScanner", "watch_folder"]
+
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
 
 
 @dataclass
@@ -51,6 +72,7 @@ class WatchSummary:
     n_integrated: int = 0
     n_refined: int = 0
     n_frames_total: int = 0
+    n_flagged: int = 0
     polls: int = 0
     stopped_because: str = ""
     results_path: Path | None = None
@@ -64,62 +86,112 @@ def _pattern_of(recipe: Recipe) -> str:
     return Path(recipe.frames.files).name or "*"
 
 
-def ready_files(folder: Path, pattern: str, seen: dict[str, tuple[int, float]]) -> list[Path]:
-    """Files matching ``pattern`` whose size is non-zero and unchanged since the last call.
+def _name_order(path: Path) -> list:
+    """Natural sort key of a file name (frame_2 before frame_10)."""
+    from insitu_xrd.io.frames import natural_sort_key
 
-    ``seen`` maps path -> (size, mtime) of the previous poll and is updated in place.
-    """
-    from insitu_xrd.io.frames import IMAGE_EXTENSIONS, natural_sort_key
-
-    out = []
-    try:
-        entries = [p for p in folder.iterdir() if p.is_file()]
-    except OSError as exc:
-        raise InsituXRDError(f"watched folder {folder}: cannot be listed ({exc})") from None
-    for p in entries:
-        if not fnmatch.fnmatch(p.name, pattern) or p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if p.name.startswith(".") or p.name.endswith((".tmp", ".part", ".partial")):
-            continue
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        now = (st.st_size, st.st_mtime)
-        prev = seen.get(str(p))
-        seen[str(p)] = now
-        if st.st_size > 0 and prev is not None and prev == now:
-            out.append(p)
-    return sorted(out, key=lambda q: natural_sort_key(q.name))
+    return natural_sort_key(path.name)
 
 
 def _readable(path: Path) -> bool:
-    try:
-        import fabio
+    """The file opens as a frame (the same reader as the integration). fabio's own error log is
+    silenced: a file still being written is expected to fail here, poll after poll."""
+    import logging
 
-        with fabio.open(str(path)) as img:
-            return img.data is not None and img.data.size > 0
+    from insitu_xrd.io.frames import FrameRef, read_frame
+
+    log = logging.getLogger("fabio")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        fr = read_frame(FrameRef(path.resolve()))
+        return fr.data is not None and fr.data.size > 0
     except Exception:
         return False
+    finally:
+        log.setLevel(level)
+
+
+class FolderScanner:
+    """Decides which files of a watched folder are complete frames (see module docstring).
+
+    folder, pattern: where and which files (fnmatch pattern on the file name).
+    settle_s: a file is settled once unchanged (size, mtime) for this long (s).
+    bad_after_s: a settled file that cannot be opened for this long is handed on as bad (s).
+    clock: monotonic clock (s), replaceable in tests.
+    """
+
+    def __init__(self, folder: Path, pattern: str, settle_s: float = 2.0, bad_after_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from insitu_xrd.io.frames import IMAGE_EXTENSIONS
+
+        self.folder = Path(folder)
+        self.pattern = pattern
+        self.settle_s = float(settle_s)
+        self.bad_after_s = max(float(bad_after_s), float(settle_s))
+        self.clock = clock
+        self.extensions = IMAGE_EXTENSIONS
+        self.state: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, unchanged since)
+        self.handed: dict[str, tuple[int, float]] = {}  # path -> (size, mtime) when handed on
+
+    def _candidates(self) -> list[Path]:
+        try:
+            entries = [p for p in self.folder.iterdir() if p.is_file()]
+        except OSError as exc:
+            raise InsituXRDError(f"watched folder {self.folder}: cannot be listed ({exc})") from None
+        return [p for p in entries if fnmatch.fnmatch(p.name, self.pattern) and not p.name.startswith(".")
+                and not p.name.endswith(IGNORED_SUFFIXES) and p.suffix.lower() in self.extensions]
+
+    def poll(self) -> tuple[list[Path], list[Path]]:
+        """(new complete frames, new bad frames), natural-sorted; each file is handed on once
+        per content (a file that changes after being handed on is handed on again)."""
+        now = self.clock()
+        good: list[Path] = []
+        bad: list[Path] = []
+        for p in self._candidates():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            key = str(p)
+            sig = (st.st_size, st.st_mtime)
+            old = self.state.get(key)
+            since = old[2] if old is not None and (old[0], old[1]) == sig else now
+            self.state[key] = (sig[0], sig[1], since)
+            if st.st_size == 0 or self.handed.get(key) == sig or now - since < self.settle_s:
+                continue
+            if _readable(p):
+                good.append(p)
+            elif now - since >= self.bad_after_s:
+                bad.append(p)
+            else:
+                continue
+            self.handed[key] = sig
+        return sorted(good, key=_name_order), sorted(bad, key=_name_order)
 
 
 def watch_folder(
     folder: str | Path,
     recipe: Recipe | str | Path,
     poll_s: float = 2.0,
+    settle_s: float = 2.0,
+    bad_after_s: float = 30.0,
     idle_exit_s: float | None = None,
     max_frames: int | None = None,
     refresh_s: float = 30.0,
-    figures: bool = True,
+    figure_writer: FigureWriter | None = None,
     say: Callable[[str], None] | None = None,
 ) -> WatchSummary:
     """Watch ``folder`` and process frames as they land (see module docstring).
 
-    folder: where the detector writes frames (overrides the folder of ``frames.files``).
+    folder: where the detector writes frames (replaces the folder of ``frames.files``).
     recipe: Recipe or recipe path (calibration, integration, refinement, echem, outputs).
-    poll_s: seconds between polls. idle_exit_s: stop after this many seconds without a new frame
-    (None: never). max_frames: stop once this many frames are refined in total (None: never).
+    poll_s: seconds between polls. settle_s: a file is read once unchanged for this long (s).
+    bad_after_s: a settled file that cannot be opened for this long is recorded as a bad frame (s).
+    idle_exit_s: stop after this many seconds without a new frame (None: never).
+    max_frames: stop once this many frames were refined in this session (None: never).
     refresh_s: minimum seconds between figure refreshes.
+    figure_writer: draws the figures (``insitu_xrd.plots.insitu.write_figures``); None: none.
     """
     from insitu_xrd.io.frames import FrameRef
     from insitu_xrd.io.patterns import read_patterns
@@ -139,10 +211,14 @@ def watch_folder(
     cache = StageCache(out_dir)
     poni, info = calibrate_stage(rec, cache)
     say(f"calibrate  {info.status}: {info.detail}")
-    pattern = _pattern_of(rec)
+    scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s)
     seq_path = out_dir / "sequential.nc"
-    key = "watch:" + section_hash(rec.refinement, rec.sequential.model_dump(exclude={"workers", "checkpoint_every", "chunks"}))
+    patterns_path = out_dir / "patterns.nc"
+    key = watch_cache_key(rec)
     records: dict[str, FrameRecord] = {}  # frame_key -> record
+    # on a restart the files already integrated are handed on again at the first poll: the
+    # integration stage skips them (and reuses patterns.nc) when its settings are unchanged
+    patterns: xr.Dataset | None = None
     if seq_path.exists():
         try:
             old = xr.load_dataset(seq_path, engine="h5netcdf")
@@ -154,11 +230,11 @@ def watch_folder(
         except Exception:
             records = {}
     refiner: SequentialRefiner | None = None
+    state_path = chain_state_path(seq_path)
+    chain_after: str | None = None  # key of the last frame the chain stepped
     factory = None
-    seen: dict[str, tuple[int, float]] = {}
     last_new = time.monotonic()
     last_fig = 0.0
-    patterns = None
     dirty = False
 
     def write_sequential(patterns: xr.Dataset) -> xr.Dataset:
@@ -170,7 +246,9 @@ def watch_folder(
                 r.index = i
             recs.append(r)
         ds = records_to_dataset(recs, patterns, rec.refinement, {"cache_key": key, "direction": "forward",
-                                                                  "mode": "watch", "recipe": str(rec.source)})
+                                                                  "mode": "watch", "recipe": str(rec.source),
+                                                                  "patterns_file": str(patterns_path),
+                                                                  "recipe_name": rec.name})
         ds = ds.assign_coords(frame_key=("frame", np.array(keys, dtype=object)))
         write_dataset_atomic(ds, seq_path)
         return ds
@@ -179,27 +257,33 @@ def watch_folder(
         from insitu_xrd.pipeline.run import finish_results
 
         stages: list[StageInfo] = [StageInfo("watch", "ran", 0.0, f"{len(records)} frames refined from {folder}")]
-        res, _strain, _figs, _report = finish_results(rec, patterns, seq, stages, figures=with_figures and figures)
+        res, _strain, _figs, _report = finish_results(rec, patterns, seq, stages,
+                                                      figure_writer=figure_writer if with_figures else None)
         summary.results = res
         summary.results_path = out_dir / "results.nc"
+
+    def seed_before(keys: list[str], i: int) -> FrameRecord | None:
+        for j in range(i - 1, -1, -1):
+            r = records.get(keys[j])
+            if r is not None and r.good:
+                return r
+        return None
 
     try:
         while True:
             summary.polls += 1
-            ready = [p for p in ready_files(folder, pattern, seen) if _readable(p)]
-            if patterns is not None:
-                have = set(str(k) for k in patterns["frame_key"].values)
-            else:
-                have = set()
-            new_files = [p for p in ready if str(p) not in have]
-            retry = patterns is not None and any(
-                str(s) != "ok" for s in patterns["status"].values)
-            if new_files or (retry and ready) or patterns is None and ready:
-                refs = [FrameRef(p.resolve()) for p in ready]
+            good, bad = scanner.poll()
+            for p in bad:
+                msg = f"{p.name}: cannot be read {scanner.bad_after_s:g} s after its last change; recorded as a bad frame"
+                summary.events.append(msg)
+                say(msg)
+            todo = good + bad
+            if todo:
+                refs = [FrameRef(p.resolve()) for p in sorted(todo, key=_name_order)]
                 _, info = integrate_stage(rec, poni, cache, progress=False, frames=refs)
                 if info.status != "reused":
-                    summary.n_integrated += len(new_files)
-                patterns = read_patterns(out_dir / "patterns.nc")
+                    summary.n_integrated += len(todo)
+                patterns = read_patterns(patterns_path)
             if patterns is not None:
                 wl = float(patterns.attrs["wavelength_A"])
                 if factory is None:
@@ -218,18 +302,24 @@ def watch_folder(
                     if redo:
                         # a frame that failed to integrate earlier and is fine now: fit it alone,
                         # seeded from its predecessor, without disturbing the running chain
-                        prev = next((records.get(keys[j]) for j in range(i - 1, -1, -1)
-                                     if records.get(keys[j]) is not None and records[keys[j]].good), None)
-                        one = SequentialRefiner(rec.refinement, wl, factory, rec.sequential, seed=prev)
+                        one = SequentialRefiner(rec.refinement, wl, factory, rec.sequential, seed=seed_before(keys, i))
                         records[k] = one.step(i, tth, y, s, st)
                     else:
                         if refiner is None:
-                            prev = next((records.get(keys[j]) for j in range(i - 1, -1, -1)
-                                         if records.get(keys[j]) is not None and records[keys[j]].good), None)
-                            refiner = SequentialRefiner(rec.refinement, wl, factory, rec.sequential, seed=prev)
+                            refiner = SequentialRefiner(rec.refinement, wl, factory, rec.sequential,
+                                                        seed=seed_before(keys, i))
+                            blob = read_chain_state(state_path, key, keys[i - 1]) if i > 0 else None
+                            if blob is not None and refiner.restore_state(blob):
+                                say(f"continuing the chain of the previous session after {Path(keys[i - 1]).name}")
                         records[k] = refiner.step(i, tth, y, s, st)
+                        chain_after = k
                         summary.n_refined += 1
+                        for rv in refiner.pop_revised():  # an earlier frame fitted again from this one
+                            records[keys[rv.index]] = rv
+                            say(f"frame {rv.index} {patterns['frame_name'].values[rv.index]}: fitted again ({rv.status})")
                     r = records[k]
+                    if not r.good:
+                        summary.n_flagged += 1
                     msg = (f"frame {i} {patterns['frame_name'].values[i]}: {r.status}"
                            + (f" Rwp {100 * r.rwp:.2f} %" if np.isfinite(r.rwp) else "")
                            + (f" ({r.message})" if r.message else ""))
@@ -238,6 +328,8 @@ def watch_folder(
                     new_any = True
                 if new_any:
                     last_new = time.monotonic()
+                    if refiner is not None and chain_after is not None:
+                        write_chain_state(state_path, key, chain_after, refiner)
                     seq = write_sequential(patterns)
                     want_fig = time.monotonic() - last_fig >= refresh_s
                     finish(patterns, seq, want_fig)

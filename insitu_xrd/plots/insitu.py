@@ -4,6 +4,8 @@
   003 and 104 regions of the layered oxide zoomed (the c-axis and in-plane signatures of H2/H3).
 * :func:`plot_lattice`: lattice parameters a, c, cell volume and phase fractions versus x (or
   SoC, time, ...) with esd error bars, one series per phase.
+* :func:`write_figures`: the figure writer of ``insitu-xrd run/watch/demo`` (all of the above,
+  the strain curves and Rietveld plots of selected frames into ``<outputs>/figures``).
 Strain curves: :mod:`insitu_xrd.plots.strain`; the Rietveld fit of one frame:
 :mod:`insitu_xrd.plots.rietveld`.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -21,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-__all__ = ["plot_insitu_map", "plot_lattice", "reflection_two_theta_deg", "AXIS_LABELS"]
+__all__ = ["plot_insitu_map", "plot_lattice", "write_figures", "reflection_two_theta_deg", "AXIS_LABELS"]
 
 AXIS_LABELS = {
     "x_li": "x in Li$_x$TMO$_2$",
@@ -184,24 +186,37 @@ def _abscissa(results: xr.Dataset, versus: str) -> tuple[np.ndarray, str]:
 
 def plot_lattice(results: xr.Dataset, path: str | Path, versus: str = "x_li", title: str | None = None,
                  dpi: int = 130) -> Path:
-    """a, c, volume and phase fraction per phase versus ``versus`` with esd bars; Rwp below."""
+    """a, c, volume, fraction and microstrain of the cathode phases (H2, H3: the attr
+    ``cathode_phases``; cell lines such as Al and Li are constant and would flatten the axes)
+    versus ``versus`` with esd bars; Rwp below. The fraction is the lever-rule fraction within
+    the cathode (``cathode_fraction``) when present, else the weight fraction of all phases."""
+    import json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x, xlabel = _abscissa(results, versus)
     phases = [str(p) for p in results["phase"].values]
+    try:
+        shown = [p for p in json.loads(results.attrs.get("cathode_phases", "[]")) if p in phases] or phases
+    except (TypeError, ValueError):
+        shown = phases
     good = np.array([str(s) in ("ok", "refit") for s in results["status"].values])
     fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex=True, constrained_layout=True)
-    panels = [("a", "a (Å)"), ("c", "c (Å)"), ("volume", "volume (Å$^3$)"), ("phase_fraction", "weight fraction"),
+    frac_var = "cathode_fraction" if "cathode_fraction" in results else "phase_fraction"
+    frac_label = "fraction of the cathode" if frac_var == "cathode_fraction" else "weight fraction"
+    panels = [("a", "a (Å)"), ("c", "c (Å)"), ("volume", "volume (Å$^3$)"), (frac_var, frac_label),
               ("microstrain", "microstrain (10$^{-6}$)")]
     for ax, (var, label) in zip(axes.ravel(), panels):
         if var not in results:
             ax.set_visible(False)
             continue
         for j, p in enumerate(phases):
+            if p not in shown:
+                continue
             v = np.asarray(results[var].values[:, j], dtype=float)
             e = np.asarray(results[f"{var}_esd"].values[:, j], dtype=float) if f"{var}_esd" in results else None
             m = good & np.isfinite(v) & np.isfinite(x)
-            if var == "phase_fraction":
+            if var in ("phase_fraction", "cathode_fraction"):
                 m = good & np.isfinite(x)
                 v = np.nan_to_num(v)
             if not m.any():
@@ -233,3 +248,49 @@ def plot_lattice(results: xr.Dataset, path: str | Path, versus: str = "x_li", ti
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def write_figures(recipe: Any, patterns: xr.Dataset, results: xr.Dataset, strain: xr.Dataset | None,
+                  rietveld: Sequence[int] | None = None) -> tuple[list[Path], list[str]]:
+    """The standard figures of a pipeline run into ``<outputs.dir>/figures`` (format
+    ``outputs.figure_format``): ``insitu_map``, ``lattice``, ``strain``, and
+    ``rietveld_frame<NNNN>`` for ``rietveld`` or the frames
+    :func:`insitu_xrd.pipeline.report.rietveld_frames` picks (each refitted from its stored
+    result). Returns (written paths, one line per figure that failed: a figure never breaks a run).
+    The figure writer handed to :func:`insitu_xrd.pipeline.run.run_pipeline` by the CLI.
+    """
+    from insitu_xrd.pipeline.report import rietveld_frames
+    from insitu_xrd.pipeline.sequential import refit_frame
+    from insitu_xrd.pipeline.stages import make_factory
+
+    fig_dir = recipe.output_dir / "figures"
+    ext = recipe.outputs.figure_format
+    written: list[Path] = []
+    errors: list[str] = []
+
+    def attempt(fn: Any, *args: Any, **kw: Any) -> None:
+        try:
+            written.append(fn(*args, **kw))
+        except Exception as exc:  # a figure must never break the run
+            errors.append(f"{getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc}")
+
+    attempt(plot_insitu_map, patterns, fig_dir / f"insitu_map.{ext}", results=results, title=recipe.name)
+    attempt(plot_lattice, results, fig_dir / f"lattice.{ext}", versus=recipe.strain.versus, title=recipe.name)
+    if strain is not None:
+        from insitu_xrd.plots.strain import plot_strain
+
+        attempt(plot_strain, strain, fig_dir / f"strain.{ext}")
+    if recipe.refinement is not None:
+        from insitu_xrd.plots.rietveld import plot_rietveld
+
+        factory = make_factory(recipe, float(patterns.attrs["wavelength_A"]))
+        frames = rietveld_frames(recipe, results) if rietveld is None else list(rietveld)
+        for i in frames:
+            try:
+                fit = refit_frame(results, patterns, i, recipe.refinement, factory)
+                name = str(results["frame_name"].values[i]) if "frame_name" in results.coords else str(i)
+                written.append(plot_rietveld(fit.to_dataset(), fig_dir / f"rietveld_frame{i:04d}.{ext}",
+                                             title=f"{recipe.name}: frame {i} ({name}), Rwp {100 * fit.rwp:.2f} %"))
+            except Exception as exc:
+                errors.append(f"rietveld frame {i}: {type(exc).__name__}: {exc}")
+    return written, errors

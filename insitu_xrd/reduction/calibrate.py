@@ -13,8 +13,10 @@ Pipeline (`calibrate_image`):
    20 mm-5 m without one). The best few distances are kept as starting points.
 4. pyFAI refinement: ``SingleGeometry.extract_cp`` picks control points on the rings (massif peak
    search) and ``GeometryRefinement.refine3`` fits dist, poni1, poni2, rot1, rot2 (rot3 fixed at 0:
-   ring positions do not determine it; wavelength fixed). This is repeated with more rings as the
-   geometry improves, then once more after rejecting outlier points (> 5 robust sigma).
+   ring positions do not determine it; wavelength fixed). Each pass refines twice, the second
+   time without outlier points (> 5 robust sigma); passes use the first 6, then 15, then all
+   separable rings as the geometry improves, and the all-ring pass is repeated once only if it
+   moved the rings by more than a tenth of their FWHM.
    A start whose final rms residual exceeds ``max_rms_px`` pixels is rejected and the next
    distance candidate is tried.
 
@@ -394,12 +396,33 @@ def _residuals_mdeg(ai: AzimuthalIntegrator, points: np.ndarray, ring_tth_rad: n
     return np.degrees(tth - ring_tth_rad[points[:, 2].astype(int)]) * 1e3
 
 
+_GEOMETRY_KEYS = ("dist", "poni1", "poni2", "rot1", "rot2", "rot3")
+
+
+def _max_tth_change_deg(params_a: tuple[float, ...], params_b: tuple[float, ...], det: pyFAI.detectors.Detector) -> float:
+    """max |2theta_a - 2theta_b| (deg) over a 65 x 65 grid of pixel positions spanning the detector.
+
+    The difference of two nearby geometries is smooth over the detector, so a coarse grid that
+    includes the edges and corners finds its maximum to a small fraction of itself.
+    """
+    ny, nx = det.shape
+    rows, cols = np.meshgrid(np.linspace(0.0, ny - 1.0, 65), np.linspace(0.0, nx - 1.0, 65), indexing="ij")
+    tth = [AzimuthalIntegrator(detector=det, **dict(zip(_GEOMETRY_KEYS, p))).tth(rows, cols) for p in (params_a, params_b)]
+    return float(np.degrees(np.max(np.abs(tth[0] - tth[1]))))
+
+
 def _refine_from(
     image: np.ndarray, mask: np.ndarray, det: pyFAI.detectors.Detector, cal: Calibrant,
     distance_m: float, centre_xy: tuple[float, float], ring_tth_rad: np.ndarray, usable: np.ndarray,
-    pts_per_deg: float,
+    pts_per_deg: float, ring_fwhm_deg: float,
 ) -> tuple[AzimuthalIntegrator, np.ndarray, np.ndarray]:
-    """extract_cp + refine3 cycles from a Fit2D-style start (no tilt); returns ai, points, residuals."""
+    """extract_cp + refine3 cycles from a Fit2D-style start (no tilt); returns ai, points, residuals.
+
+    Control points are picked on the first 6, then 15 rings, then on all usable rings; the
+    all-ring pass is repeated once if its refinement moved the rings by more than a tenth of
+    their FWHM anywhere on the detector (points picked with the older geometry may then sit on
+    the wrong ring or miss one); otherwise a repeat picks the same points and is skipped.
+    """
     start = AzimuthalIntegrator(detector=det, wavelength=cal.wavelength)
     start.setFit2D(distance_m * 1e3, centre_xy[0], centre_xy[1], tilt=0.0, tiltPlanRotation=0.0)
     sg = SingleGeometry("calib", image=image, calibrant=cal, detector=det, geometry=start)
@@ -410,9 +433,15 @@ def _refine_from(
     r_edge = np.hypot(*det.shape)
     n_usable = int(np.count_nonzero(usable))
     stages = [min(6, n_usable), min(15, n_usable), n_usable, n_usable]
+    all_ring_passes = 0
     for stage, n_rings in enumerate(stages):
         if n_rings < 2:
             break
+        if n_rings == n_usable:
+            if all_ring_passes >= 2:
+                break
+            all_ring_passes += 1
+        extraction_params = tuple(float(getattr(gr, k)) for k in _GEOMETRY_KEYS)
         last_ring = int(np.flatnonzero(usable)[n_rings - 1])
         cp = sg.extract_cp(max_rings=last_ring + 1, pts_per_deg=pts_per_deg)
         pts = np.asarray(cp.getList(), dtype=float).reshape(-1, 3)
@@ -435,6 +464,10 @@ def _refine_from(
         gr.data = pts[keep]
         gr.refine3(fix=fix)
         good_pts = pts[keep]
+        if n_rings == n_usable:
+            moved_deg = _max_tth_change_deg(extraction_params, tuple(float(getattr(gr, k)) for k in _GEOMETRY_KEYS), det)
+            if moved_deg < 0.1 * ring_fwhm_deg:
+                break
     ai = AzimuthalIntegrator(
         dist=gr.dist, poni1=gr.poni1, poni2=gr.poni2, rot1=gr.rot1, rot2=gr.rot2, rot3=gr.rot3,
         detector=det, wavelength=cal.wavelength,
@@ -560,11 +593,19 @@ def calibrate_image(
         if usable.sum() < 3:
             tried.append(f"{dist_m * 1e3:.1f} mm: fewer than 3 separated rings")
             continue
+        # pyFAI's peak picking (massif) shuffles candidate points with numpy's global generator:
+        # seed it so that an image always gives the same geometry; restore the caller's state
+        rng_state = np.random.get_state()
+        np.random.seed(1)
         try:
-            ai, pts, res = _refine_from(work, bad, det, cal, dist_m, centre_xy, tth_all, usable, pts_per_deg)
+            ring_fwhm_deg = float(np.degrees(fwhm_px * pixel_m / dist_m))
+            ai, pts, res = _refine_from(work, bad, det, cal, dist_m, centre_xy, tth_all, usable, pts_per_deg,
+                                        ring_fwhm_deg)
         except Exception as exc:  # pyFAI may fail on a hopeless start; try the next candidate
             tried.append(f"{dist_m * 1e3:.1f} mm: {exc}")
             continue
+        finally:
+            np.random.set_state(rng_state)
         if len(pts) < 20:
             tried.append(f"{dist_m * 1e3:.1f} mm: only {len(pts)} control points")
             continue

@@ -353,8 +353,9 @@ def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRe
         return []
     refs: list[FrameRef] = []
     for key in keys:
-        m = re.fullmatch(r"(.*\.(?:h5|hdf5|hdf|nxs|nx5|cxi)):(\d+)", key, flags=re.I)
-        path = Path(m.group(1) if m else key)
+        # keys: a file path, or "path:index" for a frame of a stack / multi-frame file
+        m = re.fullmatch(r"(.+):(\d+)", key)
+        path = Path(m.group(1)) if m and Path(m.group(1)).is_file() else Path(key)
         if not path.is_file():
             continue
         try:
@@ -486,7 +487,10 @@ def integrate_series(
         counts["flat_nonpositive"] = int(flat_masked.sum())
         static |= flat_masked
     if settings.auto_mask:
-        found = find_bad_pixels([s.data for s in samples[: settings.auto_mask_frames]], dark=dark_img)
+        # hot pixels must stand out from their ring, not only from their neighbours (a ring
+        # narrower than a pixel lights isolated pixels): pass the geometry
+        found = find_bad_pixels([s.data for s in samples[: settings.auto_mask_frames]], dark=dark_img,
+                                radial_at=ai.tth, radial_step=0.5 * min(ai.detector.pixel1, ai.detector.pixel2) / ai.dist)
         for k, v in found.items():
             counts[k] = int(v.sum())
             static |= v
@@ -555,11 +559,18 @@ def integrate_series(
     tth_axis = (integrator.radial if settings.unit == "2th_deg"
                 else q_invA_to_two_theta_deg(integrator.radial, wl))
 
+    # the frames read for the auto-mask are integrated from memory, not read a second time
+    todo_keys = {ref.key for _pos, ref in todo}
+    prefetched = {s.ref.key: s for s in samples if s.ref.key in todo_keys}
+    samples = []
+
     def work(ref: FrameRef) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-        try:
-            fr = read_frame(ref)
-        except FrameError as exc:
-            return None, None, str(exc)
+        fr = prefetched.pop(ref.key, None)
+        if fr is None:
+            try:
+                fr = read_frame(ref)
+            except FrameError as exc:
+                return None, None, str(exc)
         try:
             return integrator.integrate(fr.data), fr.header, None
         except FrameError as exc:

@@ -12,7 +12,10 @@ Static mask (same for every frame; passed to pyFAI once, so its integration engi
   is > 10 counts: for a live pixel that has probability < e^-10 per frame) and *hot* pixels
   (in every sampled frame > 20 Poisson sigma above the median of the 9-pixel '+' neighbourhood (arms of 2), and isolated:
   at most one of the 8 neighbours is also > 5 sigma high — a powder ring or a real diffraction
-  spot covers several neighbouring pixels and is kept).
+  spot covers several neighbouring pixels and is kept). When the geometry is known, a hot pixel
+  must also be > 20 sigma above the 95th percentile of the pixels at the same 2theta (+/- about one
+  pixel): a ring narrower than a pixel (sharp peaks, binned detectors) lights pixels that look
+  isolated, but they are no brighter than the ring's other pixels.
 
 Dynamic mask (per frame; applied by replacing the pixel with pyFAI's ``dummy`` value, which does
 not rebuild the engine): saturated pixels (>= the saturation level) and negative pixels.
@@ -21,7 +24,7 @@ not rebuild the engine): saturated pixels (>= the saturation level) and negative
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -114,11 +117,66 @@ def dynamic_bad_pixels(data: np.ndarray, saturation: float | None) -> np.ndarray
     return bad
 
 
+_CROSS_OFFSETS = ((0, 0), (-2, 0), (-1, 0), (1, 0), (2, 0), (0, -2), (0, -1), (0, 1), (0, 2))
+_RING_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _cross_median_at(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Median of the 9-pixel '+' neighbourhood (arms of 2) at the given pixels of an image that
+    was mirror-padded by 2 (the same values as scipy's median_filter with mode="mirror")."""
+    vals = np.empty((rows.size, 9), dtype=padded.dtype)
+    for k, (dr, dc) in enumerate(_CROSS_OFFSETS):
+        vals[:, k] = padded[rows + 2 + dr, cols + 2 + dc]
+    return np.partition(vals, 4, axis=1)[:, 4]
+
+
+def _cross_min(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Minimum of the 9-pixel '+' neighbourhood of every pixel (mirror-padded input)."""
+    ny, nx = shape
+    out = padded[2 : 2 + ny, 2 : 2 + nx].copy()
+    for dr, dc in _CROSS_OFFSETS[1:]:
+        np.minimum(out, padded[2 + dr : 2 + dr + ny, 2 + dc : 2 + dc + nx], out=out)
+    return out
+
+
+def _brighter_than_their_ring(rows: np.ndarray, cols: np.ndarray, sig: np.ndarray, valid: np.ndarray,
+                              radial_at: Callable[[np.ndarray, np.ndarray], np.ndarray], step: float,
+                              hot_sigma: float, half_window: int = 40) -> np.ndarray:
+    """For candidate pixels: is the value > hot_sigma Poisson sigma above the 95th percentile of
+    the valid pixels of its ring, i.e. those within +/- 2 ``step`` in radial coordinate inside a
+    (2 half_window + 1)^2 box around it? Candidates with fewer than 20 such pixels keep their
+    local verdict (True)."""
+    ny, nx = sig.shape
+    full = None
+    if rows.size > 50:  # many candidates: one evaluation over the whole image is cheaper
+        wr, wc = np.mgrid[0:ny, 0:nx].astype(np.float64)
+        full = np.asarray(radial_at(wr.ravel(), wc.ravel())).reshape(ny, nx)
+        del wr, wc
+    out = np.ones(rows.size, dtype=bool)
+    for k, (r, c) in enumerate(zip(rows, cols)):
+        r0, r1 = max(r - half_window, 0), min(r + half_window + 1, ny)
+        c0, c1 = max(c - half_window, 0), min(c + half_window + 1, nx)
+        if full is not None:
+            rad = full[r0:r1, c0:c1]
+        else:
+            wr, wc = np.mgrid[r0:r1, c0:c1]
+            rad = np.asarray(radial_at(wr.ravel().astype(float), wc.ravel().astype(float))).reshape(wr.shape)
+        own = rad[r - r0, c - c0]
+        ring = (np.abs(rad - own) <= 2.0 * step) & valid[r0:r1, c0:c1]
+        vals = sig[r0:r1, c0:c1][ring]
+        if vals.size >= 20:
+            q = float(np.quantile(vals, 0.95))
+            out[k] = sig[r, c] - q > hot_sigma * np.sqrt(max(q, 0.0) + 1.0)
+    return out
+
+
 def find_bad_pixels(
     frames: Sequence[np.ndarray],
     dark: np.ndarray | None = None,
     hot_sigma: float = 20.0,
     dead_min_neighbour_counts: float = 10.0,
+    radial_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    radial_step: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Gap, dead and hot pixels from a few raw frames (criteria in the module docstring).
 
@@ -127,33 +185,68 @@ def find_bad_pixels(
         dark: dark image subtracted before the hot-pixel test (optional).
         hot_sigma: threshold in Poisson sigma of the neighbourhood median.
         dead_min_neighbour_counts: minimum neighbourhood median for calling a 0-count pixel dead.
+        radial_at: optional geometry, (rows, cols) pixel indices -> radial coordinate (e.g.
+            2theta); with it a hot candidate must also stand out from the pixels of its ring.
+        radial_step: about half a pixel in that radial coordinate (required with radial_at).
 
     Returns:
         dict with boolean images "gaps", "dead", "hot".
-    """
-    from scipy.ndimage import convolve, median_filter
 
-    stack = [np.asarray(f, dtype=np.float32) for f in frames]
-    if not stack:
+    The neighbourhood median is evaluated only where a test can succeed (it costs ~0.5 s as a
+    full 2048x2048 median filter, ~10x less this way; the result is identical, see the tests):
+    the normalised residual (s - m) / sqrt(max(m, 0) + 1) decreases with the median m wherever it
+    is positive, and m >= the neighbourhood minimum, so the residual computed with the minimum is
+    an upper bound; pixels whose bound stays below the threshold cannot qualify.
+    """
+    arrays = [np.asarray(f) for f in frames]
+    if not arrays:
         raise ValueError("find_bad_pixels needs at least one frame")
-    gaps = np.zeros(stack[0].shape, dtype=bool)
-    lowest = np.full(stack[0].shape, np.inf, dtype=np.float32)
-    highest = np.full(stack[0].shape, -np.inf, dtype=np.float32)
-    for img in stack:
-        gaps |= img < 0
+    shape = arrays[0].shape
+    # "in every sampled frame" tests work on the per-pixel minimum / maximum over the frames,
+    # so one neighbourhood median suffices
+    common = np.result_type(*arrays)
+    lowest = arrays[0].astype(common, copy=True)
+    highest = arrays[0].astype(common, copy=True)
+    for img in arrays[1:]:
         np.minimum(lowest, img, out=lowest)
         np.maximum(highest, img, out=highest)
-    # "in every sampled frame" tests work on the per-pixel minimum / maximum over the frames,
-    # so one median filter suffices (~0.3 s on 2048x2048)
-    sig = lowest if dark is None else lowest - np.asarray(dark, dtype=np.float32)
-    cross = np.zeros((5, 5), dtype=bool)  # 9-pixel '+' footprint: robust and ~6x faster than 5x5
-    cross[2, :] = True
-    cross[:, 2] = True
-    med = median_filter(sig, footprint=cross, mode="nearest")
-    dead = (highest == 0) & (med > dead_min_neighbour_counts)
-    resid = (sig - med) / np.sqrt(np.maximum(med, 0) + 1.0)
-    kernel = np.ones((3, 3), dtype=np.float32)
-    kernel[1, 1] = 0
-    neighbours = convolve((resid > 5.0).astype(np.float32), kernel, mode="constant")
-    hot = (resid > hot_sigma) & (neighbours <= 1)
+    gaps = lowest < 0
+    sig = lowest.astype(np.float32)
+    if dark is not None:
+        sig -= np.asarray(dark, dtype=np.float32)
+    # mirror padding (-1 -> 1): repeating the edge pixel itself would hide a hot/dead pixel in a
+    # corner, where it would fill 5 of the 9 neighbourhood values
+    padded = np.pad(sig, 2, mode="reflect")
+    low = _cross_min(padded, shape)
+    # bound > 5  <=>  (sig - low)^2 > 25 (max(low, 0) + 1), as sig - low >= 0 (sig is in the
+    # cross); 24.9 keeps pixels at the threshold despite float rounding (a prefilter only)
+    excess = sig - low
+    excess *= excess
+    np.maximum(low, 0, out=low)
+    low += 1.0
+    low *= 24.9
+    candidates = excess > low
+    del excess, low
+    five = np.zeros(shape, dtype=bool)  # residual > 5 sigma (exact, where the bound allows it)
+    hot_candidates = np.zeros(shape, dtype=bool)
+    rows, cols = np.nonzero(candidates)
+    if rows.size:
+        med = _cross_median_at(padded, rows, cols)
+        resid = (sig[rows, cols] - med) / np.sqrt(np.maximum(med, 0) + 1.0)
+        five[rows, cols] = resid > 5.0
+        hot_candidates[rows, cols] = resid > hot_sigma
+    hot = np.zeros(shape, dtype=bool)
+    rows, cols = np.nonzero(hot_candidates)
+    if rows.size:
+        # isolated: at most one of the 8 neighbours is also > 5 sigma high
+        five_padded = np.pad(five, 1, mode="constant")
+        neighbours = sum(five_padded[rows + 1 + dr, cols + 1 + dc].astype(np.int8) for dr, dc in _RING_OFFSETS)
+        hot[rows, cols] = neighbours <= 1
+        rows, cols = np.nonzero(hot)
+        if rows.size and radial_at is not None and radial_step:
+            hot[rows, cols] = _brighter_than_their_ring(rows, cols, sig, ~gaps, radial_at, float(radial_step), hot_sigma)
+    dead = np.zeros(shape, dtype=bool)
+    rows, cols = np.nonzero(highest == 0)
+    if rows.size:
+        dead[rows, cols] = _cross_median_at(padded, rows, cols) > dead_min_neighbour_counts
     return {"gaps": gaps, "dead": dead & ~gaps, "hot": hot & ~gaps}
