@@ -24,7 +24,7 @@ demo: venv
 	$(BIN)/insitu-xrd demo --out $(DEMO_OUT)
 
 test: dev
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 bench: venv
 	$(BIN)/python benchmarks/bench_integrate.py

@@ -684,7 +684,7 @@ class SequentialRefiner:
             parent = self._split_from(name)
             mustrain = v(f"{parent}_mustrain", ph.mustrain) if parent in fit0.active_phases else ph.mustrain
             inst = Instrument(self.wavelength_A, U=v("U", 0.0), V=v("V", 0.0), W=v("W", 1.0), X=v("X", 0.0),
-                              Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0))
+                              Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0), sh_l=v("sh_l", 0.0))
             x = np.asarray(fit0.two_theta_deg, dtype=float)
             curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=max(mustrain, 0.0),
                                                 size_um=ph.size_um or np.inf)], inst).phases[name]
