@@ -357,3 +357,30 @@ def test_cli_end_to_end_and_bad_input(tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+def test_cell_phases_are_left_out_of_the_cathode_strain():
+    """A results file as the pipeline writes it holds the cell's Li and Al lines next to H2/H3,
+    with ``cathode_phases`` in its attrs: strained against the cathode's a0 they would give
+    eps_a ~ +22 % (Li) and +41 % (Al), so they must not enter the strain or its weighted mean."""
+    ds = make_results()
+    nf = ds.sizes["frame"]
+    full = ds.reindex(phase=["H2", "H3", "Li", "Al"])
+    cell = {"phase": ["Li", "Al"]}
+    full["a"].loc[cell] = np.tile([3.51, 4.0495], (nf, 1))
+    full["c"].loc[cell] = np.tile([3.51, 4.0495], (nf, 1))
+    full["volume"].loc[cell] = np.tile([3.51**3, 4.0495**3], (nf, 1))
+    full["phase_fraction"].loc[cell] = 0.1
+    full["cathode_fraction"] = ds["phase_fraction"].fillna(0.0).reindex(phase=full["phase"].values)
+    full["cathode_fraction_esd"] = ds["phase_fraction_esd"].reindex(phase=full["phase"].values)
+    full.attrs["cathode_phases"] = json.dumps(["H2", "H3"])
+    only = compute_strain(ds)
+    st = compute_strain(full)
+    assert list(st["phase"].values) == ["H2", "H3"]
+    np.testing.assert_allclose(st["eps_a_avg"].values, only["eps_a_avg"].values, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(st["curve_eps_c"].values, only["curve_eps_c"].values, rtol=1e-9, atol=1e-12)
+    assert abs(st["eps_a_avg"].values[0]) < 1e-12  # the reference frame has zero strain
+    every = compute_strain(full, phases=["H2", "H3", "Li", "Al"])  # asked for explicitly
+    assert every["eps_a"].sel(phase="Li").values[0] == pytest.approx(3.51 / ds["a"].values[0, 0] - 1)
+    with pytest.raises(InsituXRDError, match="Cu not in the results"):
+        compute_strain(full, phases=["H2", "Cu"])

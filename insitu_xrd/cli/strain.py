@@ -47,6 +47,7 @@ def strain(
     c0_esd_a: float = typer.Option(0.0, "--c0-esd-a", help="esd of --c0-a in angstrom (0 = exact)."),
     versus: Versus = typer.Option(Versus.x_li, "--versus", help="Abscissa of the curves (x_li and soc need the cycler log attached)."),
     phase: Optional[str] = typer.Option(None, "--phase", help="Phase whose lattice is the reference for every phase (default: the phase refined in the most frames, e.g. H2 rather than H3)."),
+    phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated phases to strain and average (default: the cathode phases recorded in the results, e.g. H2,H3; cell lines such as Li and Al are left out)."),
     per_phase_reference: bool = typer.Option(False, "--per-phase-reference", help="Strain each phase against its own lattice at the reference frame instead of the reference phase's."),
     no_reference_esd: bool = typer.Option(False, "--no-reference-esd", help="Treat the reference lattice as exact (do not propagate its esd)."),
     method: Method = typer.Option(Method.spline, "--method", help="Curve: 'spline' (smoothing spline with chi2 = N from the esds, then PCHIP) or 'pchip' (through the data)."),
@@ -76,6 +77,7 @@ def strain(
             c0_esd_A=c0_esd_a, reference_phase=phase, per_phase_reference=per_phase_reference,
             include_reference_esd=not no_reference_esd, versus=versus.value, method=method.value,
             n_points=n_points, x_tol=x_tol, source=str(results),
+            phases=[p.strip() for p in phases.split(",") if p.strip()] if phases else None,
         )
         paths = write_strain_outputs(st, output_dir)
         if figure:

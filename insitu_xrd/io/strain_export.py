@@ -61,6 +61,20 @@ COMSOL_COLUMNS = ("eps_a", "eps_c", "eps_iso", "eps_V", "eps_11", "eps_22", "eps
 _UNITS = {"x_li": "1", "soc": "1", "capacity_mAh_g": "mAh/g", "voltage_V": "V", "time_s": "s", "frame": "1"}
 
 
+def _cathode_phases(ds: xr.Dataset) -> list[str] | None:
+    """The ``cathode_phases`` attr (a JSON list) restricted to the phases in ``ds``; None if absent."""
+    raw = ds.attrs.get("cathode_phases")
+    if raw is None:
+        return None
+    try:
+        names = json.loads(raw) if isinstance(raw, str) else list(raw)
+    except (TypeError, ValueError):
+        return None
+    present = {str(p) for p in ds["phase"].values} if "phase" in ds.coords else set()
+    names = [str(n) for n in names if str(n) in present]
+    return names or None
+
+
 def _status_ok(ds: xr.Dataset) -> np.ndarray:
     n = ds.sizes["frame"]
     if "status" not in ds.variables:
@@ -99,6 +113,7 @@ def compute_strain(
     n_points: int = 201,
     x_tol: float = 0.0,
     source: str = "results",
+    phases: list[str] | None = None,
 ) -> xr.Dataset:
     """Lattice strain per frame and phase, phase-weighted averages, and smooth curves vs ``versus``.
 
@@ -112,6 +127,11 @@ def compute_strain(
     By default every phase is strained against the reference phase's lattice (default: the phase
     present in the most frames with status ok, the first on ties), i.e. H2 and H3 against the pristine H1 lattice; ``per_phase_reference=True`` uses each
     phase's own lattice at the reference frame (``first``: its first frame present).
+    ``phases``: the phases strained and averaged. Default: the results' ``cathode_phases`` attr
+    (written by the sequential refinement: the R-3m host and its optional phases), so the cell's
+    Li metal and Al lines, strained against the cathode's reference, never enter the strain or its
+    fraction-weighted mean; all phases when the attr is absent. With the cathode subset the mean
+    is weighted by ``cathode_fraction`` (the fraction within the cathode) where present.
     ``include_reference_esd``: propagate the reference's esd into every strain esd (frames other
     than the reference frame itself).
     Curves use frames with status ok and a finite abscissa; ``method`` spline|pchip (see
@@ -124,8 +144,21 @@ def compute_strain(
     if reference not in ("first", "frame", "values"):
         raise InsituXRDError(f"reference {reference!r} unknown; allowed: first, frame, values")
     ds = results
+    frac_name = "phase_fraction"
     if "phase" in ds.dims:
-        phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else [f"phase{i}" for i in range(ds.sizes["phase"])]
+        all_phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else [f"phase{i}" for i in range(ds.sizes["phase"])]
+        wanted = list(phases) if phases is not None else _cathode_phases(ds)
+        if wanted is not None:
+            unknown = [p for p in wanted if p not in all_phases]
+            if unknown:
+                raise InsituXRDError(f"{source}: phase(s) {', '.join(unknown)} not in the results; phases: {', '.join(all_phases)}")
+            if "phase" not in ds.coords:
+                raise InsituXRDError(f"{source}: the 'phase' dimension has no names to select {', '.join(wanted)} by")
+            ds = ds.sel(phase=wanted)
+            if phases is None and "cathode_fraction" in ds:
+                frac_name = "cathode_fraction"
+            all_phases = wanted
+        phases = all_phases
     else:
         phases = [str(ds.attrs.get("phase_name", "phase"))]
     nf = ds.sizes["frame"]
@@ -138,8 +171,8 @@ def compute_strain(
     if vol is None:
         vol = hexagonal_volume_A3(a, c)
         vol_esd = None if (a_esd is None or c_esd is None) else vol * np.sqrt((2 * a_esd / a) ** 2 + (c_esd / c) ** 2)
-    frac = _var(ds, "phase_fraction", phases, source, required=False)
-    frac_esd = _var(ds, "phase_fraction_esd", phases, source, required=False)
+    frac = _var(ds, frac_name, phases, source, required=False)
+    frac_esd = _var(ds, f"{frac_name}_esd", phases, source, required=False)
     if frac is None:
         if len(phases) > 1:
             raise InsituXRDError(f"{source}: {len(phases)} phases but no 'phase_fraction' variable to weight them")

@@ -172,6 +172,7 @@ class StrainSection(_Strict):
     values: dict[str, float] | None = Field(None, description="reference: values -> {a: A, c: A} (per phase: {H2_a: ..., H2_c: ...}).")
     versus: Literal["x_li", "soc", "capacity_mAh_g", "time_s", "voltage_V", "frame"] = Field("x_li", description="Abscissa of the strain curves.")
     phase: str | None = Field(None, description="Phase whose lattice gives the strain (default: the first phase).")
+    phases: list[str] | None = Field(None, description="Phases strained and fraction-averaged (default: the cathode phases, e.g. H2 and H3; cell lines are left out).")
 
     @model_validator(mode="after")
     def _ref(self) -> "StrainSection":

@@ -411,7 +411,7 @@ def strain_stage(recipe: Recipe, ds: xr.Dataset) -> tuple[xr.Dataset | None, Sta
     versus = st.versus
     if versus not in ds.variables and versus != "frame":
         return None, StageInfo("strain", "skipped", 0.0, f"abscissa {versus!r} not available (no echem section?)")
-    kw: dict[str, Any] = dict(reference=st.reference, versus=versus, reference_phase=st.phase,
+    kw: dict[str, Any] = dict(reference=st.reference, versus=versus, reference_phase=st.phase, phases=st.phases,
                               source=str(recipe.output_dir / "results.nc"))
     if st.reference == "frame":
         kw["reference_frame"] = st.frame
