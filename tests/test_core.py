@@ -193,3 +193,13 @@ def test_calc_pattern_applies_instrument_sh_l() -> None:
     asym = calc_pattern(x, [PhaseState(ni, scale=1e-3)], Instrument(0.1173, W=0.5, X=0.1, sh_l=0.01)).total
     assert np.trapezoid(asym, x) == pytest.approx(np.trapezoid(sym, x), rel=1e-3)
     assert np.trapezoid(x * asym, x) < np.trapezoid(x * sym, x)  # intensity moved to low angle
+
+
+def test_half_maximum_span_of_a_sampled_gaussian():
+    from insitu_xrd.core.profiles import half_maximum_span
+
+    x = np.linspace(-5.0, 5.0, 1001)
+    y = np.exp(-0.5 * (x / 1.0) ** 2)
+    lo, hi = half_maximum_span(y, 500, 0.5)
+    assert x[hi] - x[lo] == pytest.approx(2.3548, abs=0.03)  # FWHM of a unit-sigma Gaussian
+    assert half_maximum_span(np.array([3.0, 2.0, 1.0]), 0, 0.5) == (0, 2)  # clipped at the ends

@@ -20,6 +20,7 @@ import functools
 import numpy as np
 
 __all__ = [
+    "half_maximum_span",
     "EIGHT_LN2",
     "gaussian_variance_centideg2",
     "lorentzian_fwhm_centideg",
@@ -218,3 +219,14 @@ def fcj_pseudo_voigt(
     for s_j, w_j in zip(shift[0], weight[0]):
         out += w_j * pseudo_voigt(x, x0 + s_j, fwhm, eta)
     return out
+
+
+def half_maximum_span(y: np.ndarray, peak_index: int, level: float) -> tuple[int, int]:
+    """Indices (lo, hi) of the first samples at or below ``level`` walking left and right from
+    ``peak_index`` (clipped to the array ends): the sampled full width at ``level`` of a peak."""
+    lo = hi = int(peak_index)
+    while lo > 0 and y[lo] > level:
+        lo -= 1
+    while hi < y.size - 1 and y[hi] > level:
+        hi += 1
+    return lo, hi

@@ -25,7 +25,7 @@ import numpy as np
 
 from insitu_xrd.core.crystal import CALIBRANT_LATTICE_A, make_template
 from insitu_xrd.core.pattern import Instrument, two_theta_deg_from_d
-from insitu_xrd.core.profiles import EIGHT_LN2
+from insitu_xrd.core.profiles import EIGHT_LN2, half_maximum_span
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.engine import Refinement
 from insitu_xrd.fit.result import FitResult
@@ -105,12 +105,7 @@ def estimate_start(
     net = y - bkg
     i0 = int(np.argmax(net))
     half = net[i0] / 2.0
-    lo = i0
-    while lo > 0 and net[lo] > half:
-        lo -= 1
-    hi = i0
-    while hi < net.size - 1 and net[hi] > half:
-        hi += 1
+    lo, hi = half_maximum_span(net, i0, half)
     fwhm_deg = max(float(x[hi] - x[lo]), float(np.median(np.diff(x))) * 1.5)
     w = (fwhm_deg * 100.0) ** 2 / EIGHT_LN2
     # zero: strongest local maxima vs calculated positions

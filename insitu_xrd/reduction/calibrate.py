@@ -40,6 +40,7 @@ from pyFAI.goniometer import SingleGeometry
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 from scipy import ndimage
 
+from insitu_xrd.core.profiles import half_maximum_span
 from insitu_xrd.errors import InsituXRDError
 
 __all__ = [
@@ -372,12 +373,7 @@ def _estimate_fwhm_px(radius_px: np.ndarray, profile: np.ndarray, ring_radii_px:
         if height < 8 * noise or i0 in (0, seg.size - 1):
             continue
         half = bg + 0.5 * height
-        left = i0
-        while left > 0 and seg[left] > half:
-            left -= 1
-        right = i0
-        while right < seg.size - 1 and seg[right] > half:
-            right += 1
+        left, right = half_maximum_span(seg, i0, half)
         if left == 0 or right == seg.size - 1:
             continue
         # linear interpolation of the two half-maximum crossings
