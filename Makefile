@@ -29,6 +29,8 @@ test: dev
 bench: venv
 	$(BIN)/python benchmarks/bench_integrate.py
 	$(BIN)/python benchmarks/bench_refine.py
+	$(BIN)/python benchmarks/bench_sequential.py
+	$(BIN)/python benchmarks/bench_simulate.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info
