@@ -1,6 +1,7 @@
 """``insitu-xrd run RECIPE``: the whole pipeline from raw frames to lattice, phase and strain curves.
 
-Stages (see :mod:`insitu_xrd.pipeline.stages`): calibrate (or reuse the PONI) -> integrate ->
+Stages (see :mod:`insitu_xrd.pipeline.stages`): calibrate (or reuse the PONI) -> instrument (fit
+``refinement.profile.instrument`` on the calibrant when that file is missing) -> integrate ->
 sequential refinement -> echem alignment -> strain -> report. Every stage is cached in
 ``<outputs.dir>/stages.json``; what was reused is listed in the returned stages and the report.
 
@@ -27,6 +28,7 @@ from insitu_xrd.pipeline.stages import (
     StageInfo,
     calibrate_stage,
     echem_stage,
+    instrument_stage,
     integrate_stage,
     refine_stage,
     strain_stage,
@@ -134,6 +136,9 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
     if rec.frames is None:
         result.elapsed_s = time.perf_counter() - t0
         return result
+    if rec.refinement is not None and rec.refinement.profile.instrument:
+        _, info = instrument_stage(rec, poni, cache)
+        done(info)
     patterns_path, info = integrate_stage(rec, poni, cache, progress=progress)
     result.patterns_path = patterns_path
     done(info)

@@ -5,7 +5,9 @@ the previous stage's output fingerprint). Keys and outputs are kept in ``<output
 a stage whose key and output file are unchanged is reused, so re-running after editing only the
 ``refinement:`` section re-refines but does not re-calibrate or re-integrate.
 
-Stages: ``calibrate`` (PONI from the calibrant image, or an existing PONI reused), ``integrate``
+Stages: ``calibrate`` (PONI from the calibrant image, or an existing PONI reused), ``instrument``
+(the GSAS-II ``.instprm`` named by ``refinement.profile.instrument``, fitted on the calibrant's own
+integrated pattern when the file does not exist, reused when it does), ``integrate``
 (frames -> patterns.nc; resumable, new frames only), ``refine`` (sequential refinement ->
 sequential.nc, checkpointed, resumable), ``echem`` (cycler log -> voltage, capacity, x, soc coords;
 results.nc), ``strain`` (strain/*.nc, .csv, .json, COMSOL table), ``report`` (report.md + figures).
@@ -31,6 +33,8 @@ __all__ = [
     "StageCache",
     "file_digest",
     "calibrate_stage",
+    "instrument_stage",
+    "instrument_file",
     "integrate_stage",
     "patterns_fingerprint",
     "refine_stage",
@@ -170,6 +174,103 @@ def calibrate_stage(recipe: Recipe, cache: StageCache, say: Callable[[str], None
 
 
 # ---------------------------------------------------------------------------------------------
+# instrument profile from the calibrant
+
+
+def instrument_file(recipe: Recipe) -> Path | None:
+    """The ``refinement.profile.instrument`` file, resolved against the recipe's folder (None
+    when the recipe has no refinement or names no instrument file)."""
+    ref = recipe.refinement
+    if ref is None or not ref.profile.instrument:
+        return None
+    return recipe.path(ref.profile.instrument)
+
+
+def instrument_stage(recipe: Recipe, poni: Path, cache: StageCache,
+                     say: Callable[[str], None] = lambda m: None) -> tuple[Path | None, StageInfo]:
+    """The instrument profile file ``refinement.profile.instrument`` (GSAS-II ``.instprm``).
+
+    An existing file is reused (as the PONI is), unless this stage wrote it and its inputs
+    changed since. A missing one is made from the calibrant, as on a beamline: the calibration
+    image is integrated with the PONI and the recipe's ``integration`` settings (the frames' npt,
+    unit, range, polarization, method and automatic masking; ``calibration.mask`` or else
+    ``frames.mask``; the frames' flat field, no dark), the profile U, V, W, X, Y, zero (and SH/L
+    when significant) is fitted to it with the calibrant's lattice fixed
+    (:func:`insitu_xrd.fit.instrument.fit_instrument`, Rietveld mode, over
+    ``refinement.range_2theta_deg`` with the recipe's Chebyshev count), and the file is written
+    atomically. Without a file name in the recipe the stage is skipped.
+    """
+    t0 = time.perf_counter()
+    path = instrument_file(recipe)
+    if path is None:
+        return None, StageInfo("instrument", "skipped", 0.0, "no refinement.profile.instrument file in the recipe")
+    cal = recipe.calibration
+    ref = recipe.refinement
+    assert ref is not None
+    poni_lines = "\n".join(l for l in Path(poni).read_text().splitlines() if l.strip() and not l.startswith("#"))
+    fr = recipe.frames
+    mask = recipe.path(cal.mask) if cal.mask else (recipe.path(fr.mask) if fr is not None and fr.mask else None)
+    flat = recipe.path(fr.flat) if fr is not None and fr.flat else None
+    key = section_hash(cal.image, cal.calibrant, cal.wavelength_A, recipe.wavelength_A, recipe.integration,
+                       ref.range_2theta_deg, ref.background.chebyshev, poni_lines, str(path),
+                       file_digest(recipe.path(cal.image)), file_digest(mask), file_digest(flat))
+    if path.is_file():
+        written_by_us = cache.data.get("instrument", {}).get("outputs") == [str(path)]
+        if not written_by_us or cache.hit("instrument", key, [path]) or not cal.image:
+            return path, StageInfo("instrument", "reused", time.perf_counter() - t0, f"existing instrument file {path}",
+                                   [str(path)])
+    if not cal.image:
+        raise RecipeError(f"recipe {recipe.source}: key 'refinement.profile.instrument': file {path} does not exist "
+                          "and no 'calibration.image' is given to fit it from (give the calibrant image, an existing "
+                          ".instprm file, or U, V, W, X, Y under 'refinement.profile' instead)")
+    wl = float(cal.wavelength_A or recipe.wavelength_A)
+    if abs(wl - recipe.wavelength_A) > 1e-4 * recipe.wavelength_A:
+        raise RecipeError(f"recipe {recipe.source}: key 'refinement.profile.instrument': file {path} does not exist "
+                          f"and the calibrant image is at calibration.wavelength_A = {wl} A, not the frames' "
+                          f"wavelength_A = {recipe.wavelength_A} A; a profile fitted at one wavelength does not hold "
+                          "at another (make the instrument file from a calibrant at the data wavelength)")
+    import tempfile
+
+    from insitu_xrd.fit.instrument import INSTRUMENT_PARAMS, fit_instrument
+    from insitu_xrd.io.frames import FrameRef
+    from insitu_xrd.io.instprm import write_instrument
+    from insitu_xrd.io.patterns import read_patterns, two_theta_deg_axis
+    from insitu_xrd.reduction.integrate import integrate_series
+
+    img_path = recipe.path(cal.image)
+    assert img_path is not None
+    if not img_path.is_file():
+        raise InsituXRDError(f"calibration image (calibration.image) {img_path} does not exist")
+    say(f"integrating {img_path.name} for the instrument profile")
+    settings = integration_settings(recipe)
+    with tempfile.TemporaryDirectory(prefix="calibrant_", dir=recipe.output_dir) as tmp:
+        pat_path = Path(tmp) / "calibrant.nc"
+        rep = integrate_series([FrameRef(img_path.resolve())], poni, pat_path, settings, mask=mask, flat=flat,
+                               wavelength_A=wl, time_source={"period_s": float("nan")}, overwrite=True)
+        pats = read_patterns(pat_path)
+    if rep.n_ok != 1 or str(pats["status"].values[0]) != "ok":
+        raise InsituXRDError(f"calibration image {img_path}: integration failed ({pats['status'].values[0]})")
+    tth = two_theta_deg_axis(pats)
+    y = np.asarray(pats["intensity"].values[0], dtype=float)
+    sig = np.asarray(pats["sigma"].values[0], dtype=float)
+    good = np.isfinite(tth) & np.isfinite(y) & np.isfinite(sig) & (sig > 0)
+    rng = tuple(ref.range_2theta_deg) if ref.range_2theta_deg else None
+    say(f"fitting the instrument profile to {cal.calibrant}")
+    fit = fit_instrument(tth[good], y[good], sig[good], cal.calibrant, wl, mode="rietveld", range_2theta_deg=rng,
+                         chebyshev=ref.background.chebyshev, refine=list(INSTRUMENT_PARAMS) + ["sh_l"])
+    comments = [f"source: {img_path} integrated with {poni} (insitu-xrd run, recipe {recipe.source})"]
+    comments += fit.summary_lines()
+    pol = recipe.integration.polarization
+    write_instrument(path, fit.instrument, polarization=0.99 if pol is None else float(pol), comments=comments)
+    cache.store("instrument", key, [path])
+    ins = fit.instrument
+    detail = (f"{cal.calibrant}: U {ins.U:.3g} V {ins.V:.3g} W {ins.W:.3g} X {ins.X:.3g} Y {ins.Y:.3g} "
+              f"zero {ins.zero_deg:+.4f} deg" + (f" SH/L {ins.sh_l:.3g}" if ins.sh_l else "")
+              + f", Rwp {fit.result.rwp:.4f} -> {path}")
+    return path, StageInfo("instrument", "ran", time.perf_counter() - t0, detail, [str(path)])
+
+
+# ---------------------------------------------------------------------------------------------
 # integrate
 
 
@@ -292,19 +393,22 @@ def patterns_fingerprint(ds: xr.Dataset) -> str:
 
 
 def sequential_cache_key(recipe: Recipe, patterns: xr.Dataset) -> str:
-    """Key of the batch refinement: refinement + sequential sections + the patterns' content."""
+    """Key of the batch refinement: refinement + sequential sections + the patterns' content + the
+    content of the ``profile.instrument`` file (a rewritten file re-refines)."""
     from insitu_xrd import __version__
 
     seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every", "checkpoint_interval_s"})
-    return section_hash(recipe.refinement, seq, patterns_fingerprint(patterns), __version__)
+    return section_hash(recipe.refinement, seq, patterns_fingerprint(patterns), __version__,
+                        file_digest(instrument_file(recipe)))
 
 
 def watch_cache_key(recipe: Recipe) -> str:
-    """Key of a watch session's refinement (the patterns grow, so only the recipe sections)."""
+    """Key of a watch session's refinement (the patterns grow, so only the recipe sections and the
+    ``profile.instrument`` file's content)."""
     from insitu_xrd import __version__
 
     seq = recipe.sequential.model_dump(exclude={"workers", "checkpoint_every", "checkpoint_interval_s", "chunks"})
-    return "watch:" + section_hash(recipe.refinement, seq, __version__)
+    return "watch:" + section_hash(recipe.refinement, seq, __version__, file_digest(instrument_file(recipe)))
 
 
 def _adopt_watch_results(recipe: Recipe, patterns: xr.Dataset, out: Path, key: str) -> int:

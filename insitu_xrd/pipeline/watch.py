@@ -55,6 +55,7 @@ from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
     calibrate_stage,
+    instrument_stage,
     integrate_stage,
     make_factory,
     watch_cache_key,
@@ -211,6 +212,9 @@ def watch_folder(
     cache = StageCache(out_dir)
     poni, info = calibrate_stage(rec, cache)
     say(f"calibrate  {info.status}: {info.detail}")
+    if rec.refinement.profile.instrument:  # before the key: it fingerprints the file's content
+        _, info = instrument_stage(rec, poni, cache)
+        say(f"instrument {info.status}: {info.detail}")
     scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s)
     seq_path = out_dir / "sequential.nc"
     patterns_path = out_dir / "patterns.nc"
