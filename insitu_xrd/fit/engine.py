@@ -125,6 +125,35 @@ def _csr_from_blocks(blocks, nx: int, components: Sequence[int] = (2,)):
     return rows, mats
 
 
+class _LazyTransposed:
+    """Profile blocks with derivatives ((peaks, grid idx, P, dP/dt, dP/dH, dP/deta)) as the
+    transposes of the `_csr_from_blocks` matrices (CSC, nx rows, one column per windowed
+    reflection), built per component on first use."""
+
+    def __init__(self, blocks, nx: int):
+        self.blocks = blocks
+        self.nx = nx
+        self._mats: dict[int, scipy.sparse.csc_matrix] = {}
+        if blocks:
+            self.rows = np.concatenate([b[0] for b in blocks])
+            widths = np.concatenate([np.full(len(b[0]), b[1].shape[1]) for b in blocks])
+            self._indptr = np.concatenate([[0], np.cumsum(widths)])
+            self._indices = np.concatenate([b[1].ravel() for b in blocks])
+        else:
+            self.rows = np.zeros(0, int)
+
+    def T(self, component: int):
+        mat = self._mats.get(component)
+        if mat is None:
+            if not self.blocks:
+                mat = scipy.sparse.csc_matrix((self.nx, 0))
+            else:
+                data = np.concatenate([b[component].ravel() for b in self.blocks])
+                mat = scipy.sparse.csc_matrix((data, self._indices, self._indptr), shape=(self.nx, len(self.rows)))
+            self._mats[component] = mat
+        return mat
+
+
 def _is_reciprocal(name: str) -> bool:
     """Parameters the optimisers move as 1/value (crystallite size: broadening ~ 1/size)."""
     return name.endswith("_size_um")
@@ -156,6 +185,8 @@ class _PhaseData:
     areas: np.ndarray | None = None  # Le Bail intensities (area units), one per reflection
     cache: dict = field(default_factory=dict)
     hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
+    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta) (see `_Problem.peak_params`)
+    widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
 
 
 class _Problem:
@@ -231,16 +262,29 @@ class _Problem:
         """Positions t (deg), FWHM (deg), eta and Bragg angles of a phase's reflections."""
         p = pd.name
         cell = _cell_from(pd.phase, vals)
-        g = _metric_reciprocal(cell)
-        d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
-        tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
+        # memoised by their inputs (the finite differences of `model_derivatives` change one
+        # parameter at a time: most perturbations leave the cell or the widths unchanged)
+        geo = pd.geo.get(cell)
+        if geo is None:
+            g = _metric_reciprocal(cell)
+            d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
+            tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
+            if len(pd.geo) > 64:
+                pd.geo.clear()
+            geo = pd.geo[cell] = (d, tthb)
+        d, tthb = geo
         t = tthb + self.shift(tthb, vals)
         size = vals.get(f"{p}_size_um", np.inf)
-        fwhm, eta = peak_fwhm_eta(
-            tthb, self.lam, vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
-            vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
-            vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0),
-        )
+        wargs = (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
+                 vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
+                 vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
+        wkey = (cell, wargs)
+        widths = pd.widths.get(wkey)
+        if widths is None:
+            if len(pd.widths) > 64:
+                pd.widths.clear()
+            widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *wargs)
+        fwhm, eta = widths
         return t, fwhm, eta, tthb, d
 
     def _blocks(self, t: np.ndarray, fwhm: np.ndarray, eta: np.ndarray, sh_l: float = 0.0, derivs: bool = False):
@@ -303,6 +347,28 @@ class _Problem:
                 prof[:, sl] += ((1.0 - e) * (_GAUSS_NORM / h)) * np.exp((-_FOUR_LN2) * (dxg / h) ** 2)
                 prof *= valid
                 out.append((idx_pk, idx, prof))
+                continue
+            if sh_l <= 0:
+                # single pseudo-Voigt with derivatives: the general loop below with one node of
+                # weight 1 and zero shift, without its no-op arithmetic (identical values)
+                den = h * h + 4.0 * dx * dx
+                lor = (h * (2.0 / np.pi)) / den
+                prof = e * lor
+                d_t = prof * (8.0 * dx / den)
+                d_h = e * (2.0 / np.pi) * (4.0 * dx * dx - h * h) / (den * den)
+                d_e = lor
+                dg = dx[:, sl]
+                gau = (_GAUSS_NORM / h) * np.exp((-_FOUR_LN2) * (dg / h) ** 2)
+                ge = (1.0 - e) * gau
+                prof[:, sl] += ge
+                d_t[:, sl] += ge * (2.0 * _FOUR_LN2 * dg / (h * h))
+                d_h[:, sl] += ge * (2.0 * _FOUR_LN2 * dg * dg / (h * h * h) - 1.0 / h)
+                d_e[:, sl] -= gau
+                prof *= valid
+                d_t *= valid
+                d_h *= valid
+                d_e *= valid
+                out.append((idx_pk, idx, prof, d_t, d_h, d_e))
                 continue
             prof = np.zeros(dx.shape)
             if derivs:
@@ -399,14 +465,14 @@ class _Problem:
 
     # ----- derivatives -----------------------------------------------------------------------
     def deriv_blocks(self, pd: _PhaseData, vals: dict[str, float]):
-        """Profiles and their derivatives of a phase's reflections as sparse matrices (see
-        `_csr_from_blocks`; components P, dP/dt, dP/dH, dP/deta), cached like `phase_blocks`."""
+        """Profiles and their derivatives of a phase's reflections as transposed sparse matrices
+        (`_LazyTransposed`: components 2..5 = P, dP/dt, dP/dH, dP/deta), cached like `phase_blocks`."""
         t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
         sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
         key = ("d", t.tobytes(), fwhm.tobytes(), eta.tobytes(), sh_l)
         hit = pd.cache.get(key)
         if hit is None:
-            sparse = _csr_from_blocks(self._blocks(t, fwhm, eta, sh_l, derivs=True), len(self.x), (2, 3, 4, 5))
+            sparse = _LazyTransposed(self._blocks(t, fwhm, eta, sh_l, derivs=True), len(self.x))
             hit = (sparse, t, fwhm, eta, tthb, d)
             if len(pd.cache) > 6:
                 pd.cache.pop(next(iter(pd.cache)))
@@ -420,6 +486,26 @@ class _Problem:
 
     def _affects_phase(self, param: str, phase: str) -> bool:
         return param in _PROFILE_NAMES or param.startswith(f"{phase}_")
+
+    def _fd_cache(self, vals: dict[str, float]) -> dict:
+        """Finite differences of per-reflection quantities and single-peak curves at `vals`, kept
+        while derivatives are taken at the same point (e.g. the Le Bail Jacobian and the
+        phase-fraction step)."""
+        key = tuple(vals.items())
+        if getattr(self, "_fd_key", None) != key:
+            self._fd_key = key
+            self._fd = {}
+        return self._fd
+
+    def _fd_peak(self, fd: dict, pd: _PhaseData, n: str, vp: dict[str, float], vm: dict[str, float]):
+        """(t+ - t-, FWHM+ - FWHM-, eta+ - eta-, Bragg 2theta+, Bragg 2theta-) of a phase's
+        reflections for the perturbed parameter values vp, vm of parameter n."""
+        hit = fd.get((pd.name, n))
+        if hit is None:
+            tp, fp, ep, bp, _ = self.peak_params(pd, vp)
+            tm, fm, em, bm, _ = self.peak_params(pd, vm)
+            hit = fd[(pd.name, n)] = (tp - tm, fp - fm, ep - em, bp, bm)
+        return hit
 
     def model_derivatives(self, vals: dict[str, float], lin: dict[str, float], free_nl: Sequence[str],
                           lebail: bool) -> list[np.ndarray]:
@@ -439,6 +525,7 @@ class _Problem:
             return float(lin[name]) if name in lin else float(vals.get(name, 0.0))
 
         self.update_fsq(vals)
+        fd = self._fd_cache(vals)
         for name, pd in self.pd.items():
             relevant = [n for n in free_nl if n != "sh_l" and self._affects_phase(n, name)]
             if lebail:
@@ -447,7 +534,8 @@ class _Problem:
             else:
                 k = coef(f"{name}_scale")
             if relevant:
-                (rows, (m_p, m_t, m_h, m_e)), t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
+                mats, t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
+                rows = mats.rows
                 areas = base_areas if lebail else k * self.structure_areas(pd, tthb)
                 q = len(relevant)
                 c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
@@ -457,11 +545,10 @@ class _Problem:
                     vp, vm = dict(vals), dict(vals)
                     vp[n] += h
                     vm[n] -= h
-                    tp, fp, ep, bp, _ = self.peak_params(pd, vp)
-                    tm, fm, em, bm, _ = self.peak_params(pd, vm)
-                    c_t[:, j] = areas * (tp - tm) / (2 * h)
-                    c_h[:, j] = areas * (fp - fm) / (2 * h)
-                    c_e[:, j] = areas * (ep - em) / (2 * h)
+                    dt, df, de, bp, bm = self._fd_peak(fd, pd, n, vp, vm)
+                    c_t[:, j] = areas * dt / (2 * h)
+                    c_h[:, j] = areas * df / (2 * h)
+                    c_e[:, j] = areas * de / (2 * h)
                     if lebail:
                         continue
                     any_area = True
@@ -471,9 +558,9 @@ class _Problem:
                         c_a[:, j] = k * pd.mult * (fsq_p - fsq_m) / (2 * h) * lorentz_factor(tthb)
                     else:
                         c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
-                block = m_t.T @ c_t[rows] + m_h.T @ c_h[rows] + m_e.T @ c_e[rows]
+                block = mats.T(3) @ c_t[rows] + mats.T(4) @ c_h[rows] + mats.T(5) @ c_e[rows]
                 if any_area:
-                    block += m_p.T @ c_a[rows]
+                    block += mats.T(2) @ c_a[rows]
                 for j, n in enumerate(relevant):
                     out[n] += block[:, j]
             if "sh_l" in out:
@@ -493,12 +580,15 @@ class _Problem:
                         (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in ("a", "b", "c"))):
                     continue
                 h = self.fd_step(n, vals[n])
-                vp, vm = dict(vals), dict(vals)
-                vp[n] += h
-                vm[n] -= h
-                yp = pseudo_voigt(self.x, self.diffuse_center(dspec, vp), vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
-                ym = pseudo_voigt(self.x, self.diffuse_center(dspec, vm), vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
-                out[n] += amp * (yp - ym) / (2 * h)
+                dy = fd.get((pre, n))
+                if dy is None:
+                    vp, vm = dict(vals), dict(vals)
+                    vp[n] += h
+                    vm[n] -= h
+                    yp = pseudo_voigt(self.x, self.diffuse_center(dspec, vp), vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
+                    ym = pseudo_voigt(self.x, self.diffuse_center(dspec, vm), vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
+                    dy = fd[(pre, n)] = yp - ym
+                out[n] += amp * dy / (2 * h)
         for i, _h in enumerate(self.ref.spec.background.humps):
             pre = f"bkg_hump{i}"
             amp = coef(f"{pre}_area")
@@ -1323,9 +1413,12 @@ class Refinement:
             jac_cols.append(c)
             jac_names.append(n)
         groups_out: list[tuple[str, np.ndarray]] = []
-        group_rows: list[np.ndarray] = []
+        group_cols: list[np.ndarray] = []
+        m = int(prob.fitmask.sum())
         if lebail:
-            nx = len(prob.x)
+            # position of each grid point among the fitted points (m: not fitted)
+            fitpos = np.full(len(prob.x), m)
+            fitpos[prob.fitmask] = np.arange(m)
             for name, pd in prob.pd.items():
                 blocks, t, fwhm, eta, tthb, d = info[name]
                 if not blocks:
@@ -1344,27 +1437,34 @@ class Refinement:
                 tot = np.bincount(gid, weights=areas, minlength=ng)
                 cnt = np.bincount(gid, minlength=ng)
                 share = np.where(tot[gid] > 0, areas / np.where(tot[gid] > 0, tot[gid], 1.0), 1.0 / cnt[gid])
-                rows, (m_p,) = _csr_from_blocks(blocks, nx)
-                S = scipy.sparse.csr_matrix((share[rows], (gid[rows], np.arange(len(rows)))), shape=(ng, len(rows)))
-                G = (S @ m_p).toarray()
+                # The group columns on the fitted points, scattered straight from the profile
+                # blocks (one bincount in block/row order: the same sums, in the same order, as
+                # the sparse product share-matrix @ profile-matrix).
+                pos = fitpos
+                flat = np.concatenate([(pos[idx] * ng + gid[idx_pk][:, None]).ravel() for idx_pk, idx, _p in blocks])
+                wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
+                Gf = np.bincount(flat, weights=wts, minlength=(m + 1) * ng).reshape(m + 1, ng)[:m]
                 # only reflections with most of their profile on fitted points get a column
+                # (fraction on fitted points: sequential row sums, as a sparse mat-vec)
                 fitted = np.zeros(len(t))
-                fitted[rows] = m_p @ prob.dxf
+                for idx_pk, idx, prof in blocks:
+                    fitted[idx_pk] = np.cumsum(prof * prob.dxf[idx], axis=1)[:, -1]
                 inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
-                keep = (inside > 0.5) & np.any(G[:, prob.fitmask] != 0, axis=1)
+                keep = (inside > 0.5) & np.any(Gf != 0, axis=0)
+                by_group = np.argsort(gid, kind="stable")
+                ends = np.cumsum(cnt)
                 for gi in np.nonzero(keep)[0]:
-                    members = np.nonzero(gid == gi)[0]
+                    members = by_group[ends[gi] - cnt[gi]:ends[gi]]
                     groups_out.append((name, members, share[members]))
-                group_rows.append(G[keep])
-        m = int(prob.fitmask.sum())
-        ncol = len(jac_cols) + sum(len(g) for g in group_rows)
+                group_cols.append(Gf if keep.all() else Gf[:, keep])
+        ncol = len(jac_cols) + sum(g.shape[1] for g in group_cols)
         J = np.empty((m, ncol))
         for j, c in enumerate(jac_cols):
             J[:, j] = c[prob.fitmask]
         j0 = len(jac_cols)
-        for G in group_rows:
-            J[:, j0:j0 + len(G)] = G[:, prob.fitmask].T
-            j0 += len(G)
+        for G in group_cols:
+            J[:, j0:j0 + G.shape[1]] = G
+            j0 += G.shape[1]
         J *= prob.wf[:, None]
         return J, r, jac_names, groups_out
 

@@ -114,7 +114,8 @@ def _table(m: dict[str, Any]) -> Any:
     rows = sorted(set([0, nf // 4, nf // 2, max(m["h3_onset_true_frame"], 0), max(m["h3_onset_detected_frame"], 0),
                        (3 * nf) // 4, nf - 1]))
     tab = Table(title="truth vs recovered: H2 lattice, H3 cathode fraction (x: Li per f.u.)", box=box.SIMPLE_HEAD,
-                padding=(0, 1), pad_edge=False, title_justify="left", caption="* frame not 'ok' (see report.md)",
+                padding=(0, 1), pad_edge=False, title_justify="left",
+                caption=None if all(pf["status"][i] == "ok" for i in rows) else "* frame not 'ok' (see report.md)",
                 caption_justify="left")
     heads = [("frame", ""), ("x", "true"), ("x", "fit"), ("a (A)", "true"), ("a err", "1e-4 A"),
              ("c (A)", "true"), ("c err", "1e-4 A"), ("H3", "true"), ("H3", "fit")]
