@@ -16,7 +16,10 @@ Algorithm
   closed form, per-reflection position/width/area derivatives by differences of those cheap
   functions, assembled with sparse matrices (`_Problem.model_derivatives`). Crystallite sizes are
   moved as 1/size (broadening ~ 1/size). Peaks are evaluated vectorised in windows of
-  +/- `WINDOW_FWHM` FWHM; a phase's profiles are reused while its positions/widths do not change.
+  +/- `WINDOW_FWHM` FWHM; a phase's profiles are reused while its positions/widths do not change,
+  the window geometry is shared by the profiles and their derivatives at one point, and the
+  finite differences at one point are shared by the Le Bail Jacobian and the phase-fraction step
+  (memoised by their inputs: results identical to recomputing them).
 - Rietveld: area = scale * m |F|^2 / (sin^2(theta) cos(theta)); |F|^2 recomputed only when site
   parameters change (and cached between fits).
 - Le Bail, cold start: a structure-factor (Rietveld-like) stage first brings lattice and profile
@@ -109,26 +112,10 @@ def _cell_from(phase: Phase, vals: dict[str, float]) -> tuple[float, ...]:
     return (a, vals.get(f"{p}_b", b0), c, al, be, ga)
 
 
-def _csr_from_blocks(blocks, nx: int, components: Sequence[int] = (2,)):
-    """Profile blocks as sparse matrices (one row per windowed reflection, nx columns).
-
-    Returns (rows, [csr per component]): rows[i] is the reflection index of matrix row i;
-    components index the block tuples ((peaks, grid idx, P[, dP/dt, dP/dH, dP/deta]))."""
-    if not blocks:
-        return np.zeros(0, int), [scipy.sparse.csr_matrix((0, nx)) for _ in components]
-    rows = np.concatenate([b[0] for b in blocks])
-    widths = np.concatenate([np.full(len(b[0]), b[1].shape[1]) for b in blocks])
-    indptr = np.concatenate([[0], np.cumsum(widths)])
-    indices = np.concatenate([b[1].ravel() for b in blocks])
-    mats = [scipy.sparse.csr_matrix((np.concatenate([b[c].ravel() for b in blocks]), indices, indptr),
-                                    shape=(len(rows), nx)) for c in components]
-    return rows, mats
-
-
 class _LazyTransposed:
-    """Profile blocks with derivatives ((peaks, grid idx, P, dP/dt, dP/dH, dP/deta)) as the
-    transposes of the `_csr_from_blocks` matrices (CSC, nx rows, one column per windowed
-    reflection), built per component on first use."""
+    """Profile blocks with derivatives ((peaks, grid idx, P, dP/dt, dP/dH, dP/deta)) as sparse
+    matrices (CSC, nx rows, one column per windowed reflection; ``rows[i]`` is the reflection
+    of column i), built per component on first use."""
 
     def __init__(self, blocks, nx: int):
         self.blocks = blocks
@@ -139,6 +126,10 @@ class _LazyTransposed:
             widths = np.concatenate([np.full(len(b[0]), b[1].shape[1]) for b in blocks])
             self._indptr = np.concatenate([[0], np.cumsum(widths)])
             self._indices = np.concatenate([b[1].ravel() for b in blocks])
+            if max(nx, len(self._indices)) < np.iinfo(np.int32).max:
+                # scipy would scan and downcast int64 indices for every matrix: do it once
+                self._indptr = self._indptr.astype(np.int32)
+                self._indices = self._indices.astype(np.int32)
         else:
             self.rows = np.zeros(0, int)
 
@@ -222,6 +213,10 @@ class _Problem:
         self.diffuse_hkl = {d.label: np.array([parse_hkl_label(r) for r in d.reflections]) for d in self.diffuse}
         self.lebail = False
         self.has_expr = any(p.expr for p in params.values())
+        self._geometry_cache: dict = {}
+        self._grid = (self.x0 + np.arange(len(x)) * self.step) if self.uniform else x
+        self._pv_cache: dict = {}
+        self._center_cache: dict = {}
 
     # ----- phases -----------------------------------------------------------------------------
     def _phase_data(self, name: str, params: lmfit.Parameters) -> _PhaseData:
@@ -296,6 +291,8 @@ class _Problem:
         (`insitu_xrd.core.profiles.fcj_nodes`), the window widened on the tail side (the
         derivatives then hold the node positions and weights fixed: a < 1 % approximation of
         d/d(centre), used only for the Jacobian)."""
+        if sh_l <= 0:
+            return self._blocks_pv(t, fwhm, eta, derivs)
         x = self.x
         n = len(x)
         ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
@@ -315,17 +312,12 @@ class _Problem:
             tk = t[idx_pk]
             h = fwhm[idx_pk, None]
             e = eta[idx_pk, None]
-            if sh_l > 0:
-                ext = fcj_extent_deg(tk, sh_l)
-                kext = int(np.ceil(float(ext.max()) / self.step))
-                shift, weight = fcj_nodes(tk, sh_l, fcj_node_count(tk, sh_l, h[:, 0]))
-                # the tail is on the low-angle side below 90 deg, on the high-angle side above
-                lo_side = kext if np.any(tk <= 90.0) else 0
-                hi_side = kext if np.any(tk > 90.0) else 0
-            else:
-                ext = np.zeros(len(tk))
-                shift, weight = np.zeros((len(tk), 1)), np.ones((len(tk), 1))
-                lo_side = hi_side = 0
+            ext = fcj_extent_deg(tk, sh_l)
+            kext = int(np.ceil(float(ext.max()) / self.step))
+            shift, weight = fcj_nodes(tk, sh_l, fcj_node_count(tk, sh_l, h[:, 0]))
+            # the tail is on the low-angle side below 90 deg, on the high-angle side above
+            lo_side = kext if np.any(tk <= 90.0) else 0
+            hi_side = kext if np.any(tk > 90.0) else 0
             ic = np.searchsorted(x, tk)
             offs = np.arange(-k - lo_side, k + hi_side + 1)
             idx = ic[:, None] + offs[None, :]
@@ -340,36 +332,6 @@ class _Problem:
             kg = min(k, int(np.ceil(3.5 * float(h.max()) / self.step)) + 1)
             centre = k + lo_side  # column of dx ~ 0
             sl = slice(centre - kg - lo_side, centre + kg + hi_side + 1)
-            if sh_l <= 0 and not derivs:
-                # Lorentzian part over the whole window: (2/pi) h / (h^2 + 4 dx^2)
-                prof = (e * h * (2.0 / np.pi)) / (h * h + 4.0 * dx * dx)
-                dxg = dx[:, sl]
-                prof[:, sl] += ((1.0 - e) * (_GAUSS_NORM / h)) * np.exp((-_FOUR_LN2) * (dxg / h) ** 2)
-                prof *= valid
-                out.append((idx_pk, idx, prof))
-                continue
-            if sh_l <= 0:
-                # single pseudo-Voigt with derivatives: the general loop below with one node of
-                # weight 1 and zero shift, without its no-op arithmetic (identical values)
-                den = h * h + 4.0 * dx * dx
-                lor = (h * (2.0 / np.pi)) / den
-                prof = e * lor
-                d_t = prof * (8.0 * dx / den)
-                d_h = e * (2.0 / np.pi) * (4.0 * dx * dx - h * h) / (den * den)
-                d_e = lor
-                dg = dx[:, sl]
-                gau = (_GAUSS_NORM / h) * np.exp((-_FOUR_LN2) * (dg / h) ** 2)
-                ge = (1.0 - e) * gau
-                prof[:, sl] += ge
-                d_t[:, sl] += ge * (2.0 * _FOUR_LN2 * dg / (h * h))
-                d_h[:, sl] += ge * (2.0 * _FOUR_LN2 * dg * dg / (h * h * h) - 1.0 / h)
-                d_e[:, sl] -= gau
-                prof *= valid
-                d_t *= valid
-                d_h *= valid
-                d_e *= valid
-                out.append((idx_pk, idx, prof, d_t, d_h, d_e))
-                continue
             prof = np.zeros(dx.shape)
             if derivs:
                 d_t, d_h, d_e = np.zeros(dx.shape), np.zeros(dx.shape), np.zeros(dx.shape)
@@ -397,6 +359,83 @@ class _Problem:
                 out.append((idx_pk, idx, prof))
         return out
 
+    def _window_geometry(self, t: np.ndarray, fwhm: np.ndarray) -> list:
+        """Windows of the pseudo-Voigt blocks (no FCJ): per group of reflections (peak indices,
+        grid indices, dx = grid - centre, valid mask, Gaussian column slice). Kept for the last
+        few (t, FWHM): the profiles and their derivatives at one point share them."""
+        key = (t.tobytes(), fwhm.tobytes())
+        cache = self._geometry_cache
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        x = self.x
+        n = len(x)
+        ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
+        sel = np.nonzero(ok)[0]
+        out = []
+        if sel.size:
+            K = np.ceil(WINDOW_FWHM * fwhm[sel] / self.step).astype(int) + 1
+            K = np.minimum(K, n)
+            order = np.argsort(K)
+            for g in np.array_split(order, min(4, len(order))):
+                if g.size == 0:
+                    continue
+                idx_pk = sel[g]
+                k = int(K[g].max())
+                tk = t[idx_pk]
+                h = fwhm[idx_pk, None]
+                ic = np.searchsorted(x, tk)
+                offs = np.arange(-k, k + 1)
+                idx = ic[:, None] + offs[None, :]
+                valid = idx.view(np.uint64) < n  # 0 <= idx < n (negative: huge as unsigned)
+                np.clip(idx, 0, n - 1, out=idx)
+                # uniform grid: x0 + i * step (`_grid`), as computed per element before
+                dx = self._grid[idx] - tk[:, None]
+                valid &= np.abs(dx) < WINDOW_FWHM * h
+                # Gaussian part only where it is not negligible (|dx| < 3.5 FWHM: < 1e-14 beyond)
+                kg = min(k, int(np.ceil(3.5 * float(h.max()) / self.step)) + 1)
+                # the mask as 0/1 floats: multiplying by it is exact and faster than by booleans
+                out.append((idx_pk, idx, dx, valid.astype(float), slice(k - kg, k + kg + 1)))
+        if len(cache) >= 8:
+            cache.pop(next(iter(cache)))
+        cache[key] = out
+        return out
+
+    def _blocks_pv(self, t: np.ndarray, fwhm: np.ndarray, eta: np.ndarray, derivs: bool):
+        """`_blocks` without FCJ asymmetry (single pseudo-Voigts)."""
+        out = []
+        for idx_pk, idx, dx, valid, sl in self._window_geometry(t, fwhm):
+            h = fwhm[idx_pk, None]
+            e = eta[idx_pk, None]
+            dx2 = 4.0 * dx * dx
+            if not derivs:
+                # Lorentzian part over the whole window: (2/pi) h / (h^2 + 4 dx^2)
+                prof = (e * h * (2.0 / np.pi)) / (h * h + dx2)
+                dxg = dx[:, sl]
+                prof[:, sl] += ((1.0 - e) * (_GAUSS_NORM / h)) * np.exp((-_FOUR_LN2) * (dxg / h) ** 2)
+                prof *= valid
+                out.append((idx_pk, idx, prof))
+                continue
+            den = h * h + dx2
+            lor = (h * (2.0 / np.pi)) / den
+            prof = e * lor
+            d_t = prof * (8.0 * dx / den)
+            d_h = e * (2.0 / np.pi) * (dx2 - h * h) / (den * den)
+            d_e = lor
+            dg = dx[:, sl]
+            gau = (_GAUSS_NORM / h) * np.exp((-_FOUR_LN2) * (dg / h) ** 2)
+            ge = (1.0 - e) * gau
+            prof[:, sl] += ge
+            d_t[:, sl] += ge * (2.0 * _FOUR_LN2 * dg / (h * h))
+            d_h[:, sl] += ge * (2.0 * _FOUR_LN2 * dg * dg / (h * h * h) - 1.0 / h)
+            d_e[:, sl] -= gau
+            prof *= valid
+            d_t *= valid
+            d_h *= valid
+            d_e *= valid
+            out.append((idx_pk, idx, prof, d_t, d_h, d_e))
+        return out
+
     def phase_blocks(self, pd: _PhaseData, vals: dict[str, float]):
         t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
         sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
@@ -418,11 +457,33 @@ class _Problem:
     def structure_areas(self, pd: _PhaseData, tthb: np.ndarray) -> np.ndarray:
         return pd.mult * pd.fsq * lorentz_factor(tthb)
 
+    def pv_column(self, center: float, fwhm: float, eta: float) -> np.ndarray:
+        """pseudo_voigt on the grid (read-only; the last few kept: columns and residuals at
+        nearby points share most single-peak components)."""
+        key = (center, fwhm, eta)
+        cache = self._pv_cache
+        col = cache.get(key)
+        if col is None:
+            col = pseudo_voigt(self.x, center, fwhm, eta)
+            col.flags.writeable = False
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[key] = col
+        return col
+
     def diffuse_center(self, d: DiffuseSpec, vals: dict[str, float]) -> float:
         pd = self.pd[d.phase]
-        dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], _cell_from(pd.phase, vals))
-        tthb = two_theta_deg_from_d(dd, self.lam)
-        return float(np.mean(tthb + self.shift(tthb, vals))) + vals.get(f"diff_{d.label}_offset_deg", 0.0)
+        cell = _cell_from(pd.phase, vals)
+        key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
+        base = self._center_cache.get(key)
+        if base is None:
+            dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], cell)
+            tthb = two_theta_deg_from_d(dd, self.lam)
+            base = float(np.mean(tthb + self.shift(tthb, vals)))
+            if len(self._center_cache) >= 64:
+                self._center_cache.clear()
+            self._center_cache[key] = base
+        return base + vals.get(f"diff_{d.label}_offset_deg", 0.0)
 
     # ----- linear columns ---------------------------------------------------------------------
     def columns(self, vals: dict[str, float], lebail: bool, structure_scales: bool = False):
@@ -444,7 +505,7 @@ class _Problem:
             add(f"bkg_{i}", c, pars[f"bkg_{i}"].vary_linear)  # type: ignore[attr-defined]
         for i, _h in enumerate(self.ref.spec.background.humps):
             p = f"bkg_hump{i}"
-            col = pseudo_voigt(self.x, vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            col = self.pv_column(vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
             add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
         info = {}
         for name, pd in self.pd.items():
@@ -459,7 +520,7 @@ class _Problem:
                 add(f"{name}_scale", col, free)
         for dspec in self.diffuse:
             p = f"diff_{dspec.label}"
-            col = pseudo_voigt(self.x, self.diffuse_center(dspec, vals), vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            col = self.pv_column(self.diffuse_center(dspec, vals), vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
             add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
         return names, cols, fixed, info
 
@@ -1308,6 +1369,7 @@ class Refinement:
     def _extract(self, prob: _Problem, vals: dict[str, float], passes: int) -> None:
         """Le Bail partition of (obs - background) among the reflections (`passes` iterations)."""
         prob._base_vals = vals
+        dens: dict = {}  # profile integrals over the fitted points: the same on every pass
         for _ in range(passes):
             names, cols, fixed, info = prob.columns(vals, True)
             coef, _r = prob.solve_linear(cols, fixed)
@@ -1320,8 +1382,8 @@ class Refinement:
                 bkg += lin.get(f"bkg_{i}", vals[f"bkg_{i}"]) * c
             for i, _h in enumerate(self.spec.background.humps):
                 p = f"bkg_hump{i}"
-                bkg += lin.get(f"{p}_area", vals[f"{p}_area"]) * pseudo_voigt(
-                    prob.x, vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+                bkg += lin.get(f"{p}_area", vals[f"{p}_area"]) * prob.pv_column(
+                    vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
             peaks = model - bkg
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(peaks > 1e-12 * max(float(peaks.max()), 1e-300), (prob.y - bkg) / peaks, 0.0)
@@ -1332,9 +1394,13 @@ class Refinement:
                 new = pd.areas * max(k, 0.0)
                 # a small floor lets reflections at zero (or negative after a Pawley step) revive
                 new = np.maximum(new, 1e-4 * max(float(new.max(initial=0.0)), 0.0))
-                for idx_pk, idx, prof in blocks:
+                for ib, (idx_pk, idx, prof) in enumerate(blocks):
                     num = np.sum(prof * ratio[idx], axis=1)
-                    den = np.sum(prof * prob.dxf[idx], axis=1)
+                    den = dens.get((name, ib))
+                    if den is None or dens[(name, ib, "p")] is not prof:
+                        den = np.sum(prof * prob.dxf[idx], axis=1)
+                        dens[(name, ib)] = den
+                        dens[(name, ib, "p")] = prof
                     # reflections with less than half of their profile on fitted points (outside
                     # the range or in an excluded region) keep their intensity: tails alone do not
                     # determine it
@@ -1440,9 +1506,12 @@ class Refinement:
                 # The group columns on the fitted points, scattered straight from the profile
                 # blocks (one bincount in block/row order: the same sums, in the same order, as
                 # the sparse product share-matrix @ profile-matrix).
-                pos = fitpos
-                flat = np.concatenate([(pos[idx] * ng + gid[idx_pk][:, None]).ravel() for idx_pk, idx, _p in blocks])
-                wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
+                pos_ng = fitpos * ng
+                flat = np.concatenate([(pos_ng[idx] + gid[idx_pk][:, None]).ravel() for idx_pk, idx, _p in blocks])
+                if np.all(share == 1.0):  # single-member groups (the usual case): P * 1 = P
+                    wts = np.concatenate([prof.ravel() for _k, _i, prof in blocks])
+                else:
+                    wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
                 Gf = np.bincount(flat, weights=wts, minlength=(m + 1) * ng).reshape(m + 1, ng)[:m]
                 # only reflections with most of their profile on fitted points get a column
                 # (fraction on fitted points: sequential row sums, as a sparse mat-vec)
@@ -1459,13 +1528,13 @@ class Refinement:
                 group_cols.append(Gf if keep.all() else Gf[:, keep])
         ncol = len(jac_cols) + sum(g.shape[1] for g in group_cols)
         J = np.empty((m, ncol))
+        wf = prob.wf
         for j, c in enumerate(jac_cols):
-            J[:, j] = c[prob.fitmask]
+            np.multiply(c[prob.fitmask], wf, out=J[:, j])
         j0 = len(jac_cols)
         for G in group_cols:
-            J[:, j0:j0 + G.shape[1]] = G
+            np.multiply(G, wf[:, None], out=J[:, j0:j0 + G.shape[1]])
             j0 += G.shape[1]
-        J *= prob.wf[:, None]
         return J, r, jac_names, groups_out
 
     def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
