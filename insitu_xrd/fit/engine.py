@@ -86,8 +86,9 @@ _GAUSS_NORM = np.sqrt(4.0 * np.log(2.0) / np.pi)
 #: Pawley polish: damps trades between reflections whose profiles correlate above ~0.999.
 _PAWLEY_RIDGE = 1e-3
 #: The polish stops when chi^2 falls by less than this fraction in a step (GSAS-II's default
-#: convergence criterion "min delta-M/M" is 1e-3) or every shift is below 0.1 esd.
+#: convergence criterion "min delta-M/M" is 1e-3) or every shift is below _POLISH_STEP_ESD esd.
 _POLISH_DM_M = 3e-4
+_POLISH_STEP_ESD = 0.1
 
 
 def _lattice_names(phase: Phase) -> tuple[str, ...]:
@@ -1642,7 +1643,7 @@ class Refinement:
                     inv_diag = np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
                     esd_u = np.sqrt(np.maximum(inv_diag, 0.0) * chi1 / max(len(r1) - npar, 1)) / norms[:nnl]
                     shift = np.abs(u1 - u0)
-                    if np.all((shift <= 0.1 * esd_u) | hold[:nnl]):
+                    if np.all((shift <= _POLISH_STEP_ESD * esd_u) | hold[:nnl]):
                         break
                 except (np.linalg.LinAlgError, ValueError):
                     pass
