@@ -61,7 +61,7 @@ import scipy.linalg
 import scipy.sparse
 from scipy.optimize import least_squares
 
-from insitu_xrd.core.crystal import Phase, Reflections, _metric_reciprocal, make_template, parse_hkl_label
+from insitu_xrd.core.crystal import Phase, Reflections, _metric_reciprocal, form_factor, make_template, parse_hkl_label
 from insitu_xrd.core.pattern import (
     WINDOW_FWHM,
     Instrument,
@@ -177,7 +177,7 @@ class _PhaseData:
     areas: np.ndarray | None = None  # Le Bail intensities (area units), one per reflection
     cache: dict = field(default_factory=dict)
     hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
-    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta) (see `_Problem.peak_params`)
+    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `_Problem.peak_params`)
     widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
 
 
@@ -262,14 +262,17 @@ class _Problem:
         # parameter at a time: most perturbations leave the cell or the widths unchanged)
         geo = pd.geo.get(cell)
         if geo is None:
-            g = _metric_reciprocal(cell)
+            g = _gstar(cell)
             d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
             tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
             if len(pd.geo) > 64:
                 pd.geo.clear()
-            geo = pd.geo[cell] = (d, tthb)
-        d, tthb = geo
-        t = tthb + self.shift(tthb, vals)
+            tth = np.radians(tthb)
+            geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
+        d, tthb, sin_t, cos_t = geo
+        # `shift` with the trigonometry of the Bragg angles memoised (the same operations)
+        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * sin_t * cos_t
+        t = tthb + (vals.get("zero_deg", 0.0) + np.degrees(disp))
         size = vals.get(f"{p}_size_um", np.inf)
         wargs = (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
                  vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
@@ -478,7 +481,10 @@ class _Problem:
         key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
         base = self._center_cache.get(key)
         if base is None:
-            dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], cell)
+            # `Phase.d_spacing` with the memoised reciprocal metric (the finite differences of
+            # the peaks and of the diffuse components perturb the same cells)
+            h = np.asarray(self.diffuse_hkl[d.label], dtype=float).reshape(-1, 3)
+            dd = 1.0 / np.sqrt(np.einsum("ni,ij,nj->n", h, _gstar(tuple(cell)), h))
             tthb = two_theta_deg_from_d(dd, self.lam)
             base = float(np.mean(tthb + self.shift(tthb, vals)))
             if len(self._center_cache) >= 64:
@@ -615,8 +621,8 @@ class _Problem:
                         continue
                     any_area = True
                     if self._is_site(n, name):
-                        fsq_p = self.ref.structure(name, vp).structure_factor_sq(pd.hkl, _cell_from(pd.phase, vp))
-                        fsq_m = self.ref.structure(name, vm).structure_factor_sq(pd.hkl, _cell_from(pd.phase, vm))
+                        fsq_p = _structure_factor_sq(self.ref.structure(name, vp), pd.hkl, _cell_from(pd.phase, vp))
+                        fsq_m = _structure_factor_sq(self.ref.structure(name, vm), pd.hkl, _cell_from(pd.phase, vm))
                         c_a[:, j] = k * pd.mult * (fsq_p - fsq_m) / (2 * h) * lorentz_factor(tthb)
                     else:
                         c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
@@ -747,6 +753,61 @@ class _Problem:
         return vals
 
 
+_GSTAR: dict[tuple, np.ndarray] = {}
+
+
+def _gstar(cell: tuple[float, ...]) -> np.ndarray:
+    """Reciprocal metric tensor of a cell (memoised; read-only)."""
+    g = _GSTAR.get(cell)
+    if g is None:
+        if len(_GSTAR) > 512:
+            _GSTAR.clear()
+        g = _metric_reciprocal(cell)
+        g.flags.writeable = False
+        _GSTAR[cell] = g
+    return g
+
+
+#: Symmetry-generated site positions by (space group, site xyz): they do not depend on the cell
+#: or the site occupancies, and generating them (gemmi operations, tolerance deduplication) costs
+#: more than the structure factors themselves.
+_POSITIONS: dict[tuple, np.ndarray] = {}
+
+
+def _site_positions(phase: Phase, site) -> np.ndarray:
+    key = (phase.space_group, tuple(float(v) for v in site.xyz))
+    hit = _POSITIONS.get(key)
+    if hit is None:
+        if len(_POSITIONS) > 256:
+            _POSITIONS.clear()
+        hit = phase.site_positions(site)
+        hit.flags.writeable = False
+        _POSITIONS[key] = hit
+    return hit
+
+
+def _structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...]) -> np.ndarray:
+    """`Phase.structure_factor_sq` (the same operations, hence the same numbers) with the site
+    positions memoised."""
+    h = np.asarray(hkl, dtype=float).reshape(-1, 3)
+    d = phase.d_spacing(h, cell)
+    s = 0.5 / d
+    f_real = np.zeros(len(h))
+    f_imag = np.zeros(len(h))
+    for site in phase.sites:
+        positions = _site_positions(phase, site)
+        ph = 2.0 * np.pi * h @ positions.T  # (n, npos)
+        geom_re = np.cos(ph).sum(axis=1)
+        geom_im = np.sin(ph).sum(axis=1)
+        f_site = np.zeros(len(h))
+        for element, occ in site.occupancy.items():
+            f_site += occ * form_factor(element, s)
+        f_site *= np.exp(-site.biso_A2 * s * s)
+        f_real += f_site * geom_re
+        f_imag += f_site * geom_im
+    return f_real**2 + f_imag**2
+
+
 def held_phases(held: list[str]) -> set[str]:
     return {n.split("_", 1)[0] for n in held}
 
@@ -840,7 +901,7 @@ class Refinement:
         key = (name, site_key, hkl.tobytes(), tuple(np.round(cell, 4)))
         hit = self._fsq_cache.get(key)
         if hit is None:
-            hit = phase.structure_factor_sq(hkl, cell)
+            hit = _structure_factor_sq(phase, hkl, cell)
             if len(self._fsq_cache) > 64:
                 self._fsq_cache.pop(next(iter(self._fsq_cache)))
             self._fsq_cache[key] = hit
@@ -1316,9 +1377,14 @@ class Refinement:
             r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
         self._store_linear(params, lin)
         vals = params.valuesdict()
-        cov_names, cov, extra_cols = self._covariance(prob, vals, free_nl, lebail)
+        # the columns just built are those at `vals` (storing the solved linear values changes no
+        # column): the covariance Jacobian and the result reuse them
+        final_cols = (lnames, cols, fixed, info)
+        cov_names, cov, extra_cols = self._covariance(prob, vals, free_nl, lebail,
+                                                      pre=(final_cols, [lin[n] for n in lnames], r))
         out = dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, success=success,
-                   message="; ".join(messages), n_extra=extra_cols, held=list(held), warnings=warnings)
+                   message="; ".join(messages), n_extra=extra_cols, held=list(held), warnings=warnings,
+                   columns=final_cols)
         # phase fractions
         scales: dict[str, tuple[float, float]] = {}
         if lebail and self.spec.phase_fraction_step:
@@ -1461,7 +1527,7 @@ class Refinement:
         rho = min(rho, 0.99)
         return float(np.sqrt((1.0 + rho) / (1.0 - rho)))
 
-    def _jacobian(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
+    def _jacobian(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool, pre=None):
         """Full weighted Jacobian at `vals` (linear parameters at their least-squares values).
 
         Columns: nonlinear parameters (`_Problem.total_derivatives`), linear parameters, and in Le Bail mode
@@ -1469,8 +1535,11 @@ class Refinement:
         respect to the group's area). Returns (J, r, names, groups) with r the weighted residual
         and groups [(phase, member indices, member shares)] for the Pawley columns.
         """
-        names, cols, fixed, info = prob.columns(vals, lebail)
-        coef, r = prob.solve_linear(cols, fixed)
+        if pre is not None:  # ((names, cols, fixed, info), coef, r) of `prob.residual(vals)`
+            (names, cols, fixed, info), coef, r = pre
+        else:
+            names, cols, fixed, info = prob.columns(vals, lebail)
+            coef, r = prob.solve_linear(cols, fixed)
         lin = dict(zip(names, coef))
         jac_names: list[str] = list(free_nl)
         jac_cols: list[np.ndarray] = prob.total_derivatives(vals, lin, free_nl, lebail) if free_nl else []
@@ -1504,29 +1573,49 @@ class Refinement:
                 tot = np.bincount(gid, weights=areas, minlength=ng)
                 cnt = np.bincount(gid, minlength=ng)
                 share = np.where(tot[gid] > 0, areas / np.where(tot[gid] > 0, tot[gid], 1.0), 1.0 / cnt[gid])
-                # The group columns on the fitted points, scattered straight from the profile
-                # blocks (one bincount in block/row order: the same sums, in the same order, as
-                # the sparse product share-matrix @ profile-matrix).
-                pos_ng = fitpos * ng
-                flat = np.concatenate([(pos_ng[idx] + gid[idx_pk][:, None]).ravel() for idx_pk, idx, _p in blocks])
                 if np.all(share == 1.0):  # single-member groups (the usual case): P * 1 = P
                     wts = np.concatenate([prof.ravel() for _k, _i, prof in blocks])
                 else:
                     wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
-                Gf = np.bincount(flat, weights=wts, minlength=(m + 1) * ng).reshape(m + 1, ng)[:m]
                 # only reflections with most of their profile on fitted points get a column
-                # (fraction on fitted points: sequential row sums, as a sparse mat-vec)
+                # (fraction on fitted points; it only meets the 0.5 threshold, so plain row sums
+                # do, and the sequential ones (as a sparse mat-vec) decide where they are within
+                # rounding of it)
                 fitted = np.zeros(len(t))
                 for idx_pk, idx, prof in blocks:
-                    fitted[idx_pk] = np.cumsum(prof * prob.dxf[idx], axis=1)[:, -1]
+                    fitted[idx_pk] = np.sum(prof * prob.dxf[idx], axis=1)
                 inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
-                keep = (inside > 0.5) & np.any(Gf != 0, axis=0)
+                if np.any(np.abs(inside - 0.5) <= 1e-9):
+                    for idx_pk, idx, prof in blocks:
+                        fitted[idx_pk] = np.cumsum(prof * prob.dxf[idx], axis=1)[:, -1]
+                    inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
+                pos = np.concatenate([fitpos[idx].ravel() for _k, idx, _p in blocks])
+                gent = np.concatenate([np.broadcast_to(gid[idx_pk][:, None], idx.shape).ravel()
+                                       for idx_pk, idx, _p in blocks])
+                if wts.size and wts.min() >= 0.0:
+                    # non-negative weights: a group's column is non-zero iff one of its entries
+                    # on a fitted point is (no cancellation); the kept groups' columns are then
+                    # summed alone (the same entries, in the same order, as in the full matrix)
+                    nonzero = np.bincount(gent[(wts != 0.0) & (pos < m)], minlength=ng) > 0
+                    keep = (inside > 0.5) & nonzero
+                    nk = int(keep.sum())
+                    remap = np.full(ng, nk)
+                    remap[keep] = np.arange(nk)
+                    flat = pos * (nk + 1) + remap[gent]
+                    Gk = np.bincount(flat, weights=wts, minlength=(m + 1) * (nk + 1)).reshape(m + 1, nk + 1)[:m, :nk]
+                else:
+                    # The group columns on the fitted points, scattered straight from the profile
+                    # blocks (one bincount in block/row order: the same sums, in the same order,
+                    # as the sparse product share-matrix @ profile-matrix).
+                    Gf = np.bincount(pos * ng + gent, weights=wts, minlength=(m + 1) * ng).reshape(m + 1, ng)[:m]
+                    keep = (inside > 0.5) & np.any(Gf != 0, axis=0)
+                    Gk = Gf if keep.all() else Gf[:, keep]
                 by_group = np.argsort(gid, kind="stable")
                 ends = np.cumsum(cnt)
                 for gi in np.nonzero(keep)[0]:
                     members = by_group[ends[gi] - cnt[gi]:ends[gi]]
                     groups_out.append((name, members, share[members]))
-                group_cols.append(Gf if keep.all() else Gf[:, keep])
+                group_cols.append(Gk)
         ncol = len(jac_cols) + sum(g.shape[1] for g in group_cols)
         J = np.empty((m, ncol))
         wf = prob.wf
@@ -1538,9 +1627,9 @@ class Refinement:
             j0 += G.shape[1]
         return J, r, jac_names, groups_out
 
-    def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool):
+    def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool, pre=None):
         """Covariance (scaled by gof and the serial-correlation factor) of the refined parameters."""
-        J, r, jac_names, groups = self._jacobian(prob, vals, free_nl, lebail)
+        J, r, jac_names, groups = self._jacobian(prob, vals, free_nl, lebail, pre)
         cov = self._cov_from_jac(J, r, J.shape[1])
         npar = len(jac_names)
         return jac_names, cov[:npar, :npar], len(groups)
@@ -1678,7 +1767,7 @@ class Refinement:
         yo = prob.yf
         sw_yo2 = float(np.sum((prob.wf * yo) ** 2))
         rwp = float(np.sqrt(chi2 / sw_yo2))
-        names, cols, fixed, info = prob.columns(vals, lebail)
+        names, cols, fixed, info = out["columns"] if "columns" in out else prob.columns(vals, lebail)
         lin = {n: vals.get(n, 0.0) for n in names}
         if lebail:
             lin.update({n: 1.0 for n in names if n.endswith("_lebail_k")})
