@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import gemmi
 import numpy as np
@@ -276,15 +276,18 @@ class Phase:
             total += m * sum(occ * atomic_mass_amu(el) for el, occ in site.occupancy.items())
         return total
 
-    def structure_factor_sq(self, hkl: np.ndarray, cell: tuple[float, ...] | None = None) -> np.ndarray:
-        """|F(hkl)|^2 (electrons^2 per unit cell) with form factors and isotropic B."""
+    def structure_factor_sq(self, hkl: np.ndarray, cell: tuple[float, ...] | None = None,
+                            positions_of: Callable[[Site], np.ndarray] | None = None) -> np.ndarray:
+        """|F(hkl)|^2 (electrons^2 per unit cell) with form factors and isotropic B.
+        ``positions_of(site)``: the site's symmetry-equivalent positions (default
+        :meth:`site_positions`; a fit passes a memoised one)."""
         h = np.asarray(hkl, dtype=float).reshape(-1, 3)
         d = self.d_spacing(h, cell)
         s = 0.5 / d
         f_real = np.zeros(len(h))
         f_imag = np.zeros(len(h))
         for site in self.sites:
-            positions = self.site_positions(site)
+            positions = (positions_of or self.site_positions)(site)
             phase = 2.0 * np.pi * h @ positions.T  # (n, npos)
             geom_re = np.cos(phase).sum(axis=1)
             geom_im = np.sin(phase).sum(axis=1)

@@ -286,6 +286,19 @@ class _Problem:
         fwhm, eta = widths
         return t, fwhm, eta, tthb, d
 
+    def _window_groups(self, t: np.ndarray, fwhm: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """Reflections near the fitted range, in up to 4 groups of similar window half-width:
+        [(peak indices, half-width k in grid steps)] (k = WINDOW_FWHM FWHM / step + 1, <= n)."""
+        x = self.x
+        n = len(x)
+        ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
+        sel = np.nonzero(ok)[0]
+        if sel.size == 0:
+            return []
+        K = np.minimum(np.ceil(WINDOW_FWHM * fwhm[sel] / self.step).astype(int) + 1, n)
+        order = np.argsort(K)
+        return [(sel[g], int(K[g].max())) for g in np.array_split(order, min(4, len(order))) if g.size]
+
     def _blocks(self, t: np.ndarray, fwhm: np.ndarray, eta: np.ndarray, sh_l: float = 0.0, derivs: bool = False):
         """Windowed profile values: list of (peak indices, grid indices (k, 2K), values (k, 2K)),
         with derivs also d/d(centre), d/d(FWHM), d/d(eta) of the (area-normalised) profiles:
@@ -299,20 +312,8 @@ class _Problem:
             return self._blocks_pv(t, fwhm, eta, derivs)
         x = self.x
         n = len(x)
-        ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
-        sel = np.nonzero(ok)[0]
-        if sel.size == 0:
-            return []
-        K = np.ceil(WINDOW_FWHM * fwhm[sel] / self.step).astype(int) + 1
-        K = np.minimum(K, n)
-        order = np.argsort(K)
-        groups = np.array_split(order, min(4, len(order)))
         out = []
-        for g in groups:
-            if g.size == 0:
-                continue
-            idx_pk = sel[g]
-            k = int(K[g].max())
+        for idx_pk, k in self._window_groups(t, fwhm):
             tk = t[idx_pk]
             h = fwhm[idx_pk, None]
             e = eta[idx_pk, None]
@@ -374,32 +375,22 @@ class _Problem:
             return hit
         x = self.x
         n = len(x)
-        ok = np.isfinite(t) & (t > x[0] - 0.5 - 5 * np.nanmax(fwhm, initial=0)) & (t < x[-1] + 0.5 + 5 * np.nanmax(fwhm, initial=0))
-        sel = np.nonzero(ok)[0]
         out = []
-        if sel.size:
-            K = np.ceil(WINDOW_FWHM * fwhm[sel] / self.step).astype(int) + 1
-            K = np.minimum(K, n)
-            order = np.argsort(K)
-            for g in np.array_split(order, min(4, len(order))):
-                if g.size == 0:
-                    continue
-                idx_pk = sel[g]
-                k = int(K[g].max())
-                tk = t[idx_pk]
-                h = fwhm[idx_pk, None]
-                ic = np.searchsorted(x, tk)
-                offs = np.arange(-k, k + 1)
-                idx = ic[:, None] + offs[None, :]
-                valid = idx.view(np.uint64) < n  # 0 <= idx < n (negative: huge as unsigned)
-                np.clip(idx, 0, n - 1, out=idx)
-                # uniform grid: x0 + i * step (`_grid`), as computed per element before
-                dx = self._grid[idx] - tk[:, None]
-                valid &= np.abs(dx) < WINDOW_FWHM * h
-                # Gaussian part only where it is not negligible (|dx| < 3.5 FWHM: < 1e-14 beyond)
-                kg = min(k, int(np.ceil(3.5 * float(h.max()) / self.step)) + 1)
-                # the mask as 0/1 floats: multiplying by it is exact and faster than by booleans
-                out.append((idx_pk, idx, dx, valid.astype(float), slice(k - kg, k + kg + 1)))
+        for idx_pk, k in self._window_groups(t, fwhm):
+            tk = t[idx_pk]
+            h = fwhm[idx_pk, None]
+            ic = np.searchsorted(x, tk)
+            offs = np.arange(-k, k + 1)
+            idx = ic[:, None] + offs[None, :]
+            valid = idx.view(np.uint64) < n  # 0 <= idx < n (negative: huge as unsigned)
+            np.clip(idx, 0, n - 1, out=idx)
+            # uniform grid: x0 + i * step (`_grid`), as computed per element before
+            dx = self._grid[idx] - tk[:, None]
+            valid &= np.abs(dx) < WINDOW_FWHM * h
+            # Gaussian part only where it is not negligible (|dx| < 3.5 FWHM: < 1e-14 beyond)
+            kg = min(k, int(np.ceil(3.5 * float(h.max()) / self.step)) + 1)
+            # the mask as 0/1 floats: multiplying by it is exact and faster than by booleans
+            out.append((idx_pk, idx, dx, valid.astype(float), slice(k - kg, k + kg + 1)))
         if len(cache) >= 8:
             cache.pop(next(iter(cache)))
         cache[key] = out
@@ -787,25 +778,8 @@ def _site_positions(phase: Phase, site) -> np.ndarray:
 
 
 def _structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...]) -> np.ndarray:
-    """`Phase.structure_factor_sq` (the same operations, hence the same numbers) with the site
-    positions memoised."""
-    h = np.asarray(hkl, dtype=float).reshape(-1, 3)
-    d = phase.d_spacing(h, cell)
-    s = 0.5 / d
-    f_real = np.zeros(len(h))
-    f_imag = np.zeros(len(h))
-    for site in phase.sites:
-        positions = _site_positions(phase, site)
-        ph = 2.0 * np.pi * h @ positions.T  # (n, npos)
-        geom_re = np.cos(ph).sum(axis=1)
-        geom_im = np.sin(ph).sum(axis=1)
-        f_site = np.zeros(len(h))
-        for element, occ in site.occupancy.items():
-            f_site += occ * form_factor(element, s)
-        f_site *= np.exp(-site.biso_A2 * s * s)
-        f_real += f_site * geom_re
-        f_imag += f_site * geom_im
-    return f_real**2 + f_imag**2
+    """`Phase.structure_factor_sq` with the site positions memoised (same numbers)."""
+    return phase.structure_factor_sq(hkl, cell, positions_of=lambda site: _site_positions(phase, site))
 
 
 def held_phases(held: list[str]) -> set[str]:
