@@ -61,7 +61,7 @@ import scipy.linalg
 import scipy.sparse
 from scipy.optimize import least_squares
 
-from insitu_xrd.core.crystal import Phase, Reflections, _metric_reciprocal, form_factor, make_template, parse_hkl_label
+from insitu_xrd.core.crystal import Phase, Reflections, _metric_reciprocal, make_template, parse_hkl_label
 from insitu_xrd.core.pattern import (
     WINDOW_FWHM,
     Instrument,
@@ -218,6 +218,8 @@ class _Problem:
         self._grid = (self.x0 + np.arange(len(x)) * self.step) if self.uniform else x
         self._pv_cache: dict = {}
         self._center_cache: dict = {}
+        self._fd_key: tuple | None = None  # point of the finite differences kept in `_fd`
+        self._fd: dict = {}
 
     # ----- phases -----------------------------------------------------------------------------
     def _phase_data(self, name: str, params: lmfit.Parameters) -> _PhaseData:
@@ -249,9 +251,14 @@ class _Problem:
                 pd.fsq_key = key
                 pd.cache.clear()
 
-    def shift(self, tthb: np.ndarray, vals: dict[str, float]) -> np.ndarray:
-        tth = np.radians(tthb)
-        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * np.sin(tth) * np.cos(tth)
+    def shift(self, tthb: np.ndarray, vals: dict[str, float],
+              sin_cos: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Zero and sample-displacement shift (deg) of Bragg angles ``tthb``; ``sin_cos``: their
+        sin and cos when already known."""
+        if sin_cos is None:
+            tth = np.radians(tthb)
+            sin_cos = (np.sin(tth), np.cos(tth))
+        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * sin_cos[0] * sin_cos[1]
         return vals.get("zero_deg", 0.0) + np.degrees(disp)
 
     def peak_params(self, pd: _PhaseData, vals: dict[str, float]):
@@ -262,7 +269,7 @@ class _Problem:
         # parameter at a time: most perturbations leave the cell or the widths unchanged)
         geo = pd.geo.get(cell)
         if geo is None:
-            g = _gstar(cell)
+            g = _metric_reciprocal(cell)
             d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
             tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
             if len(pd.geo) > 64:
@@ -270,9 +277,7 @@ class _Problem:
             tth = np.radians(tthb)
             geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
         d, tthb, sin_t, cos_t = geo
-        # `shift` with the trigonometry of the Bragg angles memoised (the same operations)
-        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * sin_t * cos_t
-        t = tthb + (vals.get("zero_deg", 0.0) + np.degrees(disp))
+        t = tthb + self.shift(tthb, vals, (sin_t, cos_t))
         size = vals.get(f"{p}_size_um", np.inf)
         wargs = (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
                  vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
@@ -472,10 +477,7 @@ class _Problem:
         key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
         base = self._center_cache.get(key)
         if base is None:
-            # `Phase.d_spacing` with the memoised reciprocal metric (the finite differences of
-            # the peaks and of the diffuse components perturb the same cells)
-            h = np.asarray(self.diffuse_hkl[d.label], dtype=float).reshape(-1, 3)
-            dd = 1.0 / np.sqrt(np.einsum("ni,ij,nj->n", h, _gstar(tuple(cell)), h))
+            dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], cell)
             tthb = two_theta_deg_from_d(dd, self.lam)
             base = float(np.mean(tthb + self.shift(tthb, vals)))
             if len(self._center_cache) >= 64:
@@ -551,7 +553,7 @@ class _Problem:
         while derivatives are taken at the same point (e.g. the Le Bail Jacobian and the
         phase-fraction step)."""
         key = tuple(vals.items())
-        if getattr(self, "_fd_key", None) != key:
+        if self._fd_key != key:
             self._fd_key = key
             self._fd = {}
         return self._fd
@@ -742,21 +744,6 @@ class _Problem:
         vals = self._base_vals.copy()
         vals.update(zip(free, (float(v) for v in xvec)))
         return vals
-
-
-_GSTAR: dict[tuple, np.ndarray] = {}
-
-
-def _gstar(cell: tuple[float, ...]) -> np.ndarray:
-    """Reciprocal metric tensor of a cell (memoised; read-only)."""
-    g = _GSTAR.get(cell)
-    if g is None:
-        if len(_GSTAR) > 512:
-            _GSTAR.clear()
-        g = _metric_reciprocal(cell)
-        g.flags.writeable = False
-        _GSTAR[cell] = g
-    return g
 
 
 #: Symmetry-generated site positions by (space group, site xyz): they do not depend on the cell
@@ -1437,11 +1424,10 @@ class Refinement:
                 new = np.maximum(new, 1e-4 * max(float(new.max(initial=0.0)), 0.0))
                 for ib, (idx_pk, idx, prof) in enumerate(blocks):
                     num = np.sum(prof * ratio[idx], axis=1)
-                    den = dens.get((name, ib))
-                    if den is None or dens[(name, ib, "p")] is not prof:
-                        den = np.sum(prof * prob.dxf[idx], axis=1)
-                        dens[(name, ib)] = den
-                        dens[(name, ib, "p")] = prof
+                    prof_den = dens.get((name, ib))
+                    if prof_den is None or prof_den[0] is not prof:  # profiles changed: recompute
+                        prof_den = dens[(name, ib)] = (prof, np.sum(prof * prob.dxf[idx], axis=1))
+                    den = prof_den[1]
                     # reflections with less than half of their profile on fitted points (outside
                     # the range or in an excluded region) keep their intensity: tails alone do not
                     # determine it
@@ -1552,17 +1538,10 @@ class Refinement:
                 else:
                     wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
                 # only reflections with most of their profile on fitted points get a column
-                # (fraction on fitted points; it only meets the 0.5 threshold, so plain row sums
-                # do, and the sequential ones (as a sparse mat-vec) decide where they are within
-                # rounding of it)
                 fitted = np.zeros(len(t))
                 for idx_pk, idx, prof in blocks:
                     fitted[idx_pk] = np.sum(prof * prob.dxf[idx], axis=1)
                 inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
-                if np.any(np.abs(inside - 0.5) <= 1e-9):
-                    for idx_pk, idx, prof in blocks:
-                        fitted[idx_pk] = np.cumsum(prof * prob.dxf[idx], axis=1)[:, -1]
-                    inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
                 pos = np.concatenate([fitpos[idx].ravel() for _k, idx, _p in blocks])
                 gent = np.concatenate([np.broadcast_to(gid[idx_pk][:, None], idx.shape).ravel()
                                        for idx_pk, idx, _p in blocks])

@@ -41,6 +41,7 @@ from insitu_xrd.provenance import software_versions_json, utc_now_iso
 __all__ = [
     "VERSUS_CHOICES",
     "compute_strain",
+    "cathode_phases_in",
     "write_strain_netcdf",
     "read_strain_netcdf",
     "write_strain_frames_csv",
@@ -61,7 +62,7 @@ COMSOL_COLUMNS = ("eps_a", "eps_c", "eps_iso", "eps_V", "eps_11", "eps_22", "eps
 _UNITS = {"x_li": "1", "soc": "1", "capacity_mAh_g": "mAh/g", "voltage_V": "V", "time_s": "s", "frame": "1"}
 
 
-def _cathode_phases(ds: xr.Dataset) -> list[str] | None:
+def cathode_phases_in(ds: xr.Dataset) -> list[str] | None:
     """The ``cathode_phases`` attr (a JSON list) restricted to the phases in ``ds``; None if absent."""
     raw = ds.attrs.get("cathode_phases")
     if raw is None:
@@ -147,7 +148,7 @@ def compute_strain(
     frac_name = "phase_fraction"
     if "phase" in ds.dims:
         all_phases = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else [f"phase{i}" for i in range(ds.sizes["phase"])]
-        wanted = list(phases) if phases is not None else _cathode_phases(ds)
+        wanted = list(phases) if phases is not None else cathode_phases_in(ds)
         if wanted is not None:
             unknown = [p for p in wanted if p not in all_phases]
             if unknown:

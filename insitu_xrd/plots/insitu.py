@@ -190,16 +190,13 @@ def plot_lattice(results: xr.Dataset, path: str | Path, versus: str = "x_li", ti
     ``cathode_phases``; cell lines such as Al and Li are constant and would flatten the axes)
     versus ``versus`` with esd bars; Rwp below. The fraction is the lever-rule fraction within
     the cathode (``cathode_fraction``) when present, else the weight fraction of all phases."""
-    import json
+    from insitu_xrd.io.strain_export import cathode_phases_in
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x, xlabel = _abscissa(results, versus)
     phases = [str(p) for p in results["phase"].values]
-    try:
-        shown = [p for p in json.loads(results.attrs.get("cathode_phases", "[]")) if p in phases] or phases
-    except (TypeError, ValueError):
-        shown = phases
+    shown = cathode_phases_in(results) or phases
     good = np.array([str(s) in ("ok", "refit") for s in results["status"].values])
     fig, axes = plt.subplots(3, 2, figsize=(10, 9), sharex=True, constrained_layout=True)
     frac_var = "cathode_fraction" if "cathode_fraction" in results else "phase_fraction"
