@@ -20,8 +20,13 @@ Algorithm
   the window geometry is shared by the profiles and their derivatives at one point, and the
   finite differences at one point are shared by the Le Bail Jacobian and the phase-fraction step
   (memoised by their inputs: results identical to recomputing them).
-- Rietveld: area = scale * m |F|^2 / (sin^2(theta) cos(theta)); |F|^2 recomputed only when site
-  parameters change (and cached between fits).
+- Rietveld: area = scale * m |F|^2 / (sin^2(theta) cos(theta)); |F|^2 recomputed when the site
+  parameters or the cell (to 1e-4 A) change, and cached between fits. A cold start runs the
+  trust-region solver, then Levenberg-Marquardt steps (`Refinement._polish`); a warm start (the
+  previous frame's result) goes straight to those steps, which keep their Jacobian once a step
+  is below 1 esd (chord steps: a new residual only). Every Rietveld fit ends with a check at the
+  final point: the Gauss-Newton step with the exact Jacobian (the covariance's) must move no
+  nonlinear parameter by more than 0.05 esd, else it is taken and the check repeated.
 - Le Bail, cold start: a structure-factor (Rietveld-like) stage first brings lattice and profile
   into the basin (robust to a few tenths of a percent of starting lattice error); then cycles of
   (i) Le Bail intensity extraction (partition of obs - background among overlapping peaks) and
@@ -30,7 +35,8 @@ Algorithm
   Levenberg-Marquardt steps on the joint problem (nonlinear + linear + reflection intensities,
   ridge-damped on the intensities) to the least-squares optimum.
   Warm start: the previous intensities (matched by hkl), re-partitioned for the new pattern, and
-  the previous lattice/profile go straight to the polish.
+  the previous lattice/profile go straight to the polish. The polish keeps its Jacobian once a
+  step is below 1 esd (chord steps; a fresh one if a chord step fails).
 - Phase fractions in Le Bail mode: with lattice, profile and Le Bail positions fixed, one linear
   least-squares step with structure-factor curves (one scale per phase) plus background/diffuse
   gives the scales, hence Hill-Howard weight fractions W_p = S_p (ZMV)_p / sum (ZMV S); their
@@ -85,17 +91,18 @@ _GAUSS_NORM = np.sqrt(4.0 * np.log(2.0) / np.pi)
 #: Ridge weight (on unit-normalised Jacobian columns) of the reflection intensities in the
 #: Pawley polish: damps trades between reflections whose profiles correlate above ~0.999.
 _PAWLEY_RIDGE = 1e-3
-#: The polish stops when chi^2 falls by less than this fraction in a step (GSAS-II's default
-#: convergence criterion "min delta-M/M" is 1e-3) or every shift is below _POLISH_STEP_ESD esd.
+#: The polish stops when every shift is below _POLISH_STEP_ESD esd or (Le Bail mode) chi^2 falls
+#: by less than this fraction in a step (GSAS-II's default criterion "min delta-M/M" is 1e-3).
 _POLISH_DM_M = 3e-4
 _POLISH_STEP_ESD = 0.1
 #: After a polish step below this many esd (every nonlinear parameter) the Jacobian is kept.
 _CHORD_STEP_ESD = 1.0
-#: Rietveld warm start: final Gauss-Newton check (exact Jacobian) and how many such steps at most.
+#: Rietveld mode: the fit ends where the exact-Jacobian Gauss-Newton step moves no nonlinear
+#: parameter by more than _FINAL_STEP_ESD esd (at most _VERIFY_STEPS such steps are taken).
 _FINAL_STEP_ESD = 0.05
 _VERIFY_STEPS = 3
-#: Most Gauss-Newton steps of a warm-started Rietveld fit before the trust-region solver takes over.
-_WARM_STEPS = 10
+#: Most Gauss-Newton steps of a Rietveld polish (warm start; after the trust-region solver).
+_GN_STEPS = 10
 
 
 def _lattice_names(phase: Phase) -> tuple[str, ...]:
@@ -1303,7 +1310,7 @@ class Refinement:
             if warm and not probation:
                 # next to the previous frame's optimum: Gauss-Newton converges in a few steps,
                 # most of them with the kept Jacobian (a trust-region solve recomputes it each time)
-                steps, polished = self._polish(prob, free_nl, False, steps=_WARM_STEPS)
+                steps, polished = self._polish(prob, free_nl, False, steps=_GN_STEPS)
                 if polished:
                     messages.append(f"warm start (Gauss-Newton steps: {steps})")
             if not polished:
@@ -1313,7 +1320,7 @@ class Refinement:
                 messages.append(msg)
                 # the trust-region solver's ftol test can stop short in a shallow valley (scales,
                 # widths and diffuse areas trade): the same Gauss-Newton steps finish the fit
-                steps, _ = self._polish(prob, free_nl, False, steps=_WARM_STEPS)
+                steps, _ = self._polish(prob, free_nl, False, steps=_GN_STEPS)
                 messages.append(f"Gauss-Newton steps: {steps}")
             # every Rietveld fit ends with the exact-Jacobian check (below)
             verify = True
@@ -1396,10 +1403,11 @@ class Refinement:
         return out
 
     def _take_gn_step(self, prob: _Problem, free_nl: list[str], gn: np.ndarray, cov: np.ndarray, r: np.ndarray) -> bool:
-        """After chord steps (Rietveld warm start): the Gauss-Newton step with the exact Jacobian
-        at the final point. Taken (True) if it moves a nonlinear parameter by more than
-        `_FINAL_STEP_ESD` esd and lowers chi^2: the chord steps' fixed point can lie a fraction of
-        an esd from the optimum along shallow directions (e.g. diffuse width and offset)."""
+        """Rietveld mode, end of the fit: the Gauss-Newton step with the exact Jacobian at the
+        final point (from the covariance computation). Taken (True) if it moves a nonlinear
+        parameter by more than `_FINAL_STEP_ESD` esd and lowers chi^2: the fixed point of the
+        polish's chord steps can lie a fraction of an esd from the optimum along shallow
+        directions (e.g. diffuse width and offset)."""
         params = prob.params
         esd = np.sqrt(np.abs(np.diag(cov)[:len(free_nl)]))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -1654,7 +1662,7 @@ class Refinement:
 
     def _polish(self, prob: _Problem, free_nl: list[str], lebail: bool, steps: int = 6) -> tuple[int, bool]:
         """Levenberg-Marquardt steps on the joint problem (nonlinear + linear + reflection
-        intensities), from the Le Bail fixed point.
+        intensities), from the Le Bail fixed point (Rietveld mode: see the end).
 
         The Le Bail fixed point is not the least-squares optimum where reflections overlap (the
         partition shares intensity in proportion to the current profile, which biases widths: +3 to
@@ -1688,7 +1696,7 @@ class Refinement:
             vals = params.valuesdict()
             prob._base_vals = vals
             u0, ulo, uhi = _opt_space(params, free_nl, recip)
-            if chord_ok and lin_state is not None and r_now is not None:
+            if chord_ok:  # (after an accepted step: lin_state and r_now are set)
                 Jn, norms, N0, ngrp, groups, esd_diag = lin_state
                 r = r_now
                 chord = True
