@@ -1261,6 +1261,7 @@ class Refinement:
         params = prob.params
         max_nfev = self.spec.max_nfev
         verify = False
+        final_eval = None  # the residual evaluation at the final point, when the polish made it
         messages: list[str] = []
         warnings: list[str] = []
         success = True
@@ -1310,7 +1311,7 @@ class Refinement:
             if warm and not probation:
                 # next to the previous frame's optimum: Gauss-Newton converges in a few steps,
                 # most of them with the kept Jacobian (a trust-region solve recomputes it each time)
-                steps, polished = self._polish(prob, free_nl, False, steps=_GN_STEPS)
+                steps, polished, final_eval = self._polish(prob, free_nl, False, steps=_GN_STEPS)
                 if polished:
                     messages.append(f"warm start (Gauss-Newton steps: {steps})")
             if not polished:
@@ -1320,7 +1321,7 @@ class Refinement:
                 messages.append(msg)
                 # the trust-region solver's ftol test can stop short in a shallow valley (scales,
                 # widths and diffuse areas trade): the same Gauss-Newton steps finish the fit
-                steps, _ = self._polish(prob, free_nl, False, steps=_GN_STEPS)
+                steps, _, final_eval = self._polish(prob, free_nl, False, steps=_GN_STEPS)
                 messages.append(f"Gauss-Newton steps: {steps}")
             # every Rietveld fit ends with the exact-Jacobian check (below)
             verify = True
@@ -1361,24 +1362,32 @@ class Refinement:
                 self._extract(prob, params.valuesdict(), passes=3)
                 msg = "warm start"
                 stages = "Le Bail extraction from the previous intensities"
-            steps = self._polish(prob, nl_lebail, True, steps=8 if polish and not cold else 6)[0] if polish else 0
+            if polish:
+                steps, _, final_eval = self._polish(prob, nl_lebail, True, steps=8 if not cold else 6)
+            else:
+                steps = 0
             messages.append(f"{msg} ({stages}; Pawley polish steps: {steps})")
         for check in range(_VERIFY_STEPS + 1):
             vals = params.valuesdict()
             prob._base_vals = vals
-            r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
-            if lebail:
-                for name, pd in prob.pd.items():
-                    k = lin.pop(f"{name}_lebail_k", 1.0)
-                    pd.areas = pd.areas * max(k, 0.0)
+            if final_eval is not None:
+                (lnames, cols, fixed, info), coef, r = final_eval
+                lin = dict(zip(lnames, coef))
+                final_eval = None
+            else:
                 r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
-            self._store_linear(params, lin)
+                if lebail:
+                    for name, pd in prob.pd.items():
+                        k = lin.pop(f"{name}_lebail_k", 1.0)
+                        pd.areas = pd.areas * max(k, 0.0)
+                    r, lin, (lnames, cols, fixed, info) = prob.residual(vals, lebail)
+            self._store_linear(params, {n: v for n, v in lin.items() if not n.endswith("_lebail_k")})
             vals = params.valuesdict()
             # the columns just built are those at `vals` (storing the solved linear values changes
             # no column): the covariance Jacobian and the result reuse them
             final_cols = (lnames, cols, fixed, info)
             cov_names, cov, extra_cols, gn = self._covariance(prob, vals, free_nl, lebail,
-                                                              pre=(final_cols, [lin[n] for n in lnames], r))
+                                                              pre=(final_cols, [lin.get(n, 1.0) for n in lnames], r))
             if not verify or check == _VERIFY_STEPS or not self._take_gn_step(prob, free_nl, gn, cov, r):
                 break
         out = dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, success=success,
@@ -1681,7 +1690,8 @@ class Refinement:
 
         Rietveld mode (`lebail` False; no intensity columns): the same steps on the nonlinear
         parameters with the linear ones re-solved at each trial point, used from a warm start.
-        Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd).
+        Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd, the
+        residual evaluation ((names, cols, fixed, info), coef, r) at the final point or None).
         """
         params = prob.params
         taken = 0
@@ -1690,6 +1700,9 @@ class Refinement:
         nnl = len(free_nl)
         lin_state = None  # (Jn, norms, N0, ngrp, groups, esd_diag) of the last full Jacobian
         r_now = None  # weighted residual at the current point (from the last accepted trial)
+        # the accepted trial's evaluation, valid at the current point: the areas were rescaled by
+        # the Le Bail multipliers, which are then 1 (the columns built from them are not used)
+        current = None
         chord_ok = False
         converged = False
         for _ in range(steps):
@@ -1701,7 +1714,7 @@ class Refinement:
                 r = r_now
                 chord = True
             else:
-                J, r, names, groups = self._jacobian(prob, vals, free_nl, lebail)
+                J, r, names, groups = self._jacobian(prob, vals, free_nl, lebail, pre=current)
                 ngrp = len(groups)
                 # optimiser space: reciprocal sizes (see _nonlinear)
                 vnat = np.array([vals[n] for n in free_nl])
@@ -1749,7 +1762,7 @@ class Refinement:
                     dg = delta[npar - ngrp + gi]
                     prob.pd[name].areas[members] = old_areas[name][members] + dg * share
                 prob._base_vals = trial
-                r1, lin1, _ = prob.residual(trial, lebail)
+                r1, lin1, last_cols = prob.residual(trial, lebail)
                 chi1 = float(r1 @ r1)
                 if chi1 < chi0:
                     accepted = True
@@ -1774,6 +1787,8 @@ class Refinement:
                 break
             taken += 1
             r_now = r1
+            names1, cols1, fixed1, info1 = last_cols
+            current = ((names1, cols1, fixed1, info1), [1.0 if n.endswith("_lebail_k") else lin1[n] for n in names1], r1)
             lin_state = (Jn, norms, N0, ngrp, groups, esd_diag)
             # converged when the step moved every nonlinear parameter by < 0.1 of its esd, or
             # lowered chi^2 by < _POLISH_DM_M (relative): further steps only creep along weakly
@@ -1797,7 +1812,7 @@ class Refinement:
                 converged = True
                 break
         prob._base_vals = params.valuesdict()
-        return taken, converged
+        return taken, converged, current
 
     @staticmethod
     def _has_site(name: str) -> bool:
