@@ -1590,8 +1590,11 @@ class Refinement:
             jac_cols.append(c)
             jac_names.append(n)
         groups_out: list[tuple[str, np.ndarray]] = []
-        group_cols: list[np.ndarray] = []
         m = int(prob.fitmask.sum())
+        # Pawley columns of all phases as (fitted-row position, column among the group columns
+        # (-1: dropped), value) entries, scattered into J in one pass below
+        scatter: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        n_groups = 0
         if lebail:
             # position of each grid point among the fitted points (m: not fitted)
             fitpos = np.full(len(prob.x), m)
@@ -1626,39 +1629,44 @@ class Refinement:
                 pos = np.concatenate([fitpos[idx].ravel() for _k, idx, _p in blocks])
                 gent = np.concatenate([np.broadcast_to(gid[idx_pk][:, None], idx.shape).ravel()
                                        for idx_pk, idx, _p in blocks])
-                if wts.size and wts.min() >= 0.0:
-                    # non-negative weights: a group's column is non-zero iff one of its entries
-                    # on a fitted point is (no cancellation); the kept groups' columns are then
-                    # summed alone (the same entries, in the same order, as in the full matrix)
-                    nonzero = np.bincount(gent[(wts != 0.0) & (pos < m)], minlength=ng) > 0
-                    keep = (inside > 0.5) & nonzero
-                    nk = int(keep.sum())
-                    remap = np.full(ng, nk)
-                    remap[keep] = np.arange(nk)
-                    flat = pos * (nk + 1) + remap[gent]
-                    Gk = np.bincount(flat, weights=wts, minlength=(m + 1) * (nk + 1)).reshape(m + 1, nk + 1)[:m, :nk]
+                if wts.size and wts.min() >= 0.0 and np.all(share > 0.0):
+                    # profiles >= 0, every member sharing: more than half of a group's profile on
+                    # fitted points means non-zero entries there, so the column is not zero
+                    keep = inside > 0.5
+                elif wts.size and wts.min() >= 0.0:
+                    # non-negative weights: a column is non-zero iff one of its entries on a
+                    # fitted point is (no cancellation)
+                    keep = (inside > 0.5) & (np.bincount(gent[(wts != 0.0) & (pos < m)], minlength=ng) > 0)
                 else:
-                    # The group columns on the fitted points, scattered straight from the profile
-                    # blocks (one bincount in block/row order: the same sums, in the same order,
-                    # as the sparse product share-matrix @ profile-matrix).
+                    # signed weights (Pawley-negative members): sum the columns to see which vanish
                     Gf = np.bincount(pos * ng + gent, weights=wts, minlength=(m + 1) * ng).reshape(m + 1, ng)[:m]
                     keep = (inside > 0.5) & np.any(Gf != 0, axis=0)
-                    Gk = Gf if keep.all() else Gf[:, keep]
+                nk = int(keep.sum())
+                column = np.full(ng, -1)
+                column[keep] = n_groups + np.arange(nk)
+                scatter.append((pos, column[gent], wts))
+                n_groups += nk
                 by_group = np.argsort(gid, kind="stable")
                 ends = np.cumsum(cnt)
                 for gi in np.nonzero(keep)[0]:
                     members = by_group[ends[gi] - cnt[gi]:ends[gi]]
                     groups_out.append((name, members, share[members]))
-                group_cols.append(Gk)
-        ncol = len(jac_cols) + sum(g.shape[1] for g in group_cols)
-        J = np.empty((m, ncol))
+        n_dense = len(jac_cols)
+        ncol = n_dense + n_groups
         wf = prob.wf
+        if scatter:
+            # one weighted scatter-add of every profile entry into (fitted row, column); a spare
+            # row and column collect the entries on non-fitted points and of dropped groups
+            pos = np.concatenate([p for p, _c, _w in scatter])
+            col = np.concatenate([c for _p, c, _w in scatter])
+            col = np.where(col >= 0, col + n_dense, ncol)
+            wts = np.concatenate([w for _p, _c, w in scatter]) * np.append(wf, 0.0)[pos]
+            J = np.bincount(pos * (ncol + 1) + col, weights=wts,
+                            minlength=(m + 1) * (ncol + 1)).reshape(m + 1, ncol + 1)[:m, :ncol]
+        else:
+            J = np.empty((m, ncol))
         for j, c in enumerate(jac_cols):
             np.multiply(c[prob.fitmask], wf, out=J[:, j])
-        j0 = len(jac_cols)
-        for G in group_cols:
-            np.multiply(G, wf[:, None], out=J[:, j0:j0 + G.shape[1]])
-            j0 += G.shape[1]
         return J, r, jac_names, groups_out
 
     def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool, pre=None):
