@@ -877,8 +877,9 @@ class Refinement:
 
     def fsq(self, name: str, phase: Phase, hkl: np.ndarray, cell: tuple[float, ...], site_key: tuple) -> np.ndarray:
         """|F|^2 of `hkl` at the cell rounded to 1e-4 A (the form factors and Debye-Waller terms
-        change by < 1e-5 relative within that), cached between fits for the same sites. Computed
-        at the rounded cell, so that the value does not depend on which cell filled the cache."""
+        change |F|^2 by < 1e-4 relative within that: 4.5e-5 for NMC811 reflections to d = 0.7 A
+        at +5e-5 A), cached between fits for the same sites. Computed at the rounded cell, so that
+        the value does not depend on which cell filled the cache (sequential runs reproduce)."""
         if not len(hkl):
             return np.zeros(0)
         cell_r = tuple(float(v) for v in np.round(cell, 4))
@@ -1254,9 +1255,10 @@ class Refinement:
         Stage A (structure-factor intensities, loose tolerance) runs on a cold Le Bail start or when
         phases are on probation (newly activated): their nonlinear parameters are held during it and
         released only if their scale is significant (linear esd at the stage-A solution).
-        Stage B: Rietveld fit, or Le Bail cycles. A warm Rietveld start (the previous frame's
-        result, no phase on probation) takes damped Gauss-Newton steps (`_polish`) and falls back
-        to the trust-region solver only if they do not converge.
+        Stage B: Rietveld fit, or Le Bail cycles and the Pawley polish. Rietveld: the trust-region
+        solver, then damped Gauss-Newton steps (`_polish`); a warm start (the previous frame's
+        result, no phase on probation) takes the steps alone and falls back to the solver only if
+        they do not converge. Rietveld fits end with the exact-Jacobian check (`_take_gn_step`).
         """
         params = prob.params
         max_nfev = self.spec.max_nfev
