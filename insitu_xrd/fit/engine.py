@@ -28,12 +28,13 @@ Algorithm
   final point: the Gauss-Newton step with the exact Jacobian (the covariance's) must move no
   nonlinear parameter by more than 0.05 esd, else it is taken and the check repeated.
 - Le Bail, cold start: a structure-factor (Rietveld-like) stage first brings lattice and profile
-  into the basin (robust to a few tenths of a percent of starting lattice error); then cycles of
-  (i) Le Bail intensity extraction (partition of obs - background among overlapping peaks) and
-  (ii) the nonlinear fit with the intensities held, until chi^2 changes by < 0.1 % or rises (the
-  Le Bail fixed point is not a chi^2 minimum where peaks overlap). Then the Pawley polish:
-  Levenberg-Marquardt steps on the joint problem (nonlinear + linear + reflection intensities,
-  ridge-damped on the intensities) to the least-squares optimum.
+  into the basin (robust to a few tenths of a percent of starting lattice error); then Le Bail
+  intensity extraction (partition of obs - background among overlapping peaks) and the Pawley
+  polish: Levenberg-Marquardt steps on the joint problem (nonlinear + linear + reflection
+  intensities, ridge-damped on the intensities) to the least-squares optimum. If the polish has
+  not converged in 8 steps, cycles of (i) extraction and (ii) the nonlinear fit with the
+  intensities held (until chi^2 changes by < 0.1 % or rises: the Le Bail fixed point is not a
+  chi^2 minimum where peaks overlap) and a second polish follow.
   Warm start: the previous intensities (matched by hkl), re-partitioned for the new pattern, and
   the previous lattice/profile go straight to the polish. The polish keeps its Jacobian once a
   step is below 1 esd (chord steps; a fresh one if a chord step fails).
@@ -1332,7 +1333,22 @@ class Refinement:
             prev = np.inf
             cold = bool(missing) or bool(probation)
             polish = self.spec.pawley_polish
-            if cold or not polish:
+            converged = False
+            if polish:
+                # Intensities by Le Bail extraction at the current lattice/profile (cold: the
+                # structure stage's; warm: the previous frame's, its intensities re-partitioned for
+                # this pattern), then the damped Gauss-Newton (Levenberg-Marquardt) polish on the
+                # joint problem. From the structure stage this reaches the optimum the Le Bail cycles
+                # below reach, in a fraction of the time (the cycles crept for 15 s on patterns whose
+                # structure-model intensities were far off); they remain the fallback.
+                self._extract(prob, params.valuesdict(), passes=6 if cold else 3)
+                steps, converged, final_eval = self._polish(prob, nl_lebail, True, steps=8)
+                msg = "cold start" if cold else "warm start"
+                stages = ("Le Bail extraction after the structure stage" if cold
+                          else "Le Bail extraction from the previous intensities")
+            # a warm start keeps its polished result (the previous frame's fit was the start);
+            # a cold one that has not converged falls back to the Le Bail cycles
+            if not polish or (cold and not converged):
                 for cycle in range(self.spec.lebail_cycles):
                     self._extract(prob, params.valuesdict(), passes=6 if cycle == 0 else 2)
                     if cycle == 0:
@@ -1356,18 +1372,11 @@ class Refinement:
                         break
                     prev = chi2
                 self._extract(prob, params.valuesdict(), passes=1)
-                stages = f"Le Bail cycles: {cycle + 1}"
-            else:
-                # warm start: the previous frame's intensities, re-partitioned for this pattern, and
-                # its lattice/profile are next to this frame's optimum; the damped Gauss-Newton
-                # (Levenberg-Marquardt) polish on the joint problem takes it from there
-                self._extract(prob, params.valuesdict(), passes=3)
-                msg = "warm start"
-                stages = "Le Bail extraction from the previous intensities"
-            if polish:
-                steps, _, final_eval = self._polish(prob, nl_lebail, True, steps=8 if not cold else 6)
-            else:
-                steps = 0
+                stages = ("polish not converged in 8 steps; " if polish else "") + f"Le Bail cycles: {cycle + 1}"
+                if polish:
+                    steps, _, final_eval = self._polish(prob, nl_lebail, True, steps=6)
+                else:
+                    steps = 0
             messages.append(f"{msg} ({stages}; Pawley polish steps: {steps})")
         for check in range(_VERIFY_STEPS + 1):
             vals = params.valuesdict()

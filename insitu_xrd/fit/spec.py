@@ -199,12 +199,14 @@ class RefinementSpec(_Strict):
     profile: ProfileSpec = Field(default_factory=ProfileSpec)
     phases: list[PhaseSpec] = Field(..., min_length=1)
     diffuse: list[DiffuseSpec] = Field(default_factory=list)
-    lebail_cycles: int = Field(8, ge=1, le=50, description="Maximum Le Bail intensity-extraction cycles.")
+    lebail_cycles: int = Field(8, ge=1, le=50, description="Maximum Le Bail intensity-extraction cycles (cold start, when "
+                               "the Pawley polish has not converged in 8 steps or is off).")
     max_nfev: int = Field(400, ge=10, description="Maximum function evaluations per nonlinear stage.")
     pawley_polish: bool = Field(
         True,
-        description="lebail mode: after the Le Bail cycles take damped Gauss-Newton steps on the joint problem "
-        "(intensities included) to reach the least-squares optimum where reflections overlap.",
+        description="lebail mode: after the Le Bail intensity extraction take damped Gauss-Newton steps on the joint "
+        "problem (intensities included) to reach the least-squares optimum where reflections overlap (false: Le Bail "
+        "cycles only).",
     )
     phase_fraction_step: bool = Field(True, description="lebail mode: run the structure-factor scale step to report phase fractions.")
     constraints: dict[str, str] = Field(
