@@ -254,3 +254,32 @@ def test_reverse_run_starting_where_h3_dominates_keeps_the_names():
     assert h3[3:].all() and not h3[:2].any()
     np.testing.assert_allclose(out["phase_fraction"].sel(phase="H3").values, truth["frac"], atol=0.05)
     assert "exchanged" in str(out["message"].values[-1])
+
+
+class _StartRecorder:
+    """A Refinement that records the H2 lattice of each warm start it is given."""
+
+    def __init__(self, ref, starts):
+        self.ref, self.starts = ref, starts
+
+    def fit(self, *args, **kw):
+        start = kw.get("start")
+        if start is not None:
+            self.starts.append((start.params["H2_a"].value, start.params["H2_c"].value))
+        return self.ref.fit(*args, **kw)
+
+
+def test_warm_start_lattice_extrapolated(two_phase):
+    """From the third frame on, the start lattice continues the last two frames' change (the
+    lattice drifts steadily; frames many esd apart would otherwise cost extra fit steps)."""
+    ds = two_phase[0].isel(frame=slice(0, 4))
+    starts: list[tuple[float, float]] = []
+    out = refine_sequence(ds, SPEC, lambda sp: _StartRecorder(_factory(sp), starts), progress=False)
+    a = out["a"].sel(phase="H2").values
+    c = out["c"].sel(phase="H2").values
+    # frame 1 starts at frame 0's values; frames 2 and 3 at the linear continuation
+    assert starts[0] == pytest.approx((a[0], c[0]), rel=1e-12)
+    for i in (2, 3):
+        a_start, c_start = starts[i - 1]
+        assert a_start == pytest.approx(2 * a[i - 1] - a[i - 2], rel=1e-12)
+        assert c_start == pytest.approx(2 * c[i - 1] - c[i - 2], rel=1e-12)

@@ -403,6 +403,7 @@ class SequentialRefiner:
             raise InsituXRDError("refinement: every phase is optional; at least one phase must be always present")
         self.prev_fit: Any = None
         self.last_good: FrameRecord | None = seed if (seed is not None and seed.good) else None
+        self.before_last: FrameRecord | None = None  # the good frame before last_good (start extrapolation)
         self.active: list[str] = list(self.base_phases)
         if seed is not None:
             self.active = [p for p in seed.active if p in self.base_phases or p in self.optional_phases] or list(self.base_phases)
@@ -415,8 +416,8 @@ class SequentialRefiner:
         self.revised: list[FrameRecord] = []  # records replaced by a look-back, for the caller
 
     # -- exact resume ------------------------------------------------------------------------
-    _STATE_FIELDS = ("prev_fit", "last_good", "active", "below_count", "rwp_history", "_cache", "cur_spec",
-                     "frames_since_test", "_lookback")
+    _STATE_FIELDS = ("prev_fit", "last_good", "before_last", "active", "below_count", "rwp_history", "_cache",
+                     "cur_spec", "frames_since_test", "_lookback")
 
     def state_bytes(self) -> bytes:
         """The chain's whole state after the last step (previous FitResult with its Le Bail
@@ -735,10 +736,10 @@ class SequentialRefiner:
             return FrameRecord(index=index, status="error", message=f"{type(exc).__name__}: {exc}",
                                active=list(self.active))
 
-    def _start(self, tth: np.ndarray, y: np.ndarray) -> tuple[RefinementSpec, Any]:
-        """(spec, start FitResult or None) for the next fit."""
+    def _start(self, tth: np.ndarray, y: np.ndarray, index: int) -> tuple[RefinementSpec, Any]:
+        """(spec, start FitResult or None) for the fit of frame ``index``."""
         if self.prev_fit is not None:
-            return self.cur_spec, self._unstuck(self.prev_fit)
+            return self.cur_spec, self._extrapolated(self._unstuck(self.prev_fit), index)
         if self.last_good is not None:  # resumed or seeded chunk: values from the stored record
             return seeded_spec(self.spec, self.last_good.values), None
         return self._cold_spec(tth, y), None
@@ -765,6 +766,40 @@ class SequentialRefiner:
             return dataclasses.replace(fit, params=new)
         except Exception:  # a start that cannot be rebuilt: keep the previous fit as it is
             return fit
+
+    def _extrapolated(self, fit: Any, index: int) -> Any:
+        """``fit`` as the start of frame ``index`` with every refined lattice parameter moved on
+        linearly from the last two good frames (scaled by the frame spacing; not across a gap of
+        more than twice the last spacing, nor for a phase absent from either frame). The lattice
+        drifts steadily during a charge: in the demo consecutive frames are ~100 esd apart, which
+        costs a fit started at the previous values several Gauss-Newton steps."""
+        import dataclasses
+
+        prev, before = self.last_good, self.before_last
+        params = getattr(fit, "params", None)
+        if prev is None or before is None or params is None:
+            return fit
+        step_prev, step_next = prev.index - before.index, index - prev.index
+        if step_prev == 0 or step_next * step_prev <= 0 or abs(step_next) > 2 * abs(step_prev):
+            return fit
+        ratio = step_next / step_prev
+        new = params.copy()
+        moved = False
+        for name in fit.active_phases:
+            if name not in before.active or name not in prev.active:
+                continue
+            for ln in ("a", "b", "c"):
+                key = f"{name}_{ln}"
+                par = new.get(key)
+                v0 = before.values.get(key, math.nan)
+                v1 = prev.values.get(key, math.nan)
+                if par is None or par.expr or not par.vary or not (np.isfinite(v0) and np.isfinite(v1)):
+                    continue
+                if v1 != par.value:  # the record is not this fit's (e.g. replaced by a look-back)
+                    continue
+                par.set(value=float(np.clip(v1 + ratio * (v1 - v0), par.min, par.max)))
+                moved = True
+        return dataclasses.replace(fit, params=new) if moved else fit
 
     def _attempt(self, spec: RefinementSpec, start: Any, tth: np.ndarray, y: np.ndarray, s: np.ndarray) -> dict:
         """One fit of a frame with the optional-phase logic; returns the outcome without
@@ -850,7 +885,7 @@ class SequentialRefiner:
         return None
 
     def _step(self, index: int, tth: np.ndarray, y: np.ndarray, s: np.ndarray) -> FrameRecord:
-        spec, start = self._start(tth, y)
+        spec, start = self._start(tth, y, index)
         out = self._attempt(spec, start, tth, y, s)
         status = "ok"
         notes: list[str] = []
@@ -883,7 +918,7 @@ class SequentialRefiner:
             self.prev_fit, self.cur_spec = fit, out["spec"]
             self.active, self.below_count = out["active"], out["below"]
             self.frames_since_test = 0 if out["tested"] else self.frames_since_test + 1
-            self.last_good = rec
+            self.before_last, self.last_good = self.last_good, rec
             self.rwp_history.append(float(fit.rwp))
             held = [n for n in out["active"] if n in self.optional_phases and self._lattice_held(fit, n)]
             if held and self._lookback is None:
