@@ -1427,18 +1427,35 @@ class Refinement:
         final point (from the covariance computation). Taken (True) if it moves a nonlinear
         parameter by more than `_FINAL_STEP_ESD` esd and lowers chi^2: the fixed point of the
         polish's chord steps can lie a fraction of an esd from the optimum along shallow
-        directions (e.g. diffuse width and offset)."""
+        directions (e.g. diffuse width and offset). `gn` and `cov` cover the nonlinear parameters
+        (first, in `free_nl` order) and the linear ones. Nonlinear parameters at a bound that the
+        step pushes outwards are held: the step of the others is then the conditional one,
+        gn_F - C_FH C_HH^-1 gn_H (the least-squares step with H fixed)."""
         params = prob.params
-        esd = np.sqrt(np.abs(np.diag(cov)[:len(free_nl)]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(gn) / esd
-        if not np.any(np.isfinite(z) & (z > _FINAL_STEP_ESD)):
-            return False
         vals = params.valuesdict()
+        nnl = len(free_nl)
+        held = [j for j, n in enumerate(free_nl) if np.isfinite(gn[j]) and (
+            (vals[n] <= params[n].min and gn[j] < 0) or (vals[n] >= params[n].max and gn[j] > 0))]
+        if held:
+            keep = np.setdiff1d(np.arange(len(gn)), held)
+            c_fh, c_hh = cov[np.ix_(keep, held)], cov[np.ix_(held, held)]
+            if not (np.all(np.isfinite(c_fh)) and np.all(np.isfinite(c_hh))):
+                return False
+            gn = gn.copy()
+            gn[keep] -= c_fh @ np.linalg.solve(c_hh, gn[held])
+            gn[held] = 0.0
+        gn = gn[:nnl]
         trial = dict(vals)
         for j, n in enumerate(free_nl):
             if np.isfinite(gn[j]):
                 trial[n] = float(np.clip(vals[n] + gn[j], params[n].min, params[n].max))
+        # the move each parameter would make (a parameter at a bound pushed outwards makes none)
+        move = np.array([trial[n] - vals[n] for n in free_nl])
+        esd = np.sqrt(np.abs(np.diag(cov)[:nnl]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(move) / esd
+        if not np.any(np.isfinite(z) & (z > _FINAL_STEP_ESD)):
+            return False
         if prob.has_expr:
             trial = prob.values_from(free_nl, np.array([trial[n] for n in free_nl]))
         r1, lin1, _ = prob.residual(trial, False)
@@ -1682,11 +1699,11 @@ class Refinement:
 
     def _covariance(self, prob: _Problem, vals: dict[str, float], free_nl: list[str], lebail: bool, pre=None):
         """Covariance (scaled by gof and the serial-correlation factor) of the refined parameters,
-        and the Gauss-Newton step of the nonlinear ones from `vals` (natural units)."""
+        and the Gauss-Newton step of them from `vals` (natural units; the same order)."""
         J, r, jac_names, groups = self._jacobian(prob, vals, free_nl, lebail, pre)
         cov, step = self._cov_from_jac(J, r, J.shape[1], gn_step=True)
         npar = len(jac_names)
-        return jac_names, cov[:npar, :npar], len(groups), step[:len(free_nl)]
+        return jac_names, cov[:npar, :npar], len(groups), step[:npar]
 
     def _polish(self, prob: _Problem, free_nl: list[str], lebail: bool, steps: int = 6) -> tuple[int, bool]:
         """Levenberg-Marquardt steps on the joint problem (nonlinear + linear + reflection
