@@ -264,7 +264,7 @@ class _StartRecorder:
 
     def fit(self, *args, **kw):
         start = kw.get("start")
-        if start is not None:
+        if start is not None and "H3" not in (kw.get("phases") or ()):  # (not an H3 trial fit)
             self.starts.append((start.params["H2_a"].value, start.params["H2_c"].value))
         return self.ref.fit(*args, **kw)
 
