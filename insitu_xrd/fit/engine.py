@@ -261,13 +261,13 @@ class _Problem:
         Debye-Waller terms, the cell (to 1e-4 A, as `Refinement.fsq` caches it)."""
         return self._site_key(name, vals), tuple(np.round(_cell_from(phase, vals), 4))
 
-    def update_fsq(self, vals: dict[str, float], force: bool = False) -> None:
-        """Recompute |F|^2 where the site parameters or the cell changed (force: always)."""
+    def update_fsq(self, vals: dict[str, float]) -> None:
+        """Recompute |F|^2 where the site parameters or the cell changed."""
         for name, pd in self.pd.items():
             key = self._fsq_key(name, pd.phase, vals)
-            if not force and key == pd.fsq_key:
+            if key == pd.fsq_key:
                 continue
-            if force or key[0] != pd.fsq_key[0]:  # new site parameters: new structure
+            if key[0] != pd.fsq_key[0]:  # new site parameters: new structure
                 pd.phase = self.ref.structure(name, vals)
                 pd.cache.clear()
             pd.fsq = self.ref.fsq(name, pd.phase, pd.hkl, _cell_from(pd.phase, vals), key[0])
@@ -1735,9 +1735,9 @@ class Refinement:
         recip = np.array([_is_reciprocal(n) for n in free_nl], dtype=bool)
         nnl = len(free_nl)
         lin_state = None  # (Jn, norms, N0, ngrp, groups, esd_diag) of the last full Jacobian
-        r_now = None  # weighted residual at the current point (from the last accepted trial)
-        # the accepted trial's evaluation, valid at the current point: the areas were rescaled by
-        # the Le Bail multipliers, which are then 1 (the columns built from them are not used)
+        # the accepted trial's evaluation ((names, cols, fixed, info), coef, r), valid at the current
+        # point: the areas were rescaled by the Le Bail multipliers, which are then 1 (the columns
+        # built from them are not used)
         current = None
         chord_ok = False
         converged = False
@@ -1745,9 +1745,9 @@ class Refinement:
             vals = params.valuesdict()
             prob._base_vals = vals
             u0, ulo, uhi = _opt_space(params, free_nl, recip)
-            if chord_ok:  # (after an accepted step: lin_state and r_now are set)
+            if chord_ok:  # (after an accepted step: lin_state and current are set)
                 Jn, norms, N0, ngrp, groups, esd_diag = lin_state
-                r = r_now
+                r = current[2]
                 chord = True
             else:
                 J, r, names, groups = self._jacobian(prob, vals, free_nl, lebail, pre=current)
@@ -1822,10 +1822,7 @@ class Refinement:
                     continue
                 break
             taken += 1
-            r_now = r1
-            names1, cols1, fixed1, info1 = last_cols
-            current = ((names1, cols1, fixed1, info1), [1.0 if n.endswith("_lebail_k") else lin1[n] for n in names1], r1)
-            lin_state = (Jn, norms, N0, ngrp, groups, esd_diag)
+            current = (last_cols, [1.0 if n.endswith("_lebail_k") else lin1[n] for n in last_cols[0]], r1)
             # converged when the step moved every nonlinear parameter by < 0.1 of its esd, or
             # lowered chi^2 by < _POLISH_DM_M (relative): further steps only creep along weakly
             # determined directions (broad diffuse widths, intensity pairs held by the ridge)
@@ -1834,7 +1831,6 @@ class Refinement:
                     if esd_diag is None:
                         cf = scipy.linalg.cho_factor(N0 + np.diag(np.where(np.arange(npar) >= npar - ngrp, _PAWLEY_RIDGE, 1e-12)))
                         esd_diag = np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
-                        lin_state = (Jn, norms, N0, ngrp, groups, esd_diag)
                     esd_u = np.sqrt(np.maximum(esd_diag, 0.0) * chi1 / max(len(r1) - npar, 1)) / norms[:nnl]
                     shift = np.abs(u1 - u0)
                     if np.all((shift <= _POLISH_STEP_ESD * esd_u) | hold[:nnl]):
@@ -1843,6 +1839,7 @@ class Refinement:
                     chord_ok = bool(np.all((shift <= _CHORD_STEP_ESD * esd_u) | hold[:nnl]))
                 except (np.linalg.LinAlgError, ValueError):
                     chord_ok = False
+            lin_state = (Jn, norms, N0, ngrp, groups, esd_diag)
             # (Rietveld mode, no ridge: steps shrink fast, the esd criterion alone decides)
             if lebail and chi0 - chi1 < _POLISH_DM_M * chi0:
                 converged = True
