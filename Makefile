@@ -3,19 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out
+# setuptools' editable build prints an information-only notice ("Editable installation ...",
+# a box of !! lines) on every install; it says nothing about this project, so it is filtered
+# (by its message only: every other warning still shows)
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
-.PHONY: demo test venv dev clean bench
+.PHONY: demo test venv dev clean bench versions
 
 $(BIN)/insitu-xrd: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
 	touch $@
 
 venv: $(BIN)/insitu-xrd
 
 $(VENV)/.dev-installed: $(BIN)/insitu-xrd
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev]'
 	touch $@
 
 dev: $(VENV)/.dev-installed
@@ -31,6 +35,9 @@ bench: venv
 	$(BIN)/python benchmarks/bench_refine.py
 	$(BIN)/python benchmarks/bench_sequential.py
 	$(BIN)/python benchmarks/bench_simulate.py
+
+versions: venv
+	$(BIN)/insitu-xrd --version
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info

@@ -283,3 +283,29 @@ def test_warm_start_lattice_extrapolated(two_phase):
         a_start, c_start = starts[i - 1]
         assert a_start == pytest.approx(2 * a[i - 1] - a[i - 2], rel=1e-12)
         assert c_start == pytest.approx(2 * c[i - 1] - c[i - 2], rel=1e-12)
+
+
+def test_extra_unreadable_file_does_not_change_the_chain(two_phase):
+    """A corrupt extra file that sorts between two frames (watch mode sees it whenever it lands,
+    which depends on the machine's speed) is no step of the charge: the real frames' fits are
+    bit-identical to the run without it, and the start lattice is extrapolated by the frames'
+    times (here spaced unevenly: 60 s, 60 s, 90 s)."""
+    ds = two_phase[0].isel(frame=slice(0, 4)).copy(deep=True)
+    ds = ds.assign_coords(time_s=("frame", np.array([0.0, 60.0, 120.0, 210.0])))
+    bad = ds.isel(frame=[3]).copy(deep=True)
+    bad["intensity"][:] = np.nan
+    bad["status"][:] = "error: truncated file"
+    bad = bad.assign_coords(time_s=("frame", [np.nan]), frame_name=("frame", ["f002b.tif"]))
+    with_bad = xr.concat([ds.isel(frame=[0, 1, 2]), bad, ds.isel(frame=[3])], dim="frame")
+    with_bad = with_bad.assign_coords(frame=np.arange(5))
+    starts: list[tuple[float, float]] = []
+    clean = refine_sequence(ds, SPEC, lambda sp: _StartRecorder(_factory(sp), starts), progress=False)
+    extra = refine_sequence(with_bad, SPEC, _factory, progress=False)
+    assert str(extra["status"].values[3]).startswith("skipped")
+    keep = [0, 1, 2, 4]
+    for var in ("a", "c", "microstrain", "phase_fraction", "rwp"):
+        np.testing.assert_array_equal(extra[var].values[keep], clean[var].values, err_msg=var)
+    assert [str(s) for s in extra["status"].values[keep]] == [str(s) for s in clean["status"].values]
+    a = clean["a"].sel(phase="H2").values
+    a_start = starts[2][0]  # frame 3: 90 s after frame 2, which was 60 s after frame 1
+    assert a_start == pytest.approx(a[2] + 1.5 * (a[2] - a[1]), rel=1e-12)

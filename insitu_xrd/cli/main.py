@@ -20,16 +20,36 @@ app = typer.Typer(
 )
 
 
+#: The libraries whose versions decide the numbers (printed by ``--version``).
+STACK = ("numpy", "scipy", "pyFAI", "fabio", "lmfit", "xarray", "h5py", "h5netcdf", "pydantic", "typer",
+         "matplotlib", "scikit-fem")
+
+
+def stack_versions() -> list[tuple[str, str]]:
+    """(distribution, installed version or "not installed") for Python and :data:`STACK`."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = [("python", platform.python_version())]
+    for dist in STACK:
+        try:
+            out.append((dist, version(dist)))
+        except PackageNotFoundError:
+            out.append((dist, "not installed"))
+    return out
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"insitu-xrd {__version__}")
+        typer.echo("  " + ", ".join(f"{name} {ver}" for name, ver in stack_versions()))
         raise typer.Exit()
 
 
 @app.callback()
 def _main(
     version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and those of the numerical stack, and exit."
     ),
 ) -> None:
     """insitu-xrd command-line interface."""

@@ -118,6 +118,8 @@ class FrameRecord:
     index: int
     status: str
     rwp: float = math.nan
+    time_s: float = math.nan  # the frame's time (spacing for the lattice extrapolation)
+    key: str = ""  # the caller's stable name of the frame (watch mode: its file), kept by look-backs
     gof: float = math.nan
     zero_shift: float = math.nan
     zero_shift_esd: float = math.nan
@@ -717,8 +719,18 @@ class SequentialRefiner:
 
     # -- one frame ---------------------------------------------------------------------------
     def step(self, index: int, two_theta_deg: np.ndarray, intensity: np.ndarray, sigma: np.ndarray,
-             pattern_status: str = "ok") -> FrameRecord:
-        """Fit one frame; never raises for a bad frame (the record's status says what happened)."""
+             pattern_status: str = "ok", time_s: float = math.nan, key: str = "") -> FrameRecord:
+        """Fit one frame; never raises for a bad frame (the record's status says what happened).
+
+        ``index``: the frame's position (the record's ``index``); ``time_s``: its time in s (the
+        lattice start is extrapolated by time when the frames' times are known, by position
+        otherwise); ``key``: a stable name the record carries (also through a look-back)."""
+        rec = self._step_checked(index, two_theta_deg, intensity, sigma, pattern_status, float(time_s))
+        rec.time_s, rec.key = float(time_s), key  # a fresh record (also the one kept as last_good)
+        return rec
+
+    def _step_checked(self, index: int, two_theta_deg: np.ndarray, intensity: np.ndarray, sigma: np.ndarray,
+                      pattern_status: str, time_s: float) -> FrameRecord:
         if pattern_status != "ok":
             return FrameRecord(index=index, status=f"skipped: {pattern_status}", active=list(self.active))
         tth = np.asarray(two_theta_deg, dtype=float)
@@ -729,17 +741,17 @@ class SequentialRefiner:
             return FrameRecord(index=index, status="skipped: too few valid points", active=list(self.active))
         tth, y, s = tth[good], y[good], s[good]
         try:
-            return self._step(index, tth, y, s)
+            return self._step(index, tth, y, s, time_s)
         except InsituXRDError as exc:
             return FrameRecord(index=index, status="error", message=str(exc), active=list(self.active))
         except Exception as exc:  # numerical failure on one frame must not stop the run
             return FrameRecord(index=index, status="error", message=f"{type(exc).__name__}: {exc}",
                                active=list(self.active))
 
-    def _start(self, tth: np.ndarray, y: np.ndarray, index: int) -> tuple[RefinementSpec, Any]:
-        """(spec, start FitResult or None) for the fit of frame ``index``."""
+    def _start(self, tth: np.ndarray, y: np.ndarray, index: int, time_s: float) -> tuple[RefinementSpec, Any]:
+        """(spec, start FitResult or None) for the fit of frame ``index`` (at ``time_s``)."""
         if self.prev_fit is not None:
-            return self.cur_spec, self._extrapolated(self._unstuck(self.prev_fit), index)
+            return self.cur_spec, self._extrapolated(self._unstuck(self.prev_fit), index, time_s)
         if self.last_good is not None:  # resumed or seeded chunk: values from the stored record
             return seeded_spec(self.spec, self.last_good.values), None
         return self._cold_spec(tth, y), None
@@ -767,19 +779,28 @@ class SequentialRefiner:
         except Exception:  # a start that cannot be rebuilt: keep the previous fit as it is
             return fit
 
-    def _extrapolated(self, fit: Any, index: int) -> Any:
-        """``fit`` as the start of frame ``index`` with every refined lattice parameter moved on
-        linearly from the last two good frames (scaled by the frame spacing; not across a gap of
-        more than twice the last spacing, nor for a phase absent from either frame). The lattice
-        drifts steadily during a charge: in the demo consecutive frames are ~100 esd apart, which
-        costs a fit started at the previous values several Gauss-Newton steps."""
+    def _extrapolated(self, fit: Any, index: int, time_s: float = math.nan) -> Any:
+        """``fit`` as the start of frame ``index`` (at ``time_s``) with every refined lattice
+        parameter moved on linearly from the last two good frames (scaled by the frame spacing;
+        not across a gap of more than twice the last spacing, nor for a phase absent from either
+        frame). The lattice drifts steadily during a charge: in the demo consecutive frames are
+        ~100 esd apart, which costs a fit started at the previous values several Gauss-Newton steps.
+
+        The spacing is the frames' time when all three are known, their position otherwise: a
+        position counts files, and an extra file (a corrupt frame that sorts in between, seen in
+        watch mode where it lands at a moment that depends on the machine's speed) is no step in
+        the charge; the start must not depend on it."""
         import dataclasses
 
         prev, before = self.last_good, self.before_last
         params = getattr(fit, "params", None)
         if prev is None or before is None or params is None:
             return fit
-        step_prev, step_next = prev.index - before.index, index - prev.index
+        times = (before.time_s, prev.time_s, time_s)
+        if all(np.isfinite(t) for t in times):
+            step_prev, step_next = times[1] - times[0], times[2] - times[1]
+        else:
+            step_prev, step_next = prev.index - before.index, index - prev.index
         if step_prev == 0 or step_next * step_prev <= 0 or abs(step_next) > 2 * abs(step_prev):
             return fit
         ratio = step_next / step_prev
@@ -884,8 +905,8 @@ class SequentialRefiner:
                     "notes": notes, "optional_p": p, "tested": True, "why": "", "rejected": []}
         return None
 
-    def _step(self, index: int, tth: np.ndarray, y: np.ndarray, s: np.ndarray) -> FrameRecord:
-        spec, start = self._start(tth, y, index)
+    def _step(self, index: int, tth: np.ndarray, y: np.ndarray, s: np.ndarray, time_s: float) -> FrameRecord:
+        spec, start = self._start(tth, y, index, time_s)
         out = self._attempt(spec, start, tth, y, s)
         status = "ok"
         notes: list[str] = []
@@ -969,6 +990,7 @@ class SequentialRefiner:
                 + (f"; now held at the next frame's value" if still else "") + ")")
         rec = record_from_fit(old.index, refit, self.spec, status=old.status,
                               message="; ".join(m for m in (old.message, note) if m), optional_p=old.optional_p)
+        rec.time_s, rec.key = old.time_s, old.key
         self.revised.append(rec)
 
 
@@ -1146,7 +1168,8 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
             continue
         rec = FrameRecord(index=i, status=st, rwp=float(ds["rwp"].values[i]), gof=float(ds["gof"].values[i]),
                           zero_shift=float(ds["zero_shift"].values[i]), zero_shift_esd=float(ds["zero_shift_esd"].values[i]),
-                          optional_p=float(ds["optional_phase_p"].values[i]), message=str(ds["message"].values[i]))
+                          optional_p=float(ds["optional_phase_p"].values[i]), message=str(ds["message"].values[i]),
+                          time_s=_frame_time_s(ds, i))
         rec.active = [p for j, p in enumerate(phases) if bool(ds["active"].values[i, j])]
         for j, p in enumerate(phases):
             d = {}
@@ -1180,12 +1203,20 @@ def _two_theta_axis(patterns: xr.Dataset) -> np.ndarray:
 # batch driver: chunks, processes, checkpoints
 
 
-def _frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def _frame_time_s(patterns: xr.Dataset, i: int) -> float:
+    """Time of frame ``i`` in s (NaN when the patterns carry none)."""
+    if "time_s" not in patterns.coords and "time_s" not in patterns:
+        return math.nan
+    return float(patterns["time_s"].values[i])
+
+
+def _frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
+    """(two_theta_deg, intensity, sigma, pattern status, time_s) of frame ``i``."""
     tth = _two_theta_axis(patterns)
     y = np.asarray(patterns["intensity"].values[i], dtype=float)
     s = np.asarray(patterns["sigma"].values[i], dtype=float) if "sigma" in patterns else np.sqrt(np.clip(y, 1, None))
     st = str(patterns["status"].values[i]) if "status" in patterns else "ok"
-    return tth, y, s, st
+    return tth, y, s, st, _frame_time_s(patterns, i)
 
 
 def _run_chain(spec: RefinementSpec, wavelength_A: float, factory: RefinementFactory, options: SequentialSection,
@@ -1199,8 +1230,8 @@ def _run_chain(spec: RefinementSpec, wavelength_A: float, factory: RefinementFac
         ref.restore_state(state)
     out = []
     for i in order:
-        tth, y, s, st = frames[i]
-        rec = ref.step(i, tth, y, s, st)
+        tth, y, s, st, t_s = frames[i]
+        rec = ref.step(i, tth, y, s, st, time_s=t_s)
         for r in [rec] + ref.pop_revised():  # a look-back may replace an earlier frame's record
             out.append(r)
             if with_refiner:
@@ -1486,7 +1517,7 @@ def refit_frame(results: xr.Dataset, patterns: xr.Dataset, index: int, spec: Ref
     gives the full FitResult (curves, reflection ticks) for a Rietveld plot of any frame."""
     recs = dataset_to_records(results.isel(frame=[index]))
     rec = recs[0]
-    tth, y, s, st = _frame_arrays(patterns, index)
+    tth, y, s, st, _t = _frame_arrays(patterns, index)
     if st != "ok":
         raise InsituXRDError(f"frame {index}: pattern status is {st!r}; nothing to fit")
     good = np.isfinite(y) & np.isfinite(s) & (s > 0)

@@ -243,12 +243,9 @@ def watch_folder(
 
     def write_sequential(patterns: xr.Dataset) -> xr.Dataset:
         keys = [str(k) for k in patterns["frame_key"].values]
-        recs = []
-        for i, k in enumerate(keys):
-            r = records.get(k)
-            if r is not None:
-                r.index = i
-            recs.append(r)
+        # by position; the records themselves are left alone: the running chain holds some of
+        # them (its last good frames), and their positions at fit time are part of its state
+        recs = [records.get(k) for k in keys]
         ds = records_to_dataset(recs, patterns, rec.refinement, {"cache_key": key, "direction": "forward",
                                                                   "mode": "watch", "recipe": str(rec.source),
                                                                   "patterns_file": str(patterns_path),
@@ -265,6 +262,15 @@ def watch_folder(
                                                       figure_writer=figure_writer if with_figures else None)
         summary.results = res
         summary.results_path = out_dir / "results.nc"
+
+    def chain_key_before(keys: list[str], i: int) -> str | None:
+        """Key of the frame the chain last fitted before position ``i``: frames without a
+        pattern ("skipped: ...", they leave the chain unchanged) are passed over."""
+        for j in range(i - 1, -1, -1):
+            r = records.get(keys[j])
+            if r is None or not r.status.startswith("skipped: "):
+                return keys[j]
+        return None
 
     def seed_before(keys: list[str], i: int) -> FrameRecord | None:
         for j in range(i - 1, -1, -1):
@@ -302,25 +308,32 @@ def watch_folder(
                         continue
                     if max_frames is not None and summary.n_refined >= max_frames and not redo:
                         break
-                    tth, y, s, st = _frame_arrays(patterns, i)
+                    tth, y, s, st, t_s = _frame_arrays(patterns, i)
                     if redo:
                         # a frame that failed to integrate earlier and is fine now: fit it alone,
                         # seeded from its predecessor, without disturbing the running chain
                         one = SequentialRefiner(rec.refinement, wl, factory, rec.sequential, seed=seed_before(keys, i))
-                        records[k] = one.step(i, tth, y, s, st)
+                        records[k] = one.step(i, tth, y, s, st, time_s=t_s, key=k)
                     else:
                         if refiner is None:
                             refiner = SequentialRefiner(rec.refinement, wl, factory, rec.sequential,
                                                         seed=seed_before(keys, i))
-                            blob = read_chain_state(state_path, key, keys[i - 1]) if i > 0 else None
+                            after = chain_key_before(keys, i)
+                            blob = read_chain_state(state_path, key, after) if after is not None else None
                             if blob is not None and refiner.restore_state(blob):
-                                say(f"continuing the chain of the previous session after {Path(keys[i - 1]).name}")
-                        records[k] = refiner.step(i, tth, y, s, st)
-                        chain_after = k
+                                say(f"continuing the chain of the previous session after {Path(after).name}")
+                        records[k] = refiner.step(i, tth, y, s, st, time_s=t_s, key=k)
+                        if not records[k].status.startswith("skipped: "):
+                            # a frame without a usable pattern leaves the chain as it was: the state
+                            # stays keyed to the last frame it fitted (a corrupt file that sorts
+                            # earlier may be seen after later frames, depending on when it lands)
+                            chain_after = k
                         summary.n_refined += 1
                         for rv in refiner.pop_revised():  # an earlier frame fitted again from this one
-                            records[keys[rv.index]] = rv
-                            say(f"frame {rv.index} {patterns['frame_name'].values[rv.index]}: fitted again ({rv.status})")
+                            # by its key: positions shift when a file that sorts earlier lands late
+                            j = keys.index(rv.key) if rv.key in keys else rv.index
+                            records[keys[j]] = rv
+                            say(f"frame {j} {patterns['frame_name'].values[j]}: fitted again ({rv.status})")
                     r = records[k]
                     if not r.good:
                         summary.n_flagged += 1
