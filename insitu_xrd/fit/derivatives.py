@@ -1,0 +1,257 @@
+"""Derivatives of the model with respect to the nonlinear parameters (the analytic Jacobian).
+
+Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile derivatives
+in closed form (`insitu_xrd.fit.windows`, ``derivs=True``), the per-reflection position, width,
+eta and area derivatives by central differences of those cheap per-reflection functions,
+assembled with sparse matrices (`_LazyTransposed`); single-peak components (humps, diffuse) and
+SH/L by central differences of their curves (`model_derivatives`); lmfit expressions by the chain
+rule (`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
+(`projected_jacobian`, Kaufman's form) for the trust-region solver. The finite differences at one
+point are kept (`_fd_cache`): the Le Bail Jacobian and the phase-fraction step share them.
+
+Mixed into `insitu_xrd.fit.model._Problem` (`_Derivatives`); uses its `peak_params`, `curve`,
+`columns`, `solve_linear`, `diffuse_center`, `update_fsq` and phase data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import scipy.sparse
+
+from insitu_xrd.core.pattern import lorentz_factor
+from insitu_xrd.core.profiles import pseudo_voigt
+from insitu_xrd.fit.parameters import _PROFILE_NAMES, _SITE_NAMES, _cell_from
+from insitu_xrd.fit.structures import _structure_factor_sq
+
+if TYPE_CHECKING:
+    from insitu_xrd.fit.model import _PhaseData
+
+
+class _LazyTransposed:
+    """Profile blocks with derivatives ((peaks, grid idx, P, dP/dt, dP/dH, dP/deta)) as sparse
+    matrices (CSC, nx rows, one column per windowed reflection; ``rows[i]`` is the reflection
+    of column i), built per component on first use."""
+
+    def __init__(self, blocks, nx: int):
+        self.blocks = blocks
+        self.nx = nx
+        self._mats: dict[int, scipy.sparse.csc_matrix] = {}
+        if blocks:
+            self.rows = np.concatenate([b[0] for b in blocks])
+            widths = np.concatenate([np.full(len(b[0]), b[1].shape[1]) for b in blocks])
+            self._indptr = np.concatenate([[0], np.cumsum(widths)])
+            self._indices = np.concatenate([b[1].ravel() for b in blocks])
+            if max(nx, len(self._indices)) < np.iinfo(np.int32).max:
+                # scipy would scan and downcast int64 indices for every matrix: do it once
+                self._indptr = self._indptr.astype(np.int32)
+                self._indices = self._indices.astype(np.int32)
+        else:
+            self.rows = np.zeros(0, int)
+
+    def T(self, component: int):
+        mat = self._mats.get(component)
+        if mat is None:
+            if not self.blocks:
+                mat = scipy.sparse.csc_matrix((self.nx, 0))
+            else:
+                data = np.concatenate([b[component].ravel() for b in self.blocks])
+                mat = scipy.sparse.csc_matrix((data, self._indices, self._indptr), shape=(self.nx, len(self.rows)))
+            self._mats[component] = mat
+        return mat
+
+
+class _Derivatives:
+    """`_Problem` methods for derivatives of the model and the projected Jacobian."""
+
+    def deriv_blocks(self, pd: _PhaseData, vals: dict[str, float]):
+        """Profiles and their derivatives of a phase's reflections as transposed sparse matrices
+        (`_LazyTransposed`: components 2..5 = P, dP/dt, dP/dH, dP/deta), cached like `phase_blocks`."""
+        t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+        sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
+        key = ("d", t.tobytes(), fwhm.tobytes(), eta.tobytes(), sh_l)
+        hit = pd.cache.get(key)
+        if hit is None:
+            sparse = _LazyTransposed(self._blocks(t, fwhm, eta, sh_l, derivs=True), len(self.x))
+            hit = (sparse, t, fwhm, eta, tthb, d)
+            if len(pd.cache) > 6:
+                pd.cache.pop(next(iter(pd.cache)))
+            pd.cache[key] = hit
+        return hit
+
+    @staticmethod
+    def fd_step(name: str, value: float) -> float:
+        h = max(abs(value) * 1e-6, 1e-8)
+        return max(h, 1e-2) if name.endswith("_mustrain") else h
+
+    def _affects_phase(self, param: str, phase: str) -> bool:
+        return param in _PROFILE_NAMES or param.startswith(f"{phase}_")
+
+    def _fd_cache(self, vals: dict[str, float]) -> dict:
+        """Finite differences of per-reflection quantities and single-peak curves at `vals`, kept
+        while derivatives are taken at the same point (e.g. the Le Bail Jacobian and the
+        phase-fraction step)."""
+        key = tuple(vals.items())
+        if self._fd_key != key:
+            self._fd_key = key
+            self._fd = {}
+        return self._fd
+
+    def _fd_peak(self, fd: dict, pd: _PhaseData, n: str, vp: dict[str, float], vm: dict[str, float]):
+        """(t+ - t-, FWHM+ - FWHM-, eta+ - eta-, Bragg 2theta+, Bragg 2theta-) of a phase's
+        reflections for the perturbed parameter values vp, vm of parameter n."""
+        hit = fd.get((pd.name, n))
+        if hit is None:
+            tp, fp, ep, bp, _ = self.peak_params(pd, vp)
+            tm, fm, em, bm, _ = self.peak_params(pd, vm)
+            hit = fd[(pd.name, n)] = (tp - tm, fp - fm, ep - em, bp, bm)
+        return hit
+
+    def model_derivatives(self, vals: dict[str, float], lin: dict[str, float], free_nl: Sequence[str],
+                          lebail: bool) -> list[np.ndarray]:
+        """d(model)/d(parameter) on the full grid (unweighted) for the nonlinear parameters
+        `free_nl`, the linear coefficients held at `lin` (values of fixed linear parameters from
+        `vals`).
+
+        Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile
+        derivatives analytic (`_blocks(derivs=True)`), the per-reflection position, width, eta and
+        area derivatives by central differences of those cheap per-reflection functions (site
+        parameters through |F|^2). GSAS-II SH/L and the single-peak components (diffuse, humps):
+        central differences of their curves."""
+        nx = len(self.x)
+        out = {n: np.zeros(nx) for n in free_nl}
+
+        def coef(name: str) -> float:
+            return float(lin[name]) if name in lin else float(vals.get(name, 0.0))
+
+        self.update_fsq(vals)
+        fd = self._fd_cache(vals)
+        for name, pd in self.pd.items():
+            relevant = [n for n in free_nl if n != "sh_l" and self._affects_phase(n, name)]
+            if lebail:
+                k = coef(f"{name}_lebail_k")
+                base_areas = pd.areas * k if pd.areas is not None else np.zeros(len(pd.hkl))
+            else:
+                k = coef(f"{name}_scale")
+            if relevant:
+                mats, t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
+                rows = mats.rows
+                areas = base_areas if lebail else k * self.structure_areas(pd, tthb)
+                q = len(relevant)
+                c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
+                any_area = False
+                for j, n in enumerate(relevant):
+                    h = self.fd_step(n, vals[n])
+                    vp, vm = dict(vals), dict(vals)
+                    vp[n] += h
+                    vm[n] -= h
+                    dt, df, de, bp, bm = self._fd_peak(fd, pd, n, vp, vm)
+                    c_t[:, j] = areas * dt / (2 * h)
+                    c_h[:, j] = areas * df / (2 * h)
+                    c_e[:, j] = areas * de / (2 * h)
+                    if lebail:
+                        continue
+                    any_area = True
+                    if self._is_site(n, name):
+                        fsq_p = _structure_factor_sq(self.ref.structure(name, vp), pd.hkl, _cell_from(pd.phase, vp))
+                        fsq_m = _structure_factor_sq(self.ref.structure(name, vm), pd.hkl, _cell_from(pd.phase, vm))
+                        c_a[:, j] = k * pd.mult * (fsq_p - fsq_m) / (2 * h) * lorentz_factor(tthb)
+                    else:
+                        c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
+                block = mats.T(3) @ c_t[rows] + mats.T(4) @ c_h[rows] + mats.T(5) @ c_e[rows]
+                if any_area:
+                    block += mats.T(2) @ c_a[rows]
+                for j, n in enumerate(relevant):
+                    out[n] += block[:, j]
+            if "sh_l" in out:
+                h = self.fd_step("sh_l", vals["sh_l"])
+                t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+                areas = base_areas if lebail else k * self.structure_areas(pd, tthb)
+                lo = max(vals["sh_l"] - h, 0.0)
+                hi = vals["sh_l"] + h
+                yp = self.curve(self._blocks(t, fwhm, eta, hi), areas)
+                ym = self.curve(self._blocks(t, fwhm, eta, lo), areas)
+                out["sh_l"] += (yp - ym) / (hi - lo)
+        for dspec in self.diffuse:
+            pre = f"diff_{dspec.label}"
+            amp = coef(f"{pre}_area")
+            for n in free_nl:
+                if not (n in ("zero_deg", "displacement_um") or n.startswith(pre + "_") or
+                        (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in ("a", "b", "c"))):
+                    continue
+                h = self.fd_step(n, vals[n])
+                dy = fd.get((pre, n))
+                if dy is None:
+                    vp, vm = dict(vals), dict(vals)
+                    vp[n] += h
+                    vm[n] -= h
+                    yp = pseudo_voigt(self.x, self.diffuse_center(dspec, vp), vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
+                    ym = pseudo_voigt(self.x, self.diffuse_center(dspec, vm), vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
+                    dy = fd[(pre, n)] = yp - ym
+                out[n] += amp * dy / (2 * h)
+        for i, _h in enumerate(self.ref.spec.background.humps):
+            pre = f"bkg_hump{i}"
+            amp = coef(f"{pre}_area")
+            for n in free_nl:
+                if not n.startswith(pre + "_"):
+                    continue
+                h = self.fd_step(n, vals[n])
+                vp, vm = dict(vals), dict(vals)
+                vp[n] += h
+                vm[n] -= h
+                yp = pseudo_voigt(self.x, vp[f"{pre}_center_deg"], vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
+                ym = pseudo_voigt(self.x, vm[f"{pre}_center_deg"], vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
+                out[n] += amp * (yp - ym) / (2 * h)
+        return [out[n] for n in free_nl]
+
+    def total_derivatives(self, vals: dict[str, float], lin: dict[str, float], free: Sequence[str],
+                          lebail: bool) -> list[np.ndarray]:
+        """`model_derivatives` of the free parameters including, by the chain rule, their effect
+        through lmfit expressions (d model/d dep x d dep/d free, the latter by central differences
+        of the expressions)."""
+        deps = [n for n, p in self.params.items() if p.expr]
+        if not deps:
+            return self.model_derivatives(vals, lin, free, lebail)
+        free = list(free)
+        D = self.model_derivatives(vals, lin, free + deps, lebail)
+        E = np.zeros((len(deps), len(free)))
+        for j, n in enumerate(free):
+            h = self.fd_step(n, vals[n])
+            rows = []
+            for v in (vals[n] + h, vals[n] - h):
+                self.params[n].value = v
+                self.params.update_constraints()
+                rows.append(np.array([self.params[d].value for d in deps]))
+            self.params[n].value = vals[n]
+            E[:, j] = (rows[0] - rows[1]) / (2 * h)
+        self.params.update_constraints()
+        out = []
+        for j in range(len(free)):
+            col = D[j].copy()
+            for i in np.nonzero(E[:, j])[0]:
+                col += D[len(free) + i] * E[i, j]
+            out.append(col)
+        return out
+
+    def projected_jacobian(self, vals: dict[str, float], free: Sequence[str], lebail: bool) -> np.ndarray:
+        """Jacobian of the weighted residual after the linear parameters are eliminated (variable
+        projection, Kaufman's form): J = -(I - Q Q^T) W dmodel/dtheta, Q an orthonormal basis of
+        the weighted linear columns."""
+        names, cols, fixed, info = self.columns(vals, lebail)
+        coef, _r = self.solve_linear(cols, fixed)
+        D = self.total_derivatives(vals, dict(zip(names, coef)), free, lebail)
+        J = -np.stack([d[self.fitmask] for d in D], axis=1) * self.wf[:, None]
+        if cols:
+            A = np.stack([c[self.fitmask] for c in cols], axis=1) * self.wf[:, None]
+            norms = np.sqrt(np.sum(A * A, axis=0))
+            A = A[:, norms > 0] / norms[norms > 0]
+            if A.shape[1]:
+                U, sv, _ = np.linalg.svd(A, full_matrices=False)
+                U = U[:, sv > sv[0] * 1e-12]
+                J = J - U @ (U.T @ J)
+        return J
+
+    @staticmethod
+    def _is_site(param: str, phase: str) -> bool:
+        return param.startswith(f"{phase}_") and param[len(phase) + 1:] in _SITE_NAMES

@@ -1,0 +1,294 @@
+"""The model of one fit: its data on the grid, and the calculated pattern for parameter values.
+
+`_Problem` holds the data of one fit (grid, weights, fitted points) and one `_PhaseData` per
+active phase (reflections, |F|^2, Le Bail intensities, per-phase caches), and evaluates the model:
+positions and widths of a phase's reflections (`peak_params`), their profiles (`phase_blocks`,
+from `insitu_xrd.fit.windows`), the linear columns (background, humps, phase curves, diffuse
+peaks: `columns`), their weighted least-squares coefficients (`solve_linear`: the linear
+parameters are eliminated by variable projection) and the weighted residual (`residual`).
+Derivatives are in `insitu_xrd.fit.derivatives` (mixed in).
+
+Caches, memoised by their inputs (results identical to recomputing them): a phase's profiles
+while its positions and widths do not change, its geometry per cell, its widths per (cell,
+profile, sample), single-peak columns and diffuse centres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import lmfit
+import numpy as np
+
+from insitu_xrd.core.crystal import Phase, _metric_reciprocal, parse_hkl_label
+from insitu_xrd.core.pattern import d_from_two_theta_deg, lorentz_factor, two_theta_deg_from_d
+from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.fit.derivatives import _Derivatives
+from insitu_xrd.fit.parameters import _SITE_NAMES, _cell_from
+from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec
+from insitu_xrd.fit.windows import _ProfileWindows
+
+if TYPE_CHECKING:
+    from insitu_xrd.fit.engine import Refinement
+
+
+@dataclass
+class _PhaseData:
+    """Per-fit cache of one phase: reflections, |F|^2, Le Bail intensities."""
+
+    name: str
+    spec: PhaseSpec
+    phase: Phase
+    hkl: np.ndarray
+    mult: np.ndarray
+    fsq: np.ndarray
+    fsq_key: tuple = ((), ())  # (site parameters, cell to 1e-4 A) of fsq
+    areas: np.ndarray | None = None  # Le Bail intensities (area units), one per reflection
+    cache: dict = field(default_factory=dict)
+    hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
+    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `_Problem.peak_params`)
+    widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
+
+
+def _default_phase_spec(name: str) -> PhaseSpec:
+    return PhaseSpec(name=name, template="ni")
+
+
+class _Problem(_ProfileWindows, _Derivatives):
+    """One fit: data on the grid, parameter bookkeeping and the vectorised model.
+
+    Profiles on the grid come from `_ProfileWindows` (insitu_xrd.fit.windows), derivatives and
+    Jacobians from `_Derivatives` (insitu_xrd.fit.derivatives)."""
+
+    def __init__(self, ref: "Refinement", x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
+                 active: list[str], params: lmfit.Parameters):
+        self.ref = ref
+        self.lam = ref.wavelength_A
+        self.x, self.y, self.sig = x, y, sig
+        self.fitmask = fitmask
+        self.w = 1.0 / sig
+        self.xf, self.yf, self.wf = x[fitmask], y[fitmask], self.w[fitmask]
+        self.step = float(np.min(np.diff(x))) if len(x) > 1 else 1.0
+        self.x0 = float(x[0])
+        # uniform grids (the usual case) get their offsets arithmetically instead of by gathering
+        self.uniform = bool(len(x) > 1 and np.allclose(np.diff(x), self.step, rtol=1e-9, atol=0.0))
+        if not self.uniform:
+            self.step = float(np.min(np.diff(x)))
+        dx = np.gradient(x)
+        self.dxf = np.where(fitmask, dx, 0.0)
+        self.active = active
+        self.params = params
+        self.distance_mm = ref.instrument.distance_mm
+        lo, hi = float(x.min()), float(x.max())
+        t = (2.0 * x - (lo + hi)) / (hi - lo)
+        nb = ref.spec.background.chebyshev
+        self.cheb = [np.polynomial.chebyshev.chebval(t, np.eye(nb)[i]) for i in range(nb)]
+        self.pd: dict[str, _PhaseData] = {}
+        for name in active:
+            self.pd[name] = self._phase_data(name, params)
+        self.diffuse = [d for d in ref.spec.diffuse if d.phase in active]
+        self.diffuse_hkl = {d.label: np.array([parse_hkl_label(r) for r in d.reflections]) for d in self.diffuse}
+        self.lebail = False
+        self.has_expr = any(p.expr for p in params.values())
+        self._geometry_cache: dict = {}
+        self._grid = (self.x0 + np.arange(len(x)) * self.step) if self.uniform else x
+        self._pv_cache: dict = {}
+        self._center_cache: dict = {}
+        self._fd_key: tuple | None = None  # point of the finite differences kept in `_fd`
+        self._fd: dict = {}
+
+    # ----- phases -----------------------------------------------------------------------------
+    def _phase_data(self, name: str, params: lmfit.Parameters) -> _PhaseData:
+        vals = params.valuesdict()
+        phase = self.ref.structure(name, vals)
+        spec = self.ref.spec.phase(name) if name in self.ref.spec_names else _default_phase_spec(name)
+        cell = _cell_from(phase, vals)
+        bound = spec.lattice_bound_pct / 100.0
+        tmax = float(self.x.max()) + 1.0
+        dmin = float(d_from_two_theta_deg(min(tmax, 179.0), self.lam)) * (1.0 - 1.5 * bound)
+        refl = self.ref._reflections(name, phase, cell, dmin)
+        fsq = self.ref.fsq(name, phase, refl.hkl, cell, self._site_key(name, vals))
+        pd = _PhaseData(name, spec, phase, refl.hkl, refl.multiplicity, fsq, self._fsq_key(name, phase, vals))
+        h = refl.hkl.astype(float)
+        pd.hh = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
+                          2 * h[:, 1] * h[:, 2]], axis=1)
+        return pd
+
+    def _site_key(self, name: str, vals: dict[str, float]) -> tuple:
+        return tuple(vals.get(f"{name}_{s}", np.nan) for s in _SITE_NAMES)
+
+    def _fsq_key(self, name: str, phase: Phase, vals: dict[str, float]) -> tuple:
+        """What |F|^2 depends on: the site parameters and, through the form factors and
+        Debye-Waller terms, the cell (to 1e-4 A, as `Refinement.fsq` caches it)."""
+        return self._site_key(name, vals), tuple(np.round(_cell_from(phase, vals), 4))
+
+    def update_fsq(self, vals: dict[str, float]) -> None:
+        """Recompute |F|^2 where the site parameters or the cell changed."""
+        for name, pd in self.pd.items():
+            key = self._fsq_key(name, pd.phase, vals)
+            if key == pd.fsq_key:
+                continue
+            if key[0] != pd.fsq_key[0]:  # new site parameters: new structure
+                pd.phase = self.ref.structure(name, vals)
+                pd.cache.clear()
+            pd.fsq = self.ref.fsq(name, pd.phase, pd.hkl, _cell_from(pd.phase, vals), key[0])
+            pd.fsq_key = key
+
+    def shift(self, tthb: np.ndarray, vals: dict[str, float],
+              sin_cos: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Zero and sample-displacement shift (deg) of Bragg angles ``tthb``; ``sin_cos``: their
+        sin and cos when already known."""
+        if sin_cos is None:
+            tth = np.radians(tthb)
+            sin_cos = (np.sin(tth), np.cos(tth))
+        disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * sin_cos[0] * sin_cos[1]
+        return vals.get("zero_deg", 0.0) + np.degrees(disp)
+
+    def peak_params(self, pd: _PhaseData, vals: dict[str, float]):
+        """Positions t (deg), FWHM (deg), eta and Bragg angles of a phase's reflections."""
+        p = pd.name
+        cell = _cell_from(pd.phase, vals)
+        # memoised by their inputs (the finite differences of `model_derivatives` change one
+        # parameter at a time: most perturbations leave the cell or the widths unchanged)
+        geo = pd.geo.get(cell)
+        if geo is None:
+            g = _metric_reciprocal(cell)
+            d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
+            tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
+            if len(pd.geo) > 64:
+                pd.geo.clear()
+            tth = np.radians(tthb)
+            geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
+        d, tthb, sin_t, cos_t = geo
+        t = tthb + self.shift(tthb, vals, (sin_t, cos_t))
+        size = vals.get(f"{p}_size_um", np.inf)
+        wargs = (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
+                 vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
+                 vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
+        wkey = (cell, wargs)
+        widths = pd.widths.get(wkey)
+        if widths is None:
+            if len(pd.widths) > 64:
+                pd.widths.clear()
+            widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *wargs)
+        fwhm, eta = widths
+        return t, fwhm, eta, tthb, d
+
+    def phase_blocks(self, pd: _PhaseData, vals: dict[str, float]):
+        t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+        sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
+        key = (t.tobytes(), fwhm.tobytes(), eta.tobytes(), sh_l)
+        hit = pd.cache.get(key)
+        if hit is None:
+            hit = (self._blocks(t, fwhm, eta, sh_l), t, fwhm, eta, tthb, d)
+            if len(pd.cache) > 6:
+                pd.cache.pop(next(iter(pd.cache)))
+            pd.cache[key] = hit
+        return hit
+
+    def curve(self, blocks, areas: np.ndarray) -> np.ndarray:
+        y = np.zeros(len(self.x))
+        for idx_pk, idx, prof in blocks:
+            y += np.bincount(idx.ravel(), weights=(prof * areas[idx_pk, None]).ravel(), minlength=len(self.x))
+        return y
+
+    def structure_areas(self, pd: _PhaseData, tthb: np.ndarray) -> np.ndarray:
+        return pd.mult * pd.fsq * lorentz_factor(tthb)
+
+    def pv_column(self, center: float, fwhm: float, eta: float) -> np.ndarray:
+        """pseudo_voigt on the grid (read-only; the last few kept: columns and residuals at
+        nearby points share most single-peak components)."""
+        key = (center, fwhm, eta)
+        cache = self._pv_cache
+        col = cache.get(key)
+        if col is None:
+            col = pseudo_voigt(self.x, center, fwhm, eta)
+            col.flags.writeable = False
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[key] = col
+        return col
+
+    def diffuse_center(self, d: DiffuseSpec, vals: dict[str, float]) -> float:
+        pd = self.pd[d.phase]
+        cell = _cell_from(pd.phase, vals)
+        key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
+        base = self._center_cache.get(key)
+        if base is None:
+            dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], cell)
+            tthb = two_theta_deg_from_d(dd, self.lam)
+            base = float(np.mean(tthb + self.shift(tthb, vals)))
+            if len(self._center_cache) >= 64:
+                self._center_cache.clear()
+            self._center_cache[key] = base
+        return base + vals.get(f"diff_{d.label}_offset_deg", 0.0)
+
+    # ----- linear columns ---------------------------------------------------------------------
+    def columns(self, vals: dict[str, float], lebail: bool, structure_scales: bool = False):
+        """Model = fixed + sum_j coef_j * col_j. Returns (names, cols, fixed, phase_info)."""
+        names: list[str] = []
+        cols: list[np.ndarray] = []
+        fixed = np.zeros(len(self.x))
+        pars = self.params
+        self.update_fsq(vals)
+
+        def add(name: str, col: np.ndarray, linear_free: bool) -> None:
+            if linear_free:
+                names.append(name)
+                cols.append(col)
+            else:
+                fixed[:] += vals.get(name, 0.0) * col
+
+        for i, c in enumerate(self.cheb):
+            add(f"bkg_{i}", c, pars[f"bkg_{i}"].vary_linear)  # type: ignore[attr-defined]
+        for i, _h in enumerate(self.ref.spec.background.humps):
+            p = f"bkg_hump{i}"
+            col = self.pv_column(vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
+        info = {}
+        for name, pd in self.pd.items():
+            blocks, t, fwhm, eta, tthb, d = self.phase_blocks(pd, vals)
+            info[name] = (blocks, t, fwhm, eta, tthb, d)
+            if lebail and not structure_scales:
+                areas = pd.areas if pd.areas is not None else np.zeros(len(t))
+                add(f"{name}_lebail_k", self.curve(blocks, areas), True)
+            else:
+                col = self.curve(blocks, self.structure_areas(pd, tthb))
+                free = structure_scales or pars[f"{name}_scale"].vary_linear  # type: ignore[attr-defined]
+                add(f"{name}_scale", col, free)
+        for dspec in self.diffuse:
+            p = f"diff_{dspec.label}"
+            col = self.pv_column(self.diffuse_center(dspec, vals), vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
+            add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
+        return names, cols, fixed, info
+
+    # ----- linear least squares ---------------------------------------------------------------
+    def solve_linear(self, cols: list[np.ndarray], fixed: np.ndarray):
+        b = (self.yf - fixed[self.fitmask]) * self.wf
+        if not cols:
+            return np.zeros(0), b
+        A = np.stack([c[self.fitmask] for c in cols], axis=1) * self.wf[:, None]
+        norms = np.sqrt(np.sum(A * A, axis=0))
+        good = norms > 0
+        coef = np.zeros(A.shape[1])
+        if good.any():
+            sol = np.linalg.lstsq(A[:, good] / norms[good], b, rcond=None)[0]
+            coef[good] = sol / norms[good]
+        return coef, b - A @ coef
+
+    def residual(self, vals: dict[str, float], lebail: bool):
+        names, cols, fixed, info = self.columns(vals, lebail)
+        coef, r = self.solve_linear(cols, fixed)
+        return r, dict(zip(names, coef)), (names, cols, fixed, info)
+
+    # ----- parameter vectors ------------------------------------------------------------------
+    def values_from(self, free: list[str], xvec: np.ndarray) -> dict[str, float]:
+        if self.has_expr:
+            for n, v in zip(free, xvec):
+                self.params[n].value = float(v)
+            self.params.update_constraints()
+            return self.params.valuesdict()
+        vals = self._base_vals.copy()
+        vals.update(zip(free, (float(v) for v in xvec)))
+        return vals

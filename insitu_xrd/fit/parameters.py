@@ -1,0 +1,291 @@
+"""The fit's parameters: names, start values, bounds, constraints, and which ones are free.
+
+What a parameter name means (`_PROFILE_NAMES`, `_SITE_NAMES`, `_lattice_names`; `_cell_from`:
+the cell of a phase from parameter values), the optimiser space (crystallite sizes are moved as
+1/size, broadening ~ 1/size: `_is_reciprocal`, `_opt_space`), and the `Refinement` methods that
+build the lmfit Parameters of a fit from the spec, a previous result and the caller's Parameters
+(`initial_params`, `_start_params`, `_apply_limits_constraints`), hold a phase's nonlinear
+parameters (`_hold_phase`), and sort the free parameters into linear ones (solved by least
+squares at every step: `_is_linear`) and nonlinear ones (`_split`).
+
+Mixed into `insitu_xrd.fit.engine.Refinement` (`_ParameterSetup`); uses its ``spec``, ``phases``,
+``spec_names`` and ``instrument``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import lmfit
+import numpy as np
+
+from insitu_xrd.core.crystal import Phase
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.fit.spec import NMC_SITE_PARAMS, PhaseSpec
+
+if TYPE_CHECKING:
+    from insitu_xrd.fit.result import FitResult
+
+
+_PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
+_SITE_NAMES = NMC_SITE_PARAMS + ("biso_A2",)
+
+
+def _lattice_names(phase: Phase) -> tuple[str, ...]:
+    system = phase.lattice_system
+    if system == "cubic":
+        return ("a",)
+    if system in ("hexagonal", "tetragonal"):
+        return ("a", "c")
+    return ("a", "b", "c")
+
+
+def _cell_from(phase: Phase, vals: dict[str, float]) -> tuple[float, ...]:
+    a0, b0, c0, al, be, ga = phase.cell
+    p = phase.name
+    a = vals.get(f"{p}_a", a0)
+    system = phase.lattice_system
+    if system == "cubic":
+        return (a, a, a, al, be, ga)
+    c = vals.get(f"{p}_c", c0)
+    if system in ("hexagonal", "tetragonal"):
+        return (a, a, c, al, be, ga)
+    return (a, vals.get(f"{p}_b", b0), c, al, be, ga)
+
+
+def _is_reciprocal(name: str) -> bool:
+    """Parameters the optimisers move as 1/value (crystallite size: broadening ~ 1/size)."""
+    return name.endswith("_size_um")
+
+
+def _opt_space(params: lmfit.Parameters, free: Sequence[str], recip: np.ndarray):
+    """Start values and bounds of the free parameters in optimiser space (1/value where recip)."""
+    x0 = np.array([params[n].value for n in free], dtype=float)
+    lb = np.array([params[n].min for n in free], dtype=float)
+    ub = np.array([params[n].max for n in free], dtype=float)
+    with np.errstate(divide="ignore"):
+        x0 = np.where(recip, 1.0 / np.where(recip, x0, 1.0), x0)
+        lb, ub = (np.where(recip, 1.0 / np.where(recip, ub, 1.0), lb),
+                  np.where(recip, 1.0 / np.where(recip, lb, 1.0), ub))
+    return x0, lb, ub
+
+
+def held_phases(held: list[str]) -> set[str]:
+    return {n.split("_", 1)[0] for n in held}
+
+
+class _ParameterSetup:
+    """`Refinement` methods that build and classify the parameters of a fit (see the module docstring)."""
+
+    # ----- parameters -------------------------------------------------------------------------
+    def initial_params(self, active: Sequence[str] | None = None) -> lmfit.Parameters:
+        """lmfit Parameters from the spec (all phases, or only `active`)."""
+        spec = self.spec
+        names = list(active) if active is not None else [p.name for p in spec.phases if not p.optional]
+        pars = lmfit.Parameters()
+        inst = self.instrument
+        prof_refine = set(spec.profile.refine)
+        for n in _PROFILE_NAMES:
+            v = getattr(inst, n) if hasattr(inst, n) else (getattr(spec.profile, n) or 0.0)
+            v = float(v)
+            p = lmfit.Parameter(n, value=v, vary=n in prof_refine)
+            if n == "sh_l":
+                # the profile depends on SH/L^2 near 0 (zero gradient there): a refined SH/L starts
+                # at GSAS-II's default 0.002 unless a value is given
+                p.set(min=0.0, max=0.1, value=v if (v > 0 or not p.vary) else 0.002)
+            if n in ("U", "W", "X", "Y"):
+                # negative values from a file (GSAS-II allows them) are kept: the total widths are
+                # clipped at 0 in the profile
+                p.set(min=min(-1e3 if n == "U" else 0.0, v), max=max(1e4, v))
+            if n == "zero_deg":
+                p.set(min=-1.0, max=1.0)
+            pars.add(p)
+        for i in range(spec.background.chebyshev):
+            pars.add(f"bkg_{i}", value=0.0, vary=True)
+        for i, h in enumerate(spec.background.humps):
+            pre = f"bkg_hump{i}"
+            pars.add(f"{pre}_area", value=h.area or 0.0, vary="area" in h.refine)
+            pars.add(f"{pre}_center_deg", value=h.center_deg, vary="center_deg" in h.refine,
+                     min=h.center_deg - 2 * h.fwhm_deg, max=h.center_deg + 2 * h.fwhm_deg)
+            pars.add(f"{pre}_fwhm_deg", value=h.fwhm_deg, vary="fwhm_deg" in h.refine, min=h.fwhm_deg / 10, max=h.fwhm_deg * 10)
+            pars.add(f"{pre}_eta", value=h.eta, vary="eta" in h.refine, min=0.0, max=1.0)
+        for ps in spec.phases:
+            if ps.name not in names:
+                continue
+            self._add_phase_params(pars, ps)
+        for d in spec.diffuse:
+            if d.phase not in names:
+                continue
+            pre = f"diff_{d.label}"
+            pars.add(f"{pre}_area", value=d.area or 0.0, vary="area" in d.refine)
+            lo, hi = d.fwhm_bounds_deg
+            pars.add(f"{pre}_fwhm_deg", value=d.fwhm_deg, vary="fwhm_deg" in d.refine, min=lo, max=hi)
+            pars.add(f"{pre}_offset_deg", value=d.offset_deg, vary="offset_deg" in d.refine,
+                     min=-d.max_offset_deg, max=d.max_offset_deg)
+            pars.add(f"{pre}_eta", value=d.eta, vary="eta" in d.refine, min=0.0, max=1.0)
+        self._apply_limits_constraints(pars, names, spec.limits, spec.constraints, "refinement")
+        return pars
+
+    def _inactive_name(self, name: str, active: Sequence[str]) -> bool:
+        """True when `name` belongs to a phase of the spec that is not active in this fit."""
+        inactive = [p for p in self.spec_names if p not in active]
+        return any(name.startswith(f"{p}_") or name.startswith(f"diff_{p}_") for p in inactive)
+
+    def _apply_limits_constraints(self, pars: lmfit.Parameters, active: Sequence[str],
+                                  limits: dict, constraints: dict, where: str) -> None:
+        """Bounds and lmfit expressions on nonlinear parameters (skipped for inactive phases)."""
+        import re
+
+        for name, (lo, hi) in limits.items():
+            if name not in pars:
+                if self._inactive_name(name, active):
+                    continue
+                raise InsituXRDError(f"{where}.limits.{name}: no such parameter in this fit "
+                                     f"(parameters: {', '.join(pars)})")
+            pars[name].set(min=-np.inf if lo is None else float(lo), max=np.inf if hi is None else float(hi))
+        for name, expr in constraints.items():
+            if name not in pars:
+                if self._inactive_name(name, active):
+                    continue
+                raise InsituXRDError(f"{where}.constraints.{name}: no such parameter in this fit "
+                                     f"(parameters: {', '.join(pars)})")
+            used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))
+            linear = sorted(n for n in used | {name} if n in pars and self._is_linear(n))
+            if linear:
+                raise InsituXRDError(
+                    f"{where}.constraints.{name}: {linear} are linear parameters (scales, background, areas), solved "
+                    "linearly at every step; they cannot be constrained or used in constraints")
+            missing = sorted(n for n in used if n not in pars and self._inactive_name(n, active))
+            if missing:
+                raise InsituXRDError(f"{where}.constraints.{name}: {expr!r} uses {missing}, whose phase is not active")
+            try:
+                pars[name].set(expr=expr)
+                pars.update_constraints()
+            except Exception as exc:  # lmfit/asteval: NameError, SyntaxError...
+                raise InsituXRDError(f"{where}.constraints.{name}: expression {expr!r} cannot be evaluated ({exc})") from None
+            if not np.isfinite(pars[name].value):
+                raise InsituXRDError(f"{where}.constraints.{name}: expression {expr!r} gives {pars[name].value}")
+
+    def _add_phase_params(self, pars: lmfit.Parameters, ps: PhaseSpec) -> None:
+        ph = self.phases[ps.name]
+        p = ps.name
+        bound = ps.lattice_bound_pct / 100.0
+        for ln in _lattice_names(ph):
+            v = {"a": ph.a, "b": ph.b, "c": ph.c}[ln]
+            pars.add(f"{p}_{ln}", value=v, vary=ln in ps.refine, min=v * (1 - bound), max=v * (1 + bound))
+        pars.add(f"{p}_scale", value=ps.scale or 1.0, vary="scale" in ps.refine)
+        pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=3e4)
+        if ps.size_um is not None or "size_um" in ps.refine:
+            pars.add(f"{p}_size_um", value=ps.size_um or 1.0, vary="size_um" in ps.refine, min=1e-3, max=1e3)
+        pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
+        pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
+        is_nmc = ps.template is not None and ps.template.lower() == "nmc811"
+        if is_nmc:
+            li = ph.site("Li")
+            start = {
+                "o_z": ph.site("O").xyz[2],
+                "li_occupancy": li.occupancy.get("Li", 0.0),
+                "ni_li_mixing": li.occupancy.get("Ni", 0.0),
+                "biso_tm_A2": ph.site("TM").biso_A2,
+                "biso_li_A2": li.biso_A2,
+                "biso_o_A2": ph.site("O").biso_A2,
+            }
+            lims = {"o_z": (0.24, 0.28), "li_occupancy": (0.0, 1.0), "ni_li_mixing": (0.0, 0.3),
+                    "biso_tm_A2": (0.0, 5.0), "biso_li_A2": (0.0, 10.0), "biso_o_A2": (0.0, 5.0)}
+            for k in NMC_SITE_PARAMS:
+                if k in ps.refine:
+                    pars.add(f"{p}_{k}", value=start[k], vary=True, min=lims[k][0], max=lims[k][1])
+        if "biso_A2" in ps.refine:
+            pars.add(f"{p}_biso_A2", value=ps.biso_A2 if ps.biso_A2 is not None else ph.sites[0].biso_A2,
+                     vary=True, min=0.0, max=10.0)
+
+    def _hold_phase(self, params: lmfit.Parameters, name: str, reset: bool) -> list[str]:
+        """Fix the nonlinear parameters of a phase (and of its diffuse components); return their names."""
+        out = []
+        for pn, par in params.items():
+            if pn.startswith(f"{name}_") and par.vary and not par.expr and not self._is_linear(pn):
+                if reset and par.user_data:
+                    par.set(value=par.user_data["start"])
+                par.set(vary=False)
+                out.append(pn)
+        for d in self.spec.diffuse:
+            if d.phase == name:
+                for suff in ("fwhm_deg", "offset_deg", "eta"):
+                    par = params[f"diff_{d.label}_{suff}"]
+                    if par.vary:
+                        par.set(vary=False)
+                        out.append(par.name)
+        return out
+
+    def _start_params(self, active: list[str], start: FitResult | None, given: lmfit.Parameters | None = None):
+        warnings: list[str] = []
+        params = self.initial_params(active)
+        if given is not None:
+            # the caller's lmfit Parameters: values, vary flags, bounds and expressions
+            unknown = [n for n in given if n not in params and not self._inactive_name(n, active)]
+            if unknown:
+                raise InsituXRDError(f"params: {unknown} are not parameters of this fit (parameters: {', '.join(params)})")
+            for n, p in given.items():
+                if n in params:
+                    params[n].set(value=p.value, vary=p.vary, min=p.min, max=p.max)
+            self._apply_limits_constraints(params, active, {}, {n: p.expr for n, p in given.items()
+                                                               if p.expr and n in params}, "params")
+        if start is not None:
+            for n, p in start.params.items():
+                if n in params and np.isfinite(p.value) and not params[n].expr:
+                    q = params[n]
+                    v = float(np.clip(p.value, q.min, q.max))
+                    q.set(value=v)
+                    if q.expr is None and n.split("_")[-1] in ("a", "b", "c") and n.count("_") == 1:
+                        # keep the bound relative to the new start (sequential fits drift by %)
+                        ps = self.spec.phase(n.split("_")[0])
+                        bnd = ps.lattice_bound_pct / 100.0
+                        q.set(min=v * (1 - bnd), max=v * (1 + bnd))
+        if params["sh_l"].vary and params["sh_l"].value <= 0:
+            params["sh_l"].set(value=0.002)  # see initial_params: zero gradient at SH/L = 0
+        for par in params.values():
+            par.user_data = {"start": par.value}
+        # Degenerate profile/sample combinations.
+        prof = set(self.spec.profile.refine)
+        for name in active:
+            ps = self.spec.phase(name)
+            if "mustrain" in ps.refine:
+                if ps.mustrain_mix >= 1.0 and "Y" in prof and params["Y"].vary:
+                    params["Y"].set(vary=False)
+                    warnings.append("Y held: it is degenerate with a Lorentzian microstrain (both ~ tan(theta))")
+                if ps.mustrain_mix <= 0.0 and "U" in prof and params["U"].vary:
+                    params["U"].set(vary=False)
+                    warnings.append("U held: it is degenerate with a Gaussian microstrain (both ~ tan^2(theta))")
+            if "size_um" in ps.refine and ps.size_mix >= 1.0 and "X" in prof and params["X"].vary:
+                params["X"].set(vary=False)
+                warnings.append("X held: it is degenerate with a Lorentzian size (both ~ 1/cos(theta))")
+        return params, warnings
+
+    # ----- free parameters: linear or nonlinear ------------------------------------------------
+    @staticmethod
+    def _is_linear(name: str) -> bool:
+        return (name.startswith("bkg_") and (name[4:].isdigit() or name.endswith("_area"))) or name.endswith(
+            "_scale") or (name.startswith("diff_") and name.endswith("_area"))
+
+    def _split(self, params: lmfit.Parameters):
+        free_nl, free_lin = [], []
+        for n, p in params.items():
+            p.vary_linear = False  # type: ignore[attr-defined]
+            if not p.vary or p.expr:
+                continue
+            if self._is_linear(n):
+                free_lin.append(n)
+                p.vary_linear = True  # type: ignore[attr-defined]
+            else:
+                free_nl.append(n)
+        return free_nl, free_lin
+
+    def _store_linear(self, params: lmfit.Parameters, lin: dict[str, float]) -> None:
+        for n, v in lin.items():
+            if n in params:
+                params[n].value = float(v)
+
+    @staticmethod
+    def _has_site(name: str) -> bool:
+        parts = name.split("_", 1)
+        return len(parts) == 2 and parts[1] in _SITE_NAMES

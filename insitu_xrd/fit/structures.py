@@ -1,0 +1,117 @@
+"""Crystal structures of the refined phases, and what is cached about them.
+
+|F|^2 dominates the cost of a Rietveld evaluation, and the reflection list of a phase changes only
+when its cell moves by more than 1 %: both are cached between fits (`Refinement.fsq`,
+`Refinement._reflections`), and the symmetry-generated site positions, which depend on neither
+the cell nor the occupancies, are memoised per space group and site (`_site_positions`).
+`Refinement.structure` builds a phase with the refined site parameters (NMC811: through its
+template, `_nmc_defaults`).
+
+Mixed into `insitu_xrd.fit.engine.Refinement` (`_StructureCache`); uses its ``spec``, ``phases``
+and the caches ``__init__`` creates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from insitu_xrd.core.crystal import Phase, Reflections, make_template
+from insitu_xrd.fit.parameters import _SITE_NAMES
+from insitu_xrd.fit.spec import NMC_SITE_PARAMS
+
+
+#: Symmetry-generated site positions by (space group, site xyz): they do not depend on the cell
+#: or the site occupancies, and generating them (gemmi operations, tolerance deduplication) costs
+#: more than the structure factors themselves.
+_POSITIONS: dict[tuple, np.ndarray] = {}
+
+
+def _site_positions(phase: Phase, site) -> np.ndarray:
+    key = (phase.space_group, tuple(float(v) for v in site.xyz))
+    hit = _POSITIONS.get(key)
+    if hit is None:
+        if len(_POSITIONS) > 256:
+            _POSITIONS.clear()
+        hit = phase.site_positions(site)
+        hit.flags.writeable = False
+        _POSITIONS[key] = hit
+    return hit
+
+
+def _structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...]) -> np.ndarray:
+    """`Phase.structure_factor_sq` with the site positions memoised (same numbers)."""
+    return phase.structure_factor_sq(hkl, cell, positions_of=lambda site: _site_positions(phase, site))
+
+
+def _nmc_defaults(base: Phase, kw: dict[str, float]) -> dict[str, float]:
+    """nmc811 template kwargs reproducing `base` except for those overridden in `kw`."""
+    li = base.site("Li")
+    cur = {
+        "o_z": base.site("O").xyz[2],
+        "li_occupancy": li.occupancy.get("Li", 0.0),
+        "ni_li_mixing": li.occupancy.get("Ni", 0.0),
+        "biso_tm_A2": base.site("TM").biso_A2,
+        "biso_li_A2": li.biso_A2,
+        "biso_o_A2": base.site("O").biso_A2,
+    }
+    cur.update(kw)
+    return cur
+
+
+class _StructureCache:
+    """`Refinement` methods for the structures of its phases and their cached reflections and |F|^2."""
+
+    def _reflections(self, name: str, phase: Phase, cell: tuple[float, ...], dmin: float) -> Reflections:
+        """Reflection list (cached between fits while the cell stays within 1 % of the cached one)."""
+        hit = self._refl_cache.get(name)
+        if hit is not None:
+            dmin0, cell0, refl = hit
+            ratio = max(abs(c / c0 - 1.0) for c, c0 in zip(cell[:3], cell0[:3]))
+            if ratio < 0.01 and dmin0 <= dmin * (1.0 - 0.01):
+                return refl
+        dmin_used = dmin * 0.98
+        refl = phase.with_cell(cell[0], cell[1], cell[2]).reflections(dmin_used)
+        self._refl_cache[name] = (dmin_used, tuple(cell), refl)
+        return refl
+
+    def fsq(self, name: str, phase: Phase, hkl: np.ndarray, cell: tuple[float, ...], site_key: tuple) -> np.ndarray:
+        """|F|^2 of `hkl` at the cell rounded to 1e-4 A (the form factors and Debye-Waller terms
+        change |F|^2 by < 1e-4 relative within that: 4.5e-5 for NMC811 reflections to d = 0.7 A
+        at +5e-5 A), cached between fits for the same sites. Computed at the rounded cell, so that
+        the value does not depend on which cell filled the cache (sequential runs reproduce)."""
+        if not len(hkl):
+            return np.zeros(0)
+        cell_r = tuple(float(v) for v in np.round(cell, 4))
+        key = (name, site_key, hkl.tobytes(), cell_r)
+        hit = self._fsq_cache.get(key)
+        if hit is None:
+            hit = _structure_factor_sq(phase, hkl, cell_r)
+            if len(self._fsq_cache) > 64:
+                self._fsq_cache.pop(next(iter(self._fsq_cache)))
+            self._fsq_cache[key] = hit
+        return hit
+
+    def cell_mass(self, name: str, phase: Phase, site_key: tuple) -> float:
+        """Unit-cell mass (amu) of a phase with its site parameters (cached)."""
+        key = (name, site_key)
+        if key not in self._mass_cache:
+            self._mass_cache[key] = phase.cell_mass_amu
+        return self._mass_cache[key]
+
+    # ----- structure with site parameters -----------------------------------------------------
+    def structure(self, name: str, vals: dict[str, float]) -> Phase:
+        """The phase with its site parameters set from `vals` (cell as in the base phase)."""
+        base = self.phases[name]
+        ps = self.spec.phase(name)
+        has = {s: vals[f"{name}_{s}"] for s in _SITE_NAMES if f"{name}_{s}" in vals}
+        if not has:
+            return base
+        if ps.template is not None and ps.template.lower() == "nmc811":
+            kw = {k: has[k] for k in NMC_SITE_PARAMS if k in has}
+            ph = make_template("nmc811", name=name, a=base.a, c=base.c, **_nmc_defaults(base, kw))
+        else:
+            ph = base.with_cell()
+        if "biso_A2" in has:
+            for s in ph.sites:
+                s.biso_A2 = float(has["biso_A2"])
+        return ph
