@@ -448,3 +448,15 @@ def test_constraints_limits_and_params_argument(mode: str) -> None:
         Refinement(make_spec(mode, constraints={"H2_strain": "1000"}), LAM).fit(x, y, s)
     with pytest.raises(InsituXRDError, match="cannot be evaluated"):
         Refinement(make_spec(mode, constraints={"H2_mustrain": "H9_mustrain"}), LAM).fit(x, y, s)
+
+
+def test_lebail_without_fraction_step_reports_no_fractions() -> None:
+    """Le Bail with ``phase_fraction_step: false`` and a refined scale fits (it raised a
+    ValueError in the fraction assembly) and reports no phase fraction: Le Bail scales are free
+    intensity multipliers, not amounts."""
+    x, y, s = simulate(5, h3_fraction=0.0)
+    spec = make_spec("lebail", h3=False)
+    spec.phase_fraction_step = False
+    res = Refinement(spec, LAM).fit(x, y, s)
+    _check_lattice(res, ("H2",))
+    assert res.phase_fraction == {}

@@ -126,7 +126,9 @@ class _ResultAssembly:
                 values[f"{name}_scale"] = sc
                 esds[f"{name}_scale"] = e
                 params[f"{name}_scale"].value = sc
-        if all(f"{n}_scale" in values for n in prob.pd):
+        # Le Bail without the structure-factor scale step has no fractions: its scales are
+        # free intensity multipliers, not the phases' amounts
+        if (not lebail or "frac_cov" in out) and all(f"{n}_scale" in values for n in prob.pd):
             phase_fraction = self._fractions(prob, vals, values, esds, out, lebail, cov_names, cov)
         # volumes
         for name, pd in prob.pd.items():
