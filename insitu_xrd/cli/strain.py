@@ -50,7 +50,7 @@ def strain(
     phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated phases to strain and average (default: the cathode phases recorded in the results, e.g. H2,H3; cell lines such as Li and Al are left out)."),
     per_phase_reference: bool = typer.Option(False, "--per-phase-reference", help="Strain each phase against its own lattice at the reference frame instead of the reference phase's."),
     no_reference_esd: bool = typer.Option(False, "--no-reference-esd", help="Treat the reference lattice as exact (do not propagate its esd)."),
-    method: Method = typer.Option(Method.spline, "--method", help="Curve: 'spline' (smoothing spline with chi2 = N from the esds, then PCHIP) or 'pchip' (through the data)."),
+    method: Method = typer.Option(Method.spline, "--method", help="Curve: 'spline' (smoothing spline, penalty from the esds, every point within 2 esd of it, then PCHIP) or 'pchip' (through the data)."),
     n_points: int = typer.Option(201, "--n-points", min=2, max=100000, help="Points of the output curve / COMSOL table (uniform in the abscissa)."),
     x_tol: float = typer.Option(0.0, "--x-tol", min=0.0, help="Abscissa values closer than this are merged (inverse-variance mean) before smoothing."),
     figure: bool = typer.Option(True, "--figure/--no-figure", help="Draw strain.png (eps_a, eps_c vs the abscissa with esd bands)."),

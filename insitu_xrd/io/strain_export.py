@@ -9,7 +9,9 @@
   ``eps_V_avg``, ``eps_iso_avg`` = (2 eps_a + eps_c)/3 (+ ``_esd``);
 - on a uniform grid (dim ``point``, coord ``x``, the abscissa named by attr ``versus``):
   smooth curves ``curve_eps_a``, ``curve_eps_c``, ``curve_eps_V``, ``curve_eps_iso`` (+ ``_esd``)
-  and the crystal-frame eigenstrain tensor ``curve_eigenstrain`` (point, i, j).
+  and the crystal-frame eigenstrain tensor ``curve_eigenstrain`` (point, i, j);
+- the curves at each frame's abscissa, ``curve_eps_a_at_frame``, ... (dim ``frame``), to check
+  them against the per-frame points (every point used is within 2 esd of its curve).
 
 Writers/readers (every writer has a reader; the tests round-trip them): NetCDF
 (:func:`write_strain_netcdf`), CSV (per frame and curve), JSON (all of it, with the reference
@@ -42,6 +44,7 @@ __all__ = [
     "VERSUS_CHOICES",
     "compute_strain",
     "cathode_phases_in",
+    "phase_change_breaks",
     "write_strain_netcdf",
     "read_strain_netcdf",
     "write_strain_frames_csv",
@@ -74,6 +77,20 @@ def cathode_phases_in(ds: xr.Dataset) -> list[str] | None:
     present = {str(p) for p in ds["phase"].values} if "phase" in ds.coords else set()
     names = [str(n) for n in names if str(n) in present]
     return names or None
+
+
+def phase_change_breaks(x: np.ndarray, eps: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Abscissae where the set of phases present changes between consecutive frames (in frame order).
+
+    A phase is present where its fraction is finite and > 0 and its strain finite (as in the
+    fraction-weighted mean). Where a phase appears (H2 -> H2 + H3) the weighted mean kinks: its
+    slope jumps as the new phase's fraction grows from 0. The break is put halfway between the two
+    frames; :func:`insitu_xrd.core.strain.smooth_curve` splits the curve there.
+    """
+    present = np.isfinite(frac) & (frac > 0) & np.isfinite(eps)
+    change = np.any(present[1:] != present[:-1], axis=1)
+    k = np.flatnonzero(change)
+    return np.unique(0.5 * (x[k] + x[k + 1]))
 
 
 def _status_ok(ds: xr.Dataset) -> np.ndarray:
@@ -292,14 +309,20 @@ def compute_strain(
                              "no curve can be built")
     x_lo, x_hi = float(xv[use].min()), float(xv[use].max())
     grid = np.linspace(x_lo, x_hi, int(n_points))
+    breaks = phase_change_breaks(xv[use], eps["a"][use], frac[use])
     curves: dict[str, Any] = {}
+    at_frame: dict[str, np.ndarray] = {}
     curve_meta: dict[str, dict[str, Any]] = {}
     for k in ("a", "c", "V"):
         y, s = avg[k]
-        sc = smooth_curve(xv[use], y[use], s[use], method=method, x_tol=x_tol)
+        sc = smooth_curve(xv[use], y[use], s[use], method=method, x_tol=x_tol, breaks=breaks)
         curves[k] = (sc(grid), sc.esd(grid))
-        curve_meta[k] = {"method": sc.method, "lam_normalised": sc.lam, "chi2": sc.chi2, "target_chi2": sc.target_chi2,
-                         "n_points": sc.n_points, "notes": "; ".join(sc.notes)}
+        at_frame[k] = np.where(use, sc(np.where(use, xv, np.nan)), np.nan)
+        curve_meta[k] = {"method": sc.method, "criterion": sc.criterion, "lam_normalised": sc.lam, "chi2": sc.chi2,
+                         "target_chi2": sc.target_chi2, "edf": sc.edf, "n_points": sc.n_points,
+                         "max_dev_esd": sc.max_dev_esd, "max_abs_dev_esd": sc.max_abs_z,
+                         "phase_change_x": [float(b) for b in breaks], "split_before_x": [float(b) for b in sc.breaks_x],
+                         "notes": "; ".join(sc.notes)}
     c_iso = isotropic_eigenstrain(curves["a"][0], curves["c"][0])
     c_iso_esd = np.sqrt(4 * curves["a"][1] ** 2 + curves["c"][1] ** 2) / 3.0
     tensor = eigenstrain_tensor(curves["a"][0], curves["c"][0])
@@ -328,6 +351,7 @@ def compute_strain(
     for k in ("a", "c", "V"):
         out[f"curve_eps_{k}"] = ("point", curves[k][0], {"units": "1", "long_name": f"smoothed phase-weighted strain of {long[k]} vs {versus}"})
         out[f"curve_eps_{k}_esd"] = ("point", curves[k][1], {"units": "1"})
+        out[f"curve_eps_{k}_at_frame"] = ("frame", at_frame[k], {"units": "1", "long_name": f"smoothed curve of {long[k]} at each frame's {versus} (NaN: frame not in the curve)"})
     out["curve_eps_iso"] = ("point", c_iso, {"units": "1", "long_name": "orientation-averaged (isotropic) eigenstrain (2 eps_a + eps_c)/3"})
     out["curve_eps_iso_esd"] = ("point", c_iso_esd, {"units": "1"})
     out["curve_eigenstrain"] = (("point", "i", "j"), tensor, {"units": "1", "long_name": "crystal-frame eigenstrain diag(eps_a, eps_a, eps_c); i, j = x, y (basal), z (|| c)"})
@@ -350,8 +374,10 @@ def compute_strain(
         "averaging": "phase-fraction weighted mean over the phases present (finite, positive fraction); fraction esds propagated",
         "curve_method": method,
         "curve_json": json.dumps(curve_meta, default=float),
-        "curve_note": ("merged duplicate abscissae (inverse-variance mean); smoothing spline with chi2 = N "
-                       "(weights 1/esd^2), then PCHIP through the smoothed nodes; esd propagated through the smoother"),
+        "curve_note": ("merged duplicate abscissae (inverse-variance mean); cubic smoothing spline (weights 1/esd^2), "
+                       "penalty by UBRE from the esds, split where the set of phases present changes, penalty lowered "
+                       "locally until every point is within 2 esd of the curve; then PCHIP through the smoothed nodes; "
+                       "esd propagated through the (final, linear) smoother"),
         "eigenstrain_note": "crystal frame: diag(eps_a, eps_a, eps_c); isotropic equivalent (2 eps_a + eps_c)/3 (small strain)",
         "source": source,
         "software_versions": software_versions_json(),
