@@ -65,13 +65,26 @@ def _recipe(tmp_path: Path, profile: dict, mode: str = "lebail", wavelength: flo
     return path
 
 
+_VAR = {"a": "a", "c": "c", "mustrain": "microstrain", "size_um": "size", "scale": "scale"}
+
+
+def _value(ds: xr.Dataset, name: str) -> tuple[float, float]:
+    """(value, esd) of a parameter name (``H2_a``) in a results Dataset: the per-phase variables
+    over frame x phase (the sequential schema; one frame), else ``param_value``."""
+    phase, _, par = name.partition("_")
+    if par in _VAR and phase in [str(p) for p in ds["phase"].values]:
+        var = _VAR[par]
+        return float(ds[var].sel(phase=phase).values[0]), float(ds[f"{var}_esd"].sel(phase=phase).values[0])
+    return float(ds["param_value"].sel(param=name)), float(ds["param_value_esd"].sel(param=name))
+
+
 def _check_truth(ds: xr.Dataset) -> None:
     for name, true in TRUTH.items():
-        esd = float(ds[f"{name}_esd"])
+        value, esd = _value(ds, name)
         assert np.isfinite(esd) and esd > 0
         # 5 esd, with a floor for the tiny esds of a noise-only simulation
         tol = max(5 * esd, 2e-5 * abs(true))
-        assert abs(float(ds[name]) - true) < tol, (name, float(ds[name]), esd)
+        assert abs(value - true) < tol, (name, value, esd)
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +295,164 @@ def test_refine_cli_with_the_demo_recipe(tmp_path: Path):
     ds = xr.load_dataset(tmp_path / "fit.nc", engine="h5netcdf")
     h2 = sim.truth["phases"]["H2"]
     for ln in ("a", "c"):
-        assert abs(float(ds[f"H2_{ln}"]) - h2[f"{ln}_A"]) < 3 * float(ds[f"H2_{ln}_esd"]) + 1e-4
+        value, esd = _value(ds, f"H2_{ln}")
+        assert abs(value - h2[f"{ln}_A"]) < 3 * esd + 1e-4
     assert json.loads(ds.attrs["active_phases"]) == ["H2", "Li", "Al"] and ds.attrs["mode"] == "lebail"
+    assert (tmp_path / "fit.png").stat().st_size > 20_000
+
+
+# ---------------------------------------------------------------------------------------------
+# microstrain against the instrument profile (issue point 2) and the results schema (point 4)
+
+SIM_INST = Instrument(WL, U=2.0, V=-0.5, W=1.5, X=0.25, Y=0.4, zero_deg=0.0)  # the simulator's profile
+MU_TRUE = 914.0  # x 1e-6
+
+
+@pytest.fixture(scope="module")
+def microstrain_case(tmp_path_factory):
+    """A CeO2 calibrant and an NMC811 sample (microstrain 914) measured with the same instrument;
+    the instrument file from `insitu-xrd instrument` on the calibrant."""
+    out = tmp_path_factory.mktemp("mustrain")
+    x = np.linspace(1.0, 12.0, 2750)
+    cal = calc_pattern(x, [PhaseState(make_template("ceo2"), scale=2e-5)], SIM_INST, background_coeffs=[200, -50, 20]).total
+    y = np.random.default_rng(21).poisson(cal).astype(float)
+    ceo2 = write_xye(out / "ceo2.xye", x, y, np.sqrt(np.maximum(y, 1.0)), wavelength_A=WL)
+    res = CliRunner().invoke(app, ["instrument", str(ceo2), "--calibrant", "CeO2", "--chebyshev", "4",
+                                   "-o", str(out / "cal.instprm")])
+    assert res.exit_code == 0, res.output
+    h2 = make_template("nmc811", name="H2", a=2.865, c=14.36)
+    comp = calc_pattern(x, [PhaseState(h2, scale=3e-4, mustrain=MU_TRUE)], SIM_INST, background_coeffs=[300, -80, 30])
+    y = np.random.default_rng(22).poisson(comp.total).astype(float)
+    sample = write_xye(out / "sample.xye", x, y, np.sqrt(np.maximum(y, 1.0)), wavelength_A=WL)
+    return out, sample
+
+
+def _one_phase_recipe(path: Path, profile: dict, **top) -> Path:
+    data = {"wavelength_A": WL, **top, "refinement": {
+        "mode": "lebail", "range_2theta_deg": [1.2, 11.8], "background": {"chebyshev": 6}, "profile": profile,
+        "phases": [{"name": "H2", "template": "nmc811", "a": 2.872, "c": 14.20, "refine": ["a", "c", "scale", "mustrain"]}]}}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_microstrain_right_with_the_calibrant_instrument_and_warned_without(microstrain_case):
+    out, sample = microstrain_case
+    # instrument fitted on the (simulated) calibrant, held: microstrain within 5 % (measured -0.3 %)
+    rec = _one_phase_recipe(out / "with.yaml", {"instrument": "cal.instprm"})
+    res = CliRunner().invoke(app, ["refine", str(sample), "--recipe", str(rec), "-o", str(out / "with.nc")])
+    assert res.exit_code == 0, res.output
+    ds = xr.load_dataset(out / "with.nc", engine="h5netcdf")
+    mu = float(ds["microstrain"].sel(phase="H2").values[0])
+    assert abs(mu / MU_TRUE - 1) < 0.05, mu
+    assert "microstrain_warning" not in ds.attrs and ds.attrs["instrument_profile"] == "calibrant: cal.instprm"
+    assert "microstrain warning" not in res.output and "H2 microstrain" in res.output  # value + correlations
+    # the recipe's rough profile, W, X, Y refined with the microstrain: the warning names them
+    rec = _one_phase_recipe(out / "without.yaml", {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3,
+                                                   "refine": ["W", "X", "Y"]})
+    res = CliRunner().invoke(app, ["refine", str(sample), "--recipe", str(rec), "-o", str(out / "without.nc")])
+    assert res.exit_code == 0, res.output
+    ds = xr.load_dataset(out / "without.nc", engine="h5netcdf")
+    warning = ds.attrs["microstrain_warning"]
+    assert "H2_mustrain refined without an instrument profile from a calibrant" in warning
+    assert "W, X, Y refined with it" in warning and "U, V fixed at the recipe's values" in warning
+    assert "microstrain warning:" in res.output
+    # microstrain's correlations with the refined instrument terms are reported; size not refined
+    corr = ds["microstrain_correlation"].sel(phase="H2").isel(frame=0)
+    for term in ("W", "X"):  # (Y ends at its bound 0 here: held, no correlation)
+        assert np.isfinite(float(corr.sel(corr_with=term))) and abs(float(corr.sel(corr_with=term))) <= 1
+    assert np.isnan(float(corr.sel(corr_with="size"))) and np.isnan(float(corr.sel(corr_with="U")))
+    assert float(corr.sel(corr_with="microstrain")) == 1.0
+    # the report's section (one schema: the single fit's Dataset reads as a series)
+    from insitu_xrd.pipeline.recipe import recipe_from_dict
+    from insitu_xrd.pipeline.report import broadening_lines
+
+    recipe = recipe_from_dict({"wavelength_A": WL, "calibration": {"poni": "g.poni"},
+                               "refinement": yaml.safe_load(rec.read_text())["refinement"]}, out)
+    text = "\n".join(broadening_lines(recipe, ds))
+    assert "**Warning (microstrain):** H2_mustrain refined without an instrument profile" in text
+    assert "| 0 | H2 | " in text and "W " in text.split("| 0 | H2 | ")[1]
+
+
+def test_recipe_instrument_profile_default_and_opt_out(tmp_path: Path):
+    from insitu_xrd.errors import RecipeError
+    from insitu_xrd.pipeline.recipe import recipe_from_dict
+    from insitu_xrd.pipeline.stages import instrument_attrs
+
+    def recipe(cal: dict, refine=("a", "c", "mustrain", "scale"), profile=None):
+        prof = profile or {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3, "refine": ["W", "X", "Y", "zero_deg"]}
+        return recipe_from_dict({"wavelength_A": WL, "calibration": {"poni": "g.poni", **cal},
+                                 "refinement": {"profile": prof, "phases": [
+                                     {"name": "H2", "template": "nmc811", "refine": list(refine)}]}}, tmp_path)
+
+    # microstrain refined + calibrant image: the instrument stage's file, U..Y held, zero still refined
+    r = recipe({"image": "ceo2.tif"})
+    prof = r.refinement.profile
+    assert prof.instrument == "results/instrument.instprm" and prof.refine == ["zero_deg"]
+    assert prof.W is None and "H2 microstrain refined" in r._instrument_note
+    # X, Y no longer refined: the sample's Lorentzian (size) broadening gets its own term
+    assert r.refinement.phases[0].refine[-1] == "size_um" and "size_um refined for H2" in r._instrument_note
+    attrs = instrument_attrs(r)
+    assert attrs["instrument_profile"].startswith("calibrant: ") and "microstrain_warning" not in attrs
+    # opted out: the recipe's profile, and the warning naming the confounded terms
+    r = recipe({"image": "ceo2.tif", "instrument_profile": "off"})
+    assert r.refinement.profile.instrument is None and r.refinement.profile.refine == ["W", "X", "Y", "zero_deg"]
+    assert "W, X, Y refined with it" in instrument_attrs(r)["microstrain_warning"]
+    # no calibrant image, or no microstrain/size refined: unchanged (a warning only for the first)
+    r = recipe({})
+    assert r.refinement.profile.instrument is None and "microstrain_warning" in instrument_attrs(r)
+    r = recipe({"image": "ceo2.tif"}, refine=("a", "c", "scale"))
+    assert r.refinement.profile.instrument is None and "microstrain_warning" not in instrument_attrs(r)
+    # an instrument file given: used as it is
+    r = recipe({"image": "ceo2.tif"}, profile={"instrument": "mine.instprm"})
+    assert r.refinement.profile.instrument == "mine.instprm" and not r._instrument_note
+    # 'fit' without an image, and an unknown value: errors naming the key
+    with pytest.raises(RecipeError, match="instrument_profile 'fit' needs calibration.image"):
+        recipe({"instrument_profile": "fit"})
+    with pytest.raises(RecipeError, match=r"calibration\.instrument_profile.*'auto', 'fit' or 'off'"):
+        recipe({"image": "ceo2.tif", "instrument_profile": "yes"})
+
+
+def test_refine_writes_the_sequential_schema(tmp_path: Path, microstrain_case):
+    """`refine -o fit.nc` is a one-frame series: the variables and dims of the sequential results
+    (frame x phase, _esd twins, cathode fraction, correlations), plus its curves and matrix."""
+    from insitu_xrd.pipeline.sequential import dataset_to_records, records_to_dataset
+
+    out, sample = microstrain_case
+    rec = _recipe(tmp_path, {"instrument": str(out / "cal.instprm")})
+    x, y, s = _sample_pattern(seed=6)
+    pats = xr.Dataset({"intensity": (("frame", "two_theta"), np.stack([y, y])),
+                       "sigma": (("frame", "two_theta"), np.stack([s, s])), "status": (("frame",), ["ok", "ok"])},
+                      coords={"frame": [0, 1], "two_theta": x, "time_s": ("frame", [0.0, 30.0]),
+                              "frame_name": ("frame", ["f0.tif", "f1.tif"])}, attrs={"wavelength_A": WL})
+    pats.to_netcdf(tmp_path / "patterns.nc", engine="h5netcdf")
+    res = CliRunner().invoke(app, ["refine", str(tmp_path / "patterns.nc"), "--frame", "1", "--recipe", str(rec),
+                                   "-o", str(tmp_path / "fit.nc"), "--plot", str(tmp_path / "fit.png")])
+    assert res.exit_code == 0, res.output
+    fit = xr.load_dataset(tmp_path / "fit.nc", engine="h5netcdf")
+    # the series schema of the same recipe: every variable (curves aside) with the same dims
+    rr = load_recipe_refinement(rec)
+    series = records_to_dataset([None, None], pats, rr.spec)
+    for name, var in series.data_vars.items():
+        if name in ("calc", "background"):
+            continue
+        assert name in fit and fit[name].dims == var.dims, name
+    assert fit.sizes["frame"] == 1 and int(fit["frame"].values[0]) == 1
+    assert [str(p) for p in fit["phase"].values] == ["H2", "Li"]
+    assert float(fit["time_s"].values[0]) == 30.0 and str(fit["frame_name"].values[0]) == "f1.tif"
+    assert str(fit["status"].values[0]) == "ok"
+    for v in ("a", "c", "volume", "microstrain", "phase_fraction", "cathode_fraction", "scale"):
+        assert np.isfinite(fit[f"{v}_esd"].sel(phase="H2").values[0])
+    assert float(fit["cathode_fraction"].sel(phase="H2").values[0]) == 1.0  # the only cathode phase
+    assert np.isnan(fit["cathode_fraction"].sel(phase="Li").values[0])
+    assert fit["a"].attrs["units"] == "A"
+    assert not [v for v in fit.data_vars if v.startswith("H2_")]  # no per-parameter scalars any more
+    # kept as they were: curves on the fitted points, ticks, correlation matrix, R factors in attrs
+    assert fit["calc"].dims == ("two_theta",) and fit["phase_curve"].dims == ("phase", "two_theta")
+    assert fit["correlation"].dims == ("param", "param2") and "H2_a" in fit["param"].values
+    assert float(fit["param_value"].sel(param="H2_a")) == pytest.approx(float(fit["a"].sel(phase="H2").values[0]))
+    assert fit.attrs["mode"] == "lebail" and np.isfinite(fit.attrs["rp"]) and json.loads(fit.attrs["cold_start"])["tried"]
+    # read back as a series record (e.g. to seed a sequential run from a single fit)
+    back = dataset_to_records(fit)[0]
+    assert back is not None and back.values["H2_a"] == pytest.approx(float(fit["a"].sel(phase="H2").values[0]))
+    assert back.correlations and "H2_mustrain|H2_mustrain" in back.correlations
     assert (tmp_path / "fit.png").stat().st_size > 20_000

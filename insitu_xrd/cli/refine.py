@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -31,6 +30,8 @@ class LoadedPattern:
     wavelength_A: float | None
     description: str
     wavelength_source: str
+    frame_name: str = ""
+    time_s: float = math.nan
 
 
 def _close(a: float, b: float) -> bool:
@@ -67,6 +68,7 @@ def load_pattern(
         da = ds["intensity"]
         sig = ds["sigma"] if "sigma" in ds else None
         desc = str(path)
+        name, t_s = path.name, math.nan
         if "frame" in da.dims:
             n = da.sizes["frame"]
             if frame is None:
@@ -84,6 +86,9 @@ def load_pattern(
             sig = sig.isel(frame=i) if sig is not None else None
             name = str(ds["frame_name"].values[i]) if "frame_name" in ds else ""
             desc = f"{path} frame {frame}" + (f" ({name})" if name else "")
+            name = name or f"{path.name} frame {frame}"
+            if "time_s" in ds.variables and ds["time_s"].dims == ("frame",):
+                t_s = float(ds["time_s"].values[i])
         x = np.asarray(ds[xdim].values, dtype=float)
         y = np.asarray(da.values, dtype=float)
         s = np.asarray(sig.values, dtype=float) if sig is not None else np.sqrt(np.maximum(y, 1.0))
@@ -93,7 +98,7 @@ def load_pattern(
                 raise InsituXRDError(f"patterns file {path}: q axis and no wavelength known; give --wavelength-a")
             x = q_invA_to_two_theta_deg(x, wl)
         good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
-        return LoadedPattern(x[good], y[good], s[good], wl, desc, src)
+        return LoadedPattern(x[good], y[good], s[good], wl, desc, src, name, t_s)
 
     pat = read_pattern_1d(path, wavelength_A=wavelength_a if wavelength_a is not None else fallback_wavelength_A)
     header_wl = pat.wavelength_A if pat.metadata.get("wavelength_source") == "header" else None
@@ -103,7 +108,7 @@ def load_pattern(
     if unit in ("q_A^-1", "q_nm^-1") and header_wl is not None and wl is not None and not _close(wl, header_wl):
         # the reader converted q with the header wavelength; redo it with the one chosen
         x = q_invA_to_two_theta_deg(two_theta_deg_to_q_invA(x, header_wl), wl)
-    return LoadedPattern(x, pat.intensity, pat.sigma, wl, str(path), src)
+    return LoadedPattern(x, pat.intensity, pat.sigma, wl, str(path), src, path.name)
 
 
 def _choose_wavelength(option: float | None, from_file: float | None, recipe: float | None, path: Path) -> tuple[float | None, str]:
@@ -158,22 +163,29 @@ def _write_nc(ds, path: Path) -> None:
 def refine(
     pattern: Path = typer.Argument(..., help="Pattern: .xye/.xy/.dat/.chi (2theta or q with wavelength in the header), "
                                    "or a Patterns Dataset .nc from `insitu-xrd integrate` (pick the frame with --frame)."),
-    recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML; its `refinement:` section and top-level `wavelength_A` are used."),
-    output: Path = typer.Option(..., "-o", "--output", help="Fit result NetCDF to write (obs, calc, background, diff, ticks, values +/- esd)."),
+    recipe: Path = typer.Option(..., "--recipe", help="Recipe YAML; its `refinement:` section and top-level `wavelength_A` are used "
+                                "(a whole pipeline recipe: also its calibrant, for the instrument profile, see calibration.instrument_profile)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Result NetCDF to write: the sequential results' schema for one frame "
+                                "(a, c, ... over frame x phase, +/- esd) plus the curves, ticks and correlation matrix."),
     frame: Optional[int] = typer.Option(None, "--frame", help="Frame index in a Patterns Dataset .nc (required when it has several)."),
     wavelength_a: Optional[float] = typer.Option(None, "--wavelength-a", help="X-ray wavelength in angstrom (overrides the file and the recipe)."),
     mode: Optional[Mode] = typer.Option(None, "--mode", help="Override the recipe's refinement mode (lebail or rietveld)."),
     phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated phases to include (default: every non-optional phase), e.g. H2,H3."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot (PNG/PDF/SVG by suffix)."),
     zoom: Optional[list[str]] = typer.Option(None, "--zoom", help="Zoom panel of the plot: reflection labels ('003', '108 110') or a range 'LO:HI' in deg 2theta; repeatable. Default 003, 104, 108/110 when present."),
+    lattice_search: bool = typer.Option(True, "--lattice-search/--no-lattice-search", help="Start the main phase's lattice from a grid search on the pattern (+/- 0.95 x lattice_bound_pct of the recipe's start)."),
+    restarts: int = typer.Option(4, "--restarts", min=0, help="Restarts after the first fit (its lattice; narrow diffuse components; its values while that helps); the lowest chi2 is kept and a lower restart is reported as a note. 0 = one fit."),
 ) -> None:
-    """Le Bail or Rietveld refinement of one pattern with the recipe's `refinement:` section."""
+    """Le Bail or Rietveld refinement of one pattern with the recipe's `refinement:` section, from a
+    cold start that does not stop in a false minimum (lattice search + restarts)."""
     from rich.console import Console
 
     console = Console()
     err = Console(stderr=True)
     try:
-        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
+        from insitu_xrd.pipeline.cold_start import cold_start
+        from insitu_xrd.pipeline.refine_setup import calibrant_instrument, load_recipe_refinement, make_refinement
+        from insitu_xrd.pipeline.single_fit import fit_to_dataset, microstrain_warning
         from insitu_xrd.provenance import software_versions_json
 
         rr = load_recipe_refinement(recipe)
@@ -184,22 +196,55 @@ def refine(
             )
         if rr.wavelength_A is not None and not _close(rr.wavelength_A, pat.wavelength_A):
             err.print(f"note: using wavelength {pat.wavelength_A} A ({pat.wavelength_source}); recipe says {rr.wavelength_A} A")
-        refinement = make_refinement(rr.spec, pat.wavelength_A, rr.base_dir)
+        rr = calibrant_instrument(rr, say=lambda m: err.print(m))
+        spec = rr.spec
+        wl = float(pat.wavelength_A)
         active = [p.strip() for p in phases.split(",") if p.strip()] if phases else None
+        if active:
+            unknown = [p for p in active if p not in [q.name for q in spec.phases]]
+            if unknown:
+                raise InsituXRDError(f"--phases: unknown phase(s) {unknown}; the recipe has {[q.name for q in spec.phases]}")
+        fitted = [p.name for p in spec.phases if (p.name in active if active else not p.optional)]
         zooms = _parse_zooms(zoom) if zoom else None
+        refinements: list = []  # (spec, Refinement): the search and the first fit share one
+
+        def factory(sp):
+            for s_, ref in refinements:
+                if s_ is sp:
+                    return ref
+            refinements.append((sp, make_refinement(sp, wl, rr.base_dir)))
+            return refinements[-1][1]
+
+        def fit_spec(sp):
+            return factory(sp).fit(pat.two_theta_deg, pat.intensity, pat.sigma, phases=active,
+                                   mode=mode.value if mode else None)
+
+        import time as _time
+
+        t0 = _time.perf_counter()
         with err.status(f"refining {pat.description} ..."):
-            result = refinement.fit(pat.two_theta_deg, pat.intensity, pat.sigma, phases=active,
-                                    mode=mode.value if mode else None)
-        ds = result.to_dataset()
-        ds.attrs.update(
-            {
-                "source_pattern": pat.description,
-                "recipe": str(recipe),
-                "wavelength_source": pat.wavelength_source,
-                "refinement_spec": json.dumps(rr.spec.model_dump(mode="json")),
-                "software_versions": software_versions_json(),
-            }
-        )
+            cs = cold_start(spec, fit_spec, wavelength_A=wl, two_theta_deg=pat.two_theta_deg, intensity=pat.intensity,
+                            phases=fitted, refinement=lambda: factory(spec), search=lattice_search,
+                            max_restarts=restarts, deterministic=True)
+        elapsed = _time.perf_counter() - t0
+        result = cs.fit
+        warning = microstrain_warning(spec, rr.calibrant_profile)
+        attrs = {
+            "source_pattern": pat.description,
+            "recipe": str(recipe),
+            "wavelength_source": pat.wavelength_source,
+            "software_versions": software_versions_json(),
+            "instrument_profile": (f"calibrant: {spec.profile.instrument}" if rr.calibrant_profile
+                                   else "recipe values (no instrument profile from a calibrant)"),
+            "cold_start_elapsed_s": float(elapsed),
+            **cs.attrs(),
+        }
+        if rr.instrument_note:
+            attrs["instrument_note"] = rr.instrument_note
+        if warning:
+            attrs["microstrain_warning"] = warning
+        ds = fit_to_dataset(result, spec, frame=int(frame) if frame is not None else 0, time_s=pat.time_s,
+                            frame_name=pat.frame_name, attrs=attrs)
         if frame is not None:
             ds.attrs["frame"] = int(frame)
         _write_nc(ds, output)
@@ -211,9 +256,32 @@ def refine(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     _print_result(console, result, f"{result.mode} fit of {pat.description}")
+    _print_broadening(console, ds)
+    tried = ", ".join(f"{k} {v:.1f}" for k, v in cs.tried)
+    typer.echo(f"cold start           {len(cs.tried)} fits in {elapsed:.1f} s (chi2: {tried}; kept: {cs.chosen})")
+    if warning:
+        console.print(f"[yellow]microstrain warning:[/] {warning}")
     typer.echo(f"fit_file             {output}")
     if plot is not None:
         typer.echo(f"plot                 {plot}")
+
+
+def _print_broadening(console, ds) -> None:
+    """Microstrain and size of each fitted phase with their correlations (each other, U..Y)."""
+    if "microstrain_correlation" not in ds:
+        return
+    terms = [str(t) for t in ds["corr_with"].values]
+    for j, name in enumerate(str(p) for p in ds["phase"].values):
+        for var, corr, own in (("microstrain", "microstrain_correlation", "microstrain"),
+                               ("size", "size_correlation", "size")):
+            v = float(ds[var].values[0, j])
+            e = float(ds[f"{var}_esd"].values[0, j])
+            if not np.isfinite(e):
+                continue
+            rs = [f"{t} {float(ds[corr].values[0, j, k]):+.2f}" for k, t in enumerate(terms)
+                  if t != own and np.isfinite(float(ds[corr].values[0, j, k]))]
+            unit = "x 1e-6" if var == "microstrain" else "um"
+            console.print(f"{name} {var} {v:.6g} +/- {e:.2g} {unit}; correlation with " + (", ".join(rs) or "nothing refined"))
 
 
 def _parse_zooms(items: list[str]) -> list:

@@ -19,7 +19,7 @@ import xarray as xr
 
 from insitu_xrd.pipeline.recipe import Recipe
 
-__all__ = ["FigureWriter", "write_report", "summary_rows", "rietveld_frames"]
+__all__ = ["FigureWriter", "write_report", "summary_rows", "rietveld_frames", "broadening_lines"]
 
 #: ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``
 FigureWriter = Callable[[Recipe, xr.Dataset, xr.Dataset, "xr.Dataset | None"], "tuple[list[Path], list[str]]"]
@@ -61,6 +61,53 @@ def summary_rows(results: xr.Dataset, max_rows: int = 60) -> list[list[str]]:
         r += [_fmt(100 * float(results["rwp"].values[i]), 2), str(results["status"].values[i])]
         rows.append(r)
     return rows
+
+
+def _corr_text(results: xr.Dataset, var: str, i: int, j: int, own: str) -> str:
+    if var not in results or "corr_with" not in results.coords:
+        return ""
+    vals = results[var].values[i, j]
+    terms = [str(t) for t in results["corr_with"].values]
+    return ", ".join(f"{t} {float(v):+.2f}" for t, v in zip(terms, vals) if t != own and np.isfinite(v))
+
+
+def broadening_lines(recipe: Recipe, results: xr.Dataset) -> list[str]:
+    """The report's "Microstrain and size" section: where the instrument profile came from, the
+    ``microstrain_warning`` (from the results' attrs, else from the recipe), and microstrain and
+    size with their correlations (each other, instrument terms U..Y) on the Rietveld-plot frames."""
+    if "microstrain" not in results:
+        return []
+    attrs = dict(results.attrs)
+    if "instrument_profile" not in attrs:  # e.g. a watch session's results: from the recipe
+        from insitu_xrd.pipeline.stages import instrument_attrs
+
+        attrs.update(instrument_attrs(recipe))
+    lines = ["## Microstrain and size", ""]
+    if attrs.get("instrument_profile"):
+        lines += [f"Instrument profile: {attrs['instrument_profile']}.", ""]
+    if attrs.get("instrument_note"):
+        lines += [f"{attrs['instrument_note']}.", ""]
+    if attrs.get("microstrain_warning"):
+        lines += [f"**Warning (microstrain):** {attrs['microstrain_warning']}.", ""]
+    phases = [str(p) for p in results["phase"].values]
+    rows = []
+    for i in rietveld_frames(recipe, results):
+        for j, name in enumerate(phases):
+            mu, mu_e = float(results["microstrain"].values[i, j]), float(results["microstrain_esd"].values[i, j])
+            sz, sz_e = (float(results["size"].values[i, j]), float(results["size_esd"].values[i, j])) if "size" in results \
+                else (np.nan, np.nan)
+            if not (np.isfinite(mu_e) or np.isfinite(sz_e)):
+                continue  # neither refined on this frame
+            rows.append(f"| {i} | {name} | {_fmt(mu, 1)} +/- {_fmt(mu_e, 1)} | "
+                        + (f"{_fmt(sz, 4)} +/- {_fmt(sz_e, 4)}" if np.isfinite(sz_e) else _fmt(sz, 4))
+                        + f" | {_corr_text(results, 'microstrain_correlation', i, j, 'microstrain')} | "
+                        f"{_corr_text(results, 'size_correlation', i, j, 'size')} |")
+    if rows:
+        lines += ["| frame | phase | microstrain (1e-6) | size (um) | microstrain correlated with | size correlated with |",
+                  "|---|---|---|---|---|---|"] + rows + [""]
+        lines += ["Correlations from the fit's covariance (refined pairs only); |r| > 0.8 with an instrument term means "
+                  "the two are not separated by the data.", ""]
+    return lines
 
 
 def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[Any], figures: Sequence[Path],
@@ -106,8 +153,10 @@ def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[An
         lines += ["| " + " | ".join(r) + " |" for r in summary_rows(results)]
         lines.append("")
         lines.append("Full results with esds: `results.nc` (NetCDF; variables a, c, volume, microstrain, size, "
-                     "phase_fraction, scale with _esd twins; rwp, gof, zero_shift, status).")
+                     "phase_fraction, cathode_fraction, scale with _esd twins; microstrain_correlation, "
+                     "size_correlation; rwp, gof, zero_shift, status).")
         lines.append("")
+        lines += broadening_lines(recipe, results)
     if strain_outputs:
         lines += ["## Strain", ""] + [f"- `{Path(p).relative_to(recipe.output_dir) if Path(p).is_relative_to(recipe.output_dir) else p}`"
                                      for p in strain_outputs] + [""]

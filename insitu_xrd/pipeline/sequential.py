@@ -38,7 +38,10 @@ the previous good result. Around that loop:
 
 Output Dataset (see :func:`records_to_dataset`): dims ``frame``, ``phase`` (and ``two_theta`` for
 the fitted curves); ``a, c, volume, microstrain, size, phase_fraction, scale`` (+ ``_esd``);
-``rwp, gof, zero_shift(_esd), status, active, optional_phase_p``; ``calc, background``.
+``rwp, gof, zero_shift(_esd), status, active, optional_phase_p``; ``calc, background``;
+``microstrain_correlation, size_correlation`` (frame x phase x ``corr_with``: correlation with
+microstrain, size and the instrument terms U..Y). ``insitu-xrd refine`` writes the same schema for
+one fit (:mod:`insitu_xrd.pipeline.single_fit`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ __all__ = [
     "read_chain_state",
     "write_chain_state",
     "PER_PHASE_VARS",
+    "CORR_WITH",
     "UNITS",
 ]
 
@@ -86,6 +90,11 @@ PER_PHASE_VARS: dict[str, str] = {
     "size": "size_um",
     "scale": "scale",
 }
+
+#: What microstrain and size are correlated with (``microstrain_correlation`` /
+#: ``size_correlation`` over the ``corr_with`` dimension): each other and the instrument terms.
+CORR_WITH: dict[str, str] = {"microstrain": "{p}_mustrain", "size": "{p}_size_um", "U": "U", "V": "V", "W": "W",
+                             "X": "X", "Y": "Y"}
 
 UNITS: dict[str, str] = {
     "a": "A",
@@ -131,6 +140,7 @@ class FrameRecord:
     fit_two_theta: np.ndarray | None = None
     calc: np.ndarray | None = None
     background: np.ndarray | None = None
+    correlations: dict[str, float] | None = None  # "<P>_mustrain|W" -> correlation (see broadening_correlations)
 
     @property
     def good(self) -> bool:
@@ -171,7 +181,31 @@ def record_from_fit(index: int, fit: Any, spec: RefinementSpec, status: str = "o
     rec.fit_two_theta = np.asarray(fit.two_theta_deg, dtype=float)
     rec.calc = np.asarray(fit.calc, dtype=float)
     rec.background = np.asarray(fit.background, dtype=float)
+    rec.correlations = broadening_correlations(fit, spec)
     return rec
+
+
+def broadening_correlations(fit: Any, spec: RefinementSpec) -> dict[str, float]:
+    """Correlations of each phase's microstrain and size with each other and with the refined
+    instrument terms (``CORR_WITH``), from the fit's correlation matrix: {"H2_mustrain|W": r}.
+    Only pairs of refined parameters are present."""
+    names = list(getattr(fit, "correlation_names", []) or [])
+    corr = getattr(fit, "correlation", None)
+    if not names or corr is None:
+        return {}
+    corr = np.asarray(corr, dtype=float)
+    pos = {n: i for i, n in enumerate(names)}
+    out: dict[str, float] = {}
+    for ph in spec.phases:
+        for own in ("{p}_mustrain", "{p}_size_um"):
+            i = pos.get(own.format(p=ph.name))
+            if i is None:
+                continue
+            for other in CORR_WITH.values():
+                j = pos.get(other.format(p=ph.name))
+                if j is not None and i < corr.shape[0] and j < corr.shape[1]:
+                    out[f"{names[i]}|{names[j]}"] = 1.0 if j == i else float(corr[i, j])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,19 +498,10 @@ class SequentialRefiner:
     def _cold_spec(self, tth: np.ndarray, y: np.ndarray, base: RefinementSpec | None = None) -> RefinementSpec:
         """Spec whose main-phase lattice comes from a grid search on this pattern, centred on
         ``base``'s start lattice (default: the recipe's); the other phases keep ``base``'s starts."""
+        from insitu_xrd.pipeline.cold_start import searched_spec
+
         spec = base or self.spec
-        zero = float(spec.profile.zero_deg or 0.0)
-        for name in self.base_phases:
-            ph = spec.phase(name)
-            if not {"a", "c"} & set(ph.refine):
-                continue
-            phase = _phase_object(spec, name, self._refinement_for(spec))
-            if phase is None:
-                continue
-            a, c = coarse_lattice_search(phase, self.wavelength_A, tth, y, ph.lattice_bound_pct * 0.95, zero)
-            spec = _with_lattice(spec, name, a, c)
-            break  # the main phase dominates the pattern; minor phases keep their starts
-        return spec
+        return searched_spec(spec, self.wavelength_A, tth, y, self.base_phases, lambda: self._refinement_for(spec))[0]
 
     def _fit(self, spec: RefinementSpec, tth, y, s, start, phases) -> Any:
         ref = self._refinement_for(spec)
@@ -822,15 +847,26 @@ class SequentialRefiner:
                 moved = True
         return dataclasses.replace(fit, params=new) if moved else fit
 
-    def _attempt(self, spec: RefinementSpec, start: Any, tth: np.ndarray, y: np.ndarray, s: np.ndarray) -> dict:
+    def _attempt(self, spec: RefinementSpec, start: Any, tth: np.ndarray, y: np.ndarray, s: np.ndarray,
+                 cold_base: RefinementSpec | None = None) -> dict:
         """One fit of a frame with the optional-phase logic; returns the outcome without
-        changing the refiner's state (committed by the caller)."""
+        changing the refiner's state (committed by the caller). ``cold_base``: the start values
+        a cold ``spec`` (lattice from a search) was made from; its fit is then restarted
+        (:func:`insitu_xrd.pipeline.cold_start.cold_start`) and the lowest chi2 kept."""
         active = list(self.active)
         below = dict(self.below_count)
         notes: list[str] = []
         rejected: list[tuple[str, Any, RefinementSpec, float]] = []  # optional-phase fits not accepted
         optional_p = math.nan
         fit = self._fit(spec, tth, y, s, start, active)
+        if cold_base is not None and start is None:
+            from insitu_xrd.pipeline.cold_start import cold_start
+
+            # restarts on refinements of their own (the chain's cached ones stay as they are)
+            cs = cold_start(cold_base, lambda sp: self.factory(sp).fit(tth, y, s, start=None, phases=list(active)),
+                            first=(spec, fit))
+            fit, spec = cs.fit, cs.spec
+            notes.extend(cs.notes)
         tested = False
         for name in self.optional_phases:
             if name not in active:
@@ -906,8 +942,9 @@ class SequentialRefiner:
         return None
 
     def _step(self, index: int, tth: np.ndarray, y: np.ndarray, s: np.ndarray, time_s: float) -> FrameRecord:
+        cold = self.prev_fit is None and self.last_good is None  # _start searches the lattice
         spec, start = self._start(tth, y, index, time_s)
-        out = self._attempt(spec, start, tth, y, s)
+        out = self._attempt(spec, start, tth, y, s, cold_base=self.spec if cold else None)
         status = "ok"
         notes: list[str] = []
         if out["why"]:
@@ -921,7 +958,8 @@ class SequentialRefiner:
             if seeded is not None:
                 candidates.append(self._attempt(seeded, None, tth, y, s))
             # the lattice search is centred on the last good lattice (other phases start there too)
-            candidates.append(self._attempt(self._cold_spec(tth, y, seeded), None, tth, y, s))
+            candidates.append(self._attempt(self._cold_spec(tth, y, seeded), None, tth, y, s,
+                                            cold_base=seeded if seeded is not None else self.spec))
             candidates = candidates[:1] + [(self._rescue(c) or c) if c["why"] else c for c in candidates[1:]]
             acceptable = [c for c in candidates[1:] if not c["why"]]
             if acceptable:
@@ -1025,9 +1063,18 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     calc = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     bkg = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     values_json = np.array([""] * nf, dtype=object)
+    terms = list(CORR_WITH)
+    corr_vars = {"microstrain_correlation": np.full((nf, npn, len(terms)), np.nan),
+                 "size_correlation": np.full((nf, npn, len(terms)), np.nan)}
     for i, rec in enumerate(records):
         if rec is None:
             continue
+        for j, name in enumerate(phases):
+            for var, own in (("microstrain_correlation", "mustrain"), ("size_correlation", "size_um")):
+                for k, term in enumerate(terms):
+                    key = f"{name}_{own}|{CORR_WITH[term].format(p=name)}"
+                    if rec.correlations and key in rec.correlations:
+                        corr_vars[var][i, j, k] = rec.correlations[key]
         status[i] = rec.status
         message[i] = rec.message
         rwp[i], gof[i], zero[i], zero_esd[i], opt_p[i] = rec.rwp, rec.gof, rec.zero_shift, rec.zero_shift_esd, rec.optional_p
@@ -1070,6 +1117,8 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     cf_esd[no_fit] = np.nan
     data["cathode_fraction"] = (dims2, cf)
     data["cathode_fraction_esd"] = (dims2, cf_esd)
+    for var, arr in corr_vars.items():
+        data[var] = (("frame", "phase", "corr_with"), arr)
     data["active"] = (dims2, active)
     data["rwp"] = (("frame",), rwp)
     data["gof"] = (("frame",), gof)
@@ -1084,6 +1133,7 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     coords: dict[str, Any] = {
         "frame": ("frame", patterns["frame"].values if "frame" in patterns.coords else np.arange(nf)),
         "phase": ("phase", np.array(phases, dtype=str)),
+        "corr_with": ("corr_with", np.array(terms, dtype=str)),
         "two_theta": ("two_theta", tth_grid, {"units": "deg", "long_name": "2theta"}),
     }
     for cname in ("time_s", "frame_name"):
@@ -1096,6 +1146,9 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
             ds[k].attrs["units"] = UNITS[base]
     ds["optional_phase_p"].attrs["long_name"] = "F-test p-value of the optional phase (NaN: not tested)"
     ds["active"].attrs["long_name"] = "phase present in this frame's fit"
+    for var, what in (("microstrain_correlation", "microstrain"), ("size_correlation", "size")):
+        ds[var].attrs["long_name"] = (f"correlation of the phase's {what} with its microstrain/size and the instrument "
+                                      "terms U..Y (NaN: a parameter not refined)")
     ds.attrs.update({
         "wavelength_A": float(patterns.attrs.get("wavelength_A", np.nan)),
         "units": json.dumps({k: v for k, v in UNITS.items()}),
@@ -1179,6 +1232,14 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
             rec.phases[p] = d
         vj = str(ds["fit_values"].values[i])
         rec.values = json.loads(vj) if vj else {}
+        if "microstrain_correlation" in ds and "corr_with" in ds.coords:
+            rec.correlations = {}
+            for var, own in (("microstrain_correlation", "mustrain"), ("size_correlation", "size_um")):
+                for j, p in enumerate(phases):
+                    for k, term in enumerate(str(t) for t in ds["corr_with"].values):
+                        v = float(ds[var].values[i, j, k])
+                        if np.isfinite(v) and term in CORR_WITH:
+                            rec.correlations[f"{p}_{own}|{CORR_WITH[term].format(p=p)}"] = v
         calc = ds["calc"].values[i].astype(float)
         keep = np.isfinite(calc)
         if keep.any():
