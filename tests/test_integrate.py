@@ -551,3 +551,36 @@ def test_two_worker_threads_give_the_same_numbers_as_one(series):
         for a, b in zip(serial * 2, parallel):
             for key in a:
                 np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]), err_msg=f"{kw} {key}")
+
+
+def test_hard_kill_resumes_from_the_zarr_working_store(series, tmp_path):
+    """After a kill that left no NetCDF export, the re-run resumes from ``<stem>.zarr``; the
+    pipeline's ``overwrite="if_different"`` resumes only an output of the same ``resume_key``."""
+    out = tmp_path / "k.nc"
+
+    def interrupt(done, total, name, status):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        integrate_series([series["frames"]], series["poni"], out, IntegrationSettings(**SETTINGS), progress=interrupt,
+                         resume_key="A")
+    assert (tmp_path / "k.zarr" / "zarr.json").is_file()
+    out.unlink()  # as after SIGKILL: the export never happened
+    rep = integrate_series([series["frames"]], series["poni"], out, IntegrationSettings(**SETTINGS),
+                           overwrite="if_different", resume_key="A")
+    assert rep.n_skipped_done == 2 and rep.n_ok == 4
+    ds = read_patterns(out)
+    assert list(ds["frame_name"].values) == series["names"]
+    ref = tmp_path / "ref.nc"
+    integrate_series([series["frames"]], series["poni"], ref, IntegrationSettings(**SETTINGS), store="netcdf")
+    np.testing.assert_array_equal(read_patterns(ref)["intensity"].values, ds["intensity"].values)
+    rep = integrate_series([series["frames"]], series["poni"], out, IntegrationSettings(**SETTINGS),
+                           overwrite="if_different", resume_key="B", export=False)
+    assert rep.n_skipped_done == 0 and rep.n_ok == 6  # another stage key: integrated again
+    assert read_patterns(out).sizes["frame"] == 6 and read_patterns(tmp_path / "k.zarr").sizes["frame"] == 6
+    assert json.loads(read_patterns(tmp_path / "k.zarr").attrs["store_signature"])["resume_key"] == "B"
+    assert json.loads(read_patterns(out).attrs["store_signature"])["resume_key"] == "A"  # not exported
+    # an output of the earlier version (NetCDF only, no resume_key) is resumed, not redone
+    rep = integrate_series([series["frames"]], series["poni"], ref, IntegrationSettings(**SETTINGS), resume_key="C")
+    assert rep.n_skipped_done == 6 and (tmp_path / "ref.zarr" / "zarr.json").is_file()

@@ -69,6 +69,8 @@ def open_patterns_store(
     overwrite: bool = False,
     checkpoint_every_frames: int = 100,
     checkpoint_every_s: float = 10.0,
+    working: str = "zarr",
+    chunk_frames: int | None = None,
 ) -> FrameStore:
     """A :class:`FrameStore` laid out as a Patterns Dataset (resumes an existing file).
 
@@ -80,11 +82,24 @@ def open_patterns_store(
         signature: settings that must match to resume (default: attrs except provenance).
         cake_chi_deg: azimuth bin centres (deg) to store a 2D cake per frame; None: no cake.
         with_counts: store ``n_pixels`` (pixels contributing per bin).
+        working: "zarr" (default: the records live in ``<stem>.zarr``, cost per checkpoint flat
+            in the series length; ``path`` is exported when the store closes) or "netcdf" (the
+            whole file rewritten at each checkpoint). See :mod:`insitu_xrd.io.store`.
+        chunk_frames: frames per Zarr chunk (default: ``checkpoint_every_frames``).
 
     Records are appended with keys ``FrameRef.key`` and values among: intensity, sigma,
     n_pixels, cake_intensity, cake_sigma, time_s, epoch_s, frame_name, status.
     """
     rname = radial_name(unit)
+    if working == "zarr":
+        try:
+            import zarr  # noqa: F401
+        except ImportError:  # a dependency of insitu-xrd; without it: the whole-file NetCDF store
+            import warnings
+
+            warnings.warn("zarr is not installed: patterns are checkpointed by rewriting the whole NetCDF file "
+                          "(cost grows with the series; pip install zarr)", RuntimeWarning, stacklevel=2)
+            working = "netcdf"
     variables: dict[str, tuple[str, ...]] = {"intensity": (rname,), "sigma": (rname,), **_PER_FRAME_VARS}
     axes: dict[str, np.ndarray] = {rname: np.asarray(radial, dtype=float)}
     dtypes: dict[str, Any] = {"intensity": np.float64, "sigma": np.float64, "status": str, "frame_name": str}
@@ -114,6 +129,8 @@ def open_patterns_store(
         overwrite=overwrite,
         checkpoint_every_frames=checkpoint_every_frames,
         checkpoint_every_s=checkpoint_every_s,
+        working=working,
+        chunk_frames=chunk_frames,
     )
 
 
@@ -133,7 +150,8 @@ def validate_patterns(ds: Any, source: str = "<dataset>") -> None:
 
 
 def read_patterns(path: str | Path) -> Any:
-    """Load a Patterns Dataset from NetCDF (into memory) and validate it.
+    """Load a Patterns Dataset from NetCDF, or from a Zarr working store (a ``.zarr`` folder),
+    into memory and validate it.
 
     Raises:
         InsituXRDError: missing/unreadable file or a file of another layout.
@@ -141,6 +159,15 @@ def read_patterns(path: str | Path) -> Any:
     import xarray as xr
 
     path = Path(path)
+    if path.suffix == ".zarr" and path.is_dir():
+        from insitu_xrd.io.store import open_frame_dataset
+
+        try:
+            ds = open_frame_dataset(path, load=True)
+        except Exception as exc:
+            raise InsituXRDError(f"patterns store {path}: cannot be read as Zarr ({type(exc).__name__}: {exc})") from None
+        validate_patterns(ds, str(path))
+        return ds
     if not path.is_file():
         raise InsituXRDError(f"patterns file {path}: does not exist")
     try:

@@ -7,7 +7,10 @@ a stage whose key and output file are unchanged is reused, so re-running after e
 
 Stages: ``calibrate`` (PONI from the calibrant image, or an existing PONI reused), ``instrument``
 (the GSAS-II ``.instprm`` named by ``refinement.profile.instrument``, fitted on the calibrant's own
-integrated pattern when the file does not exist, reused when it does), ``integrate``
+integrated pattern when the file does not exist, reused when it does; by default
+(``calibration.instrument_profile: auto``) a recipe that refines microstrain or size and names no
+file gets ``<outputs.dir>/instrument.instprm``, so the sample broadening is measured against the
+calibrant's), ``integrate``
 (frames -> patterns.nc; resumable, new frames only), ``refine`` (sequential refinement ->
 sequential.nc, checkpointed, resumable), ``echem`` (cycler log -> voltage, capacity, x, soc coords;
 results.nc), ``strain`` (strain/*.nc, .csv, .json, COMSOL table), ``report`` (report.md + figures).
@@ -43,6 +46,7 @@ __all__ = [
     "echem_stage",
     "strain_stage",
     "make_factory",
+    "instrument_attrs",
     "integration_settings",
     "time_source_of",
 ]
@@ -259,6 +263,8 @@ def instrument_stage(recipe: Recipe, poni: Path, cache: StageCache,
     fit = fit_instrument(tth[good], y[good], sig[good], cal.calibrant, wl, mode="rietveld", range_2theta_deg=rng,
                          chebyshev=ref.background.chebyshev, refine=list(INSTRUMENT_PARAMS) + ["sh_l"])
     comments = [f"source: {img_path} integrated with {poni} (insitu-xrd run, recipe {recipe.source})"]
+    if getattr(recipe, "_instrument_note", ""):
+        comments.append(recipe._instrument_note)
     comments += fit.summary_lines()
     pol = recipe.integration.polarization
     write_instrument(path, fit.instrument, polarization=0.99 if pol is None else float(pol), comments=comments)
@@ -266,7 +272,8 @@ def instrument_stage(recipe: Recipe, poni: Path, cache: StageCache,
     ins = fit.instrument
     detail = (f"{cal.calibrant}: U {ins.U:.3g} V {ins.V:.3g} W {ins.W:.3g} X {ins.X:.3g} Y {ins.Y:.3g} "
               f"zero {ins.zero_deg:+.4f} deg" + (f" SH/L {ins.sh_l:.3g}" if ins.sh_l else "")
-              + f", Rwp {fit.result.rwp:.4f} -> {path}")
+              + f", Rwp {fit.result.rwp:.4f} -> {path}"
+              + (" (calibration.instrument_profile: default for microstrain)" if getattr(recipe, "_instrument_note", "") else ""))
     return path, StageInfo("instrument", "ran", time.perf_counter() - t0, detail, [str(path)])
 
 
@@ -298,6 +305,8 @@ def integration_settings(recipe: Recipe) -> Any:
     if it.sigma_clip is not None:
         kw["sigma_clip"] = True
         kw["sigma_clip_threshold"] = float(it.sigma_clip)
+    if it.engine != "cython":
+        kw["engine"] = it.engine
     return IntegrationSettings(**kw)
 
 
@@ -312,6 +321,7 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
     """Integrate the recipe's frames into ``<outputs>/patterns.nc`` (new frames only when the
     settings are unchanged; everything again when they changed)."""
     from insitu_xrd.io.frames import discover_frames
+    from insitu_xrd.pipeline.executors import get_executor
     from insitu_xrd.reduction.integrate import integrate_series
 
     t0 = time.perf_counter()
@@ -323,6 +333,8 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
     key = section_hash(recipe.integration, fr.model_dump(exclude={"files"}), recipe.wavelength_A, poni_lines,
                        file_digest(recipe.path(fr.dark)), file_digest(recipe.path(fr.flat)),
                        file_digest(recipe.path(fr.mask)))
+    if recipe.integration.engine != "cython":  # an engine gives numbers equal within tolerance only
+        key = section_hash(key, recipe.integration.engine)
     refs = frames if frames is not None else discover_frames(_frame_specs(recipe), hdf5_dataset=fr.hdf5_dataset)
     same_settings = cache.hit("integrate", key, [out])
     if same_settings:
@@ -339,11 +351,13 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
         rep = integrate_series(refs, poni, out, settings, mask=recipe.path(fr.mask), dark=recipe.path(fr.dark),
                                flat=recipe.path(fr.flat), wavelength_A=recipe.wavelength_A,
                                time_source=time_source_of(recipe), hdf5_dataset=fr.hdf5_dataset,
-                               overwrite=not same_settings, progress=bar.update, on_start=bar.start)
+                               overwrite=False if same_settings else "if_different", resume_key=key,
+                               executor=get_executor(recipe.executor), batch_frames=recipe.integration.batch_frames,
+                               progress=bar.update, on_start=bar.start)
     cache.store("integrate", key, [out])
     status = "resumed" if rep.n_skipped_done else "ran"
-    detail = (f"{rep.n_ok} frames integrated ({rep.frames_per_s:.1f} frames/s), {rep.n_skipped_done} already done, "
-              f"{rep.n_error} errors")
+    detail = (f"{rep.n_ok} frames integrated ({rep.frames_per_s:.1f} frames/s, {rep.executor}), "
+              f"{rep.n_skipped_done} already done, {rep.n_error} errors" + "".join(f"; {n}" for n in rep.notes))
     return out, StageInfo("integrate", status, time.perf_counter() - t0, detail, [str(out)])
 
 
@@ -436,6 +450,28 @@ def _adopt_watch_results(recipe: Recipe, patterns: xr.Dataset, out: Path, key: s
     return int(sum(str(s) != "pending" for s in old["status"].values))
 
 
+def instrument_attrs(recipe: Recipe) -> dict[str, str]:
+    """Results attrs on the instrument profile: ``instrument_profile`` (where it came from),
+    ``instrument_note`` (what ``calibration.instrument_profile`` did) and, when microstrain or
+    size is refined without a calibrant profile (or with U..Y refined too), ``microstrain_warning``
+    naming the confounded parameters."""
+    from insitu_xrd.pipeline.single_fit import microstrain_warning
+
+    ref = recipe.refinement
+    if ref is None:
+        return {}
+    path = instrument_file(recipe)
+    out = {"instrument_profile": f"calibrant: {path}" if path is not None
+           else "recipe values (no instrument profile from a calibrant)"}
+    note = getattr(recipe, "_instrument_note", "")
+    if note:
+        out["instrument_note"] = note
+    warning = microstrain_warning(ref, path is not None)
+    if warning:
+        out["microstrain_warning"] = warning
+    return out
+
+
 def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
     from insitu_xrd.pipeline.refine_setup import make_refinement
 
@@ -473,13 +509,15 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
     ds = refine_sequence(patterns, recipe.refinement, make_factory(recipe, wl), recipe.sequential, checkpoint=out,
                          cache_key=key, progress=progress, base_dir=recipe.base_dir,
                          attrs={"patterns_file": str(patterns_path), "recipe": str(recipe.source),
-                                "recipe_name": recipe.name})
+                                "recipe_name": recipe.name, **instrument_attrs(recipe)})
     cache.store("refine", key, [out])
     st = [str(s) for s in ds["status"].values]
     detail = (f"{len(st)} frames: {st.count('ok')} ok, {st.count('refit')} refit, {st.count('diverged')} diverged, "
               f"{sum(s.startswith('skipped') or s == 'error' for s in st)} skipped/error")
     if adopted:
         detail += f" ({adopted} refined by the watch session)"
+    if ds.attrs.get("microstrain_warning"):
+        detail += "; microstrain warning (no calibrant instrument profile; see report.md)"
     return ds, StageInfo("refine", "resumed" if resumed else "ran", time.perf_counter() - t0, detail, [str(out)])
 
 

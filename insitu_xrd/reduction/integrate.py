@@ -8,9 +8,14 @@
    detector gaps + dead/hot/gap pixels found on the first frames, :mod:`.masking`);
 2. one :class:`FrameIntegrator` builds the pyFAI engine once (sparse CSC matrix with full pixel
    splitting by default) and is shared by two worker threads (pyFAI's Cython engines release the
-   GIL), each reading and integrating frames while the main thread stores results in order;
-3. results go to a :class:`~insitu_xrd.io.store.FrameStore` (atomic checkpoints, resume: frames
-   already "ok" in the output are not integrated again; failed frames are retried);
+   GIL), each reading and integrating frames while the main thread stores results in order — or,
+   with an ``executor`` (:mod:`insitu_xrd.pipeline.executors`: serial, local processes, Dask),
+   batches of frames go to workers that get only small settings and file paths and build their
+   own integrator once (:func:`integrate_frames_task`); results are stored in frame order as
+   batches complete;
+3. results go to a :class:`~insitu_xrd.io.store.FrameStore` (a Zarr working store ``<stem>.zarr``
+   with appends whose cost does not grow with the series, the NetCDF output exported at the end;
+   resume: frames already "ok" are not integrated again; failed frames are retried);
 4. unreadable / truncated / wrong-shape frames get ``status = "error: <reason>"`` and NaN data.
 
 Intensities are per-pixel averages after dark subtraction, flat division, polarization and
@@ -28,12 +33,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -56,7 +63,8 @@ from insitu_xrd.reduction.masking import (
     load_mask_file,
 )
 
-__all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "integrate_series", "DEFAULT_METHOD"]
+__all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "integrate_series", "DEFAULT_METHOD",
+           "resolve_engine", "integrate_frames_task"]
 
 DEFAULT_METHOD = ("full", "csc", "cython")
 _PYFAI_UNIT = {"2th_deg": "2th_deg", "q_A^-1": "q_A^-1"}
@@ -81,7 +89,10 @@ class IntegrationSettings:
         auto_mask: find gap/dead/hot pixels on the first ``auto_mask_frames`` frames.
         saturation_counts: raw level treated as saturated (per frame); None = dtype maximum for
             integer frames.
-        workers: threads reading+integrating frames (2 uses both cores of a 2-core machine).
+        workers: threads reading+integrating frames (2 uses both cores of a 2-core machine)
+            when no executor is given to :func:`integrate_series`.
+        engine: "cython" (CPU, default) or "opencl" (pyFAI's OpenCL CSR engine on a GPU; falls
+            back to the CPU method with a message when pyopencl or an OpenCL device is missing).
     """
 
     npt: int = 3000
@@ -100,8 +111,11 @@ class IntegrationSettings:
     auto_mask_frames: int = 3
     saturation_counts: float | None = None
     workers: int = 2
+    engine: str = "cython"
 
     def validate(self) -> None:
+        if self.engine not in ("cython", "opencl"):
+            raise InsituXRDError(f"integration engine {self.engine!r}: must be 'cython' or 'opencl'")
         if self.unit not in _PYFAI_UNIT:
             raise InsituXRDError(f"--unit {self.unit!r}: must be one of {', '.join(_PYFAI_UNIT)}")
         if self.npt < 10:
@@ -274,6 +288,9 @@ class IntegrationReport:
     wavelength_A: float = math.nan
     masked_pixels: dict[str, int] = field(default_factory=dict)
     xye_files: int = 0
+    notes: list[str] = field(default_factory=list)
+    executor: str = "threads"
+    n_batches: int = 0
 
 
 def _file_digest(path: Path | None) -> str | None:
@@ -341,15 +358,12 @@ def _cached_integrator(ai: Any, shape: tuple[int, int], settings: IntegrationSet
 
 def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRef]:
     """Frames the auto-mask of an existing output was computed from (empty if none/unknown)."""
-    if not output.is_file():
-        return []
-    try:
-        import h5py
+    from insitu_xrd.io.store import read_store_attrs
 
-        with h5py.File(output, "r") as fh:
-            text = fh.attrs.get("auto_mask_frames_used")
+    text = read_store_attrs(output).get("auto_mask_frames_used")  # Zarr working store, else NetCDF
+    try:
         keys = json.loads(text.decode() if isinstance(text, bytes) else text) if text else []
-    except Exception:  # unreadable output: the store reports it properly later
+    except (ValueError, TypeError, AttributeError):  # unreadable output: the store reports it later
         return []
     refs: list[FrameRef] = []
     for key in keys:
@@ -364,6 +378,175 @@ def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRe
             continue
         refs.extend(found)
     return refs
+
+
+# ---------------------------------------------------------------------------------------------
+# engines (OpenCL) and the worker side of out-of-process executors
+
+
+def opencl_status() -> tuple[bool, str]:
+    """(usable, what): whether pyopencl imports and sees at least one OpenCL device (its name),
+    or why not."""
+    try:
+        import pyopencl as cl  # type: ignore[import-not-found]
+    except Exception as exc:  # ImportError, or a broken ICD loader
+        return False, f"pyopencl is not installed or does not load ({type(exc).__name__}: {exc})"
+    try:
+        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    except Exception as exc:
+        return False, f"no OpenCL platform ({type(exc).__name__}: {exc})"
+    if not devices:
+        return False, "no OpenCL device"
+    return True, str(devices[0].name).strip()
+
+
+def resolve_engine(settings: IntegrationSettings) -> tuple[IntegrationSettings, str | None]:
+    """The settings to integrate with and a message for the user (None when nothing to say).
+
+    ``engine: opencl`` uses pyFAI's OpenCL CSR engine with the same pixel splitting
+    (``(split, "csr", "opencl")``); without pyopencl or an OpenCL device it falls back to the CPU
+    method and says so. The 2D cake and the sigma-clip pass stay on their CPU engines.
+    """
+    if settings.engine != "opencl":
+        return settings, None
+    ok, what = opencl_status()
+    if ok:
+        method = (settings.method[0], "csr", "opencl")
+        return replace(settings, method=method), f"integration engine opencl: pyFAI {','.join(method)} on {what}"
+    cpu = replace(settings, engine="cython")
+    return cpu, (f"integration engine 'opencl' requested but {what}: integrating on the CPU with "
+                 f"{','.join(cpu.method)} instead (same results within pyFAI's tolerance)")
+
+
+_WORKER_CACHE: dict[str, FrameIntegrator] = {}
+_THREADS_LIMITED = False
+FAULT_ENV = "INSITU_XRD_FAULT_EXIT_ONCE"  # test hook: "<frame name>|<marker file>"
+
+
+def limit_worker_threads() -> None:
+    """One BLAS/OpenMP thread in this (worker) process: the executors run one task per process."""
+    global _THREADS_LIMITED
+    if _THREADS_LIMITED:
+        return
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+    except Exception:  # threadpoolctl missing or no pool loaded yet: the env vars hold
+        pass
+    _THREADS_LIMITED = True
+
+
+def _worker_integrator(spec: dict[str, Any]) -> FrameIntegrator:
+    """This process's FrameIntegrator for ``spec``, built once and cached by the spec's hash."""
+    key = spec["key"]
+    integ = _WORKER_CACHE.get(key)
+    if integ is not None:
+        return integ
+    ai = load_poni(spec["poni"], orientation=spec["orientation"])
+    shape = tuple(spec["shape"])
+    if getattr(ai.detector, "shape", None) is None:
+        ai.detector.shape = shape
+        ai.detector.max_shape = shape
+    ai.wavelength = float(spec["wavelength_A"]) * 1e-10
+    with np.load(spec["context"]) as ctx:
+        static = ctx["static"] if "static" in ctx.files else None
+        dark = ctx["dark"] if "dark" in ctx.files else None
+        flat = ctx["flat"] if "flat" in ctx.files else None
+    kw = dict(spec["settings"])
+    kw["method"] = tuple(kw["method"])
+    if kw.get("radial_range") is not None:
+        kw["radial_range"] = tuple(kw["radial_range"])
+    integ = FrameIntegrator(ai, shape, IntegrationSettings(**kw), static_mask=static, dark=dark, flat=flat,
+                            saturation=spec["saturation"])
+    _WORKER_CACHE.clear()  # one engine per worker: each holds a large sparse matrix
+    _WORKER_CACHE[key] = integ
+    return integ
+
+
+def _integrate_one(integrator: FrameIntegrator, ref: FrameRef, fr: Any = None
+                   ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """(result, header, error) of one frame; never raises for a bad frame."""
+    if fr is None:
+        try:
+            fr = read_frame(ref)
+        except FrameError as exc:
+            return None, None, str(exc)
+    try:
+        return integrator.integrate(fr.data), fr.header, None
+    except FrameError as exc:
+        return None, fr.header, f"frame {ref.name}: {exc}"
+    except Exception as exc:  # a frame pyFAI chokes on must not stop the series
+        return None, fr.header, f"frame {ref.name}: integration failed ({type(exc).__name__}: {exc})"
+
+
+def _fault_hook(ref: FrameRef) -> None:
+    """Test hook (env ``INSITU_XRD_FAULT_EXIT_ONCE=<frame name>|<marker>``): the worker process
+    dies at that frame the first time (the marker file records that it did)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, marker = spec.partition("|")
+    if ref.name == name and marker and not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        os._exit(17)
+
+
+def integrate_frames_task(spec: dict[str, Any], refs: Sequence[FrameRef]
+                          ) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]]:
+    """Worker task: integrate a batch of frames (file references) with the integrator described by
+    ``spec`` (small settings and file paths: PONI, a context ``.npz`` with the static mask, dark
+    and flat; built once per worker process). Returns per frame (result, header, error)."""
+    limit_worker_threads()
+    integ = _worker_integrator(spec)
+    out = []
+    for ref in refs:
+        _fault_hook(ref)
+        out.append(_integrate_one(integ, ref))
+    return out
+
+
+def _write_context(output: Path, static: np.ndarray, dark: np.ndarray | None, flat: np.ndarray | None) -> tuple[Path, str]:
+    """The arrays workers need, in one ``.npz`` beside the output (named by their digest)."""
+    digest = hashlib.sha1("|".join([_array_digest(static), _array_digest(dark), _array_digest(flat)]).encode()).hexdigest()[:16]
+    path = output.with_name(f".{output.stem}.context-{digest}.npz")
+    if not path.is_file():
+        for old in output.parent.glob(f".{output.stem}.context-*.npz"):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+        arrays: dict[str, np.ndarray] = {"static": np.ascontiguousarray(static)}
+        if dark is not None:
+            arrays["dark"] = dark
+        if flat is not None:
+            arrays["flat"] = flat
+        tmp = path.with_name(path.name + ".partial.npz")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    return path, digest
+
+
+class _ThreadRunner:
+    """The default executor of :func:`integrate_series`: threads in this process sharing one
+    integrator (pyFAI's Cython engines release the GIL)."""
+
+    in_process = True
+    name = "threads"
+
+    def __init__(self, n: int) -> None:
+        self.n_workers = max(1, int(n))
+        self._pool = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="integrate")
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._pool.submit(fn, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def integrate_series(
@@ -381,11 +564,16 @@ def integrate_series(
     time_zero_epoch_s: float | None = None,
     hdf5_dataset: str | None = None,
     xye_dir: str | Path | None = None,
-    overwrite: bool = False,
+    overwrite: bool | str = False,
     checkpoint_every_s: float = 10.0,
     checkpoint_every_frames: int = 100,
     progress: Callable[[int, int, str, str], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    executor: Any = None,
+    batch_frames: int | None = None,
+    resume_key: str | None = None,
+    store: str = "zarr",
+    export: bool = True,
 ) -> IntegrationReport:
     """Integrate a frame series into a Patterns Dataset NetCDF (resumable; see module docstring).
 
@@ -401,9 +589,24 @@ def integrate_series(
         time_zero_epoch_s: absolute time (Unix s) of time_s = 0 for absolute frame times.
         hdf5_dataset: dataset path of the image stack in HDF5 files.
         xye_dir: also write one .xye per integrated frame there.
-        overwrite: start a new output even if one exists.
+        overwrite: start a new output even if one exists; "if_different": only when the existing
+            output was made with another ``resume_key`` (else resume into it).
         progress: callback(done, total, frame_name, status) after each frame.
         on_start: callback(total, already_done) once the work list is known.
+        executor: where frames are integrated: None = ``settings.workers`` threads in this
+            process, one frame per task; or an executor of :mod:`insitu_xrd.pipeline.executors`
+            (anything with ``submit(fn, *args) -> future``, ``n_workers``, ``in_process``, ``name``):
+            tasks of ``batch_frames`` frames, results stored in frame order as batches complete,
+            a checkpoint after each batch. Out-of-process workers get only small settings and
+            file paths (the PONI, a context ``.npz`` beside the output with mask/dark/flat) and
+            build their integrator once (cached by the settings' hash).
+        batch_frames: frames per task and per Zarr chunk (default ``checkpoint_every_frames``).
+        resume_key: stored in the output's signature (see ``overwrite="if_different"``).
+        store: "zarr" (working store ``<stem>.zarr``, NetCDF ``output`` exported at the end) or
+            "netcdf" (the whole NetCDF rewritten at each checkpoint, the earlier behaviour).
+        export: with the Zarr store, export ``output`` (NetCDF) when done; False leaves only the
+            Zarr store up to date (a caller integrating a growing series in many calls can export
+            once at the end: ``FrameStore.export`` / :func:`insitu_xrd.io.store.open_frame_dataset`).
 
     Raises:
         InsituXRDError: invalid PONI, missing wavelength, shape mismatch between detector and
@@ -412,7 +615,26 @@ def integrate_series(
     t_start = time.perf_counter()
     settings = settings or IntegrationSettings()
     settings.validate()
+    settings, engine_note = resolve_engine(settings)
+    notes = [engine_note] if engine_note else []
+    if engine_note and settings.engine != "opencl":
+        warnings.warn(engine_note, RuntimeWarning, stacklevel=2)
     output = Path(output)
+    old_signature: dict[str, Any] | None = None
+    if resume_key is not None or overwrite == "if_different":
+        from insitu_xrd.io.store import read_store_attrs
+
+        text = read_store_attrs(output).get("store_signature")
+        try:
+            old_signature = json.loads(text) if text else None
+        except ValueError:
+            old_signature = None
+    if overwrite == "if_different":
+        old_key = (old_signature or {}).get("resume_key")
+        overwrite = old_key is None or old_key != resume_key
+    overwrite = bool(overwrite)
+    # an output of an earlier version (no resume_key in its signature) is resumed as it is
+    legacy_output = not overwrite and old_signature is not None and "resume_key" not in old_signature
     if frames and isinstance(frames[0], FrameRef):
         refs = list(frames)  # type: ignore[arg-type]
     else:
@@ -540,11 +762,18 @@ def integrate_series(
     signature["poni"] = "\n".join(l for l in attrs["poni"].splitlines() if l.strip() and not l.startswith("#"))
     signature["unit"] = settings.unit
     signature["cake_npt_azim"] = settings.cake_npt_azim if settings.cake else None
-    store = open_patterns_store(
+    if resume_key is not None and not legacy_output:
+        signature["resume_key"] = resume_key
+    batch = max(1, int(batch_frames or checkpoint_every_frames))
+    frame_store = open_patterns_store(
         output, integrator.radial, settings.unit, attrs, signature=signature,
         cake_chi_deg=integrator.chi_deg, overwrite=overwrite,
         checkpoint_every_s=checkpoint_every_s, checkpoint_every_frames=checkpoint_every_frames,
+        working=store, chunk_frames=batch,
     )
+    if store == "zarr" and not export:
+        frame_store.export_netcdf = False
+    store = frame_store
     t0_saved = store.attrs.get("time_zero_epoch_s")
     clock = FrameClock(time_source, time_zero_epoch_s=time_zero_epoch_s if time_zero_epoch_s is not None
                        else (float(t0_saved) if t0_saved not in (None, "") else None))
@@ -565,73 +794,92 @@ def integrate_series(
     samples = []
 
     def work(ref: FrameRef) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-        fr = prefetched.pop(ref.key, None)
-        if fr is None:
-            try:
-                fr = read_frame(ref)
-            except FrameError as exc:
-                return None, None, str(exc)
-        try:
-            return integrator.integrate(fr.data), fr.header, None
-        except FrameError as exc:
-            return None, fr.header, f"frame {ref.name}: {exc}"
-        except Exception as exc:  # a frame pyFAI chokes on must not stop the series
-            return None, fr.header, f"frame {ref.name}: integration failed ({type(exc).__name__}: {exc})"
+        return _integrate_one(integrator, ref, prefetched.pop(ref.key, None))
+
+    def work_batch(batch_refs: list[FrameRef]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]]:
+        return [work(r) for r in batch_refs]
+
+    own_runner = executor is None
+    runner = _ThreadRunner(settings.workers) if own_runner else executor
+    in_process = bool(getattr(runner, "in_process", False))
+    per_task = 1 if own_runner else batch  # the default thread pool keeps one frame per task
+    spec: dict[str, Any] | None = None
+    if not in_process:
+        # workers get small settings and file paths, never arrays or integrator objects
+        ctx_path, ctx_digest = _write_context(output, static, dark_img, flat_img)
+        spec = {"poni": str(poni_path.resolve()), "orientation": orientation, "wavelength_A": float(wl),
+                "shape": list(shape), "settings": asdict(settings), "context": str(ctx_path),
+                "context_digest": ctx_digest, "saturation": saturation}
+        spec["key"] = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    tasks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
+
+    def submit(task: list[tuple[int, FrameRef]]) -> Any:
+        refs_ = [r for _p, r in task]
+        if in_process:
+            return runner.submit(work_batch, refs_)
+        return runner.submit(integrate_frames_task, spec, refs_)
 
     n_ok = n_err = n_xye = 0
     errors: list[tuple[str, str]] = []
-    window = max(2, 2 * settings.workers)
-    with store, ThreadPoolExecutor(max_workers=max(1, settings.workers), thread_name_prefix="integrate") as pool:
-        pending: deque = deque()
-        it = iter(todo)
+    window = max(2, 2 * int(getattr(runner, "n_workers", 1) or 1))
+    try:
+        with store:
+            pending: deque = deque()
+            it = iter(tasks)
 
-        def fill() -> None:
-            while len(pending) < window:
-                try:
-                    pos, ref = next(it)
-                except StopIteration:
-                    return
-                pending.append((pos, ref, pool.submit(work, ref)))
+            def fill() -> None:
+                while len(pending) < window:
+                    try:
+                        task = next(it)
+                    except StopIteration:
+                        return
+                    pending.append((task, submit(task)))
 
-        fill()
-        try:
-            while pending:
-                pos, ref, fut = pending.popleft()
-                result, header, err = fut.result()
-                fill()
-                t_s, e_s, _src = clock.times(ref, header, pos)
-                rec: dict[str, Any] = {"time_s": t_s, "epoch_s": e_s, "frame_name": ref.name}
-                if err is None and result is not None:
-                    rec["status"] = "ok"
-                    rec["intensity"] = result["intensity"]
-                    rec["sigma"] = result["sigma"]
-                    if "n_pixels" in result:
-                        rec["n_pixels"] = result["n_pixels"]
-                    if settings.cake:
-                        rec["cake_intensity"] = result["cake_intensity"]
-                        rec["cake_sigma"] = result["cake_sigma"]
-                    n_ok += 1
-                    if xye_path is not None:
-                        stem = ref.name.replace(":", "_").rsplit(".", 1)[0] if ref.index is None else ref.name.replace(":", "_")
-                        write_xye(xye_path / f"{stem}.xye", tth_axis, result["intensity"], result["sigma"],
-                                  header_lines=[f"insitu-xrd integrate: frame {ref.name}", f"time_s={t_s!r}",
-                                                f"unit in dataset: {settings.unit} ({rname})"],
-                                  wavelength_A=wl)
-                        n_xye += 1
-                else:
-                    reason = (err or "unknown error").replace("\n", " ")
-                    rec["status"] = f"error: {reason}"
-                    errors.append((ref.name, reason))
-                    n_err += 1
-                if clock.time_zero_epoch_s is not None:
-                    store.attrs["time_zero_epoch_s"] = float(clock.time_zero_epoch_s)
-                store.append(ref.key, rec)
-                if progress is not None:
-                    progress(n_skipped + n_ok + n_err, len(refs), ref.name, rec["status"])
-        except BaseException:
-            for _pos, _ref, fut in pending:
-                fut.cancel()
-            raise
+            fill()
+            try:
+                while pending:
+                    task, fut = pending.popleft()
+                    results = fut.result()
+                    fill()
+                    for (pos, ref), (result, header, err) in zip(task, results):
+                        t_s, e_s, _src = clock.times(ref, header, pos)
+                        rec: dict[str, Any] = {"time_s": t_s, "epoch_s": e_s, "frame_name": ref.name}
+                        if err is None and result is not None:
+                            rec["status"] = "ok"
+                            rec["intensity"] = result["intensity"]
+                            rec["sigma"] = result["sigma"]
+                            if "n_pixels" in result:
+                                rec["n_pixels"] = result["n_pixels"]
+                            if settings.cake:
+                                rec["cake_intensity"] = result["cake_intensity"]
+                                rec["cake_sigma"] = result["cake_sigma"]
+                            n_ok += 1
+                            if xye_path is not None:
+                                stem = ref.name.replace(":", "_").rsplit(".", 1)[0] if ref.index is None else ref.name.replace(":", "_")
+                                write_xye(xye_path / f"{stem}.xye", tth_axis, result["intensity"], result["sigma"],
+                                          header_lines=[f"insitu-xrd integrate: frame {ref.name}", f"time_s={t_s!r}",
+                                                        f"unit in dataset: {settings.unit} ({rname})"],
+                                          wavelength_A=wl)
+                                n_xye += 1
+                        else:
+                            reason = (err or "unknown error").replace("\n", " ")
+                            rec["status"] = f"error: {reason}"
+                            errors.append((ref.name, reason))
+                            n_err += 1
+                        if clock.time_zero_epoch_s is not None:
+                            store.attrs["time_zero_epoch_s"] = float(clock.time_zero_epoch_s)
+                        store.append(ref.key, rec, checkpoint=own_runner)
+                        if progress is not None:
+                            progress(n_skipped + n_ok + n_err, len(refs), ref.name, rec["status"])
+                    if not own_runner:
+                        store.checkpoint()  # a batch is on disk as soon as it is complete, in frame order
+            except BaseException:
+                for _task, fut in pending:
+                    fut.cancel()
+                raise
+    finally:
+        if own_runner:
+            runner.close()
     elapsed = time.perf_counter() - t_start
     return IntegrationReport(
         output=output,
@@ -645,4 +893,7 @@ def integrate_series(
         wavelength_A=float(wl),
         masked_pixels=counts,
         xye_files=n_xye,
+        notes=notes,
+        executor=str(getattr(runner, "name", type(runner).__name__)),
+        n_batches=len(tasks),
     )

@@ -1,0 +1,203 @@
+"""Executors (serial / local processes / Dask LocalCluster) driving batched integration: identical
+results, worker loss (Dask reschedules; a broken local pool resumes on re-run), OpenCL fallback."""
+
+from __future__ import annotations
+
+import fabio
+import numpy as np
+import pytest
+
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.io.patterns import read_patterns
+from insitu_xrd.io.poni import write_poni
+from insitu_xrd.io.store import open_frame_dataset, working_store_path
+from insitu_xrd.pipeline import executors as ex
+from insitu_xrd.reduction import integrate as integ
+from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+
+SHAPE = (128, 128)
+N_FRAMES = 8
+SETTINGS = dict(npt=200)
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory):
+    from pyFAI.detectors import Detector
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    root = tmp_path_factory.mktemp("exec_series")
+    det = Detector(pixel1=8e-4, pixel2=8e-4, max_shape=SHAPE)
+    ai = AzimuthalIntegrator(dist=0.5, poni1=0.2 * SHAPE[0] * 8e-4, poni2=0.25 * SHAPE[1] * 8e-4, rot1=0.01,
+                             detector=det, wavelength=0.1173e-10)
+    tth = np.linspace(0.0, 16.0, 2000)
+    curve = 300.0 + 3000.0 * np.exp(-0.5 * ((tth - 5.0) / 0.15) ** 2)
+    expected = ai.calcfrom1d(tth, curve, shape=SHAPE, dim1_unit="2th_deg", correctSolidAngle=True,
+                             polarization_factor=0.99)
+    poni = write_poni(ai, root / "geo.poni")
+    fdir = root / "frames"
+    fdir.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(N_FRAMES):
+        img = rng.poisson(expected).astype(np.int32)
+        fabio.tifimage.TifImage(data=img, header={"time_s": f"{2.0 * i}"}).write(str(fdir / f"frame_{i:04d}.tif"))
+    (fdir / "frame_0003.tif").write_bytes(b"not an image" * 40)  # one bad frame: an error record
+    return {"root": root, "poni": poni, "frames": fdir}
+
+
+@pytest.fixture(scope="module")
+def local_pool():
+    pool = ex.LocalProcessExecutor(2)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def dask_executor(tmp_path_factory):
+    pytest.importorskip("distributed")
+    marker = tmp_path_factory.mktemp("fault") / "killed"
+    dx = ex.DaskExecutor(local={"n_workers": 2, "env": {integ.FAULT_ENV: f"frame_0005.tif|{marker}"}})
+    dx.marker = marker
+    yield dx
+    dx.close()
+
+
+def _run(series, out, executor=None, store="zarr", **kw):
+    return integrate_series([series["frames"]], series["poni"], out, IntegrationSettings(**SETTINGS),
+                            executor=executor, batch_frames=3, store=store, **kw)
+
+
+def _same(a, b):
+    assert [str(k) for k in a["frame_key"].values] == [str(k) for k in b["frame_key"].values]
+    assert [str(s) for s in a["status"].values] == [str(s) for s in b["status"].values]
+    np.testing.assert_array_equal(a["intensity"].values, b["intensity"].values)  # bit-identical
+    np.testing.assert_array_equal(a["sigma"].values, b["sigma"].values)
+    np.testing.assert_array_equal(a["time_s"].values, b["time_s"].values)
+
+
+def test_serial_local_dask_and_stores_give_identical_results(series, tmp_path, dask_executor, local_pool):
+    ref_path = tmp_path / "threads_netcdf.nc"
+    _run(series, ref_path, store="netcdf")  # the earlier behaviour: threads, whole-file NetCDF
+    ref = read_patterns(ref_path)
+    assert ref.sizes["frame"] == N_FRAMES and str(ref["status"].values[3]).startswith("error")
+    runs = [("serial", ex.SerialExecutor(), "netcdf"), ("serial", ex.SerialExecutor(), "zarr"),
+            ("local", local_pool, "zarr"), ("dask", dask_executor, "zarr")]
+    for name, executor, store in runs:
+        out = tmp_path / f"{name}_{store}.nc"
+        rep = _run(series, out, executor=executor, store=store)
+        assert rep.executor == name and rep.n_batches == 3 and rep.n_ok == N_FRAMES - 1
+        _same(read_patterns(out), ref)
+        if store == "zarr":  # the working store holds the same records as the export
+            _same(open_frame_dataset(working_store_path(out)), ref)
+            _same(read_patterns(working_store_path(out)), ref)
+    # workers got file paths and small settings: the context file sits beside the output
+    assert list(tmp_path.glob(".serial_zarr.context-*.npz")) == []  # serial: in process, none needed
+    assert len(list(tmp_path.glob(".local_zarr.context-*.npz"))) == 1
+
+
+def test_dask_worker_killed_mid_run_loses_and_duplicates_nothing(series, tmp_path, dask_executor):
+    marker = dask_executor.marker
+    if marker.exists():
+        marker.unlink()
+    out = tmp_path / "p.nc"
+    rep = _run(series, out, executor=dask_executor)
+    assert marker.exists(), "the worker integrating frame_0005.tif did not die"
+    ds = read_patterns(out)
+    names = [str(n) for n in ds["frame_name"].values]
+    assert names == [f"frame_{i:04d}.tif" for i in range(N_FRAMES)] and rep.n_ok == N_FRAMES - 1
+    ref_path = tmp_path / "serial.nc"
+    _run(series, ref_path, executor=ex.SerialExecutor())
+    _same(ds, read_patterns(ref_path))
+
+
+def test_local_pool_broken_by_lost_worker_resumes_on_rerun(series, tmp_path, monkeypatch, local_pool):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(integ.FAULT_ENV, f"frame_0005.tif|{marker}")  # inherited by spawned workers
+    out = tmp_path / "p.nc"
+    pool = ex.LocalProcessExecutor(1)
+    try:
+        with pytest.raises(Exception) as err:
+            _run(series, out, executor=pool)
+        assert "BrokenProcessPool" in type(err.value).__name__ or "terminated" in str(err.value)
+    finally:
+        pool.close()
+    assert marker.exists()
+    stored = [str(k) for k in open_frame_dataset(working_store_path(out))["frame_key"].values]
+    assert len(stored) % 3 == 0 and len(stored) < N_FRAMES  # whole batches, in frame order
+    rep = _run(series, out, executor=local_pool)  # its workers started before the fault was set
+    assert rep.n_skipped_done == sum(1 for k in stored if not k.endswith("frame_0003.tif"))
+    ds = read_patterns(out)
+    keys = [str(k) for k in ds["frame_key"].values]
+    assert len(keys) == len(set(keys)) == N_FRAMES and keys[: len(stored)] == stored
+    ref_path = tmp_path / "serial.nc"
+    _run(series, ref_path, executor=ex.SerialExecutor())
+    _same(ds, read_patterns(ref_path))
+
+
+def test_executor_config_errors_and_reuse(monkeypatch):
+    assert isinstance(ex.make_executor({"type": "serial"}), ex.SerialExecutor)
+    with pytest.raises(InsituXRDError, match="must be"):
+        ex.make_executor({"type": "slurm"})
+    a = ex.get_executor({"type": "serial"})
+    assert ex.get_executor({"type": "serial"}) is a
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_distributed(name, *args, **kwargs):
+        if name.startswith("distributed"):
+            raise ImportError("No module named 'distributed'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    with pytest.raises(InsituXRDError, match=r"insitu-xrd\[dask\]"):
+        ex.make_executor({"type": "dask", "local": {"n_workers": 1}})
+
+
+def test_opencl_engine_falls_back_to_cpu_with_a_clear_message(series, tmp_path, monkeypatch):
+    monkeypatch.setattr(integ, "opencl_status", lambda: (False, "pyopencl is not installed"))
+    out = tmp_path / "cl.nc"
+    with pytest.warns(RuntimeWarning, match="opencl.*CPU"):
+        rep = integrate_series([series["frames"]], series["poni"], out,
+                               IntegrationSettings(engine="opencl", **SETTINGS))
+    assert any("pyopencl is not installed" in n and "CPU" in n for n in rep.notes)
+    cpu = tmp_path / "cpu.nc"
+    integrate_series([series["frames"]], series["poni"], cpu, IntegrationSettings(**SETTINGS))
+    _same(read_patterns(out), read_patterns(cpu))
+    # with a device the OpenCL CSR engine is chosen, same pixel splitting
+    monkeypatch.setattr(integ, "opencl_status", lambda: (True, "Fake GPU"))
+    s, note = integ.resolve_engine(IntegrationSettings(engine="opencl"))
+    assert s.method == ("full", "csr", "opencl") and "Fake GPU" in note
+    with pytest.raises(InsituXRDError, match="engine"):
+        IntegrationSettings(engine="cuda").validate()
+
+
+def test_same_recipe_with_each_executor_section_gives_identical_patterns(series, tmp_path):
+    """The recipe's ``executor:`` section is the only change: serial, local, Dask LocalCluster."""
+    pytest.importorskip("distributed")
+    import shutil
+
+    from insitu_xrd.pipeline.recipe import load_recipe
+    from insitu_xrd.pipeline.stages import StageCache, integrate_stage
+
+    shutil.copytree(series["frames"], tmp_path / "frames")
+    shutil.copy(series["poni"], tmp_path / "geo.poni")
+    sections = {"serial": "{type: serial}", "local": "{type: local, workers: 2}",
+                "dask": "{type: dask, local: {n_workers: 2}}"}
+    got = {}
+    try:
+        for name, section in sections.items():
+            path = tmp_path / f"{name}.yaml"
+            path.write_text(f"wavelength_A: 0.1173\ncalibration: {{poni: geo.poni}}\n"
+                            f"frames: {{files: 'frames/*.tif', time_source: header}}\n"
+                            f"integration: {{npt: 200, batch_frames: 3}}\nexecutor: {section}\n"
+                            f"outputs: {{dir: out_{name}}}\n")
+            recipe = load_recipe(path)
+            out, info = integrate_stage(recipe, tmp_path / "geo.poni", StageCache(recipe.output_dir), progress=False)
+            assert info.status == "ran" and f", {name})" in info.detail
+            got[name] = read_patterns(out)
+            again, info = integrate_stage(recipe, tmp_path / "geo.poni", StageCache(recipe.output_dir), progress=False)
+            assert info.status == "reused"
+    finally:
+        ex.shutdown_executors()
+    _same(got["serial"], got["local"])
+    _same(got["serial"], got["dask"])
