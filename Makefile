@@ -35,6 +35,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_refine.py
 	$(BIN)/python benchmarks/bench_sequential.py
 	$(BIN)/python benchmarks/bench_simulate.py
+	$(BIN)/python benchmarks/bench_fea.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 versions: venv
 	$(BIN)/insitu-xrd --version

@@ -124,18 +124,74 @@ def test_run_writes_documented_outputs(charge):
         assert (out / name).is_file()
 
 
+def test_strain_curves_stay_within_two_esd_of_every_frame(charge):
+    """The FEA input follows the data: every frame's phase-weighted strain is within 2 esd of its
+    smoothed curve, through the H3 onset (split there) as elsewhere."""
+    strain = xr.load_dataset(charge["data"] / "results" / "strain" / "strain.nc", engine="h5netcdf")
+    use = strain["used_in_curve"].values.astype(bool)
+    meta = json.loads(strain.attrs["curve_json"])
+    for k in ("a", "c", "V"):
+        y, s = strain[f"eps_{k}_avg"].values[use], strain[f"eps_{k}_avg_esd"].values[use]
+        s = np.where(s > 0, s, s[s > 0].min())  # the reference frame (esd 0), as the smoother takes it
+        z = (strain[f"curve_eps_{k}_at_frame"].values[use] - y) / s
+        assert np.max(np.abs(z)) <= 2.0, (k, np.max(np.abs(z)))
+        assert len(meta[k]["split_before_x"]) == 1  # where H3 appears
+
+
 def test_rerun_with_nothing_changed_does_nothing_heavy(charge):
     out = charge["data"] / "results"
     files = [out / "patterns.nc", out / "sequential.nc", out / "results.nc", out / "report.md",
-             charge["data"] / "calib" / "geometry.poni", *sorted((out / "figures").glob("*.png")),
-             *sorted((out / "strain").glob("*"))]
+             out / "instrument.instprm", charge["data"] / "calib" / "geometry.poni",
+             *sorted((out / "figures").glob("*.png")), *sorted((out / "strain").glob("*"))]
     before = {f: f.stat().st_mtime_ns for f in files}
     res = run_pipeline(charge["recipe"], progress=False, figure_writer=write_figures)  # as the CLI
     status = {s.name: s.status for s in res.stages}
-    assert status == {"calibrate": "reused", "integrate": "reused", "refine": "reused", "finish": "reused"}
+    assert status == {"calibrate": "reused", "instrument": "reused", "integrate": "reused", "refine": "reused",
+                      "finish": "reused"}
     assert {f: f.stat().st_mtime_ns for f in files} == before  # nothing rewritten
     np.testing.assert_array_equal(res.results["a"].values, charge["results"]["a"].values)
     assert res.report is not None and res.report.is_file() and len(res.figures) >= 5
+
+
+def test_demo_recipe_fits_the_instrument_on_the_calibrant_by_default(charge):
+    """The demo recipe refines microstrain, names no instrument file and has a calibrant image:
+    the run fits the instrument on it (calibration.instrument_profile: auto), holds U..Y at it
+    (the recipe's W, X, Y are not refined) and reports microstrain with its correlations."""
+    out = charge["data"] / "results"
+    inst = out / "instrument.instprm"
+    assert inst.read_text().startswith("#GSAS-II instrument parameter file")
+    r = charge["results"]
+    assert r.attrs["instrument_profile"].startswith("calibrant: ")
+    assert r.attrs["instrument_profile"].endswith("results/instrument.instprm")
+    assert "instrument_profile: auto" in r.attrs["instrument_note"] and "microstrain_warning" not in r.attrs
+    spec = json.loads(r.attrs["refinement_spec"])
+    assert spec["profile"]["instrument"] == "results/instrument.instprm" and spec["profile"]["refine"] == []
+    corr = r["microstrain_correlation"]
+    assert corr.dims == ("frame", "phase", "corr_with") and "W" in corr["corr_with"].values
+    h2 = corr.sel(phase="H2")
+    assert np.all(h2.sel(corr_with="microstrain").values == 1.0)  # refined on every frame
+    assert np.all(np.isnan(h2.sel(corr_with="W").values))  # W held at the calibrant's value
+    report = (out / "report.md").read_text()
+    assert "## Microstrain and size" in report and "Warning (microstrain)" not in report
+    assert "| instrument | ran |" in report.replace("  ", " ")
+
+
+def test_refine_with_the_whole_recipe_uses_the_calibrant_profile(charge, tmp_path):
+    """`insitu-xrd refine` with the run's recipe: the same calibrate/instrument stages (reused
+    here), the profile from the calibrant, and the sequential schema for the one frame."""
+    out = tmp_path / "fit5.nc"
+    res = CliRunner().invoke(app, ["refine", str(charge["data"] / "results" / "patterns.nc"), "--frame", "5",
+                                   "--recipe", str(charge["recipe"]), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "instrument reused" in res.stderr and "microstrain warning" not in res.output
+    fit = xr.load_dataset(out, engine="h5netcdf")
+    assert fit.attrs["instrument_profile"] == "calibrant: results/instrument.instprm"
+    assert "instrument_profile: auto" in fit.attrs["instrument_note"]
+    seq = charge["results"]
+    for var in ("a", "c"):
+        v, e = fit[var].sel(phase="H2").values[0], seq[f"{var}_esd"].sel(phase="H2").values[5]
+        assert abs(v - seq[var].sel(phase="H2").values[5]) < 3 * e  # the same frame, a cold start
+    assert str(fit["frame_name"].values[0]) == str(seq["frame_name"].values[5])
 
 
 def _instrument_recipe(tmp_path, **calibration):

@@ -43,8 +43,9 @@ BAD = "frame_0002b.tif"  # a truncated extra file (sorts between frames 2 and 3)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
+    # (the demo's coated run and FEA are covered by tests/test_fea_cli.py)
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--frames", str(N_FRAMES), "--seed", str(SEED),
-                                   "--no-progress"], env={"COLUMNS": "80"})
+                                   "--no-fea", "--no-progress"], env={"COLUMNS": "80"})
     assert res.exit_code == 0, res.output
     data = out / "data"
     batch = xr.load_dataset(data / "results" / "results.nc", engine="h5netcdf")

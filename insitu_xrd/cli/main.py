@@ -21,8 +21,8 @@ app = typer.Typer(
 
 
 #: The libraries whose versions decide the numbers (printed by ``--version``).
-STACK = ("numpy", "scipy", "pyFAI", "fabio", "lmfit", "xarray", "h5py", "h5netcdf", "pydantic", "typer",
-         "matplotlib", "scikit-fem")
+STACK = ("numpy", "scipy", "pyFAI", "fabio", "lmfit", "xarray", "h5py", "h5netcdf", "zarr", "pydantic", "typer",
+         "matplotlib", "scikit-fem", "shapely", "dask")
 
 
 def stack_versions() -> list[tuple[str, str]]:
@@ -61,8 +61,9 @@ from insitu_xrd.cli import (  # noqa: E402  (commands register themselves on the
     integrate,
     refine,
     strain,
+    fea,
     run,
 )
 
-for _module in (simulate, calibrate, integrate, refine, strain, run):
+for _module in (simulate, calibrate, integrate, refine, strain, fea, run):
     _module.register(app)

@@ -21,16 +21,19 @@ def run_command(
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures (the report still lists the results)."),
 ) -> None:
     """Run a recipe: calibrate (or reuse the PONI), integrate, sequential refinement, echem, strain,
-    report. Stages whose inputs did not change are reused (see OUTPUTS/stages.json)."""
+    report, and the FEA of particle cracking when the recipe has an fea: section. Stages whose
+    inputs did not change are reused (see OUTPUTS/stages.json)."""
     from rich.console import Console
 
     from insitu_xrd.pipeline.run import run_pipeline
+    from insitu_xrd.plots.fea import write_fea_figures
     from insitu_xrd.plots.insitu import write_figures
 
     console = Console(stderr=False)
     try:
         res = run_pipeline(recipe, progress=not no_progress, say=lambda m: console.print(m, markup=False, highlight=False),
-                           figure_writer=None if no_figures else write_figures)
+                           figure_writer=None if no_figures else write_figures,
+                           fea_figure_writer=None if no_figures else write_fea_figures)
     except InsituXRDError as exc:
         _fail(exc)
         return
@@ -47,6 +50,9 @@ def run_command(
                                   highlight=False)
     if res.report is not None:
         console.print(f"report: {res.report}", highlight=False)
+    if res.fea is not None:
+        console.print(f"FEA: final GB damage {res.fea.final_damage_mean:.4f} (cracked GB fraction "
+                      f"{res.fea.final_cracked_fraction:.4f}); result: {res.fea.path}", highlight=False)
 
 
 def watch_command(
@@ -87,19 +93,31 @@ def demo_command(
     n_frames: int = typer.Option(40, "--frames", min=4, help="Number of simulated frames."),
     binning: int = typer.Option(2, "--binning", min=1, help="Detector binning of the simulated frames (1 = full 2048x2048)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not show progress bars."),
+    fea: bool = typer.Option(True, "--fea/--no-fea", help="Also simulate and run the coated scenario and the particle-cracking FEA on both measured strain curves (OUT/coated, OUT/fea)."),
+    coated_frames: Optional[int] = typer.Option(None, "--coated-frames", min=4, help="Frames of the coated dataset (default: 20, or --frames if fewer)."),
+    fea_grains: Optional[int] = typer.Option(None, "--fea-grains", min=1, help="FEA: primary grains in the quarter disc (default: the model's)."),
+    fea_steps: Optional[int] = typer.Option(None, "--fea-steps", min=1, help="FEA: time steps (default: the model's)."),
+    fea_soc_end: Optional[float] = typer.Option(None, "--fea-soc-end", help="FEA: SoC at the end of the run (default: the model's)."),
+    fea_mesh_size_um: Optional[float] = typer.Option(None, "--fea-mesh-size-um", help="FEA: element size in um (default: the model's)."),
 ) -> None:
     """Simulate the built-in NMC811 charge scenario and run the pipeline on it; prints truth vs
-    recovered values and writes the figures."""
+    recovered values and writes the figures. With --fea (default) also the coated scenario and
+    the FEA of both particles, printing their final grain-boundary damage."""
     from rich.console import Console
 
     from insitu_xrd.pipeline.demo import run_demo
+    from insitu_xrd.plots.fea import write_fea_compare, write_fea_figures
     from insitu_xrd.plots.insitu import write_figures
 
     console = Console()
+    overrides = {k: v for k, v in (("grains", fea_grains), ("n_steps", fea_steps), ("soc_end", fea_soc_end),
+                                   ("mesh_size_um", fea_mesh_size_um)) if v is not None}
     try:
         summary = run_demo(out, seed=seed, n_frames=n_frames, binning=binning, progress=not no_progress,
                            figure_writer=write_figures,
-                           say=lambda m: console.print(m, markup=False, highlight=False))
+                           say=lambda m: console.print(m, markup=False, highlight=False),
+                           fea=fea, coated_frames=coated_frames, fea_overrides=overrides,
+                           fea_figure_writer=write_fea_figures, fea_compare_writer=write_fea_compare)
     except InsituXRDError as exc:
         _fail(exc)
         return

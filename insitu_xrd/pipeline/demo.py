@@ -4,6 +4,14 @@ The dataset is written by :func:`insitu_xrd.simulate.dataset.simulate_dataset` i
 the packaged recipe ``insitu_xrd/recipes/demo.yaml`` (same as ``recipes/demo.yaml``) is copied
 next to it and run with :func:`insitu_xrd.pipeline.run.run_pipeline`; the recovered values are
 compared with ``truth.json`` (:func:`compare_with_truth`).
+
+With ``fea=True`` (the CLI's default, ``--no-fea`` to skip) the demo also simulates the coated
+scenario (``insitu-xrd simulate --coated``: c decrement 0.6 % instead of 2.0 %) into ``OUT/coated``
+and runs the same recipe on it, so both strain curves are *measured* by the pipeline as a user's
+would be; then it runs the particle-cracking FEA (:mod:`insitu_xrd.pipeline.fea_stage`) on the
+bare curve with a bare particle and on the coated curve with the 160 nm coating
+(:func:`demo_fea`), writes ``OUT/fea/bare.nc``, ``OUT/fea/coated.nc`` and their figures, and
+prints both final grain-boundary damages.
 """
 
 from __future__ import annotations
@@ -21,7 +29,11 @@ import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 
-__all__ = ["DemoSummary", "packaged_recipe", "compare_with_truth", "run_demo"]
+#: frames of the demo's coated dataset (its strain curve only drives the FEA: 20 points are
+#: plenty for the smoothed curve, and they halve the time the coated pipeline adds to the demo)
+DEMO_COATED_FRAMES = 20
+
+__all__ = ["DEMO_COATED_FRAMES", "DemoSummary", "DemoFEA", "packaged_recipe", "compare_with_truth", "demo_fea", "run_demo"]
 
 
 def packaged_recipe(name: str = "demo.yaml") -> Path:
@@ -101,6 +113,43 @@ class DemoSummary:
     out_dir: Path
     elapsed_s: float
     stages: list[Any] = field(default_factory=list)
+    fea: "DemoFEA | None" = None
+
+
+@dataclass
+class DemoFEA:
+    """The demo's two FEA runs (:class:`insitu_xrd.pipeline.fea_stage.FEARun`) and their comparison."""
+
+    bare: Any
+    coated: Any
+    figures: list[Path] = field(default_factory=list)
+    figure_errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """Summary lines: final damage of both runs (what the demo prints)."""
+        from insitu_xrd.pipeline.fea_stage import n_steps_of
+
+        b, c = self.bare, self.coated
+        p = b.result.attrs
+        ratio = b.final_damage_mean / c.final_damage_mean if c.final_damage_mean > 0 else float("inf")
+        out = [
+            f"FEA: {int(p.get('n_grains', 0))} grains, {n_steps_of(b.result)} steps to SoC "
+            f"{float(b.result['soc'].values[-1]):.2f}; {self.seconds:.1f} s",
+            f"final GB damage, bare      {b.final_damage_mean:.4f}   (cracked GB fraction {b.final_cracked_fraction:.4f})",
+            f"final GB damage, coated    {c.final_damage_mean:.4f}   (cracked GB fraction {c.final_cracked_fraction:.4f})",
+        ]
+        # D of the law passes 0.99 at ~100 u0 (1 nm at the default penalty): it tells which
+        # boundaries opened, the dissipated energy and the fully open length tell how far
+        if all("separation_mean" in r.result for r in (b, c)):
+            sb, sc = (float(r.result["separation_mean"].values[-1]) for r in (b, c))
+            out.append(f"final GB separation        bare {sb:.4f}, coated {sc:.4f} (W_diss / Gamma)")
+        if all("open_crack_fraction" in r.result for r in (b, c)):
+            ob, oc = (float(r.result["open_crack_fraction"].values[-1]) for r in (b, c))
+            out.append(f"fully open GB length       bare {ob:.4f}, coated {oc:.4f} (u >= u_f)")
+        out.append(f"bare / coated damage       {ratio:.2f}; results: {b.path.parent}")
+        out += [f"warning: {e}" for e in self.figure_errors]
+        return out
 
 
 def _table(m: dict[str, Any]) -> Any:
@@ -135,11 +184,57 @@ def _table(m: dict[str, Any]) -> Any:
     return tab
 
 
+def demo_fea(bare_strain: str | Path, coated_strain: str | Path, out_dir: str | Path,
+             overrides: dict[str, Any] | None = None, progress: bool = True, say: Callable[[str], None] | None = None,
+             figure_writer: Any = None, compare_writer: Any = None, animation: bool = True) -> DemoFEA:
+    """FEA of a bare particle on ``bare_strain`` and of a coated one (``FEAParams.coated()``, 160 nm)
+    on ``coated_strain``, same microstructure; results ``OUT/bare.nc``, ``OUT/coated.nc``.
+
+    overrides: :func:`insitu_xrd.pipeline.fea_stage.fea_params` keywords (grains, seed, soc_end,
+        n_steps, n_snapshots, mesh_size_um) for both runs.
+    figure_writer: :func:`insitu_xrd.plots.fea.write_fea_figures` (maps, curves, GIF into
+        ``OUT/figures``); compare_writer: :func:`insitu_xrd.plots.fea.write_fea_compare`.
+    """
+    from insitu_xrd.pipeline.fea_stage import fea_params, run_fea_file
+
+    say = say or (lambda m: None)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    kw = dict(overrides or {})
+    figs_dir = out_dir / "figures" if figure_writer is not None else None
+    runs = {}
+    for name, strain, coated in (("bare", bare_strain, False), ("coated", coated_strain, True)):
+        params = fea_params(None, coated=coated, where="demo FEA", **kw)
+        say(f"FEA {name}: {params.geometry.n_grains} grains, {params.time.n_steps} steps on {strain}")
+        runs[name] = run_fea_file(strain, params, out_dir / f"{name}.nc", figures_dir=figs_dir,
+                                  figure_writer=figure_writer, progress=progress, label=name, animation=animation)
+        say(f"FEA {name}: final damage {runs[name].final_damage_mean:.4f} in {runs[name].seconds:.1f} s")
+    res = DemoFEA(runs["bare"], runs["coated"])
+    res.figure_errors = runs["bare"].figure_errors + runs["coated"].figure_errors
+    res.figures = runs["bare"].figures + runs["coated"].figures
+    if compare_writer is not None:
+        try:
+            res.figures += list(compare_writer([runs["bare"].result, runs["coated"].result], out_dir / "figures",
+                                               labels=["bare", "coated"]))
+        except Exception as exc:  # figures must never lose a result
+            res.figure_errors.append(f"FEA compare figure: {type(exc).__name__}: {exc}")
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
 def run_demo(out: str | Path = "demo_out", seed: int = 7, n_frames: int = 40, binning: int = 2, progress: bool = True,
              say: Callable[[str], None] | None = None, recipe: str | Path | None = None,
-             figure_writer: Any = None) -> DemoSummary:
+             figure_writer: Any = None, fea: bool = False, coated_frames: int | None = None,
+             fea_overrides: dict[str, Any] | None = None, fea_figure_writer: Any = None,
+             fea_compare_writer: Any = None) -> DemoSummary:
     """Simulate ``n_frames`` frames (seed, detector binning) into OUT/data and run the demo recipe
-    (``figure_writer``: see :func:`insitu_xrd.pipeline.run.run_pipeline`)."""
+    (``figure_writer``: see :func:`insitu_xrd.pipeline.run.run_pipeline`).
+
+    fea: also simulate the coated scenario into OUT/coated (``coated_frames`` frames, default
+    :data:`DEMO_COATED_FRAMES` or ``n_frames`` if fewer; seed + 1), run the recipe on it and the FEA on both measured strain curves
+    (:func:`demo_fea`, into OUT/fea; ``fea_overrides``, ``fea_figure_writer``,
+    ``fea_compare_writer`` passed on).
+    """
     from insitu_xrd.pipeline.run import run_pipeline
     from insitu_xrd.simulate.dataset import simulate_dataset
 
@@ -156,6 +251,35 @@ def run_demo(out: str | Path = "demo_out", seed: int = 7, n_frames: int = 40, bi
     if res.results is None:
         raise InsituXRDError("demo: the pipeline produced no results")
     m = compare_with_truth(res.results, data / "truth.json")
+    fea_res = None
+    coated_lines: list[str] = []
+    if fea:
+        n_coated = coated_frames or min(n_frames, DEMO_COATED_FRAMES)
+        cdata = Path(out) / "coated"
+        say(f"simulating the coated scenario: {n_coated} frames (seed {seed + 1}) into {cdata} ...")
+        t1 = time.perf_counter()
+        simulate_dataset(cdata, frames=n_coated, seed=seed + 1, binning=binning, coated=True)
+        shutil.copyfile(src, cdata / "demo.yaml")
+        cres = run_pipeline(cdata / "demo.yaml", progress=progress, say=say, figure_writer=figure_writer)
+        if cres.results is None or cres.strain is None:
+            raise InsituXRDError("demo: the pipeline gave no strain curve for the coated dataset")
+        cm = compare_with_truth(cres.results, cdata / "truth.json")
+        coated_lines.append(f"coated charge: {cm['n_good']}/{cm['n_frames']} frames ok, max |c - c_true| (H2) "
+                            f"{cm['max_abs_dc_H2_A']:.2e} A; {time.perf_counter() - t1:.1f} s")
+        strains = {}
+        for name, r in (("bare", res), ("coated", cres)):
+            if r.strain is None:
+                raise InsituXRDError(f"demo: the pipeline gave no strain curve for the {name} dataset")
+            strains[name] = r.recipe.output_dir / "strain" / "strain.nc"
+            c = np.asarray(r.strain["curve_eps_c"].values, dtype=float)
+            xg = np.asarray(r.strain["x"].values, dtype=float)
+            # end of charge: the lowest x_li (the curve grid may run either way)
+            c_end = float(c[int(np.nanargmin(xg))]) if str(r.strain.attrs.get("versus", "x_li")) == "x_li" else float(c[-1])
+            coated_lines.append(f"measured eps_c, {name:<6}     max {100 * np.nanmax(c):+.2f} %, end {100 * c_end:+.2f} % "
+                                f"(c decrement {100 * (np.nanmax(c) - c_end) / (1 + np.nanmax(c)):.2f} %)")
+        fea_res = demo_fea(strains["bare"], strains["coated"], Path(out) / "fea", overrides=fea_overrides,
+                           progress=progress, say=say, figure_writer=fea_figure_writer,
+                           compare_writer=fea_compare_writer)
     elapsed = time.perf_counter() - t0
     lines = [
         f"max |a - a_true| (H2)      {m['max_abs_da_H2_A']:.2e} A   (target 2e-4 A)",
@@ -166,6 +290,9 @@ def run_demo(out: str | Path = "demo_out", seed: int = 7, n_frames: int = 40, bi
         f"max |x - x_true|           {m.get('max_abs_dx_li', np.nan):.4f}    (target 0.01)",
         f"H3 onset: true frame {m['h3_onset_true_frame']} (x = {m['h3_onset_true_x']:.4f}), detected frame "
         f"{m['h3_onset_detected_frame']} (x = {m['h3_onset_detected_x']:.4f})",
-        f"{m['n_good']}/{m['n_frames']} frames ok; total {elapsed:.1f} s; report: {res.report}",
     ]
-    return DemoSummary(m, _table(m), "\n".join(lines), data, elapsed, res.stages)
+    lines += coated_lines
+    if fea_res is not None:
+        lines += fea_res.lines()
+    lines.append(f"{m['n_good']}/{m['n_frames']} frames ok; total {elapsed:.1f} s; report: {res.report}")
+    return DemoSummary(m, _table(m), "\n".join(lines), data, elapsed, res.stages, fea_res)

@@ -18,6 +18,7 @@ Minimal recipe (as written by ``insitu-xrd simulate``)::
             x_start: 1.0}
     strain: {reference: first}
     outputs: {dir: results}
+    fea: {geometry: {n_grains: 40}, time: {soc_end: 0.55}}   # optional: FEA of particle cracking
 
 See docs/recipes.md for every key.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,9 +47,17 @@ __all__ = [
     "EchemSection",
     "StrainSection",
     "OutputsSection",
+    "FEAGeometrySection",
+    "FEATransportSection",
+    "FEAElasticSection",
+    "FEACohesiveSection",
+    "FEATimeSection",
+    "FEASection",
     "Recipe",
     "load_recipe",
     "recipe_from_dict",
+    "check_fea_section",
+    "fea_section_from_file",
     "section_hash",
 ]
 
@@ -68,6 +78,11 @@ class CalibrationSection(_Strict):
     mask: str | None = Field(None, description="Mask image for the calibrant (non-zero = ignore).")
     binning: int | None = Field(None, ge=1, le=16, description="Pixel binning of the images relative to the detector's nominal shape (Perkin: 2 -> 1024 x 1024, 400 um); none = inferred from the image shape.")
     poni: str | None = Field(None, description="PONI file: reused when it exists, written by the calibration otherwise.")
+    instrument_profile: Literal["auto", "fit", "off"] = Field(
+        "auto", description="Instrument profile (U, V, W, X, Y, SH/L) from the calibrant image when the refinement names no "
+        "profile.instrument file: auto = fitted when a phase refines microstrain or size (held in the fits; it is written to "
+        "<outputs.dir>/instrument.instprm and the recipe's U..Y and their refine flags are not used), fit = always, "
+        "off = never (the recipe's U..Y are used; the results then carry a microstrain_warning).")
 
     @model_validator(mode="after")
     def _need_one(self) -> "CalibrationSection":
@@ -110,6 +125,9 @@ class IntegrationSection(_Strict):
     sigma_clip: float | None = Field(None, gt=0, description="Sigma-clipping threshold (robust azimuthal outlier rejection, e.g. single-crystal spots); none = plain integration.")
     method: tuple[str, str, str] | None = Field(None, description="pyFAI method (split, algorithm, implementation); none = ('full', 'csc', 'cython').")
     auto_mask: bool = Field(True, description="Mask gap/dead/hot pixels found on the first frames.")
+    # execution only (not part of the stage cache key through this section: exclude=True)
+    engine: Literal["cython", "opencl"] = Field("cython", exclude=True, description="pyFAI engine: 'cython' (CPU) or 'opencl' (GPU through pyopencl; falls back to the CPU with a message when no device or no pyopencl).")
+    batch_frames: int = Field(32, ge=1, le=100000, exclude=True, description="Frames per integration task; each batch is stored (one Zarr chunk) as soon as it completes, in frame order.")
 
     @field_validator("range")
     @classmethod
@@ -117,6 +135,32 @@ class IntegrationSection(_Strict):
         if v is not None and not v[0] < v[1]:
             raise ValueError(f"range {list(v)} must be [lo, hi] with lo < hi")
         return v
+
+
+class DaskLocalSection(_Strict):
+    """A Dask ``LocalCluster`` started for the run (one thread per worker process)."""
+
+    n_workers: int | None = Field(None, ge=1, le=1024, description="Worker processes; none = all cores.")
+    memory_limit: str | None = Field(None, description="Per-worker memory limit (e.g. '4GB'); none = Dask's default.")
+
+
+class ExecutorSection(_Strict):
+    """Where integration tasks run: ``serial``, ``local`` processes (default, all cores) or ``dask``
+    (an existing scheduler at ``address``, e.g. from dask-jobqueue, or a ``local`` cluster)."""
+
+    type: Literal["serial", "local", "dask"] = Field("local", description="serial | local | dask.")
+    workers: int | None = Field(None, ge=1, le=1024, description="local: worker processes; none = all cores.")
+    address: str | None = Field(None, description="dask: scheduler address (tcp://host:8786).")
+    local: DaskLocalSection | None = Field(None, description="dask: start a LocalCluster with these settings (when no address).")
+    retries: int = Field(2, ge=0, le=10, description="dask: times a failed task is retried (a task whose worker died is also rescheduled by Dask).")
+
+    @model_validator(mode="after")
+    def _dask(self) -> "ExecutorSection":
+        if self.type != "dask" and (self.address or self.local is not None):
+            raise ValueError(f"'address' and 'local' are for executor type 'dask', not {self.type!r}")
+        if self.address and self.local is not None:
+            raise ValueError("give either 'address' (an existing Dask cluster) or 'local' (start one), not both")
+        return self
 
 
 class OptionalPhaseTest(_Strict):
@@ -193,6 +237,109 @@ class OutputsSection(_Strict):
     rietveld_frames: list[int] | None = Field(None, description="Frames whose Rietveld plot is drawn (default: first, H3 onset, last).")
 
 
+# ---------------------------------------------------------------------------------------------
+# fea: the chemo-mechanical particle model driven by the measured strain curves
+#
+# Every model key defaults to None = the model's own default (insitu_xrd.core.fea.FEAParams, listed
+# in docs/recipes.md); the groups mirror FEAParams' groups and are converted with
+# FEAParams.from_dict, whose range checks name the key.
+
+
+class FEAGeometrySection(_Strict):
+    """Quarter-disc secondary particle of Voronoi primary grains, optional coating shell."""
+
+    radius_um: float | None = Field(None, gt=0, description="Secondary-particle radius (um).")
+    n_grains: int | None = Field(None, ge=1, le=2000, description="Primary grains in the quarter disc.")
+    seed: int | None = Field(None, ge=0, description="Seed of the grain seeds and orientations (same seed = same microstructure).")
+    coating_um: float | None = Field(None, ge=0, description="Thickness of the isotropic coating shell outside radius_um (um); 0 = bare. `coated: true` sets 0.16 um unless given here.")
+    mesh_size_um: float | None = Field(None, gt=0, description="Target triangle edge length (um), at most radius_um / 4.")
+    lloyd_iterations: int | None = Field(None, ge=0, le=100, description="Lloyd relaxation steps of the grain seeds (more = more equiaxed grains).")
+    mesher: str | None = Field(None, description="Mesh generator: auto (gmsh if installed, else builtin), gmsh, triangle or builtin.")
+
+
+class FEATransportSection(_Strict):
+    """Anisotropic Fickian Li diffusion and the surface flux per grain."""
+
+    D_ab_m2_s: float | None = Field(None, gt=0, description="In-plane (ab) Li diffusivity (m^2/s).")
+    D_c_over_D_ab: float | None = Field(None, gt=0, description="Ratio D_c / D_ab along the c axis (1).")
+    D_coating_m2_s: float | None = Field(None, gt=0, description="Li diffusivity of the coating (m^2/s); none = D_ab.")
+    c_max_mol_m3: float | None = Field(None, gt=0, description="Li concentration at x = 1 (mol/m^3).")
+    rates_C: list[float] | None = Field(None, min_length=1, description="C-rates put on the surface grains (1/h), e.g. [1.0, 0.5, 0.1].")
+    rate_rule: str | None = Field(None, description="How the rates go on the surface grains: shuffled (seeded permutation, each rate about equally often), cyclic (in order along the arc) or uniform (all rates_C[0]).")
+    rate_seed: int | None = Field(None, ge=0, description="Seed of the shuffled rate assignment.")
+    x_per_1C_hour: float | None = Field(None, gt=0, description="Li per formula unit removed in one hour at 1C (1).")
+
+
+class FEAElasticSection(_Strict):
+    """Transversely isotropic stiffness of a grain (c = symmetry axis) and the coating."""
+
+    C11_GPa: float | None = Field(None, gt=0, description="Stiffness C11 (GPa).")
+    C12_GPa: float | None = Field(None, description="Stiffness C12 (GPa).")
+    C13_GPa: float | None = Field(None, description="Stiffness C13 (GPa).")
+    C33_GPa: float | None = Field(None, gt=0, description="Stiffness C33 (GPa).")
+    C44_GPa: float | None = Field(None, gt=0, description="Stiffness C44 (GPa).")
+    coating_E_GPa: float | None = Field(None, gt=0, description="Young's modulus of the coating (GPa).")
+    coating_nu: float | None = Field(None, gt=-1, lt=0.5, description="Poisson ratio of the coating (1).")
+    plane: str | None = Field(None, description="2-D assumption: strain (total eps_zz = 0) or stress (sigma_zz = 0).")
+
+
+class FEACohesiveSection(_Strict):
+    """Bilinear cohesive law on the grain boundaries and its iterations."""
+
+    strength_MPa: float | None = Field(None, gt=0, description="Cohesive (peak) strength of a grain boundary (MPa).")
+    fracture_energy_J_m2: float | None = Field(None, gt=0, description="Fracture energy per GB area (J/m^2).")
+    penalty_Pa_m: float | None = Field(None, gt=0, description="Initial (penalty) stiffness K0 of an intact grain boundary (Pa/m); u0 = strength / K0.")
+    residual_stiffness_ratio: float | None = Field(None, ge=0, lt=0.01, description="Stiffness a fully damaged boundary keeps, as a fraction of K0 (1).")
+    max_iterations: int | None = Field(None, ge=1, le=10000, description="Secant (damage) iterations per time step at most.")
+    tolerance: float | None = Field(None, gt=0, description="Convergence tolerance on max |Delta D| between iterations (1).")
+
+
+class FEATimeSection(_Strict):
+    """How far the charge is run and what is saved."""
+
+    soc_end: float | None = Field(None, gt=0, le=2, description="State of charge at the end of the run, soc = x_start - mean x_li (1); must be < x_start.")
+    n_steps: int | None = Field(None, ge=1, le=100000, description="Implicit-Euler time steps (equal dt).")
+    n_snapshots: int | None = Field(None, ge=2, le=100001, description="Steps whose fields (x_li, stresses, damage) are saved, spread evenly, t = 0 and the last step included (<= n_steps + 1).")
+    x_start: float | None = Field(None, gt=0, le=2, description="Li content of the pristine particle (Li per formula unit).")
+
+
+class FEASection(_Strict):
+    """FEA of intergranular cracking driven by the measured strain curves (``insitu-xrd fea``)."""
+
+    strain: str | None = Field(None, description="Strain file that drives the model (strain.nc, strain_curve.csv or any CSV with x_li/soc, eps_a, eps_c; relative to the recipe); none = this run's own <outputs.dir>/strain/strain.nc.")
+    coated: bool = Field(False, description="Coated particle: adds the default 160 nm coating shell unless geometry.coating_um is given.")
+    output: str = Field("fea/fea.nc", description="FEA result NetCDF, relative to outputs.dir; figures go next to it.")
+    display_soc: float | None = Field(None, gt=0, le=1.5, description="SoC of the maps (the nearest saved snapshot); none = 0.55 or the last snapshot.")
+    animation: bool = Field(True, description="Write an animated GIF of x_li and damage over the snapshots (with outputs.figures).")
+    geometry: FEAGeometrySection = Field(default_factory=FEAGeometrySection)
+    transport: FEATransportSection = Field(default_factory=FEATransportSection)
+    elastic: FEAElasticSection = Field(default_factory=FEAElasticSection)
+    cohesive: FEACohesiveSection = Field(default_factory=FEACohesiveSection)
+    time: FEATimeSection = Field(default_factory=FEATimeSection)
+
+    def model_dict(self) -> dict[str, dict[str, Any]]:
+        """The model keys given (None left out), nested by group, as FEAParams.from_dict takes them."""
+        out: dict[str, dict[str, Any]] = {}
+        for group in ("geometry", "transport", "elastic", "cohesive", "time"):
+            given = getattr(self, group).model_dump(exclude_none=True)
+            if given:
+                out[group] = given
+        return out
+
+    def to_params(self) -> Any:
+        """The :class:`insitu_xrd.core.fea.FEAParams` of this section (``coated`` applied).
+
+        Raises:
+            InsituXRDError: a value the model refuses (its message names the key).
+        """
+        from insitu_xrd.core.fea import FEAParams
+
+        params = FEAParams.from_dict(self.model_dict())
+        if self.coated and self.geometry.coating_um is None:
+            params = params.coated()
+        return params
+
+
 class Recipe(_Strict):
     """A whole recipe. ``base_dir`` (not a key) is the recipe file's folder."""
 
@@ -201,14 +348,70 @@ class Recipe(_Strict):
     calibration: CalibrationSection
     frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe.")
     integration: IntegrationSection = Field(default_factory=IntegrationSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection, description="Where the integration runs (serial, local processes, Dask).")
     refinement: RefinementSpec | None = Field(None, description="Refinement section; none = stop after integration.")
     sequential: SequentialSection = Field(default_factory=SequentialSection)
     echem: EchemSection | None = None
     strain: StrainSection = Field(default_factory=StrainSection)
     outputs: OutputsSection = Field(default_factory=OutputsSection)
+    fea: FEASection | None = Field(None, description="FEA of particle cracking after the strain stage; none = no FEA.")
 
     _base_dir: Path = Path(".")
     _source: str = "<recipe>"
+    _instrument_note: str = ""  # what calibration.instrument_profile did ("" = nothing)
+
+    @model_validator(mode="after")
+    def _instrument_from_calibrant(self) -> "Recipe":
+        """``calibration.instrument_profile``: name ``<outputs.dir>/instrument.instprm`` as the
+        refinement's instrument file (fitted on the calibrant image by the ``instrument`` stage)
+        and hold U, V, W, X, Y, SH/L at it, when no instrument file is named and the refinement
+        refines microstrain or size (``auto``) or always (``fit``)."""
+        ref, cal = self.refinement, self.calibration
+        if ref is None or ref.profile.instrument or cal.instrument_profile == "off":
+            return self
+        broad = [f"{p.name} {'microstrain' if k == 'mustrain' else 'size'}" for p in ref.phases
+                 for k in ("mustrain", "size_um") if k in p.refine]
+        if cal.instrument_profile == "auto" and not broad:
+            return self
+        if not cal.image:
+            if cal.instrument_profile == "fit":
+                raise ValueError("calibration.instrument_profile 'fit' needs calibration.image (the calibrant to fit)")
+            return self
+        if cal.wavelength_A is not None and abs(cal.wavelength_A - self.wavelength_A) > 1e-4 * self.wavelength_A:
+            if cal.instrument_profile == "fit":
+                raise ValueError(f"calibration.instrument_profile 'fit': the calibrant image is at {cal.wavelength_A} A, "
+                                 f"not the frames' {self.wavelength_A} A")
+            return self
+        held = ("U", "V", "W", "X", "Y", "sh_l")
+        name = str(Path(self.outputs.dir) / "instrument.instprm")
+        dropped = [n for n in held if n in ref.profile.refine]
+        prof = ref.profile.model_copy(update={**{n: None for n in held}, "instrument": name,
+                                              "refine": [n for n in ref.profile.refine if n not in held]})
+        # a refined X or Y stood in for the sample's Lorentzian size broadening (1/cos theta, the
+        # shape of X); held at the calibrant's value, that broadening needs the size term, or it
+        # goes into the microstrain (+43 % on the simulator's 0.8 um crystallites, +2.5 % with it)
+        sized: list[str] = []
+        phases = list(ref.phases)
+        constraints = dict(ref.constraints)
+        if {"X", "Y"} & set(dropped):
+            base = next((p for p in phases if not p.optional and "mustrain" in p.refine), None)
+            for i, p in enumerate(phases):
+                if "mustrain" in p.refine and "size_um" not in p.refine and p.size_um is None:
+                    phases[i] = p.model_copy(update={"refine": list(p.refine) + ["size_um"]})
+                    sized.append(p.name)
+                    if p.optional and base is not None and base is not p and f"{p.name}_size_um" not in constraints \
+                            and (p.template or "").lower() == (base.template or "").lower():
+                        constraints[f"{p.name}_size_um"] = f"{base.name}_size_um"  # same particles
+        self.refinement = ref.model_copy(update={"profile": prof, "phases": phases, "constraints": constraints})
+        why = f"{', '.join(broad)} refined" if broad else "calibration.instrument_profile: fit"
+        self._instrument_note = (
+            f"instrument profile fitted on the calibrant image (calibration.instrument_profile: "
+            f"{cal.instrument_profile}; {why}) -> {name}, held in the fits"
+            + (f"; the recipe's {', '.join(dropped)} are not refined" if dropped else "")
+            + (f"; size_um refined for {', '.join(sized)} (the sample's Lorentzian broadening the refined X/Y took up)"
+               if sized else "")
+            + " (calibration.instrument_profile: off keeps the recipe's profile)")
+        return self
 
     @property
     def base_dir(self) -> Path:
@@ -293,9 +496,59 @@ def recipe_from_dict(data: dict[str, Any], base_dir: str | Path = ".", source: s
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(format_validation_error(exc, source)) from None
+    if recipe.fea is not None:
+        check_fea_section(recipe.fea, source)
     recipe._base_dir = Path(base_dir).resolve()
     recipe._source = source
     return recipe
+
+
+def check_fea_section(section: FEASection, source: str) -> Any:
+    """The FEAParams of a recipe's ``fea:`` section; a value the model refuses raises RecipeError
+    naming the recipe file and the key (the model's message names it)."""
+    from insitu_xrd.errors import InsituXRDError
+
+    try:
+        return section.to_params()
+    except RecipeError:
+        raise
+    except InsituXRDError as exc:
+        raise RecipeError(f"recipe {source}: section 'fea': {exc}") from None
+
+
+def fea_section_from_file(path: str | Path) -> FEASection:
+    """The ``fea:`` section of a YAML file (a whole recipe, of which only ``fea:`` is read and
+    checked, or a file holding just the section's keys); raises RecipeError naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe {path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path}: the file must hold a mapping with an 'fea' section")
+    if "fea" in data:
+        block, prefix = data["fea"], ("fea",)
+    elif set(data) <= set(FEASection.model_fields):
+        block, prefix = data, ()
+    else:
+        raise RecipeError(f"recipe {path}: no 'fea' section (keys found: {', '.join(map(str, data))})")
+    if block is None:
+        block = {}
+    if not isinstance(block, dict):
+        raise RecipeError(f"recipe {path}: section 'fea' must be a mapping of keys, got {type(block).__name__}")
+    try:
+        section = FEASection.model_validate(block)
+    except ValidationError as exc:
+        msg = format_validation_error(exc, str(path), model=FEASection)
+        if prefix:  # name the keys as they are written in the recipe
+            msg = re.sub(r"key '([^']*)'", lambda m: f"key 'fea.{m.group(1)}'", msg)
+        raise RecipeError(msg) from None
+    check_fea_section(section, str(path))
+    return section
 
 
 def load_recipe(path: str | Path) -> Recipe:

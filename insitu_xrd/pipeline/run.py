@@ -2,12 +2,13 @@
 
 Stages (see :mod:`insitu_xrd.pipeline.stages`): calibrate (or reuse the PONI) -> instrument (fit
 ``refinement.profile.instrument`` on the calibrant when that file is missing) -> integrate ->
-sequential refinement -> echem alignment -> strain -> report. Every stage is cached in
+sequential refinement -> echem alignment -> strain -> report -> fea (only with an ``fea:``
+section: the particle-cracking model driven by the strain curves). Every stage is cached in
 ``<outputs.dir>/stages.json``; what was reused is listed in the returned stages and the report.
 
 Outputs in ``outputs.dir``: ``patterns.nc`` (integrated frames), ``sequential.nc`` (refinement
 checkpoint), ``results.nc`` (refinement + echem coords: the main result), ``strain/``,
-``figures/``, ``report.md``, ``stages.json``.
+``figures/``, ``report.md``, ``stages.json`` and, with ``fea:``, ``fea/fea.nc`` and its figures.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import xarray as xr
 
@@ -50,6 +51,7 @@ class PipelineResult:
     strain: xr.Dataset | None = None
     report: Path | None = None
     figures: list[Path] = field(default_factory=list)
+    fea: Any = None  #: the FEARun of the fea stage (insitu_xrd.pipeline.fea_stage), None without fea:
     elapsed_s: float = 0.0
 
     def stage(self, name: str) -> StageInfo | None:
@@ -104,7 +106,8 @@ def finish_key(recipe: Recipe, seq: xr.Dataset, figures: bool) -> str:
 
 
 def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callable[[str], None] | None = None,
-                 figure_writer: FigureWriter | None = None) -> PipelineResult:
+                 figure_writer: FigureWriter | None = None,
+                 fea_figure_writer: Callable[..., list[Path]] | None = None) -> PipelineResult:
     """Run every stage of a recipe (reusing cached stages); returns a :class:`PipelineResult`.
 
     recipe: a Recipe or the path of a recipe YAML file.
@@ -112,6 +115,8 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
     say: callback for one-line stage messages (e.g. ``console.print``).
     figure_writer: draws the figures (``insitu_xrd.plots.insitu.write_figures``, as the CLI
         does; also subject to ``outputs.figures``); None: no figures.
+    fea_figure_writer: draws the FEA figures (``insitu_xrd.plots.fea.write_fea_figures``) when
+        the recipe has an ``fea:`` section; None: the FEA result without figures.
     """
     from insitu_xrd.io.patterns import read_patterns
 
@@ -129,6 +134,16 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
     def done(info: StageInfo) -> None:
         result.stages.append(info)
         say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
+
+    def fea() -> None:
+        """The fea stage after the strain stage (only with an ``fea:`` section)."""
+        if rec.fea is None:
+            return
+        from insitu_xrd.pipeline.fea_stage import fea_stage
+
+        result.fea, info = fea_stage(rec, cache, progress=progress, figure_writer=fea_figure_writer,
+                                     strain_available=result.strain is not None)
+        done(info)
 
     poni, info = calibrate_stage(rec, cache, say=lambda m: None)
     result.poni = poni
@@ -166,6 +181,7 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
                 result.strain = xr.load_dataset(strain_nc, engine="h5netcdf")
             done(StageInfo("finish", "reused", 0.0, f"echem, strain, figures and report unchanged ({results_path})",
                            [str(p) for p in finish_outputs]))
+            fea()
             result.elapsed_s = time.perf_counter() - t0
             return result
     patterns = read_patterns(patterns_path)
@@ -175,5 +191,6 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
         say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
     result.results, result.strain, result.figures, result.report = res, strain, figs, report
     cache.store("finish", fkey, finish_outputs, figures=[str(p) for p in figs])
+    fea()
     result.elapsed_s = time.perf_counter() - t0
     return result

@@ -55,6 +55,7 @@ from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
     calibrate_stage,
+    instrument_attrs,
     instrument_stage,
     integrate_stage,
     make_factory,
@@ -249,7 +250,7 @@ def watch_folder(
         ds = records_to_dataset(recs, patterns, rec.refinement, {"cache_key": key, "direction": "forward",
                                                                   "mode": "watch", "recipe": str(rec.source),
                                                                   "patterns_file": str(patterns_path),
-                                                                  "recipe_name": rec.name})
+                                                                  "recipe_name": rec.name, **instrument_attrs(rec)})
         ds = ds.assign_coords(frame_key=("frame", np.array(keys, dtype=object)))
         write_dataset_atomic(ds, seq_path)
         return ds
