@@ -516,18 +516,23 @@ def check_fea_section(section: FEASection, source: str) -> Any:
         raise RecipeError(f"recipe {source}: section 'fea': {exc}") from None
 
 
-def fea_section_from_file(path: str | Path) -> FEASection:
-    """The ``fea:`` section of a YAML file (a whole recipe, of which only ``fea:`` is read and
-    checked, or a file holding just the section's keys); raises RecipeError naming file and key."""
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML of a recipe file; a missing, unreadable or invalid file raises RecipeError."""
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path}: not valid YAML: {exc}") from None
     except OSError as exc:
         raise RecipeError(f"recipe {path}: cannot read: {exc}") from None
+
+
+def fea_section_from_file(path: str | Path) -> FEASection:
+    """The ``fea:`` section of a YAML file (a whole recipe, of which only ``fea:`` is read and
+    checked, or a file holding just the section's keys); raises RecipeError naming file and key."""
+    path = Path(path)
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise RecipeError(f"recipe {path}: the file must hold a mapping with an 'fea' section")
     if "fea" in data:
@@ -554,14 +559,7 @@ def fea_section_from_file(path: str | Path) -> FEASection:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe YAML file; every problem raises RecipeError naming file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path}: not valid YAML: {exc}") from None
-    except OSError as exc:
-        raise RecipeError(f"recipe {path}: cannot read: {exc}") from None
+    data = _read_yaml(path)
     return recipe_from_dict(data, path.resolve().parent, str(path))
 
 
