@@ -14,7 +14,10 @@ future has ``result()`` and ``cancel()``), ``n_workers``, ``in_process`` (tasks 
 process's memory: the serial executor) and ``name``. Tasks sent to processes are module-level
 functions whose arguments are small settings and file paths (never arrays or integrator objects);
 each worker builds its pyFAI integrator once, cached by a hash of the settings, and runs with one
-BLAS/OpenMP thread.
+BLAS/OpenMP thread. The segments of a sequential refinement (``sequential.chunks > 1`` with an
+``executor:`` section) run on the same executors as tasks of the same kind
+(:func:`insitu_xrd.pipeline.seq_segments.refine_segment`: the patterns path, frame indices and
+the sections as JSON in; the worker builds its refinement factory once per settings hash).
 
 Local processes use the ``spawn`` start method (no fork of a process holding threads or OpenCL
 contexts). Dask futures are retried by the scheduler when a worker is lost (``retries``; a task

@@ -191,7 +191,7 @@ class SequentialSection(_Strict):
     optional_phase: OptionalPhaseTest = Field(default_factory=OptionalPhaseTest)
     divergence: DivergenceSection = Field(default_factory=DivergenceSection)
     chunks: int = Field(1, ge=1, le=64, description="Independent chunks of frames (each cold-started, one overlap frame with the previous chunk).")
-    workers: int = Field(1, ge=1, le=64, description="Processes running the chunks in parallel.")
+    workers: int = Field(1, ge=1, le=64, description="Processes running the chunks in parallel (without an executor section; with one, the chunks run on it).")
     checkpoint_every: int = Field(1, ge=1, description="Write the checkpoint (sequential.nc) after at least n new frames ...")
     checkpoint_interval_s: float = Field(10.0, ge=0, description="... and at least this many seconds after the previous write (an interruption loses at most this much fitting; 0 = after every n frames).")
 
@@ -348,7 +348,7 @@ class Recipe(_Strict):
     calibration: CalibrationSection
     frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe.")
     integration: IntegrationSection = Field(default_factory=IntegrationSection)
-    executor: ExecutorSection = Field(default_factory=ExecutorSection, description="Where the integration runs (serial, local processes, Dask).")
+    executor: ExecutorSection = Field(default_factory=ExecutorSection, description="Where the integration runs (serial, local processes, Dask); when given, also the segments of sequential.chunks > 1.")
     refinement: RefinementSpec | None = Field(None, description="Refinement section; none = stop after integration.")
     sequential: SequentialSection = Field(default_factory=SequentialSection)
     echem: EchemSection | None = None

@@ -506,10 +506,14 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
         except Exception:
             resumed = False
     wl = float(patterns.attrs["wavelength_A"])
+    # segments (sequential.chunks > 1) run on the recipe's executor when it has an executor section
+    # (the workers read patterns_path); without one, on sequential.workers forked processes
+    executor = recipe.executor if "executor" in recipe.model_fields_set else None
     ds = refine_sequence(patterns, recipe.refinement, make_factory(recipe, wl), recipe.sequential, checkpoint=out,
                          cache_key=key, progress=progress, base_dir=recipe.base_dir,
                          attrs={"patterns_file": str(patterns_path), "recipe": str(recipe.source),
-                                "recipe_name": recipe.name, **instrument_attrs(recipe)})
+                                "recipe_name": recipe.name, **instrument_attrs(recipe)},
+                         executor=executor, patterns_path=patterns_path)
     cache.store("refine", key, [out])
     st = [str(s) for s in ds["status"].values]
     detail = (f"{len(st)} frames: {st.count('ok')} ok, {st.count('refit')} refit, {st.count('diverged')} diverged, "

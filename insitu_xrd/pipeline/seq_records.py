@@ -1,0 +1,397 @@
+"""Per-frame records of a sequential refinement and the results Dataset they make.
+
+:class:`FrameRecord` is what is kept of one frame's fit (plain data: picklable, storable);
+:func:`record_from_fit` flattens a FitResult into one. :func:`records_to_dataset` assembles the
+sequential-refinement Dataset (dims ``frame``, ``phase``, ``two_theta``, ``corr_with``) and
+:func:`dataset_to_records` reads records back from it (checkpoints, resumes).
+:func:`_frame_arrays` reads one frame's arrays from a patterns Dataset.
+
+Neither the chain's decisions (:mod:`insitu_xrd.pipeline.chain`) nor how the frames are run
+(:mod:`insitu_xrd.pipeline.seq_run`) live here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.provenance import software_versions_json, utc_now_iso
+
+__all__ = ["FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
+           "cathode_phases", "phase_onset_attrs", "PER_PHASE_VARS", "CORR_WITH", "UNITS"]
+
+#: Per-phase output variables -> FitResult parameter suffix.
+PER_PHASE_VARS: dict[str, str] = {
+    "a": "a",
+    "c": "c",
+    "volume": "volume_A3",
+    "microstrain": "mustrain",
+    "size": "size_um",
+    "scale": "scale",
+}
+
+#: What microstrain and size are correlated with (``microstrain_correlation`` /
+#: ``size_correlation`` over the ``corr_with`` dimension): each other and the instrument terms.
+CORR_WITH: dict[str, str] = {"microstrain": "{p}_mustrain", "size": "{p}_size_um", "U": "U", "V": "V", "W": "W",
+                             "X": "X", "Y": "Y"}
+
+UNITS: dict[str, str] = {
+    "a": "A",
+    "c": "A",
+    "volume": "A^3",
+    "microstrain": "1e-6 (GSAS-II mu-strain)",
+    "size": "um",
+    "scale": "1 (Rietveld scale)",
+    "phase_fraction": "1 (weight fraction of all refined phases)",
+    "cathode_fraction": "1 (weight fraction within the cathode phases)",
+    "rwp": "1 (fraction, not %)",
+    "gof": "1 (reduced chi^2)",
+    "zero_shift": "deg 2theta",
+    "time_s": "s",
+    "calc": "counts (same as intensity)",
+    "background": "counts (same as intensity)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# per-frame record
+
+
+@dataclass
+class FrameRecord:
+    """What is kept of one frame's fit (plain data: picklable, storable)."""
+
+    index: int
+    status: str
+    rwp: float = math.nan
+    time_s: float = math.nan  # the frame's time (spacing for the lattice extrapolation)
+    key: str = ""  # the caller's stable name of the frame (watch mode: its file), kept by look-backs
+    gof: float = math.nan
+    zero_shift: float = math.nan
+    zero_shift_esd: float = math.nan
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> var -> value (+ var_esd)
+    active: list[str] = field(default_factory=list)
+    optional_p: float = math.nan  # F-test p-value of the optional phase on this frame (NaN: not tested)
+    message: str = ""
+    values: dict[str, float] = field(default_factory=dict)  # every refined value (for seeding)
+    fit_two_theta: np.ndarray | None = None
+    calc: np.ndarray | None = None
+    background: np.ndarray | None = None
+    correlations: dict[str, float] | None = None  # "<P>_mustrain|W" -> correlation (see broadening_correlations)
+
+    @property
+    def good(self) -> bool:
+        return self.status in ("ok", "refit")
+
+
+def _param_value(fit: Any, name: str) -> tuple[float, float]:
+    if name in fit.values:
+        return float(fit.values[name]), float(fit.esds.get(name, math.nan))
+    params = getattr(fit, "params", None)
+    if params is not None and name in params:
+        p = params[name]
+        esd = p.stderr if (p.vary and p.stderr is not None) else math.nan
+        return float(p.value), float(esd)
+    return math.nan, math.nan
+
+
+def record_from_fit(index: int, fit: Any, spec: RefinementSpec, status: str = "ok", message: str = "",
+                    optional_p: float = math.nan) -> FrameRecord:
+    """Flatten a FitResult into a FrameRecord (absent phases: NaN values, fraction 0)."""
+    rec = FrameRecord(index=index, status=status, rwp=float(fit.rwp), gof=float(fit.gof), message=message,
+                      optional_p=optional_p, active=list(fit.active_phases))
+    rec.zero_shift, rec.zero_shift_esd = _param_value(fit, "zero_deg")
+    for ph in spec.phases:
+        d: dict[str, float] = {}
+        active = ph.name in fit.active_phases
+        for var, suffix in PER_PHASE_VARS.items():
+            v, e = _param_value(fit, f"{ph.name}_{suffix}") if active else (math.nan, math.nan)
+            d[var], d[f"{var}_esd"] = v, e
+        frac, frac_esd = fit.phase_fraction.get(ph.name, (0.0, math.nan)) if active else (0.0, math.nan)
+        d["phase_fraction"], d["phase_fraction_esd"] = float(frac), float(frac_esd)
+        rec.phases[ph.name] = d
+    rec.values = {k: float(v) for k, v in fit.values.items()}
+    params = getattr(fit, "params", None)
+    if params is not None:
+        for name, p in params.items():
+            rec.values.setdefault(name, float(p.value))
+    rec.fit_two_theta = np.asarray(fit.two_theta_deg, dtype=float)
+    rec.calc = np.asarray(fit.calc, dtype=float)
+    rec.background = np.asarray(fit.background, dtype=float)
+    rec.correlations = broadening_correlations(fit, spec)
+    return rec
+
+
+def broadening_correlations(fit: Any, spec: RefinementSpec) -> dict[str, float]:
+    """Correlations of each phase's microstrain and size with each other and with the refined
+    instrument terms (``CORR_WITH``), from the fit's correlation matrix: {"H2_mustrain|W": r}.
+    Only pairs of refined parameters are present."""
+    names = list(getattr(fit, "correlation_names", []) or [])
+    corr = getattr(fit, "correlation", None)
+    if not names or corr is None:
+        return {}
+    corr = np.asarray(corr, dtype=float)
+    pos = {n: i for i, n in enumerate(names)}
+    out: dict[str, float] = {}
+    for ph in spec.phases:
+        for own in ("{p}_mustrain", "{p}_size_um"):
+            i = pos.get(own.format(p=ph.name))
+            if i is None:
+                continue
+            for other in CORR_WITH.values():
+                j = pos.get(other.format(p=ph.name))
+                if j is not None and i < corr.shape[0] and j < corr.shape[1]:
+                    out[f"{names[i]}|{names[j]}"] = 1.0 if j == i else float(corr[i, j])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset <-> records
+
+
+def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Dataset, spec: RefinementSpec,
+                       attrs: dict[str, Any] | None = None) -> xr.Dataset:
+    """Assemble the sequential-refinement Dataset (dims frame, phase, two_theta).
+
+    ``records[i]`` belongs to frame i of ``patterns`` (None = not fitted yet: status "pending").
+    """
+    nf = patterns.sizes["frame"]
+    phases = [p.name for p in spec.phases]
+    npn = len(phases)
+    xname = "two_theta" if "two_theta" in patterns.coords else ("q" if "q" in patterns.coords else "two_theta")
+    tth_grid = _two_theta_axis(patterns)
+    data: dict[str, Any] = {}
+    per = {}
+    for var in list(PER_PHASE_VARS) + ["phase_fraction"]:
+        per[var] = np.full((nf, npn), np.nan)
+        per[var + "_esd"] = np.full((nf, npn), np.nan)
+    active = np.zeros((nf, npn), dtype=bool)
+    rwp = np.full(nf, np.nan)
+    gof = np.full(nf, np.nan)
+    zero = np.full(nf, np.nan)
+    zero_esd = np.full(nf, np.nan)
+    opt_p = np.full(nf, np.nan)
+    status = np.array(["pending"] * nf, dtype=object)
+    message = np.array([""] * nf, dtype=object)
+    calc = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
+    bkg = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
+    values_json = np.array([""] * nf, dtype=object)
+    terms = list(CORR_WITH)
+    corr_vars = {"microstrain_correlation": np.full((nf, npn, len(terms)), np.nan),
+                 "size_correlation": np.full((nf, npn, len(terms)), np.nan)}
+    for i, rec in enumerate(records):
+        if rec is None:
+            continue
+        for j, name in enumerate(phases):
+            for var, own in (("microstrain_correlation", "mustrain"), ("size_correlation", "size_um")):
+                for k, term in enumerate(terms):
+                    key = f"{name}_{own}|{CORR_WITH[term].format(p=name)}"
+                    if rec.correlations and key in rec.correlations:
+                        corr_vars[var][i, j, k] = rec.correlations[key]
+        status[i] = rec.status
+        message[i] = rec.message
+        rwp[i], gof[i], zero[i], zero_esd[i], opt_p[i] = rec.rwp, rec.gof, rec.zero_shift, rec.zero_shift_esd, rec.optional_p
+        for j, name in enumerate(phases):
+            d = rec.phases.get(name)
+            active[i, j] = name in rec.active and rec.good
+            if d:
+                for k in per:
+                    per[k][i, j] = d.get(k, np.nan)
+            elif rec.good or rec.status == "diverged":
+                per["phase_fraction"][i, j] = 0.0
+        if rec.fit_two_theta is not None and rec.calc is not None:
+            idx = np.searchsorted(tth_grid, rec.fit_two_theta)
+            idx = np.clip(idx, 0, len(tth_grid) - 1)
+            hit = np.isclose(tth_grid[idx], rec.fit_two_theta, rtol=0, atol=1e-9)
+            calc[i, idx[hit]] = rec.calc[hit]
+            if rec.background is not None:
+                bkg[i, idx[hit]] = rec.background[hit]
+        values_json[i] = json.dumps(rec.values) if rec.values else ""
+    dims2 = ("frame", "phase")
+    for k, v in per.items():
+        data[k] = (dims2, v)
+    # fraction within the cathode (phases of the first phase's template, plus optional phases):
+    # the lever-rule H2/H3 fraction, independent of cell lines (Al, Li) in the beam
+    cath = cathode_phases(spec)
+    cidx = [phases.index(p) for p in cath]
+    wf = np.nan_to_num(per["phase_fraction"][:, cidx])
+    wf_esd = np.nan_to_num(per["phase_fraction_esd"][:, cidx])
+    tot = wf.sum(axis=1, keepdims=True)
+    cf = np.full((nf, npn), np.nan)
+    cf_esd = np.full((nf, npn), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac_c = np.where(tot > 0, wf / tot, np.nan)
+        # first-order propagation, treating the weight fractions as independent
+        esd_c = np.where(tot > 0, np.sqrt(((1 - frac_c) * wf_esd) ** 2 + (frac_c**2) * (np.sum(wf_esd**2, axis=1, keepdims=True) - wf_esd**2)) / tot, np.nan)
+    cf[:, cidx] = frac_c
+    cf_esd[:, cidx] = esd_c
+    no_fit = np.array([r is None or not (r.good or r.status == "diverged") for r in records] + [True] * (nf - len(records)))[:nf]
+    cf[no_fit] = np.nan
+    cf_esd[no_fit] = np.nan
+    data["cathode_fraction"] = (dims2, cf)
+    data["cathode_fraction_esd"] = (dims2, cf_esd)
+    for var, arr in corr_vars.items():
+        data[var] = (("frame", "phase", "corr_with"), arr)
+    data["active"] = (dims2, active)
+    data["rwp"] = (("frame",), rwp)
+    data["gof"] = (("frame",), gof)
+    data["zero_shift"] = (("frame",), zero)
+    data["zero_shift_esd"] = (("frame",), zero_esd)
+    data["optional_phase_p"] = (("frame",), opt_p)
+    data["status"] = (("frame",), status.astype(str))
+    data["message"] = (("frame",), message.astype(str))
+    data["fit_values"] = (("frame",), values_json.astype(str))
+    data["calc"] = (("frame", "two_theta"), calc)
+    data["background"] = (("frame", "two_theta"), bkg)
+    coords: dict[str, Any] = {
+        "frame": ("frame", patterns["frame"].values if "frame" in patterns.coords else np.arange(nf)),
+        "phase": ("phase", np.array(phases, dtype=str)),
+        "corr_with": ("corr_with", np.array(terms, dtype=str)),
+        "two_theta": ("two_theta", tth_grid, {"units": "deg", "long_name": "2theta"}),
+    }
+    for cname in ("time_s", "frame_name"):
+        if cname in patterns.coords or cname in patterns:
+            coords[cname] = ("frame", patterns[cname].values)
+    ds = xr.Dataset(data, coords=coords)
+    for k in list(ds.data_vars) + ["time_s"]:
+        base = k[:-4] if k.endswith("_esd") else k
+        if base in UNITS and k in ds.variables:
+            ds[k].attrs["units"] = UNITS[base]
+    ds["optional_phase_p"].attrs["long_name"] = "F-test p-value of the optional phase (NaN: not tested)"
+    ds["active"].attrs["long_name"] = "phase present in this frame's fit"
+    for var, what in (("microstrain_correlation", "microstrain"), ("size_correlation", "size")):
+        ds[var].attrs["long_name"] = (f"correlation of the phase's {what} with its microstrain/size and the instrument "
+                                      "terms U..Y (NaN: a parameter not refined)")
+    ds.attrs.update({
+        "wavelength_A": float(patterns.attrs.get("wavelength_A", np.nan)),
+        "units": json.dumps({k: v for k, v in UNITS.items()}),
+        "optional_phases": json.dumps([p.name for p in spec.phases if p.optional]),
+        "cathode_phases": json.dumps(cath),
+        "refinement_spec": spec.model_dump_json(),
+        "software_versions": software_versions_json(),
+        "created_utc": utc_now_iso(),
+        "source_unit": xname,
+    })
+    ds.attrs.update(phase_onset_attrs(ds))
+    if attrs:
+        ds.attrs.update(attrs)
+    return ds
+
+
+def cathode_phases(spec: RefinementSpec) -> list[str]:
+    """Phases of the electrode material: the first phase, phases with its template, optional phases."""
+    first = spec.phases[0]
+    out = []
+    for p in spec.phases:
+        same = p.template is not None and first.template is not None and p.template.lower() == first.template.lower()
+        if p is first or same or p.optional:
+            out.append(p.name)
+    return out
+
+
+def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
+    """Frame (index and name) where each optional phase first appears and stays (attrs)."""
+    out: dict[str, Any] = {}
+    phases = [str(p) for p in ds["phase"].values]
+    for name in json.loads(ds.attrs.get("optional_phases", "[]")):
+        if name not in phases:
+            continue
+        act = ds["active"].sel(phase=name).values.astype(bool)
+        onset = _onset_index(act, ds["status"].values)
+        out[f"{name}_onset_frame"] = int(onset) if onset is not None else -1
+        if onset is not None:
+            out[f"{name}_onset_frame_name"] = str(ds["frame_name"].values[onset]) if "frame_name" in ds.coords else str(onset)
+            if "time_s" in ds.coords:
+                out[f"{name}_onset_time_s"] = float(ds["time_s"].values[onset])
+            for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
+                if xc in ds.coords:
+                    out[f"{name}_onset_{xc}"] = float(ds[xc].values[onset])
+    return out
+
+
+def _onset_index(active: np.ndarray, status: np.ndarray) -> int | None:
+    """First frame from which the phase is present in the majority of the following good frames."""
+    good = np.array([str(s) in ("ok", "refit") for s in status])
+    idx = np.flatnonzero(active & good)
+    if idx.size == 0:
+        return None
+    for i in idx:
+        after = active[i:][good[i:]]
+        if after.mean() >= 0.5:
+            return int(i)
+    return int(idx[0])
+
+
+def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
+    """Records back from a (checkpoint) Dataset; pending frames -> None. Curves are restored too."""
+    phases = [str(p) for p in ds["phase"].values]
+    tth = ds["two_theta"].values
+    out: list[FrameRecord | None] = []
+    for i in range(ds.sizes["frame"]):
+        st = str(ds["status"].values[i])
+        if st == "pending":
+            out.append(None)
+            continue
+        rec = FrameRecord(index=i, status=st, rwp=float(ds["rwp"].values[i]), gof=float(ds["gof"].values[i]),
+                          zero_shift=float(ds["zero_shift"].values[i]), zero_shift_esd=float(ds["zero_shift_esd"].values[i]),
+                          optional_p=float(ds["optional_phase_p"].values[i]), message=str(ds["message"].values[i]),
+                          time_s=_frame_time_s(ds, i))
+        rec.active = [p for j, p in enumerate(phases) if bool(ds["active"].values[i, j])]
+        for j, p in enumerate(phases):
+            d = {}
+            for var in list(PER_PHASE_VARS) + ["phase_fraction"]:
+                d[var] = float(ds[var].values[i, j])
+                d[var + "_esd"] = float(ds[var + "_esd"].values[i, j])
+            rec.phases[p] = d
+        vj = str(ds["fit_values"].values[i])
+        rec.values = json.loads(vj) if vj else {}
+        if "microstrain_correlation" in ds and "corr_with" in ds.coords:
+            rec.correlations = {}
+            for var, own in (("microstrain_correlation", "mustrain"), ("size_correlation", "size_um")):
+                for j, p in enumerate(phases):
+                    for k, term in enumerate(str(t) for t in ds["corr_with"].values):
+                        v = float(ds[var].values[i, j, k])
+                        if np.isfinite(v) and term in CORR_WITH:
+                            rec.correlations[f"{p}_{own}|{CORR_WITH[term].format(p=p)}"] = v
+        calc = ds["calc"].values[i].astype(float)
+        keep = np.isfinite(calc)
+        if keep.any():
+            rec.fit_two_theta = tth[keep]
+            rec.calc = calc[keep]
+            rec.background = ds["background"].values[i].astype(float)[keep]
+        out.append(rec)
+    return out
+
+
+def _two_theta_axis(patterns: xr.Dataset) -> np.ndarray:
+    if "two_theta" in patterns.coords:
+        return np.asarray(patterns["two_theta"].values, dtype=float)
+    if "q" in patterns.coords:
+        lam = float(patterns.attrs["wavelength_A"])
+        q = np.asarray(patterns["q"].values, dtype=float)
+        return np.degrees(2 * np.arcsin(np.clip(q * lam / (4 * np.pi), 0, 1)))
+    raise InsituXRDError("patterns Dataset has neither a 'two_theta' nor a 'q' coordinate")
+
+
+
+def _frame_time_s(patterns: xr.Dataset, i: int) -> float:
+    """Time of frame ``i`` in s (NaN when the patterns carry none)."""
+    if "time_s" not in patterns.coords and "time_s" not in patterns:
+        return math.nan
+    return float(patterns["time_s"].values[i])
+
+
+def _frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
+    """(two_theta_deg, intensity, sigma, pattern status, time_s) of frame ``i``."""
+    tth = _two_theta_axis(patterns)
+    y = np.asarray(patterns["intensity"].values[i], dtype=float)
+    s = np.asarray(patterns["sigma"].values[i], dtype=float) if "sigma" in patterns else np.sqrt(np.clip(y, 1, None))
+    st = str(patterns["status"].values[i]) if "status" in patterns else "ok"
+    return tth, y, s, st, _frame_time_s(patterns, i)
