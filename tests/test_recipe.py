@@ -156,10 +156,15 @@ def test_every_recipe_key_is_documented():
     for name in R.Recipe.model_fields:
         if f"`{name}`" not in doc:
             missing.append(name)
-    for section in (R.CalibrationSection, R.FramesSection, R.IntegrationSection, R.SequentialSection,
-                    R.EchemSection, R.StrainSection, R.OutputsSection):
+    # nested sections are documented by their dotted key (`local.n_workers`, `geometry.radius_um`)
+    for section, prefix in ((R.CalibrationSection, ""), (R.FramesSection, ""), (R.IntegrationSection, ""),
+                            (R.SequentialSection, ""), (R.EchemSection, ""), (R.StrainSection, ""),
+                            (R.OutputsSection, ""), (R.ExecutorSection, ""), (R.DaskLocalSection, "local."),
+                            (R.FEASection, ""), (R.FEAGeometrySection, "geometry."),
+                            (R.FEATransportSection, "transport."), (R.FEAElasticSection, "elastic."),
+                            (R.FEACohesiveSection, "cohesive."), (R.FEATimeSection, "time.")):
         for key in _section_keys(section):
             # a row may document several keys at once: `dark`, `flat`, `mask`
-            if f"`{key}`" not in doc:
-                missing.append(f"{section.__name__}: {key}")
+            if f"`{prefix}{key}`" not in doc:
+                missing.append(f"{section.__name__}: {prefix}{key}")
     assert not missing, missing
