@@ -45,7 +45,7 @@ def pipeline(tmp_path_factory):
     ref["phases"] = [{"name": "H2", "template": "nmc811", "a": 2.87, "c": 14.21, "refine": ["a", "c", "scale"]},
                      {"name": "H3", "template": "nmc811", "a": 2.82, "c": 14.00, "refine": ["a", "c", "scale"],
                       "optional": True}]
-    rec["outputs"] = {"dir": "results", "figures": False, "report": False}
+    rec["outputs"] = {"dir": "results", "figures": False, "report": True}
     rec["fea"] = TINY_SECTION
     recipe = data / "fea_recipe.yaml"
     recipe.write_text(yaml.safe_dump(rec))
@@ -193,11 +193,15 @@ def test_run_chains_fea_after_strain_and_reuses_it(pipeline):
     ds = read_fea_result(fea_nc)
     assert ds.attrs["strain_source"] == str(out / "strain" / "strain.nc")
     assert ds.attrs["recipe"] == str(pipeline["recipe"]) and int(ds.attrs["n_grains"]) == 4
-    # nothing changed: every stage reused, fea.nc not rewritten
+    report = out / "report.md"
+    assert report.read_text().count("## FEA") == 1 and "final damage" in report.read_text()
+    # nothing changed: every stage reused, fea.nc and the report not rewritten
     before = fea_nc.stat().st_mtime_ns
+    report_before = report.stat().st_mtime_ns
     res = _invoke(["run", pipeline["recipe"], "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "fea        reused" in res.output and fea_nc.stat().st_mtime_ns == before
+    assert report.stat().st_mtime_ns == report_before
     # only the fea: section changed: only the FEA runs again
     rec = yaml.safe_load(pipeline["recipe"].read_text())
     rec["fea"]["time"]["soc_end"] = 0.5
@@ -207,6 +211,8 @@ def test_run_chains_fea_after_strain_and_reuses_it(pipeline):
     assert res.exit_code == 0, res.output
     assert "finish     reused" in res.output and "fea        ran" in res.output
     assert float(read_fea_result(fea_nc)["soc"].values[-1]) == pytest.approx(0.5)
+    text = report.read_text()
+    assert text.count("## FEA") == 1 and "SoC 0.000 .. 0.500" in text  # replaced, not added twice
 
 
 def test_demo_fea_path_bare_and_coated(pipeline, strain_csv, tmp_path):

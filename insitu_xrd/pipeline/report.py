@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,7 +20,7 @@ import xarray as xr
 
 from insitu_xrd.pipeline.recipe import Recipe
 
-__all__ = ["FigureWriter", "write_report", "summary_rows", "rietveld_frames", "broadening_lines"]
+__all__ = ["FigureWriter", "write_report", "write_fea_section", "summary_rows", "rietveld_frames", "broadening_lines"]
 
 #: ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``
 FigureWriter = Callable[[Recipe, xr.Dataset, xr.Dataset, "xr.Dataset | None"], "tuple[list[Path], list[str]]"]
@@ -172,3 +173,24 @@ def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[An
         lines += [extra, ""]
     out.write_text("\n".join(lines))
     return out
+
+
+FEA_HEADING = "## FEA: particle cracking"
+
+
+def write_fea_section(report: Path, summary_lines: Sequence[str], figures: Sequence[Path] = ()) -> Path:
+    """Put the fea stage's summary (and figures) into ``report.md`` as its last section.
+
+    The report is written by the finish stage, before the fea stage runs; this replaces an FEA
+    section already there (a re-run) instead of adding a second one."""
+    text = report.read_text() if report.is_file() else ""
+    head, _, _ = text.partition(FEA_HEADING)
+    lines = [FEA_HEADING, "", "```"] + [str(x) for x in summary_lines] + ["```", ""]
+    for f in figures:
+        rel = Path(f).relative_to(report.parent) if Path(f).is_relative_to(report.parent) else Path(f)
+        if rel.suffix.lower() in (".png", ".svg", ".jpg", ".gif"):
+            lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    tmp = report.with_name(report.name + ".partial")
+    tmp.write_text(head.rstrip("\n") + "\n\n" + "\n".join(lines))
+    os.replace(tmp, report)
+    return report

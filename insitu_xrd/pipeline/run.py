@@ -135,15 +135,19 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
         result.stages.append(info)
         say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
 
-    def fea() -> None:
-        """The fea stage after the strain stage (only with an ``fea:`` section)."""
+    def fea(report_rewritten: bool) -> None:
+        """The fea stage after the strain stage (only with an ``fea:`` section); its summary goes
+        into report.md when the FEA ran or the report was written anew (else it is there)."""
         if rec.fea is None:
             return
-        from insitu_xrd.pipeline.fea_stage import fea_stage
+        from insitu_xrd.pipeline.fea_stage import fea_stage, fea_summary_lines
+        from insitu_xrd.pipeline.report import write_fea_section
 
         result.fea, info = fea_stage(rec, cache, progress=progress, figure_writer=fea_figure_writer,
                                      strain_available=result.strain is not None)
         done(info)
+        if result.fea is not None and result.report is not None and (report_rewritten or info.status == "ran"):
+            write_fea_section(result.report, fea_summary_lines(result.fea), result.fea.figures)
 
     poni, info = calibrate_stage(rec, cache, say=lambda m: None)
     result.poni = poni
@@ -181,7 +185,7 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
                 result.strain = xr.load_dataset(strain_nc, engine="h5netcdf")
             done(StageInfo("finish", "reused", 0.0, f"echem, strain, figures and report unchanged ({results_path})",
                            [str(p) for p in finish_outputs]))
-            fea()
+            fea(report_rewritten=False)
             result.elapsed_s = time.perf_counter() - t0
             return result
     patterns = read_patterns(patterns_path)
@@ -191,6 +195,6 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
         say(f"{info.name:<10} {info.status:<8} {info.seconds:7.1f} s  {info.detail}")
     result.results, result.strain, result.figures, result.report = res, strain, figs, report
     cache.store("finish", fkey, finish_outputs, figures=[str(p) for p in figs])
-    fea()
+    fea(report_rewritten=True)
     result.elapsed_s = time.perf_counter() - t0
     return result
