@@ -49,6 +49,7 @@ import numpy as np
 import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.io.store import load_netcdf, write_dataset_atomic
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = [
@@ -268,11 +269,7 @@ def _map_to_x_li(path: Path, versus: str, grid: np.ndarray, frames_v: np.ndarray
 
 
 def _netcdf_table(path: Path, x_start: float, soc_to_x: float) -> StrainTable:
-    try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
-    except Exception as exc:
-        raise InsituXRDError(f"strain file {path}: cannot be read as NetCDF ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    ds = load_netcdf(path, "strain file")
     missing = [v for v in ("curve_eps_a", "curve_eps_c", "x") if v not in ds.variables]
     if missing:
         hint = " (it looks like a results file: run `insitu-xrd strain` on it first)" if "a" in ds and "frame" in ds.dims else ""
@@ -439,8 +436,6 @@ def write_fea_result(ds: xr.Dataset, path: str | Path, source: str | None = None
         if var.dtype == bool:
             out[name] = var.astype("int8")
             out[name].attrs["dtype_note"] = "boolean stored as int8"
-    from insitu_xrd.io.store import write_dataset_atomic
-
     return write_dataset_atomic(out, path)
 
 
@@ -451,12 +446,7 @@ def read_fea_result(path: str | Path) -> xr.Dataset:
         InsituXRDError: missing, unreadable, or not an FEA result (one line naming the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InsituXRDError(f"FEA result {path} does not exist")
-    try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
-    except Exception as exc:
-        raise InsituXRDError(f"FEA result {path}: cannot be read as NetCDF ({type(exc).__name__})") from None
+    ds = load_netcdf(path, "FEA result")
     missing = [v for v in _FEA_REQUIRED if v not in ds.variables]
     if missing:
         raise InsituXRDError(f"FEA result {path}: not a result of `insitu-xrd fea` (no {', '.join(missing)})")

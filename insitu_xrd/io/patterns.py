@@ -29,7 +29,7 @@ from insitu_xrd.io.pattern_files import (
     two_theta_deg_to_q_invA,
     write_xye,
 )
-from insitu_xrd.io.store import FrameStore
+from insitu_xrd.io.store import FrameStore, load_netcdf
 
 __all__ = [
     "UNITS",
@@ -168,12 +168,7 @@ def read_patterns(path: str | Path) -> Any:
             raise InsituXRDError(f"patterns store {path}: cannot be read as Zarr ({type(exc).__name__}: {exc})") from None
         validate_patterns(ds, str(path))
         return ds
-    if not path.is_file():
-        raise InsituXRDError(f"patterns file {path}: does not exist")
-    try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
-    except Exception as exc:
-        raise InsituXRDError(f"patterns file {path}: cannot be read as NetCDF ({type(exc).__name__}: {exc})") from None
+    ds = load_netcdf(path, "patterns file")
     validate_patterns(ds, str(path))
     return ds
 

@@ -73,7 +73,8 @@ import numpy as np
 
 from insitu_xrd.errors import InsituXRDError
 
-__all__ = ["FrameStore", "write_dataset_atomic", "working_store_path", "read_store_attrs", "open_frame_dataset"]
+__all__ = ["FrameStore", "write_dataset_atomic", "load_netcdf", "working_store_path", "read_store_attrs",
+           "open_frame_dataset"]
 
 COMMIT_ATTR = "committed_frames"  # group attr of the Zarr store, written after the data
 
@@ -101,6 +102,21 @@ def write_dataset_atomic(ds: Any, path: str | Path) -> Path:
             pass
         raise InsituXRDError(f"output {path}: cannot be written ({exc})") from None
     return path
+
+
+def load_netcdf(path: str | Path, what: str) -> Any:
+    """The NetCDF file ``path`` loaded into memory (h5netcdf); a missing or unreadable file raises
+    InsituXRDError naming ``what`` (e.g. "FEA result"), the file and the reason, in one line."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise InsituXRDError(f"{what} {path}: does not exist")
+    try:
+        return xr.load_dataset(path, engine="h5netcdf")
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise InsituXRDError(f"{what} {path}: cannot be read as NetCDF ({type(exc).__name__}: {first})") from None
 
 
 def working_store_path(path: str | Path) -> Path:
