@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -12,13 +13,20 @@ _PACKAGES = ("insitu-xrd", "numpy", "scipy", "pyFAI", "fabio", "lmfit", "xarray"
 
 def software_versions() -> dict[str, str]:
     """Versions of Python and of the packages that shape the numbers in a result."""
-    versions = {"python": platform.python_version()}
+    return dict(_installed_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    # looked up once per process: ~10 package-metadata reads were most of the cost of storing one
+    # frame's result in watch mode; the packages of a running process do not change
+    versions = [("python", platform.python_version())]
     for name in _PACKAGES:
         try:
-            versions[name] = version(name)
+            versions.append((name, version(name)))
         except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            versions.append((name, "not installed"))
+    return tuple(versions)
 
 
 def software_versions_json() -> str:

@@ -584,3 +584,31 @@ def test_hard_kill_resumes_from_the_zarr_working_store(series, tmp_path):
     # an output of the earlier version (NetCDF only, no resume_key) is resumed, not redone
     rep = integrate_series([series["frames"]], series["poni"], ref, IntegrationSettings(**SETTINGS), resume_key="C")
     assert rep.n_skipped_done == 6 and (tmp_path / "ref.zarr" / "zarr.json").is_file()
+
+
+def test_an_open_series_fed_frame_by_frame_gives_the_one_shot_result(series, tmp_path):
+    """The watch mode's path: one SeriesIntegration, frames added one call at a time (set-up once;
+    each add stored when it returns, read back by rows) == integrate_series on all frames."""
+    from insitu_xrd.reduction.series import SeriesIntegration
+
+    paths = [series["frames"] / n for n in series["names"]]
+    ref_out = tmp_path / "all.nc"
+    integrate_series(paths, series["poni"], ref_out, IntegrationSettings(**SETTINGS))
+    out = tmp_path / "grown.nc"
+    seen: list[tuple[int, str]] = []
+    with SeriesIntegration(paths[:1], series["poni"], out, IntegrationSettings(**SETTINGS)) as s:
+        engine = s.integrator
+        for p in paths:
+            rep = s.add([p], on_record=lambda i, k, r: seen.append((i, r["status"])))
+            assert rep.n_ok == 1
+            assert s.integrator is engine  # built once
+            row = s.store.read_rows([len(s.store) - 1])  # on disk already, read back by rows
+            assert str(row["frame_name"].values[0]) == p.name
+        assert s.add([paths[2]]).n_skipped_done == 1  # a frame already stored is not integrated again
+        assert not out.exists()  # the NetCDF export is written once, at close
+    assert seen == [(i, "ok") for i in range(len(paths))]
+    a, b = read_patterns(ref_out), read_patterns(out)
+    # the static mask: found on frame 0 alone here, on the first frames in the one-shot run
+    np.testing.assert_array_equal(a["frame_key"].values, b["frame_key"].values)
+    np.testing.assert_allclose(b["intensity"].values, a["intensity"].values, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(b["sigma"].values, a["sigma"].values, rtol=1e-12, equal_nan=True)

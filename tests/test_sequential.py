@@ -207,6 +207,9 @@ def test_exact_resume_after_an_interruption(tmp_path, two_phase):
     part = xr.load_dataset(ck, engine="h5netcdf")
     assert list(map(str, part["status"].values)) == ["ok"] * 6 + ["pending"] * 3
     assert (tmp_path / "seq.nc.state").is_file()
+    # a kill -9 leaves no NetCDF written at the interruption: the Zarr working store is enough
+    ck.unlink()
+    assert (tmp_path / "seq.zarr").is_dir()
     _FITS["limit"] = None  # (the saved state holds these counting refinements)
     out = refine_sequence(ds, SPEC, _factory, opt, checkpoint=ck, cache_key="k", progress=False)
     np.testing.assert_array_equal(out["a"].values[:6], first6["a"].values)
@@ -309,3 +312,63 @@ def test_extra_unreadable_file_does_not_change_the_chain(two_phase):
     a = clean["a"].sel(phase="H2").values
     a_start = starts[2][0]  # frame 3: 90 s after frame 2, which was 60 s after frame 1
     assert a_start == pytest.approx(a[2] + 1.5 * (a[2] - a[1]), rel=1e-12)
+
+
+def test_sequential_store_rows_export_the_whole_series_dataset(tmp_path, two_phase):
+    """The watch's working store: rows put one frame at a time (and one replaced) export the same
+    Dataset as records_to_dataset on the whole series; frames not refined yet are "pending"."""
+    from insitu_xrd.pipeline.seq_store import SequentialStore
+
+    ds, _truth, full = two_phase
+    recs = dataset_to_records(full)
+    keys = [f"/beam/f{i:03d}.tif" for i in range(ds.sizes["frame"])]
+    path = tmp_path / "sequential.nc"
+    tth = ds["two_theta"].values
+
+    def open_store(key="watch-key"):
+        return SequentialStore(path, SPEC, tth, LAM, cache_key=key, attrs={"mode": "watch"})
+
+    store = open_store()
+    for i in range(6):
+        store.put(keys[i], recs[i if i != 3 else 2], ds.isel(frame=[i]))  # frame 3 wrong at first
+        store.flush()
+    store.put(keys[3], recs[3], ds.isel(frame=[3]))  # ... replaced in place (a look-back)
+    store.flush()
+    assert len(store) == 6 and store.status(keys[0]) == "ok" and store.status(keys[7]) is None
+    back = store.record(keys[4])
+    assert back.index == 4 and back.key == keys[4]
+    assert back.phases["H2"]["a"] == recs[4].phases["H2"]["a"] and np.array_equal(back.calc, recs[4].calc)
+    exported = store.export(keys, lambda rows: ds.isel(frame=list(rows)))
+    want = records_to_dataset(recs[:6] + [None] * 3, ds, SPEC)
+    assert [str(s) for s in exported["status"].values] == ["ok"] * 6 + ["pending"] * 3
+    for var in ("a", "c", "microstrain", "phase_fraction", "cathode_fraction", "active", "rwp", "calc", "fit_values",
+                "microstrain_correlation"):
+        np.testing.assert_array_equal(exported[var].values, want[var].values, err_msg=var)
+    assert [str(k) for k in exported["frame_key"].values] == keys
+    assert exported.attrs["mode"] == "watch" and exported.attrs["cache_key"] == "watch-key"
+    assert exported.attrs["H3_onset_frame"] == want.attrs["H3_onset_frame"]
+    assert exported["a"].attrs["units"] == want["a"].attrs["units"]
+    assert xr.load_dataset(path, engine="h5netcdf")["a"].shape == (9, 2)
+    store.close()
+    assert len(open_store()) == 6  # a restart finds the rows
+    assert len(open_store("other settings")) == 0  # another refinement: started anew
+
+
+def test_the_chain_state_does_not_grow_with_the_series(two_phase):
+    """The watch pickles the chain state after every frame: its size must not grow with the frames
+    fitted (only the last RWP_WINDOW Rwp values are kept, all the divergence check uses)."""
+    from insitu_xrd.pipeline.chain import RWP_WINDOW
+
+    ds, _truth, _full = two_phase
+    one = ds.isel(frame=[0, 1, 2, 3]).copy()
+    refiner = SequentialRefiner(SPEC, LAM, _factory, SequentialSection())
+    sizes = []
+    for i in range(3 * RWP_WINDOW):
+        j = i % 2  # the same two H2-only frames again and again
+        refiner.step(i, one["two_theta"].values, one["intensity"].values[j], one["sigma"].values[j], "ok",
+                     time_s=60.0 * i, key=str(i))
+        sizes.append(len(refiner.state_bytes()))
+    assert len(refiner.rwp_history) == RWP_WINDOW
+    # the size varies with what the last fits hold (Le Bail intensities, cached refinements, a
+    # look-back frame), not with how many came before
+    assert max(sizes[2 * RWP_WINDOW:]) <= max(sizes[RWP_WINDOW:2 * RWP_WINDOW]) + 200, sizes

@@ -31,6 +31,7 @@ import yaml
 from typer.testing import CliRunner
 
 from insitu_xrd.cli.main import app
+from insitu_xrd.io.store import open_frame_dataset
 from insitu_xrd.pipeline.demo import compare_with_truth
 from insitu_xrd.pipeline.run import run_pipeline
 
@@ -88,12 +89,12 @@ def _watch_recipe(demo, folder: Path) -> Path:
     return path
 
 
-def _fitted_names(seq_path: Path) -> list[str]:
-    """Frames with a good fit in a (possibly still growing) sequential.nc."""
+def _fitted_names(seq_store: Path) -> list[str]:
+    """Frames with a good fit in the watch's (still growing) working store sequential.zarr."""
     try:
-        with xr.open_dataset(seq_path, engine="h5netcdf") as ds:
-            return [str(n) for n, s in zip(ds["frame_name"].values, ds["status"].values) if str(s) in ("ok", "refit")]
-    except (OSError, ValueError, KeyError):
+        ds = open_frame_dataset(seq_store)
+        return [str(n) for n, s in zip(ds["frame_name"].values, ds["status"].values) if str(s) in ("ok", "refit")]
+    except Exception:  # not written yet
         return []
 
 
@@ -111,7 +112,7 @@ def watched(demo, tmp_path_factory):
     incoming = root / "incoming"
     incoming.mkdir()
     recipe = _watch_recipe(demo, incoming)
-    seq_path = root / "results" / "sequential.nc"
+    seq_store = root / "results" / "sequential.zarr"
     frames = sorted((demo["data"] / "frames").glob("frame_*.tif"))
     opts = ["--poll-s", "0.1", "--settle-s", "0.3", "--bad-after-s", "2", "--no-figures"]
     # session 1 in its own process, killed midway
@@ -133,11 +134,11 @@ def watched(demo, tmp_path_factory):
                 time.sleep(1.2)  # longer than --settle-s: the watch sees an unreadable settled file
                 out.write(slow[len(slow) // 3:])
             shutil.copy2(frames[5], incoming / frames[5].name)
-            _wait_for(lambda: len(_fitted_names(seq_path)) >= 5, 180, "5 fitted frames in session 1")
+            _wait_for(lambda: len(_fitted_names(seq_store)) >= 5, 180, "5 fitted frames in session 1")
         finally:
             proc.send_signal(signal.SIGKILL)  # a crash, not a clean stop
             proc.wait(timeout=30)
-    after_kill = xr.load_dataset(seq_path, engine="h5netcdf")
+    after_kill = open_frame_dataset(seq_store)  # what a restart finds
     # frames that land while the watch is down, then session 2 (restart) until idle
     for f in frames[6:]:
         shutil.copy2(f, incoming / f.name)

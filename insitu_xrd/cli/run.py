@@ -63,7 +63,7 @@ def watch_command(
     bad_after_s: float = typer.Option(30.0, "--bad-after-s", min=0.0, help="A settled file that still cannot be opened after this many seconds is recorded as a bad frame (flagged, not fitted; tried again if it changes)."),
     idle_exit_s: Optional[float] = typer.Option(None, "--idle-exit-s", min=0.0, help="Stop after this many seconds without a new frame (default: run until Ctrl-C)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Stop after refining this many new frames in this session."),
-    refresh_s: float = typer.Option(30.0, "--refresh-s", min=0.0, help="Minimum seconds between figure refreshes."),
+    refresh_s: float = typer.Option(30.0, "--refresh-s", min=0.0, help="Minimum seconds between refreshes of sequential.nc, results.nc, strain, report and figures (at least 20x the last refresh's duration; always at exit)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Do not draw figures."),
 ) -> None:
     """Beamtime mode: integrate and refine each new frame as it lands, append to the results,

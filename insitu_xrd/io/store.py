@@ -191,13 +191,26 @@ def _plain_strings(ds: Any) -> Any:
     return ds
 
 
-def open_frame_dataset(path: str | Path, load: bool = True) -> Any:
-    """A FrameStore's records as an xarray Dataset from its Zarr store (``path`` = the ``.zarr`` or
-    its NetCDF export path), truncated to the committed frames; ``load=False`` keeps the arrays
-    lazy (dask-chunked when dask is installed)."""
+def _open_committed(path: str | Path, chunks: Any = None) -> Any:
+    """The Zarr store of ``path`` opened lazily (nothing read but metadata and the index),
+    truncated to the committed frames."""
     import xarray as xr
 
     zpath = working_store_path(path)
+    ds = xr.open_zarr(str(zpath), consolidated=False, chunks=chunks, zarr_format=3)
+    n = _read_commit(zpath)
+    dims = [d for d in ds.dims if d != "frame"]
+    frame_dim = "frame" if "frame" in ds.dims else (dims[0] if dims else "frame")
+    if n is not None and frame_dim in ds.dims and ds.sizes[frame_dim] > n:
+        ds = ds.isel({frame_dim: slice(0, n)})
+    ds.attrs.pop(COMMIT_ATTR, None)
+    return ds
+
+
+def open_frame_dataset(path: str | Path, load: bool = True) -> Any:
+    """A FrameStore's records as an xarray Dataset from its Zarr store (``path`` = the ``.zarr`` or
+    its NetCDF export path), truncated to the committed frames; ``load=False`` keeps the numeric
+    arrays lazy (dask-chunked when dask is installed; the per-frame strings are read)."""
     chunks: Any = None
     if not load:
         try:
@@ -206,13 +219,7 @@ def open_frame_dataset(path: str | Path, load: bool = True) -> Any:
             chunks = {}
         except ImportError:
             chunks = None
-    ds = xr.open_zarr(str(zpath), consolidated=False, chunks=chunks, zarr_format=3)
-    n = _read_commit(zpath)
-    dims = [d for d in ds.dims if d != "frame"]
-    frame_dim = "frame" if "frame" in ds.dims else (dims[0] if dims else "frame")
-    if n is not None and frame_dim in ds.dims and ds.sizes[frame_dim] > n:
-        ds = ds.isel({frame_dim: slice(0, n)})
-    ds.attrs.pop(COMMIT_ATTR, None)
+    ds = _open_committed(path, chunks)
     if load:
         ds = ds.load()
     return _plain_strings(ds)
@@ -273,6 +280,9 @@ class FrameStore:
         self.export_netcdf = working == "netcdf" or self.path.suffix != ".zarr"
         self.variables = {k: tuple(v) for k, v in variables.items()}
         self.axes = {k: np.asarray(v) for k, v in (axes or {}).items()}
+        for k, v in self.axes.items():  # labels as variable-length strings (zarr v3 has no fixed-length str)
+            if v.dtype.kind in "US":
+                self.axes[k] = v.astype(object)
         for name, dims in self.variables.items():
             for d in dims:
                 if d not in self.axes:
@@ -337,7 +347,11 @@ class FrameStore:
         for name, axis in self.axes.items():
             if name in ds.coords:
                 old_axis = ds[name].values
-                if old_axis.shape != axis.shape or not np.allclose(old_axis, axis, rtol=1e-9, atol=0):
+                if axis.dtype.kind in "fiu":
+                    same = old_axis.shape == axis.shape and np.allclose(old_axis, axis, rtol=1e-9, atol=0)
+                else:  # labels (phase names...)
+                    same = [str(v) for v in old_axis] == [str(v) for v in axis]
+                if not same:
                     raise InsituXRDError(f"output {source}: axis {name!r} differs from this run; "
                                          "cannot resume — use another output file or --overwrite")
         # keep provenance attrs of the first run that are not set by this one (e.g. time zero)
@@ -420,6 +434,20 @@ class FrameStore:
         if vals is None:
             return set()
         return {k for k, v in zip(self._keys, vals) if v == equals}
+
+    def key_at(self, i: int) -> str:
+        """Key of storage row ``i``."""
+        return self._keys[i]
+
+    def index_of(self, key: str) -> int | None:
+        """Storage row of a key (None if absent)."""
+        return self._index.get(key)
+
+    def scalar(self, key: str, name: str) -> Any:
+        """One per-frame scalar of a stored record (None when absent or never set), from memory."""
+        i = self._index.get(key)
+        vals = self._scalars.get(name)
+        return None if i is None or vals is None else vals[i]
 
     def _array_row(self, name: str, i: int) -> Any:
         if self.working == "netcdf":
@@ -546,7 +574,7 @@ class FrameStore:
                     dtype = np.result_type(*present) if present else np.dtype(float)
                     if dtype.kind not in "fc":
                         dtype = np.dtype(float)
-                out = np.full((n,) + shape, np.nan, dtype=dtype)
+                out = np.full((n,) + shape, _missing(dtype), dtype=dtype)
                 for j, v in enumerate(vals):
                     if v is not None:
                         out[j] = v
@@ -559,6 +587,22 @@ class FrameStore:
             else:
                 data_vars[name] = entry
         return xr.Dataset(data_vars=data_vars, coords=coords, attrs=self._file_attrs(commit))
+
+    def read_rows(self, rows: Sequence[int]) -> Any:
+        """The records at storage rows ``rows`` as a Dataset (layout of :meth:`to_dataset`, frame
+        coordinate = the rows), read from the working store: the cost is that of the rows, not
+        of the series. Unwritten rows are written first."""
+        rows = [int(r) for r in rows]
+        if self.working == "netcdf":
+            return self._rows_dataset(rows, lambda name, rr: [self._arrays[name][i] for i in rr], with_axes=True)
+        if self._pending:
+            self.checkpoint()
+        assert self.zarr_path is not None
+        ds = _open_committed(self.zarr_path)  # lazy: only the rows' chunks are read below
+        part = ds.isel({self.frame_dim: rows}).load()
+        ds.close()
+        part.attrs = self._file_attrs()
+        return _plain_strings(part)
 
     def to_dataset(self) -> Any:
         """All records as an xarray Dataset (layout in the module docstring; loads everything)."""
@@ -641,6 +685,13 @@ class FrameStore:
         assert target is not None
         return target
 
+    def flush(self) -> bool:
+        """Checkpoint if any record is unwritten; returns whether a file was written."""
+        if not self._dirty and not self._pending:
+            return False
+        self.checkpoint()
+        return True
+
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the policy says so; returns whether a file was written."""
         if not self._dirty:
@@ -691,6 +742,12 @@ class FrameStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _missing(dtype: np.dtype) -> Any:
+    """Fill value of a missing array record: NaN for floats, False/0 for booleans and integers."""
+    kind = np.dtype(dtype).kind
+    return False if kind == "b" else (0 if kind in "iu" else np.nan)
 
 
 def _runs(rows: Sequence[int]) -> list[tuple[int, int]]:

@@ -38,6 +38,7 @@ from insitu_xrd.pipeline.seq_search import _phase_object, _with_lattice, coarse_
 __all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame"]
 
 RefinementFactory = Callable[[RefinementSpec], Any]
+RWP_WINDOW = 7  # the divergence check compares a fit's Rwp with the median of the last 7 good fits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class SequentialRefiner:
             if np.isfinite(esd) and esd > 0 and not sc > 3 * esd:
                 return f"phase {name} not significant (scale {sc:.4g} +/- {esd:.2g})"
         if len(self.rwp_history) >= 2:
-            ref = float(np.median(self.rwp_history[-7:]))
+            ref = float(np.median(self.rwp_history[-RWP_WINDOW:]))
             if fit.rwp > self.opt.divergence.rwp_jump_factor * ref:
                 return f"Rwp jump {fit.rwp:.4f} > {self.opt.divergence.rwp_jump_factor} x median {ref:.4f}"
         return ""
@@ -610,7 +611,9 @@ class SequentialRefiner:
             self.active, self.below_count = out["active"], out["below"]
             self.frames_since_test = 0 if out["tested"] else self.frames_since_test + 1
             self.before_last, self.last_good = self.last_good, rec
-            self.rwp_history.append(float(fit.rwp))
+            # only the last RWP_WINDOW values are used: the chain state (pickled after every frame
+            # in watch mode) must not grow with the series
+            self.rwp_history = self.rwp_history[-(RWP_WINDOW - 1):] + [float(fit.rwp)]
             held = [n for n in out["active"] if n in self.optional_phases and self._lattice_held(fit, n)]
             if held and self._lookback is None:
                 self._lookback = {"index": index, "tth": tth, "y": y, "s": s, "active": list(out["active"]),

@@ -3,7 +3,10 @@
 :func:`refine_sequence` fits every frame of a patterns Dataset with the chain of
 :mod:`insitu_xrd.pipeline.chain`: the pending frames in fit order form runs, each continued from
 the record before it (with the exact chain state of ``<checkpoint>.state`` when there is one),
-and the results are written to the checkpoint as frames finish. With ``chunks > 1`` a run is split
+and the results are written to the checkpoint as frames finish (appended to the working store
+``sequential.zarr`` beside it, :mod:`insitu_xrd.pipeline.seq_store`: a checkpoint costs the same
+at frame 10 and at frame 10,000; the NetCDF checkpoint is written at the end and when the run is
+interrupted). With ``chunks > 1`` a run is split
 into segments fitted in parallel (:mod:`insitu_xrd.pipeline.seq_segments`).
 """
 
@@ -21,8 +24,9 @@ from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.chain import RefinementFactory, SequentialRefiner, _run_chain
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.seq_records import FrameRecord, _frame_arrays, dataset_to_records, records_to_dataset
+from insitu_xrd.pipeline.seq_records import FrameRecord, _frame_arrays, _two_theta_axis, records_to_dataset
 from insitu_xrd.pipeline.seq_segments import _parallel, _parallel_on_executor, _seed_before
+from insitu_xrd.pipeline.seq_store import SequentialStore
 
 __all__ = ["refine_sequence", "chain_state_path", "read_chain_state", "write_chain_state"]
 
@@ -113,25 +117,28 @@ def refine_sequence(
     records: list[FrameRecord | None] = [None] * nf
     ckpt = Path(checkpoint) if checkpoint else None
     state_path = chain_state_path(ckpt) if ckpt is not None else None
-    if ckpt is not None and ckpt.exists():
-        try:
-            with xr.open_dataset(ckpt, engine="h5netcdf") as old:
-                old = old.load()
-            if old.attrs.get("cache_key") == cache_key and old.sizes.get("frame") == nf:
-                records = dataset_to_records(old)
-        except Exception:
-            records = [None] * nf  # unreadable checkpoint (interrupted write): start over
-    order = list(range(nf)) if opt.direction == "forward" else list(range(nf - 1, -1, -1))
-    todo = [i for i in order if records[i] is None]
     all_attrs = dict(attrs or {})
     all_attrs.update({"cache_key": cache_key or "", "direction": opt.direction,
                       "sequential_options": opt.model_dump_json()})
+    keys = frame_keys(patterns)
+    store: SequentialStore | None = None
+    if ckpt is not None:
+        # the working store sequential.zarr: a checkpoint appends the frames fitted since the last
+        # one (flat cost); the NetCDF checkpoint is written from it at the end or on interruption
+        store = SequentialStore(ckpt, spec, _two_theta_axis(patterns), wavelength, cache_key=cache_key or "",
+                                attrs=all_attrs, keys=keys)
+        stored = store.records()
+        for i, k in enumerate(keys):
+            r = stored.get(k)
+            if r is not None:
+                r.index, r.key = i, ""
+                records[i] = r
+    order = list(range(nf)) if opt.direction == "forward" else list(range(nf - 1, -1, -1))
+    todo = [i for i in order if records[i] is None]
 
     def write() -> None:
-        if ckpt is None:
-            return
-        ds = records_to_dataset(records, patterns, spec, all_attrs)
-        _atomic_write(ds, ckpt)
+        if store is not None:
+            store.flush()
 
     # contiguous runs of pending frames in fit order, each seeded from the record before it
     runs: list[tuple[list[int], FrameRecord | None]] = []
@@ -163,12 +170,13 @@ def refine_sequence(
         def emit(rec: FrameRecord, refiner: SequentialRefiner | None = None) -> None:
             revision = records[rec.index] is not None and rec.index in frames
             records[rec.index] = rec
+            if store is not None:
+                store.put(keys[rec.index], rec, patterns.isel(frame=[rec.index]))
             if revision:  # an earlier frame fitted again (look-back): replaced, not counted again
                 return
             n_done[0] += 1
             since_write[0] += 1
             prog.update(task, advance=1, description=f"frame {rec.index} {rec.status} Rwp={rec.rwp:.4f}")
-            # writing the whole Dataset costs ~0.2 s for 40 frames: not after every fast frame
             if since_write[0] >= opt.checkpoint_every and time.perf_counter() - last_write[0] >= opt.checkpoint_interval_s:
                 if refiner is not None and state_path is not None:
                     write_chain_state(state_path, cache_key, str(rec.index), refiner)
@@ -177,29 +185,44 @@ def refine_sequence(
                 last_write[0] = time.perf_counter()
 
         nchunks = max(1, min(opt.chunks, len(todo) // 4 if len(todo) >= 8 else 1))
-        if nchunks > 1 and len(runs) == 1 and executor is not None:
-            ex = executor if hasattr(executor, "submit") else _open_executor(executor)
-            all_attrs["segment_executor"] = f"{getattr(ex, 'name', type(ex).__name__)}: {nchunks} segments"
-            _parallel_on_executor(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit,
-                                  prog, task, base_dir, ex, patterns_path)
-        elif nchunks > 1 and len(runs) == 1:
-            _parallel(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit, prog, task,
-                      base_dir)
-        else:
-            for run_order, seed in runs:
-                k = pos[run_order[0]]
-                state = (read_chain_state(state_path, cache_key, str(order[k - 1]))
-                         if state_path is not None and k > 0 and state_path.exists() else None)
-                _run_chain(spec, wavelength, factory, opt, run_order, frames, seed, emit, state=state,
-                           with_refiner=True)
+        try:
+            if nchunks > 1 and len(runs) == 1 and executor is not None:
+                ex = executor if hasattr(executor, "submit") else _open_executor(executor)
+                all_attrs["segment_executor"] = f"{getattr(ex, 'name', type(ex).__name__)}: {nchunks} segments"
+                _parallel_on_executor(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit,
+                                      prog, task, base_dir, ex, patterns_path)
+            elif nchunks > 1 and len(runs) == 1:
+                _parallel(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit, prog, task,
+                          base_dir)
+            else:
+                for run_order, seed in runs:
+                    k = pos[run_order[0]]
+                    state = (read_chain_state(state_path, cache_key, str(order[k - 1]))
+                             if state_path is not None and k > 0 and state_path.exists() else None)
+                    _run_chain(spec, wavelength, factory, opt, run_order, frames, seed, emit, state=state,
+                               with_refiner=True)
+        except BaseException:
+            if store is not None and ckpt is not None:  # interrupted: what was fitted stays, in both files
+                store.flush()
+                _atomic_write(records_to_dataset(records, patterns, spec, all_attrs), ckpt)
+            raise
     write_attrs = {"elapsed_s": time.perf_counter() - t0}
     all_attrs.update(write_attrs)
     ds = records_to_dataset(records, patterns, spec, all_attrs)
     if ckpt is not None:
+        assert store is not None
+        store.close()
         _atomic_write(ds, ckpt)
         if state_path is not None and state_path.exists() and all(r is not None for r in records):
             state_path.unlink()  # only an interrupted run needs it
     return ds
+
+
+def frame_keys(patterns: xr.Dataset) -> list[str]:
+    """The frames' stable names: the patterns' ``frame_key`` (the file), else ``frame:<index>``."""
+    if "frame_key" in patterns.variables:
+        return [str(k) for k in patterns["frame_key"].values]
+    return [f"frame:{i}" for i in range(patterns.sizes["frame"])]
 
 
 def _open_executor(config: Any) -> Any:

@@ -316,28 +316,57 @@ def _frame_specs(recipe: Recipe) -> str:
     return str(recipe.path(fr.files))
 
 
-def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: bool = True,
-                    frames: list[Any] | None = None, output: Path | None = None) -> tuple[Path, StageInfo]:
-    """Integrate the recipe's frames into ``<outputs>/patterns.nc`` (new frames only when the
-    settings are unchanged; everything again when they changed)."""
-    from insitu_xrd.io.frames import discover_frames
-    from insitu_xrd.pipeline.executors import get_executor
-    from insitu_xrd.reduction.integrate import integrate_series
-
-    t0 = time.perf_counter()
+def integration_key(recipe: Recipe, poni: Path) -> str:
+    """Cache key of the integration: its settings, the geometry and the correction files' content."""
     fr = recipe.frames
-    if fr is None:
-        raise RecipeError(f"recipe {recipe.source}: no 'frames' section; nothing to integrate")
-    out = output or (recipe.output_dir / "patterns.nc")
+    assert fr is not None
     poni_lines = "\n".join(l for l in Path(poni).read_text().splitlines() if l.strip() and not l.startswith("#"))
     key = section_hash(recipe.integration, fr.model_dump(exclude={"files"}), recipe.wavelength_A, poni_lines,
                        file_digest(recipe.path(fr.dark)), file_digest(recipe.path(fr.flat)),
                        file_digest(recipe.path(fr.mask)))
     if recipe.integration.engine != "cython":  # an engine gives numbers equal within tolerance only
         key = section_hash(key, recipe.integration.engine)
-    refs = frames if frames is not None else discover_frames(_frame_specs(recipe), hdf5_dataset=fr.hdf5_dataset)
+    return key
+
+
+def open_integration(recipe: Recipe, poni: Path, cache: StageCache, frames: list[Any],
+                     output: Path | None = None, export: bool = True) -> tuple[Any, str]:
+    """The recipe's integration into ``<outputs>/patterns.nc`` opened as a
+    :class:`~insitu_xrd.reduction.series.SeriesIntegration` (resumed when the settings are
+    unchanged, started anew when they changed), and its cache key (``cache.store`` it after
+    closing). ``frames``: the frames known now (the static mask is found on the first ones)."""
+    from insitu_xrd.pipeline.executors import get_executor
+    from insitu_xrd.reduction.series import SeriesIntegration
+
+    fr = recipe.frames
+    if fr is None:
+        raise RecipeError(f"recipe {recipe.source}: no 'frames' section; nothing to integrate")
+    out = output or (recipe.output_dir / "patterns.nc")
+    key = integration_key(recipe, poni)
     same_settings = cache.hit("integrate", key, [out])
-    if same_settings:
+    series = SeriesIntegration(frames, poni, out, integration_settings(recipe), mask=recipe.path(fr.mask),
+                               dark=recipe.path(fr.dark), flat=recipe.path(fr.flat), wavelength_A=recipe.wavelength_A,
+                               time_source=time_source_of(recipe), hdf5_dataset=fr.hdf5_dataset,
+                               overwrite=False if same_settings else "if_different", resume_key=key,
+                               executor=get_executor(recipe.executor), batch_frames=recipe.integration.batch_frames,
+                               export=export)
+    return series, key
+
+
+def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: bool = True,
+                    frames: list[Any] | None = None, output: Path | None = None) -> tuple[Path, StageInfo]:
+    """Integrate the recipe's frames into ``<outputs>/patterns.nc`` (new frames only when the
+    settings are unchanged; everything again when they changed)."""
+    from insitu_xrd.io.frames import discover_frames
+
+    t0 = time.perf_counter()
+    fr = recipe.frames
+    if fr is None:
+        raise RecipeError(f"recipe {recipe.source}: no 'frames' section; nothing to integrate")
+    out = output or (recipe.output_dir / "patterns.nc")
+    key = integration_key(recipe, poni)
+    refs = frames if frames is not None else discover_frames(_frame_specs(recipe), hdf5_dataset=fr.hdf5_dataset)
+    if cache.hit("integrate", key, [out]):
         try:
             with xr.open_dataset(out, engine="h5netcdf") as old:
                 have = set(str(k) for k in old["frame_key"].values) if "frame_key" in old.variables else set()
@@ -345,15 +374,14 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
             have = set()
         if all(r.key in have for r in refs):
             return out, StageInfo("integrate", "reused", time.perf_counter() - t0, f"{len(refs)} frames in {out}", [str(out)])
-    settings = integration_settings(recipe)
+    if not refs:
+        raise InsituXRDError("no frames given")
     bar = _Bar("integrate", progress)
-    with bar:
-        rep = integrate_series(refs, poni, out, settings, mask=recipe.path(fr.mask), dark=recipe.path(fr.dark),
-                               flat=recipe.path(fr.flat), wavelength_A=recipe.wavelength_A,
-                               time_source=time_source_of(recipe), hdf5_dataset=fr.hdf5_dataset,
-                               overwrite=False if same_settings else "if_different", resume_key=key,
-                               executor=get_executor(recipe.executor), batch_frames=recipe.integration.batch_frames,
-                               progress=bar.update, on_start=bar.start)
+    series, key = open_integration(recipe, poni, cache, refs, output=out)
+    with bar, series:
+        rep = series.add(refs, progress=bar.update, on_start=bar.start)
+    rep.elapsed_s += series.setup_s
+    rep.frames_per_s = (rep.n_ok + rep.n_error) / rep.elapsed_s if rep.elapsed_s > 0 else float("nan")
     cache.store("integrate", key, [out])
     status = "resumed" if rep.n_skipped_done else "ran"
     detail = (f"{rep.n_ok} frames integrated ({rep.frames_per_s:.1f} frames/s, {rep.executor}), "
@@ -505,6 +533,11 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
                 resumed = old.attrs.get("cache_key") == key
         except Exception:
             resumed = False
+    if not resumed:  # killed before the NetCDF checkpoint was written: the working store resumes
+        from insitu_xrd.io.store import read_store_attrs
+
+        sig = read_store_attrs(out.with_suffix(".zarr")).get("store_signature")
+        resumed = bool(sig) and json.loads(sig).get("cache_key") == key
     wl = float(patterns.attrs["wavelength_A"])
     # segments (sequential.chunks > 1) run on the recipe's executor when it has an executor section
     # (the workers read patterns_path); without one, on sequential.workers forked processes

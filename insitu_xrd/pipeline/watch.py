@@ -9,17 +9,23 @@ Each poll:
    that still cannot be read after ``bad_after_s`` seconds is integrated anyway, which records it
    with an ``error: ...`` status (a truncated or corrupt frame: flagged, never fitted). A flagged
    file is tried again only if it changes.
-2. integrates the new frames into ``<outputs>/patterns.nc`` (same settings, same file and same
-   stage cache as ``insitu-xrd run``);
+2. integrates the new frames into the working store ``<outputs>/patterns.zarr`` (same settings,
+   store and stage cache as ``insitu-xrd run``) through one
+   :class:`~insitu_xrd.reduction.series.SeriesIntegration` kept open for the whole session (engine,
+   mask and store set up once; ``patterns.nc`` is exported at exit);
 3. refines every new frame in order, seeded from the previous one (the same
    :class:`~insitu_xrd.pipeline.sequential.SequentialRefiner` as the batch run, so the results are
-   the same as ``run`` on the same frames), and rewrites ``<outputs>/sequential.nc``;
-4. refreshes ``results.nc`` (with echem), the strain files and ``report.md`` after every new frame;
-   figures at most every ``refresh_s`` seconds, and once at exit.
+   the same as ``run`` on the same frames), reading only the new frames' patterns, and appends each
+   to ``<outputs>/sequential.zarr`` (:class:`~insitu_xrd.pipeline.seq_store.SequentialStore`) with
+   the chain state beside it: the cost of a frame does not grow with the frames before it;
+4. refreshes ``sequential.nc``, ``results.nc`` (with echem), the strain files, ``report.md`` and
+   the figures from the stores at most every ``refresh_s`` seconds and at least
+   ``REFRESH_COST_FACTOR`` times the last refresh's duration apart (the one step whose cost grows
+   with the series), and once at exit.
 
 Restarting the command resumes: integrated frames are not integrated again and the refinement
 continues after the last stored frame, from the chain state saved beside ``sequential.nc``
-(``sequential.nc.state``: the same fits as without the interruption), or seeded from the last
+(``sequential.nc.state``, written after every frame: the same fits as without the interruption), or seeded from the last
 stored values when that state is missing. A later ``insitu-xrd run``
 of the same recipe adopts the frames the watch refined (see
 :func:`insitu_xrd.pipeline.stages.refine_stage`). The watch stops after ``idle_exit_s`` seconds
@@ -29,16 +35,17 @@ without a new frame, after ``max_frames`` frames refined in this session, or on 
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError, RecipeError
-from insitu_xrd.io.store import write_dataset_atomic
+from insitu_xrd.io.store import open_frame_dataset
 from insitu_xrd.pipeline.recipe import FramesSection, Recipe, load_recipe
 from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.sequential import (
@@ -46,18 +53,16 @@ from insitu_xrd.pipeline.sequential import (
     SequentialRefiner,
     _frame_arrays,
     chain_state_path,
-    dataset_to_records,
     read_chain_state,
-    records_to_dataset,
     write_chain_state,
 )
+from insitu_xrd.pipeline.seq_store import SequentialStore
 from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
     calibrate_stage,
     instrument_attrs,
     instrument_stage,
-    integrate_stage,
     make_factory,
     watch_cache_key,
 )
@@ -65,6 +70,13 @@ from insitu_xrd.pipeline.stages import (
 __all__ = ["WatchSummary", "FolderScanner", "watch_folder"]
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
+# a frame's result is stored when it is refined; a backlog of frames (a restart, a burst) is
+# stored every FLUSH_EVERY_S seconds and at the end of the poll: one Zarr append of ~30 arrays
+# costs ~0.2 s, as much as a fit of a small pattern (a crash loses at most this much fitting)
+FLUSH_EVERY_S = 2.0
+# the outputs are refreshed at most every refresh_s and at least this many times the duration of
+# the last refresh apart: the one step whose cost grows with the series then takes < 5 % of the time
+REFRESH_COST_FACTOR = 20.0
 
 
 @dataclass
@@ -172,6 +184,205 @@ class FolderScanner:
         return sorted(good, key=_name_order), sorted(bad, key=_name_order)
 
 
+class _Session:
+    """One watch session's open integration, sequential store and chain (cost per frame flat:
+    nothing here reads or writes the whole series except :meth:`refresh`)."""
+
+    def __init__(self, rec: Recipe, poni: Path, cache: StageCache, folder: Path, summary: WatchSummary,
+                 say: Callable[[str], None], max_frames: int | None) -> None:
+        self.rec, self.poni, self.cache, self.folder = rec, poni, cache, folder
+        self.summary, self.say, self.max_frames = summary, say, max_frames
+        self.out_dir = rec.output_dir
+        self.seq_path = self.out_dir / "sequential.nc"
+        self.state_path = chain_state_path(self.seq_path)
+        self.key = watch_cache_key(rec)
+        self.series: Any = None  # SeriesIntegration, opened with the first frames
+        self.integration_key = ""
+        self.seq: SequentialStore | None = None
+        self.factory: Any = None
+        self.refiner: SequentialRefiner | None = None
+        self.chain_after: str | None = None  # key of the last frame the chain fitted
+        self.todo: list[int] = []  # patterns rows to refine, in order
+        self._waiting: list[Any] = []  # files seen before any frame could be read
+        self._last_flush = time.monotonic()
+
+    # -- integration ---------------------------------------------------------------------------
+    def _open(self, refs: list[Any]) -> None:
+        from insitu_xrd.pipeline.stages import open_integration
+
+        self.series, self.integration_key = open_integration(self.rec, self.poni, self.cache, refs)
+        assert self.rec.refinement is not None
+        self.seq = SequentialStore(
+            self.seq_path, self.rec.refinement, self.series.tth_axis, self.series.wavelength_A,
+            cache_key=self.key, integration_key=self.integration_key, say=self.say,
+            attrs={"direction": "forward", "mode": "watch", "recipe": str(self.rec.source),
+                   "patterns_file": str(self.out_dir / "patterns.nc"), "recipe_name": self.rec.name,
+                   **instrument_attrs(self.rec)})
+        if len(self.seq):
+            self.say(f"resuming: {len(self.seq)} frames already refined")
+        store = self.series.store
+        # frames integrated by an earlier session and never refined
+        self.todo = [i for i in range(len(store)) if store.key_at(i) not in self.seq]
+        self.factory = make_factory(self.rec, self.series.wavelength_A)
+
+    def integrate(self, paths: list[Path]) -> None:
+        """Integrate new (or changed) files; queue what the refinement has to do with them."""
+        from insitu_xrd.io.frames import FrameRef
+
+        refs = [FrameRef(p.resolve()) for p in sorted(paths, key=_name_order)]
+        if self.series is None:
+            refs = self._waiting + refs
+            try:
+                self._open(refs)
+            except InsituXRDError as exc:
+                if not str(exc).startswith("none of the first frames can be read"):
+                    raise
+                # only bad files so far: nothing to build the mask and the engine from yet
+                self._waiting = refs
+                self.say(f"{exc}; waiting for a readable frame")
+                return
+            self._waiting = []
+        store = self.series.store
+        positions, nxt = [], len(store)
+        for r in refs:  # each frame's place in the series (frame times from a period)
+            i = store.index_of(r.key)
+            if i is None:
+                i, nxt = nxt, nxt + 1
+            positions.append(i)
+        rows: list[int] = []
+        rep = self.series.add(refs, on_record=lambda i, _k, _r: rows.append(i), positions=positions)
+        self.summary.n_integrated += rep.n_ok + rep.n_error
+        for i in rows:
+            if i not in self.todo and self._needs_fit(i):
+                self.todo.append(i)
+
+    def _needs_fit(self, i: int) -> bool:
+        """Not refined yet, or flagged because its pattern was unusable and now integrated fine."""
+        assert self.seq is not None
+        k = self.series.store.key_at(i)
+        st = self.seq.status(k)
+        return st is None or (st.startswith("skipped") and self.series.store.scalar(k, "status") == "ok")
+
+    # -- refinement ----------------------------------------------------------------------------
+    def _status_at(self, j: int) -> str | None:
+        assert self.seq is not None
+        return self.seq.status(self.series.store.key_at(j))
+
+    def _chain_key_before(self, i: int) -> str | None:
+        """Key of the frame the chain last fitted before row ``i``: frames without a pattern
+        ("skipped: ...", they leave the chain unchanged) are passed over."""
+        for j in range(i - 1, -1, -1):
+            st = self._status_at(j)
+            if st is None or not st.startswith("skipped: "):
+                return self.series.store.key_at(j)
+        return None
+
+    def _seed_before(self, i: int) -> FrameRecord | None:
+        assert self.seq is not None
+        for j in range(i - 1, -1, -1):
+            st = self._status_at(j)
+            if st in ("ok", "refit"):
+                return self.seq.record(self.series.store.key_at(j))
+        return None
+
+    def refine(self) -> bool:
+        """Refine the queued frames in order; returns whether any was refined."""
+        assert self.seq is not None and self.rec.refinement is not None
+        if not self.todo:
+            return False
+        store, seq, rec = self.series.store, self.seq, self.rec
+        wl = self.series.wavelength_A
+        rows = sorted(self.todo)
+        window = store.read_rows(rows)  # this poll's patterns only
+        done_any = unflushed = False
+        for j, i in enumerate(rows):
+            k = store.key_at(i)
+            redo = seq.status(k) is not None
+            if not redo and self.max_frames is not None and self.summary.n_refined >= self.max_frames:
+                break
+            self.todo.remove(i)
+            tth, y, s, st, t_s = _frame_arrays(window, j)
+            if redo:
+                # a frame that failed to integrate earlier and is fine now: fit it alone, seeded
+                # from its predecessor, without disturbing the running chain
+                one = SequentialRefiner(rec.refinement, wl, self.factory, rec.sequential, seed=self._seed_before(i))
+                r = one.step(i, tth, y, s, st, time_s=t_s, key=k)
+            else:
+                if self.refiner is None:
+                    self.refiner = SequentialRefiner(rec.refinement, wl, self.factory, rec.sequential,
+                                                     seed=self._seed_before(i))
+                    after = self._chain_key_before(i)
+                    blob = read_chain_state(self.state_path, self.key, after) if after is not None else None
+                    if blob is not None and self.refiner.restore_state(blob):
+                        self.say(f"continuing the chain of the previous session after {Path(after).name}")
+                r = self.refiner.step(i, tth, y, s, st, time_s=t_s, key=k)
+                if not r.status.startswith("skipped: "):
+                    # a frame without a usable pattern leaves the chain as it was: the state stays
+                    # keyed to the last frame it fitted (a corrupt file that sorts earlier may be
+                    # seen after later frames, depending on when it lands)
+                    self.chain_after = k
+                self.summary.n_refined += 1
+            seq.put(k, r, window.isel(frame=[j]))
+            if not redo:
+                for rv in self.refiner.pop_revised():  # an earlier frame fitted again from this one
+                    jv = store.index_of(rv.key) if rv.key is not None else None
+                    if jv is None:
+                        continue
+                    seq.put(rv.key, rv, window.isel(frame=[rows.index(jv)]) if jv in rows else store.read_rows([jv]))
+                    self.say(f"frame {jv} {store.scalar(rv.key, 'frame_name')}: fitted again ({rv.status})")
+            unflushed = True
+            if j == len(rows) - 1 or time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
+                self._flush()
+                unflushed = False
+            if not r.good:
+                self.summary.n_flagged += 1
+            msg = (f"frame {i} {store.scalar(k, 'frame_name')}: {r.status}"
+                   + (f" Rwp {100 * r.rwp:.2f} %" if np.isfinite(r.rwp) else "")
+                   + (f" ({r.message})" if r.message else ""))
+            self.summary.events.append(msg)
+            self.say(msg)
+            done_any = True
+        if unflushed:  # stopped early (max_frames)
+            self._flush()
+        return done_any
+
+    def _flush(self) -> None:
+        """The refined frames to disk, then the chain state after the last of them (so a restart
+        never finds a state ahead of the stored frames)."""
+        assert self.seq is not None
+        self.seq.flush()
+        if self.refiner is not None and self.chain_after is not None:
+            write_chain_state(self.state_path, self.key, self.chain_after, self.refiner)
+        self._last_flush = time.monotonic()
+
+    # -- outputs -------------------------------------------------------------------------------
+    def refresh(self, figure_writer: FigureWriter | None) -> float:
+        """Export sequential.nc and write results.nc, the strain files, report.md (and figures
+        with ``figure_writer``) from the stores; returns the seconds it took (this is the one
+        step whose cost grows with the series: the caller spaces it out accordingly)."""
+        from insitu_xrd.pipeline.run import finish_results
+
+        t0 = time.monotonic()
+        assert self.seq is not None
+        store = self.series.store
+        seq = self.seq.export(store.keys(), store.read_rows)
+        patterns = open_frame_dataset(store.zarr_path, load=False) if store.zarr_path else store.to_dataset()
+        stages: list[StageInfo] = [StageInfo("watch", "ran", 0.0, f"{len(self.seq)} frames refined from {self.folder}")]
+        res, _strain, _figs, _report = finish_results(self.rec, patterns, seq, stages, figure_writer=figure_writer)
+        self.summary.results = res
+        self.summary.results_path = self.out_dir / "results.nc"
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        """Final writes: the patterns' NetCDF export, the stage cache entry, the Zarr stores."""
+        if self.series is None:
+            return
+        self.series.close()
+        self.cache.store("integrate", self.integration_key, [self.series.output])
+        if self.seq is not None:
+            self.seq.close()
+
+
 def watch_folder(
     folder: str | Path,
     recipe: Recipe | str | Path,
@@ -192,12 +403,11 @@ def watch_folder(
     bad_after_s: a settled file that cannot be opened for this long is recorded as a bad frame (s).
     idle_exit_s: stop after this many seconds without a new frame (None: never).
     max_frames: stop once this many frames were refined in this session (None: never).
-    refresh_s: minimum seconds between figure refreshes.
+    refresh_s: minimum seconds between refreshes of sequential.nc, results.nc, the strain files,
+        the report and the figures (and at least REFRESH_COST_FACTOR times the last refresh's
+        duration); they are also written once at exit.
     figure_writer: draws the figures (``insitu_xrd.plots.insitu.write_figures``); None: none.
     """
-    from insitu_xrd.io.frames import FrameRef
-    from insitu_xrd.io.patterns import read_patterns
-
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if rec.refinement is None:
         raise RecipeError(f"recipe {rec.source}: the watch mode needs a 'refinement' section")
@@ -208,165 +418,49 @@ def watch_folder(
         rec.frames = FramesSection(files=str(folder / "*"))
     say = say or (lambda m: None)
     summary = WatchSummary()
-    out_dir = rec.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(out_dir)
+    rec.output_dir.mkdir(parents=True, exist_ok=True)
+    cache = StageCache(rec.output_dir)
     poni, info = calibrate_stage(rec, cache)
     say(f"calibrate  {info.status}: {info.detail}")
     if rec.refinement.profile.instrument:  # before the key: it fingerprints the file's content
         _, info = instrument_stage(rec, poni, cache)
         say(f"instrument {info.status}: {info.detail}")
     scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s)
-    seq_path = out_dir / "sequential.nc"
-    patterns_path = out_dir / "patterns.nc"
-    key = watch_cache_key(rec)
-    records: dict[str, FrameRecord] = {}  # frame_key -> record
-    # on a restart the files already integrated are handed on again at the first poll: the
-    # integration stage skips them (and reuses patterns.nc) when its settings are unchanged
-    patterns: xr.Dataset | None = None
-    if seq_path.exists():
-        try:
-            old = xr.load_dataset(seq_path, engine="h5netcdf")
-            if old.attrs.get("cache_key") == key and "frame_key" in old.variables:
-                for k, r in zip(old["frame_key"].values, dataset_to_records(old)):
-                    if r is not None:
-                        records[str(k)] = r
-                say(f"resuming: {len(records)} frames already refined")
-        except Exception:
-            records = {}
-    refiner: SequentialRefiner | None = None
-    state_path = chain_state_path(seq_path)
-    chain_after: str | None = None  # key of the last frame the chain stepped
-    factory = None
+    session = _Session(rec, poni, cache, folder, summary, say, max_frames)
     last_new = time.monotonic()
-    last_fig = 0.0
+    last_refresh = -math.inf
+    refresh_cost = 0.0
     dirty = False
-
-    def write_sequential(patterns: xr.Dataset) -> xr.Dataset:
-        keys = [str(k) for k in patterns["frame_key"].values]
-        # by position; the records themselves are left alone: the running chain holds some of
-        # them (its last good frames), and their positions at fit time are part of its state
-        recs = [records.get(k) for k in keys]
-        ds = records_to_dataset(recs, patterns, rec.refinement, {"cache_key": key, "direction": "forward",
-                                                                  "mode": "watch", "recipe": str(rec.source),
-                                                                  "patterns_file": str(patterns_path),
-                                                                  "recipe_name": rec.name, **instrument_attrs(rec)})
-        ds = ds.assign_coords(frame_key=("frame", np.array(keys, dtype=object)))
-        write_dataset_atomic(ds, seq_path)
-        return ds
-
-    def finish(patterns: xr.Dataset, seq: xr.Dataset, with_figures: bool) -> None:
-        from insitu_xrd.pipeline.run import finish_results
-
-        stages: list[StageInfo] = [StageInfo("watch", "ran", 0.0, f"{len(records)} frames refined from {folder}")]
-        res, _strain, _figs, _report = finish_results(rec, patterns, seq, stages,
-                                                      figure_writer=figure_writer if with_figures else None)
-        summary.results = res
-        summary.results_path = out_dir / "results.nc"
-
-    def chain_key_before(keys: list[str], i: int) -> str | None:
-        """Key of the frame the chain last fitted before position ``i``: frames without a
-        pattern ("skipped: ...", they leave the chain unchanged) are passed over."""
-        for j in range(i - 1, -1, -1):
-            r = records.get(keys[j])
-            if r is None or not r.status.startswith("skipped: "):
-                return keys[j]
-        return None
-
-    def seed_before(keys: list[str], i: int) -> FrameRecord | None:
-        for j in range(i - 1, -1, -1):
-            r = records.get(keys[j])
-            if r is not None and r.good:
-                return r
-        return None
-
     try:
-        while True:
-            summary.polls += 1
-            good, bad = scanner.poll()
-            for p in bad:
-                msg = f"{p.name}: cannot be read {scanner.bad_after_s:g} s after its last change; recorded as a bad frame"
-                summary.events.append(msg)
-                say(msg)
-            todo = good + bad
-            if todo:
-                refs = [FrameRef(p.resolve()) for p in sorted(todo, key=_name_order)]
-                _, info = integrate_stage(rec, poni, cache, progress=False, frames=refs)
-                if info.status != "reused":
-                    summary.n_integrated += len(todo)
-                patterns = read_patterns(patterns_path)
-            if patterns is not None:
-                wl = float(patterns.attrs["wavelength_A"])
-                if factory is None:
-                    factory = make_factory(rec, wl)
-                keys = [str(k) for k in patterns["frame_key"].values]
-                statuses = [str(s) for s in patterns["status"].values]
-                new_any = False
-                for i, k in enumerate(keys):
-                    r = records.get(k)
-                    redo = r is not None and r.status.startswith("skipped") and statuses[i] == "ok"
-                    if r is not None and not redo:
-                        continue
-                    if max_frames is not None and summary.n_refined >= max_frames and not redo:
-                        break
-                    tth, y, s, st, t_s = _frame_arrays(patterns, i)
-                    if redo:
-                        # a frame that failed to integrate earlier and is fine now: fit it alone,
-                        # seeded from its predecessor, without disturbing the running chain
-                        one = SequentialRefiner(rec.refinement, wl, factory, rec.sequential, seed=seed_before(keys, i))
-                        records[k] = one.step(i, tth, y, s, st, time_s=t_s, key=k)
-                    else:
-                        if refiner is None:
-                            refiner = SequentialRefiner(rec.refinement, wl, factory, rec.sequential,
-                                                        seed=seed_before(keys, i))
-                            after = chain_key_before(keys, i)
-                            blob = read_chain_state(state_path, key, after) if after is not None else None
-                            if blob is not None and refiner.restore_state(blob):
-                                say(f"continuing the chain of the previous session after {Path(after).name}")
-                        records[k] = refiner.step(i, tth, y, s, st, time_s=t_s, key=k)
-                        if not records[k].status.startswith("skipped: "):
-                            # a frame without a usable pattern leaves the chain as it was: the state
-                            # stays keyed to the last frame it fitted (a corrupt file that sorts
-                            # earlier may be seen after later frames, depending on when it lands)
-                            chain_after = k
-                        summary.n_refined += 1
-                        for rv in refiner.pop_revised():  # an earlier frame fitted again from this one
-                            # by its key: positions shift when a file that sorts earlier lands late
-                            j = keys.index(rv.key) if rv.key in keys else rv.index
-                            records[keys[j]] = rv
-                            say(f"frame {j} {patterns['frame_name'].values[j]}: fitted again ({rv.status})")
-                    r = records[k]
-                    if not r.good:
-                        summary.n_flagged += 1
-                    msg = (f"frame {i} {patterns['frame_name'].values[i]}: {r.status}"
-                           + (f" Rwp {100 * r.rwp:.2f} %" if np.isfinite(r.rwp) else "")
-                           + (f" ({r.message})" if r.message else ""))
+        try:
+            while True:
+                summary.polls += 1
+                good, bad = scanner.poll()
+                for p in bad:
+                    msg = f"{p.name}: cannot be read {scanner.bad_after_s:g} s after its last change; recorded as a bad frame"
                     summary.events.append(msg)
                     say(msg)
-                    new_any = True
-                if new_any:
+                if good or bad:
+                    session.integrate(good + bad)
+                if session.series is not None and session.refine():
                     last_new = time.monotonic()
-                    if refiner is not None and chain_after is not None:
-                        write_chain_state(state_path, key, chain_after, refiner)
-                    seq = write_sequential(patterns)
-                    want_fig = time.monotonic() - last_fig >= refresh_s
-                    finish(patterns, seq, want_fig)
-                    if want_fig:
-                        last_fig = time.monotonic()
-                        dirty = False
-                    else:
-                        dirty = True
-            if max_frames is not None and summary.n_refined >= max_frames:
-                summary.stopped_because = f"max_frames={max_frames} reached"
-                break
-            if idle_exit_s is not None and time.monotonic() - last_new >= idle_exit_s:
-                summary.stopped_because = f"no new frame for {idle_exit_s:g} s"
-                break
-            time.sleep(poll_s)
-    except KeyboardInterrupt:
-        summary.stopped_because = "interrupted"
-    if patterns is not None and records and (dirty or summary.results is None):
-        seq = write_sequential(patterns)
-        finish(patterns, seq, True)
-    summary.n_frames_total = len(records)
+                    dirty = True
+                now = time.monotonic()
+                if dirty and now - last_refresh >= max(refresh_s, REFRESH_COST_FACTOR * refresh_cost):
+                    refresh_cost = session.refresh(figure_writer)
+                    last_refresh, dirty = time.monotonic(), False
+                if max_frames is not None and summary.n_refined >= max_frames:
+                    summary.stopped_because = f"max_frames={max_frames} reached"
+                    break
+                if idle_exit_s is not None and time.monotonic() - last_new >= idle_exit_s:
+                    summary.stopped_because = f"no new frame for {idle_exit_s:g} s"
+                    break
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            summary.stopped_because = "interrupted"
+        if session.seq is not None and len(session.seq) and (dirty or summary.results is None):
+            session.refresh(figure_writer)
+    finally:
+        session.close()
+    summary.n_frames_total = len(session.seq) if session.seq is not None else 0
     return summary

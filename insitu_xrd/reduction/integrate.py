@@ -1,6 +1,7 @@
 """Azimuthal integration of detector frame series into a Patterns Dataset (pyFAI).
 
-:func:`integrate_series` is the library behind ``insitu-xrd integrate``:
+:func:`integrate_series` (in :mod:`.series`, with :class:`~insitu_xrd.reduction.series.SeriesIntegration`
+for a series that grows) is the library behind ``insitu-xrd integrate``:
 
 1. frames are discovered (:mod:`insitu_xrd.io.frames`), the PONI is validated, the wavelength is
    resolved (``wavelength_A`` argument > PONI > frame header ``Wavelength``), dark/flat/mask files
@@ -36,9 +37,6 @@ import math
 import os
 import re
 import threading
-import time
-import warnings
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,24 +45,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from insitu_xrd.errors import FrameError, InsituXRDError
-from insitu_xrd.io.frames import FrameClock, FrameRef, discover_frames, read_frame
-from insitu_xrd.io.patterns import open_patterns_store, radial_name
-from insitu_xrd.io.pattern_files import q_invA_to_two_theta_deg, write_xye
-from insitu_xrd.io.poni import load_poni, poni_text, wavelength_A_of
-from insitu_xrd.provenance import software_versions, utc_now_iso
-from insitu_xrd.reduction.masking import (
-    DELTA_DUMMY,
-    DUMMY,
-    default_saturation_level,
-    detector_mask,
-    dynamic_bad_pixels,
-    find_bad_pixels,
-    load_image_file,
-    load_mask_file,
-)
+from insitu_xrd.io.frames import FrameRef, discover_frames, read_frame
+from insitu_xrd.io.poni import load_poni, poni_text
+from insitu_xrd.reduction.masking import DELTA_DUMMY, DUMMY, dynamic_bad_pixels
 
 __all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "integrate_series", "DEFAULT_METHOD",
-           "resolve_engine", "integrate_frames_task"]
+           "resolve_engine", "integrate_frames_task", "SeriesIntegration"]
 
 DEFAULT_METHOD = ("full", "csc", "cython")
 _PYFAI_UNIT = {"2th_deg": "2th_deg", "q_A^-1": "q_A^-1"}
@@ -384,20 +370,39 @@ def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRe
 # engines (OpenCL) and the worker side of out-of-process executors
 
 
+_PROBE_KERNEL = "__kernel void probe(__global float *a) { a[get_global_id(0)] = 1.0f; }"
+
+
 def opencl_status() -> tuple[bool, str]:
-    """(usable, what): whether pyopencl imports and sees at least one OpenCL device (its name),
-    or why not."""
+    """(usable, what): whether pyFAI's OpenCL CSR engine can run here and on which device (the
+    one pyFAI picks), or why not.
+
+    Listing a device is not enough: a CPU driver can list a device it cannot compile for (PoCL 3.0
+    on CPUs newer than its LLVM: "unknown target CPU"), and pyFAI silently swaps a method it has
+    no device for. So the device pyFAI selects must build a one-line kernel (milliseconds).
+    """
     try:
         import pyopencl as cl  # type: ignore[import-not-found]
     except Exception as exc:  # ImportError, or a broken ICD loader
         return False, f"pyopencl is not installed or does not load ({type(exc).__name__}: {exc})"
     try:
-        devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+        import pyFAI.integrator.azimuthal  # noqa: F401  (fills pyFAI's method registry)
+        from pyFAI.method_registry import IntegrationMethod
+        from pyFAI.opencl import ocl
+
+        method = IntegrationMethod.select_one_available(("full", "csr", "opencl"), dim=1, degradable=False)
     except Exception as exc:
         return False, f"no OpenCL platform ({type(exc).__name__}: {exc})"
-    if not devices:
-        return False, "no OpenCL device"
-    return True, str(devices[0].name).strip()
+    if method is None or ocl is None or method.target is None:
+        return False, "no OpenCL device usable by pyFAI"
+    name = str(method.target_name or "OpenCL device").strip()
+    try:
+        ctx = ocl.create_context(platformid=method.target[0], deviceid=method.target[1])
+        cl.Program(ctx, _PROBE_KERNEL).build()
+    except Exception as exc:
+        err = next((line.strip() for line in str(exc).splitlines() if "error" in line.lower()), type(exc).__name__)
+        return False, f"OpenCL device {name} cannot compile kernels ({err})"
+    return True, name
 
 
 def resolve_engine(settings: IntegrationSettings) -> tuple[IntegrationSettings, str | None]:
@@ -549,351 +554,12 @@ class _ThreadRunner:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def integrate_series(
-    frames: Sequence[str | Path] | Sequence[FrameRef],
-    poni: str | Path,
-    output: str | Path,
-    settings: IntegrationSettings | None = None,
-    *,
-    mask: str | Path | None = None,
-    dark: str | Path | None = None,
-    flat: str | Path | None = None,
-    wavelength_A: float | None = None,
-    orientation: int | None = None,
-    time_source: Any = "header",
-    time_zero_epoch_s: float | None = None,
-    hdf5_dataset: str | None = None,
-    xye_dir: str | Path | None = None,
-    overwrite: bool | str = False,
-    checkpoint_every_s: float = 10.0,
-    checkpoint_every_frames: int = 100,
-    progress: Callable[[int, int, str, str], None] | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    executor: Any = None,
-    batch_frames: int | None = None,
-    resume_key: str | None = None,
-    store: str = "zarr",
-    export: bool = True,
-) -> IntegrationReport:
-    """Integrate a frame series into a Patterns Dataset NetCDF (resumable; see module docstring).
+def __getattr__(name: str) -> Any:
+    """The series driver lives in :mod:`.series` (set-up once, frames added in one call or many),
+    which imports this module; ``from insitu_xrd.reduction.integrate import integrate_series``
+    keeps working through this lazy lookup."""
+    if name in ("SeriesIntegration", "integrate_series"):
+        from insitu_xrd.reduction import series
 
-    Args:
-        frames: paths, globs, folders (or FrameRefs already discovered).
-        poni: PONI geometry file.
-        output: NetCDF output; if it exists (and not ``overwrite``) the run resumes into it.
-        settings: IntegrationSettings (defaults: 3000 bins in 2theta, polarization 0.99).
-        mask / dark / flat: image files (mask: non-zero = excluded).
-        wavelength_A: overrides the PONI wavelength (Angstrom).
-        orientation: detector orientation 1-4 overriding the PONI.
-        time_source: "header", {"sidecar": csv}, {"period_s": s} (see io.frames).
-        time_zero_epoch_s: absolute time (Unix s) of time_s = 0 for absolute frame times.
-        hdf5_dataset: dataset path of the image stack in HDF5 files.
-        xye_dir: also write one .xye per integrated frame there.
-        overwrite: start a new output even if one exists; "if_different": only when the existing
-            output was made with another ``resume_key`` (else resume into it).
-        progress: callback(done, total, frame_name, status) after each frame.
-        on_start: callback(total, already_done) once the work list is known.
-        executor: where frames are integrated: None = ``settings.workers`` threads in this
-            process, one frame per task; or an executor of :mod:`insitu_xrd.pipeline.executors`
-            (anything with ``submit(fn, *args) -> future``, ``n_workers``, ``in_process``, ``name``):
-            tasks of ``batch_frames`` frames, results stored in frame order as batches complete,
-            a checkpoint after each batch. Out-of-process workers get only small settings and
-            file paths (the PONI, a context ``.npz`` beside the output with mask/dark/flat) and
-            build their integrator once (cached by the settings' hash).
-        batch_frames: frames per task and per Zarr chunk (default ``checkpoint_every_frames``).
-        resume_key: stored in the output's signature (see ``overwrite="if_different"``).
-        store: "zarr" (working store ``<stem>.zarr``, NetCDF ``output`` exported at the end) or
-            "netcdf" (the whole NetCDF rewritten at each checkpoint, the earlier behaviour).
-        export: with the Zarr store, export ``output`` (NetCDF) when done; False leaves only the
-            Zarr store up to date (a caller integrating a growing series in many calls can export
-            once at the end: ``FrameStore.export`` / :func:`insitu_xrd.io.store.open_frame_dataset`).
-
-    Raises:
-        InsituXRDError: invalid PONI, missing wavelength, shape mismatch between detector and
-            all sampled frames, unreadable dark/flat/mask, output of other settings.
-    """
-    t_start = time.perf_counter()
-    settings = settings or IntegrationSettings()
-    settings.validate()
-    settings, engine_note = resolve_engine(settings)
-    notes = [engine_note] if engine_note else []
-    if engine_note and settings.engine != "opencl":
-        warnings.warn(engine_note, RuntimeWarning, stacklevel=2)
-    output = Path(output)
-    old_signature: dict[str, Any] | None = None
-    if resume_key is not None or overwrite == "if_different":
-        from insitu_xrd.io.store import read_store_attrs
-
-        text = read_store_attrs(output).get("store_signature")
-        try:
-            old_signature = json.loads(text) if text else None
-        except ValueError:
-            old_signature = None
-    if overwrite == "if_different":
-        old_key = (old_signature or {}).get("resume_key")
-        overwrite = old_key is None or old_key != resume_key
-    overwrite = bool(overwrite)
-    # an output of an earlier version (no resume_key in its signature) is resumed as it is
-    legacy_output = not overwrite and old_signature is not None and "resume_key" not in old_signature
-    if frames and isinstance(frames[0], FrameRef):
-        refs = list(frames)  # type: ignore[arg-type]
-    else:
-        refs = discover_frames(list(frames), hdf5_dataset=hdf5_dataset)  # type: ignore[arg-type]
-    if not refs:
-        raise InsituXRDError("no frames given")
-    ai = load_poni(poni, orientation=orientation)
-    poni_path = Path(poni)
-
-    # on resume, find bad pixels on the same frames as the first run (the watch mode passes only
-    # new frames): the static mask, hence the numbers, stay consistent across the whole series
-    earlier = _earlier_mask_frames(output, hdf5_dataset) if not overwrite else []
-    samples = _sample_frames(earlier + [r for r in refs if r not in earlier], max(1, settings.auto_mask_frames))
-    if not samples:
-        raise InsituXRDError(f"none of the first frames can be read (first: {refs[0].path}); nothing to integrate")
-    det_shape = getattr(ai.detector, "shape", None)
-    if det_shape is None:
-        shape = tuple(samples[0].data.shape)
-        ai.detector.shape = shape
-        ai.detector.max_shape = shape
-    else:
-        shape = tuple(det_shape)
-        matching = [s for s in samples if tuple(s.data.shape) == shape]
-        if not matching:
-            raise InsituXRDError(
-                f"detector/frame shape mismatch: PONI {poni_path} describes a {ai.detector.name} of shape {shape}, "
-                f"but frame {samples[0].ref.name} has shape {tuple(samples[0].data.shape)} (binning? wrong PONI?)"
-            )
-        samples = matching
-
-    wl = wavelength_A
-    wl_source = "--wavelength-a"
-    if wl is None:
-        wl = wavelength_A_of(ai)
-        wl_source = f"PONI {poni_path.name}"
-    if wl is None:
-        wl = _header_wavelength_A(samples[0].header)
-        wl_source = f"frame header of {samples[0].ref.name}"
-    if wl is None or not (0.01 < wl < 10):
-        raise InsituXRDError(
-            f"wavelength unknown: PONI {poni_path} has no Wavelength and the frames' headers have none; "
-            "give --wavelength-a (Angstrom)"
-        )
-    ai.wavelength = wl * 1e-10
-
-    dark_img = None
-    if dark is not None:
-        dark_img = load_image_file(dark, shape, "dark").astype(np.float32) * np.float32(settings.dark_scale)
-    flat_img = None
-    flat_masked = None
-    if flat is not None:
-        f = load_image_file(flat, shape, "flat").astype(np.float64)
-        good = np.isfinite(f) & (f > 0)
-        if good.sum() < 0.5 * f.size:
-            raise InsituXRDError(f"flat file {flat}: fewer than half of the pixels are positive")
-        # normalise so that the flat changes relative pixel response, not the intensity scale
-        f = f / np.median(f[good])
-        flat_masked = ~good
-        f[~good] = 1.0
-        flat_img = f.astype(np.float32)
-
-    static = np.zeros(shape, dtype=bool)
-    counts: dict[str, int] = {}
-    if mask is not None:
-        m = load_mask_file(mask, shape)
-        counts["mask_file"] = int(m.sum())
-        static |= m
-    dm = detector_mask(ai.detector, shape)
-    counts["detector"] = int(dm.sum())
-    static |= dm
-    if flat_masked is not None:
-        counts["flat_nonpositive"] = int(flat_masked.sum())
-        static |= flat_masked
-    if settings.auto_mask:
-        # hot pixels must stand out from their ring, not only from their neighbours (a ring
-        # narrower than a pixel lights isolated pixels): pass the geometry
-        found = find_bad_pixels([s.data for s in samples[: settings.auto_mask_frames]], dark=dark_img,
-                                radial_at=ai.tth, radial_step=0.5 * min(ai.detector.pixel1, ai.detector.pixel2) / ai.dist)
-        for k, v in found.items():
-            counts[k] = int(v.sum())
-            static |= v
-    counts["total_static"] = int(static.sum())
-    saturation = settings.saturation_counts
-    if saturation is None:
-        saturation = default_saturation_level(samples[0].data.dtype)
-
-    integrator = _cached_integrator(ai, shape, settings, static, dark_img, flat_img, saturation)
-
-    corrections = {
-        "dark": _file_digest(Path(dark)) if dark else None,
-        "dark_scale": settings.dark_scale if dark else None,
-        "flat": _file_digest(Path(flat)) if flat else None,
-        "flat_normalisation": "divided by median of positive pixels" if flat else None,
-        "mask_file": _file_digest(Path(mask)) if mask else None,
-        "auto_mask": settings.auto_mask,
-        "auto_mask_frames": settings.auto_mask_frames if settings.auto_mask else 0,
-        "saturation_counts": saturation,
-        "solid_angle": settings.correct_solid_angle,
-        "polarization_factor": settings.polarization_factor,
-        "sigma_clip": ({"threshold": settings.sigma_clip_threshold, "max_iter": settings.sigma_clip_max_iter,
-                        "method": "no,csr,cython"} if settings.sigma_clip else None),
-        "error_model": "poisson",
-    }
-    method_text = "sigma_clip no,csr,cython" if settings.sigma_clip else ",".join(settings.method)
-    attrs = {
-        "title": "insitu-xrd integrated powder patterns",
-        "wavelength_A": float(wl),
-        "wavelength_source": wl_source,
-        "poni": poni_text(ai),
-        "poni_file": str(poni_path),
-        "polarization_factor": settings.polarization_factor if settings.polarization_factor is not None else "none",
-        "corrections": json.dumps(corrections, sort_keys=True),
-        "method": method_text,
-        "npt": settings.npt,
-        "radial_range": list(integrator.radial_range),
-        "time_source": str(time_source if not isinstance(time_source, dict) else json.dumps(time_source)),
-        "software_versions": json.dumps(software_versions(), sort_keys=True),
-        "created_utc": utc_now_iso(),
-        "auto_mask_frames_used": json.dumps([s.ref.key for s in samples[: settings.auto_mask_frames]]
-                                            if settings.auto_mask else []),
-    }
-    signature = {k: attrs[k] for k in ("wavelength_A", "poni", "polarization_factor", "corrections", "method",
-                                       "npt", "radial_range")}
-    # the PONI text carries a "Calibration done on <now>" comment: compare the geometry lines only
-    signature["poni"] = "\n".join(l for l in attrs["poni"].splitlines() if l.strip() and not l.startswith("#"))
-    signature["unit"] = settings.unit
-    signature["cake_npt_azim"] = settings.cake_npt_azim if settings.cake else None
-    if resume_key is not None and not legacy_output:
-        signature["resume_key"] = resume_key
-    batch = max(1, int(batch_frames or checkpoint_every_frames))
-    frame_store = open_patterns_store(
-        output, integrator.radial, settings.unit, attrs, signature=signature,
-        cake_chi_deg=integrator.chi_deg, overwrite=overwrite,
-        checkpoint_every_s=checkpoint_every_s, checkpoint_every_frames=checkpoint_every_frames,
-        working=store, chunk_frames=batch,
-    )
-    if store == "zarr" and not export:
-        frame_store.export_netcdf = False
-    store = frame_store
-    t0_saved = store.attrs.get("time_zero_epoch_s")
-    clock = FrameClock(time_source, time_zero_epoch_s=time_zero_epoch_s if time_zero_epoch_s is not None
-                       else (float(t0_saved) if t0_saved not in (None, "") else None))
-
-    done = store.done_keys("status", "ok")
-    todo = [(pos, ref) for pos, ref in enumerate(refs) if ref.key not in done]
-    n_skipped = len(refs) - len(todo)
-    if on_start is not None:
-        on_start(len(refs), n_skipped)
-    xye_path = Path(xye_dir) if xye_dir is not None else None
-    rname = radial_name(settings.unit)
-    tth_axis = (integrator.radial if settings.unit == "2th_deg"
-                else q_invA_to_two_theta_deg(integrator.radial, wl))
-
-    # the frames read for the auto-mask are integrated from memory, not read a second time
-    todo_keys = {ref.key for _pos, ref in todo}
-    prefetched = {s.ref.key: s for s in samples if s.ref.key in todo_keys}
-    samples = []
-
-    def work(ref: FrameRef) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-        return _integrate_one(integrator, ref, prefetched.pop(ref.key, None))
-
-    def work_batch(batch_refs: list[FrameRef]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]]:
-        return [work(r) for r in batch_refs]
-
-    own_runner = executor is None
-    runner = _ThreadRunner(settings.workers) if own_runner else executor
-    in_process = bool(getattr(runner, "in_process", False))
-    per_task = 1 if own_runner else batch  # the default thread pool keeps one frame per task
-    spec: dict[str, Any] | None = None
-    if not in_process:
-        # workers get small settings and file paths, never arrays or integrator objects
-        ctx_path, ctx_digest = _write_context(output, static, dark_img, flat_img)
-        spec = {"poni": str(poni_path.resolve()), "orientation": orientation, "wavelength_A": float(wl),
-                "shape": list(shape), "settings": asdict(settings), "context": str(ctx_path),
-                "context_digest": ctx_digest, "saturation": saturation}
-        spec["key"] = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
-    tasks = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
-
-    def submit(task: list[tuple[int, FrameRef]]) -> Any:
-        refs_ = [r for _p, r in task]
-        if in_process:
-            return runner.submit(work_batch, refs_)
-        return runner.submit(integrate_frames_task, spec, refs_)
-
-    n_ok = n_err = n_xye = 0
-    errors: list[tuple[str, str]] = []
-    window = max(2, 2 * int(getattr(runner, "n_workers", 1) or 1))
-    try:
-        with store:
-            pending: deque = deque()
-            it = iter(tasks)
-
-            def fill() -> None:
-                while len(pending) < window:
-                    try:
-                        task = next(it)
-                    except StopIteration:
-                        return
-                    pending.append((task, submit(task)))
-
-            fill()
-            try:
-                while pending:
-                    task, fut = pending.popleft()
-                    results = fut.result()
-                    fill()
-                    for (pos, ref), (result, header, err) in zip(task, results):
-                        t_s, e_s, _src = clock.times(ref, header, pos)
-                        rec: dict[str, Any] = {"time_s": t_s, "epoch_s": e_s, "frame_name": ref.name}
-                        if err is None and result is not None:
-                            rec["status"] = "ok"
-                            rec["intensity"] = result["intensity"]
-                            rec["sigma"] = result["sigma"]
-                            if "n_pixels" in result:
-                                rec["n_pixels"] = result["n_pixels"]
-                            if settings.cake:
-                                rec["cake_intensity"] = result["cake_intensity"]
-                                rec["cake_sigma"] = result["cake_sigma"]
-                            n_ok += 1
-                            if xye_path is not None:
-                                stem = ref.name.replace(":", "_").rsplit(".", 1)[0] if ref.index is None else ref.name.replace(":", "_")
-                                write_xye(xye_path / f"{stem}.xye", tth_axis, result["intensity"], result["sigma"],
-                                          header_lines=[f"insitu-xrd integrate: frame {ref.name}", f"time_s={t_s!r}",
-                                                        f"unit in dataset: {settings.unit} ({rname})"],
-                                          wavelength_A=wl)
-                                n_xye += 1
-                        else:
-                            reason = (err or "unknown error").replace("\n", " ")
-                            rec["status"] = f"error: {reason}"
-                            errors.append((ref.name, reason))
-                            n_err += 1
-                        if clock.time_zero_epoch_s is not None:
-                            store.attrs["time_zero_epoch_s"] = float(clock.time_zero_epoch_s)
-                        store.append(ref.key, rec, checkpoint=own_runner)
-                        if progress is not None:
-                            progress(n_skipped + n_ok + n_err, len(refs), ref.name, rec["status"])
-                    if not own_runner:
-                        store.checkpoint()  # a batch is on disk as soon as it is complete, in frame order
-            except BaseException:
-                for _task, fut in pending:
-                    fut.cancel()
-                raise
-    finally:
-        if own_runner:
-            runner.close()
-    elapsed = time.perf_counter() - t_start
-    return IntegrationReport(
-        output=output,
-        n_frames=len(refs),
-        n_skipped_done=n_skipped,
-        n_ok=n_ok,
-        n_error=n_err,
-        errors=errors,
-        elapsed_s=elapsed,
-        frames_per_s=(n_ok + n_err) / elapsed if elapsed > 0 else math.nan,
-        wavelength_A=float(wl),
-        masked_pixels=counts,
-        xye_files=n_xye,
-        notes=notes,
-        executor=str(getattr(runner, "name", type(runner).__name__)),
-        n_batches=len(tasks),
-    )
+        return getattr(series, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
