@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 # (by its message only: every other warning still shows)
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
-.PHONY: demo test venv dev clean bench versions
+.PHONY: demo test test-opencl venv dev clean bench versions
 
 $(BIN)/insitu-xrd: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,19 @@ demo: venv
 test: dev
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
+# the OpenCL integration engine against the CPU engine, on a GPU when pyopencl sees one, else on
+# the Oclgrind OpenCL simulator (its own venv: .venv-opencl; slow, hence small frames)
+OCL_VENV := .venv-opencl
+test-opencl:
+	test -x $(OCL_VENV)/bin/python || $(PYTHON) -m venv $(OCL_VENV)
+	PYTHONWARNINGS="ignore:Editable installation" $(OCL_VENV)/bin/python -m pip install -q -e '.[dev,opencl-test]'
+	$(OCL_VENV)/bin/python -c "from insitu_xrd.reduction.integrate import opencl_status as s; print(s())"
+	ok=$$($(OCL_VENV)/bin/python -c "from insitu_xrd.reduction.integrate import opencl_status as s; print(int(s()[0]))"); \
+	icd=$$($(OCL_VENV)/bin/python -c "import pathlib, pyopencl; print(next((pathlib.Path(pyopencl.__file__).parent / '.libs').glob('liboclgrind-rt-icd-*.so')))"); \
+	if [ "$$ok" = 1 ]; then INSITU_XRD_REQUIRE_OPENCL=1 $(OCL_VENV)/bin/python -m pytest -q tests/test_opencl.py; \
+	else echo "no usable OpenCL device: Oclgrind simulator ($$icd)"; \
+	INSITU_XRD_REQUIRE_OPENCL=1 OCL_ICD_VENDORS=$$icd $(OCL_VENV)/bin/python -m pytest -q tests/test_opencl.py; fi
+
 bench: venv
 	$(BIN)/python benchmarks/bench_integrate.py
 	$(BIN)/python benchmarks/bench_refine.py
@@ -37,9 +50,10 @@ bench: venv
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_fea.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_watch.py
 
 versions: venv
 	$(BIN)/insitu-xrd --version
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(OCL_VENV) $(DEMO_OUT) .pytest_cache build *.egg-info
