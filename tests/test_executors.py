@@ -120,13 +120,21 @@ def test_local_pool_broken_by_lost_worker_resumes_on_rerun(series, tmp_path, mon
     finally:
         pool.close()
     assert marker.exists()
-    stored = [str(k) for k in open_frame_dataset(working_store_path(out))["frame_key"].values]
-    assert len(stored) % 3 == 0 and len(stored) < N_FRAMES  # whole batches, in frame order
+    crashed = open_frame_dataset(working_store_path(out))
+    stored = [str(k) for k in crashed["frame_key"].values]
+    status = [str(v) for v in crashed["status"].values]
+    # every frame got its row in frame order before the batches ran (a known-length list); the
+    # batches that completed were written into their rows, whole; the rest stayed "pending"
+    assert len(stored) == N_FRAMES
+    done = [k for k, v in zip(stored, status) if v != "pending"]
+    assert 0 < len(done) < N_FRAMES and len(done) % 3 == 0, status
+    assert all(np.isnan(crashed["intensity"].values[i]).all() for i, v in enumerate(status) if v == "pending")
     rep = _run(series, out, executor=local_pool)  # its workers started before the fault was set
-    assert rep.n_skipped_done == sum(1 for k in stored if not k.endswith("frame_0003.tif"))
+    assert rep.n_skipped_done == sum(1 for k in done if not k.endswith("frame_0003.tif"))
     ds = read_patterns(out)
     keys = [str(k) for k in ds["frame_key"].values]
-    assert len(keys) == len(set(keys)) == N_FRAMES and keys[: len(stored)] == stored
+    assert len(keys) == len(set(keys)) == N_FRAMES and keys == stored
+    assert "pending" not in {str(v) for v in ds["status"].values}
     ref_path = tmp_path / "serial.nc"
     _run(series, ref_path, executor=ex.SerialExecutor())
     _same(ds, read_patterns(ref_path))
@@ -200,3 +208,58 @@ def test_same_recipe_with_each_executor_section_gives_identical_patterns(series,
         ex.shutdown_executors()
     _same(got["serial"], got["local"])
     _same(got["serial"], got["dask"])
+
+
+class _FirstBatchWaits:
+    """An in-process executor whose first batch cannot finish before a later batch was stored:
+    the store must take batches as they complete (region writes into reserved rows), not in
+    submission order (that would wait for ever: the event times out and the test fails)."""
+
+    name = "first-batch-waits"
+    in_process = True
+    n_workers = 2
+
+    def __init__(self, first_frame: str) -> None:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.first_frame = first_frame
+        self.later_stored = threading.Event()
+        self.timed_out = False
+        self._pool = ThreadPoolExecutor(max_workers=2)
+
+    def submit(self, fn, refs):
+        def run():
+            if refs[0].name == self.first_frame and not self.later_stored.wait(timeout=60):
+                self.timed_out = True
+            return fn(refs)
+
+        return self._pool.submit(run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def test_batches_are_stored_as_they_complete_into_rows_in_frame_order(series, tmp_path):
+    ref_path = tmp_path / "serial.nc"
+    _run(series, ref_path, executor=ex.SerialExecutor())
+    runner = _FirstBatchWaits("frame_0000.tif")
+    order: list[str] = []
+    rows_seen: list[list[str]] = []
+    out = tmp_path / "out_of_order.nc"
+
+    def progress(done, total, name, status):
+        order.append(name)
+        if name == "frame_0003.tif":  # batch 1 (frames 3-5) is stored while batch 0 still runs
+            rows_seen.append([str(s) for s in open_frame_dataset(working_store_path(out))["status"].values])
+            runner.later_stored.set()
+
+    try:
+        _run(series, out, executor=runner, progress=progress)
+    finally:
+        runner.close()
+    assert not runner.timed_out
+    assert order.index("frame_0003.tif") < order.index("frame_0000.tif")
+    # when batch 1 was stored every frame had its row, batch 0's still "pending"
+    assert rows_seen and len(rows_seen[0]) == N_FRAMES and rows_seen[0][:3] == ["pending"] * 3
+    _same(read_patterns(out), read_patterns(ref_path))  # rows in frame order, the same numbers

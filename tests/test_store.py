@@ -117,3 +117,42 @@ def test_zarr_only_store_has_no_netcdf_export(tmp_path):
         _fill(st, ["a", "b"])
     assert not (tmp_path / "w.nc").exists()
     assert list(open_frame_dataset(path)["frame_key"].values) == ["a", "b"]
+
+
+def test_reserved_rows_filled_in_any_order_equal_appends_in_order(tmp_path):
+    """Region writes into reserved rows (out of order, a checkpoint after each, a re-open in the
+    middle as after a crash) give the same store as appends in order; reserved rows read as NaN
+    with their scalars until filled, and are not done."""
+    axis = np.linspace(1.0, 2.0, 7)
+
+    def store(name):
+        return FrameStore(tmp_path / name, variables={"I": ("tth",), "status": (), "t": ()}, axes={"tth": axis},
+                          working="zarr", chunk_frames=3, checkpoint_every_frames=100)
+
+    def rec(i):
+        return {"I": np.full(7, float(i)), "status": "ok", "t": 1.5 * i}
+
+    ref = store("ref.nc")
+    for i in range(8):
+        ref.append(f"k{i}", rec(i))
+    ref.close()
+    st = store("res.nc")
+    st.append("k0", rec(0))
+    st.checkpoint()
+    assert st.reserve([f"k{i}" for i in range(8)], {"status": "pending"}) == list(range(8))  # k0 keeps row 0
+    st.checkpoint()
+    mid = open_frame_dataset(tmp_path / "res.zarr")
+    assert [str(s) for s in mid["status"].values] == ["ok"] + ["pending"] * 7 and np.isnan(mid["I"].values[1:]).all()
+    for i in (6, 7, 3):
+        st.append(f"k{i}", rec(i))
+        st.checkpoint()
+    st = store("res.nc")  # re-opened (a crash): the filled rows are done, the others pending
+    assert st.done_keys("status", "ok") == {"k0", "k3", "k6", "k7"} and len(st) == 8
+    for i in (1, 2, 5, 4):
+        st.append(f"k{i}", rec(i))
+        st.checkpoint()
+    st.close()
+    a, b = open_frame_dataset(tmp_path / "ref.zarr"), open_frame_dataset(tmp_path / "res.zarr")
+    a.attrs, b.attrs = {}, {}
+    xr.testing.assert_identical(a, b)
+    assert list(b["frame"].values) == list(range(8))

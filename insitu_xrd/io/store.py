@@ -11,7 +11,10 @@ fixed axes). Two working stores:
   records added or replaced since the previous one: new frames are *appended* along the frame
   dimension (``to_zarr(append_dim=...)``; whole chunks when the checkpoint interval equals
   ``chunk_frames``), replaced frames (a failed frame retried) are written in place with *region*
-  writes. Cost per checkpoint and memory are flat in the number of frames already stored (memory:
+  writes. A known-length list of frames can :meth:`~FrameStore.reserve` its rows first (keys and
+  scalars such as ``status="pending"`` written, arrays grown without being written); each record
+  is then a region write into its row, in whatever order the records arrive (the integration's
+  batches as workers finish them). Cost per checkpoint and memory are flat in the number of frames already stored (memory:
   only the unflushed records' arrays; the keys and per-frame scalars, ~100 bytes a frame, stay in
   memory for :meth:`done_keys`). On :meth:`close` the NetCDF file ``path`` users open in
   notebooks is exported from the Zarr store (streamed chunk by chunk when dask is installed).
@@ -301,6 +304,7 @@ class FrameStore:
         # arrays: all records (netcdf) or only the records not yet written (zarr: index -> values)
         self._arrays: dict[str, list[Any]] = {n: [] for n, d in self.variables.items() if d}
         self._pending: dict[int, dict[str, Any]] = {}
+        self._reserved: set[int] = set()  # rows reserved (scalars only) and not yet written
         self._n_disk = 0  # zarr: frames in the store (committed)
         self._zarr_dtypes: dict[str, np.dtype] = {}
         self._dirty = 0
@@ -521,6 +525,36 @@ class FrameStore:
             self.maybe_checkpoint()
         return i
 
+    def reserve(self, keys: Sequence[str], values: Mapping[str, Any] | None = None) -> list[int]:
+        """Rows for records that will come later, in this order (a known-length batch): the keys
+        get their rows now, with only the scalars in ``values`` (e.g. ``{"status": "pending"}``;
+        per-key lists allowed); their arrays read as missing (NaN) until :meth:`append` fills the
+        row. The next checkpoint writes the keys and scalars and grows the arrays without writing
+        them (Zarr: metadata only); each later append of a reserved key is a *region* write of its
+        row, in whatever order the records arrive. Keys already stored keep their rows. Returns the
+        rows of ``keys``."""
+        values = dict(values or {})
+        for name in values:
+            if name not in self.variables or self.variables[name]:
+                raise ValueError(f"FrameStore {self.path}: reserve takes per-frame scalars, not {name!r}")
+        rows = []
+        for n, key in enumerate(keys):
+            i = self._index.get(key)
+            if i is None:
+                i = len(self._keys)
+                self._index[key] = i
+                self._keys.append(key)
+                for name, vals in self._scalars.items():
+                    v = values.get(name)
+                    vals.append(v[n] if isinstance(v, (list, tuple)) else v)
+                if self.working == "netcdf":
+                    for vals in self._arrays.values():
+                        vals.append(None)
+                self._reserved.add(i)
+                self._dirty += 1
+            rows.append(i)
+        return rows
+
     # ---------------------------------------------------------------- datasets
     def _file_attrs(self, commit: bool = False) -> dict[str, Any]:
         """File attrs (JSON for containers); ``commit``: with the committed frame count (Zarr)."""
@@ -616,6 +650,9 @@ class FrameStore:
 
     # ---------------------------------------------------------------- writing
     def _flush_zarr(self) -> None:
+        if any(i >= self._n_disk for i in self._reserved):
+            self._flush_zarr_reserved()
+            return
         zpath = self.zarr_path
         assert zpath is not None
         pending = self._pending
@@ -654,13 +691,70 @@ class FrameStore:
             if new_rows:
                 ds = self._rows_dataset(new_rows, arrays_of, with_axes=False, commit=True)
                 ds.to_zarr(str(zpath), append_dim=self.frame_dim, consolidated=False, zarr_format=3)
-            if not new_rows and not old_rows:
-                import zarr
-
-                zarr.open_group(str(zpath), mode="r+").attrs.update(self._file_attrs(commit=True))
         self._n_disk = len(self._keys)
-        _write_commit(zpath, self._n_disk)
+        self._commit_attrs(zpath)
         self._pending = {}
+
+    def _commit_attrs(self, zpath: Path) -> None:
+        """The file attrs (they change during a run: e.g. the time zero after the first frame)
+        and the committed frame count, in one metadata write after the data."""
+        import zarr
+
+        zarr.open_group(str(zpath), mode="r+").attrs.update(self._file_attrs(commit=True))
+
+    def _flush_zarr_reserved(self) -> None:
+        """A checkpoint with reserved rows among the new ones: the arrays grow (metadata only),
+        then the rows that carry arrays are region-written, then every new row's scalars and key,
+        then the commit count (a crash before it: the new rows are rolled back on re-opening)."""
+        import zarr
+
+        zpath = self.zarr_path
+        assert zpath is not None
+        pending = self._pending
+
+        def arrays_of(name: str, rows: Sequence[int]) -> list[Any]:
+            return [pending.get(i, {}).get(name) for i in rows]
+
+        start = self._n_disk
+        n_total = len(self._keys)
+        if not (zpath / "zarr.json").is_file():  # the layout from the first row (one row of arrays)
+            ds = self._rows_dataset([0], arrays_of, with_axes=True)
+            ds.attrs[COMMIT_ATTR] = 0
+            enc = {name: {"chunks": (self.chunk_frames,) + tuple(ds[name].shape[1:])}
+                   for name in ds.variables if ds[name].dims[:1] == (self.frame_dim,)}
+            zpath.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_zarr(str(zpath), mode="w", zarr_format=3, consolidated=False, encoding=enc)
+            for name in ds.variables:
+                self._zarr_dtypes[name] = np.dtype(object) if ds[name].dtype == object else ds[name].dtype
+            start = 0
+        group = zarr.open_group(str(zpath), mode="r+")
+        for _name, arr in group.arrays():
+            dims = arr.metadata.dimension_names
+            if dims and dims[0] == self.frame_dim and arr.shape[0] != n_total:
+                arr.resize((n_total,) + tuple(arr.shape[1:]))
+        if n_total > start:  # the frame index (xarray leaves index coordinates out of region writes)
+            group[self.frame_dim][start:n_total] = np.arange(start, n_total, dtype=np.int64)
+        arr_names = {n for n, d in self.variables.items() if d}
+        # rows already on disk are rewritten whole (a record without arrays: NaN); new rows only
+        # where a record brought arrays (the others read as the fill value, NaN)
+        with_arrays = sorted(i for i, vals in pending.items() if i < start or any(v is not None for v in vals.values()))
+        for j0, j1 in _runs(with_arrays):
+            part = self._rows_dataset(range(j0, j1), arrays_of, with_axes=False, only=arr_names)
+            part = part.drop_vars([c for c in part.coords if c not in part.dims and c not in arr_names])
+            part.attrs = {}
+            part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
+                         consolidated=False, safe_chunks=False, zarr_format=3)
+        scalar_rows = sorted(set(range(start, n_total)) | {i for i in pending if i < start})
+        scalars = {self.KEY} | {n for n, d in self.variables.items() if not d}
+        for j0, j1 in _runs(scalar_rows):
+            part = self._rows_dataset(range(j0, j1), arrays_of, with_axes=False, only=scalars)
+            part.attrs = {}
+            part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
+                         consolidated=False, safe_chunks=False, zarr_format=3)
+        self._n_disk = n_total
+        self._commit_attrs(zpath)
+        self._pending = {}
+        self._reserved = set()
 
     def checkpoint(self) -> Path:
         """Write the records now (atomically) and reset the checkpoint counters. Returns the
@@ -669,6 +763,7 @@ class FrameStore:
         if self.working == "netcdf":
             write_dataset_atomic(self.to_dataset(), self.path)
             target = self.path
+            self._reserved = set()
         else:
             try:
                 self._flush_zarr()

@@ -369,7 +369,9 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
     if cache.hit("integrate", key, [out]):
         try:
             with xr.open_dataset(out, engine="h5netcdf") as old:
-                have = set(str(k) for k in old["frame_key"].values) if "frame_key" in old.variables else set()
+                # a row still "pending" (a batch run interrupted) is not done
+                have = ({str(k) for k, st in zip(old["frame_key"].values, old["status"].values) if str(st) != "pending"}
+                        if "frame_key" in old.variables else set())
         except Exception:
             have = set()
         if all(r.key in have for r in refs):

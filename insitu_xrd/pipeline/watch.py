@@ -221,8 +221,10 @@ class _Session:
         if len(self.seq):
             self.say(f"resuming: {len(self.seq)} frames already refined")
         store = self.series.store
-        # frames integrated by an earlier session and never refined
-        self.todo = [i for i in range(len(store)) if store.key_at(i) not in self.seq]
+        # frames integrated by an earlier session and never refined ("pending": a batch that never
+        # completed; integrated again when the files are handed on)
+        self.todo = [i for i in range(len(store)) if store.key_at(i) not in self.seq
+                     and store.scalar(store.key_at(i), "status") != "pending"]
         self.factory = make_factory(self.rec, self.series.wavelength_A)
 
     def integrate(self, paths: list[Path]) -> None:

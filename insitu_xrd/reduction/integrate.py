@@ -12,8 +12,8 @@ for a series that grows) is the library behind ``insitu-xrd integrate``:
    GIL), each reading and integrating frames while the main thread stores results in order — or,
    with an ``executor`` (:mod:`insitu_xrd.pipeline.executors`: serial, local processes, Dask),
    batches of frames go to workers that get only small settings and file paths and build their
-   own integrator once (:func:`integrate_frames_task`); results are stored in frame order as
-   batches complete;
+   own integrator once (:func:`integrate_frames_task`); every frame gets its row first, in frame
+   order, and each batch is region-written into its rows as it completes (in any order);
 3. results go to a :class:`~insitu_xrd.io.store.FrameStore` (a Zarr working store ``<stem>.zarr``
    with appends whose cost does not grow with the series, the NetCDF output exported at the end;
    resume: frames already "ok" are not integrated again; failed frames are retried);

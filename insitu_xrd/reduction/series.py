@@ -18,7 +18,7 @@ import math
 import time
 import warnings
 from collections import deque
-from concurrent.futures import BrokenExecutor
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -342,6 +342,12 @@ class SeriesIntegration:
         window = max(2, 2 * int(getattr(self.runner, "n_workers", 1) or 1))
         pending: deque = deque()
         it = iter(tasks)
+        if not self._own_runner and todo:
+            # a known-length list of batches: every new frame gets its row now, in frame order
+            # (status "pending"); a batch is region-written into its rows as soon as it completes,
+            # in whatever order the workers finish, so one slow batch holds up no other
+            store.reserve([ref.key for _p, ref in todo], {"status": "pending", "frame_name": [r.name for _p, r in todo]})
+            store.checkpoint()
 
         def fill() -> None:
             while len(pending) < window:
@@ -354,7 +360,7 @@ class SeriesIntegration:
         try:
             fill()
             while pending:
-                task, fut = pending.popleft()
+                task, fut = _next_completed(pending, in_order=self._own_runner)
                 results = fut.result()
                 fill()
                 for (pos, ref), (result, header, err) in zip(task, results):
@@ -390,7 +396,7 @@ class SeriesIntegration:
                     if progress is not None:
                         progress(n_skipped + n_ok + n_err, len(refs), ref.name, rec["status"])
                 if not self._own_runner:
-                    store.checkpoint()  # a batch is on disk as soon as it is complete, in frame order
+                    store.checkpoint()  # a batch is on disk as soon as it is complete (its rows)
         except BrokenExecutor as exc:  # a local worker process died: its pool cannot go on
             for _task, fut in pending:
                 fut.cancel()
@@ -441,6 +447,28 @@ class SeriesIntegration:
         self.close()
 
 
+def _next_completed(pending: deque, in_order: bool) -> tuple[Any, Any]:
+    """Take the (task, future) of ``pending`` to store next: the oldest when ``in_order`` (the
+    default threads: frames stored in order, one per task), else the first one done (waiting for
+    one: concurrent.futures or dask.distributed futures; other futures in submission order)."""
+    if in_order or len(pending) == 1:
+        return pending.popleft()
+    futs = [f for _t, f in pending]
+    if all(isinstance(f, Future) for f in futs):
+        wait(futs, return_when=FIRST_COMPLETED)
+    elif all(callable(getattr(f, "done", None)) for f in futs):
+        # dask.distributed futures (their wait() wants a default client; ours is private): poll
+        while not any(f.done() for f in futs):
+            time.sleep(0.01)
+    else:
+        return pending.popleft()
+    for k, (task, fut) in enumerate(pending):  # the oldest of those done
+        if fut.done():
+            del pending[k]
+            return task, fut
+    return pending.popleft()
+
+
 def integrate_series(
     frames: Sequence[str | Path] | Sequence[FrameRef],
     poni: str | Path,
@@ -474,8 +502,9 @@ def integrate_series(
         executor: where frames are integrated: None = ``settings.workers`` threads in this
             process, one frame per task; or an executor of :mod:`insitu_xrd.pipeline.executors`
             (anything with ``submit(fn, *args) -> future``, ``n_workers``, ``in_process``, ``name``):
-            tasks of ``batch_frames`` frames, results stored in frame order as batches complete,
-            a checkpoint after each batch. Out-of-process workers get only small settings and
+            tasks of ``batch_frames`` frames; every frame gets its row first (frame order,
+            "pending"), each batch is region-written into its rows as it completes, whatever the
+            order, with a checkpoint after each batch. Out-of-process workers get only small settings and
             file paths (the PONI, a context ``.npz`` beside the output with mask/dark/flat) and
             build their integrator once (cached by the settings' hash).
         batch_frames: frames per task and per Zarr chunk (default ``checkpoint_every_frames``).
