@@ -263,3 +263,43 @@ def test_batches_are_stored_as_they_complete_into_rows_in_frame_order(series, tm
     # when batch 1 was stored every frame had its row, batch 0's still "pending"
     assert rows_seen and len(rows_seen[0]) == N_FRAMES and rows_seen[0][:3] == ["pending"] * 3
     _same(read_patterns(out), read_patterns(ref_path))  # rows in frame order, the same numbers
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/stat"), reason="needs /proc (Linux) to see processes")
+def test_local_workers_exit_when_their_parent_is_killed(tmp_path):
+    """kill -9 of the process that owns a local pool (a crashed watch) leaves no worker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys\n"
+        "from insitu_xrd.pipeline.executors import LocalProcessExecutor, worker_peak_rss_mb\n"
+        "if __name__ == '__main__':\n"
+        "    pool = LocalProcessExecutor(1)\n"
+        "    pool.submit(worker_peak_rss_mb).result()\n"
+        "    print(' '.join(str(p) for p in pool._pool._processes), flush=True)\n"
+        "    sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in proc.stdout.readline().split()]
+    assert workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    t0 = time.monotonic()
+    while any(alive(p) for p in workers) and time.monotonic() - t0 < 60:
+        time.sleep(0.2)
+    left = [p for p in workers if alive(p)]
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their parent"

@@ -50,6 +50,26 @@ def _init_worker() -> None:
     from insitu_xrd.reduction.integrate import limit_worker_threads
 
     limit_worker_threads()
+    _exit_with_parent()
+
+
+PARENT_POLL_S = 2.0
+
+
+def _exit_with_parent() -> None:
+    """A worker whose parent is killed (``kill -9``: no shutdown reaches the pool) would wait for
+    tasks for ever, holding its engine's memory; it exits once it has been re-parented."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def worker_peak_rss_mb() -> float:

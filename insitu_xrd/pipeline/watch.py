@@ -25,7 +25,8 @@ Each poll:
 
 Restarting the command resumes: integrated frames are not integrated again and the refinement
 continues after the last stored frame, from the chain state saved beside ``sequential.nc``
-(``sequential.nc.state``, written after every frame: the same fits as without the interruption), or seeded from the last
+(``sequential.nc.state``, written with the stored frames: the same fits as without the
+interruption), or seeded from the last
 stored values when that state is missing. A later ``insitu-xrd run``
 of the same recipe adopts the frames the watch refined (see
 :func:`insitu_xrd.pipeline.stages.refine_stage`). The watch stops after ``idle_exit_s`` seconds

@@ -402,7 +402,8 @@ class SeriesIntegration:
                 fut.cancel()
             raise InsituXRDError(
                 f"integration into {self.output}: a worker process died ({type(exc).__name__}: {exc}); "
-                f"the {len(store)} frames stored so far are kept — run the same command again to resume"
+                f"the {len(store.done_keys('status', 'ok'))} frames integrated so far are kept — run the same "
+                "command again to resume"
             ) from None
         except BaseException:
             for _task, fut in pending:
