@@ -3,17 +3,16 @@ results, worker loss (Dask reschedules; a broken local pool resumes on re-run), 
 
 from __future__ import annotations
 
-import fabio
 import numpy as np
 import pytest
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.patterns import read_patterns
-from insitu_xrd.io.poni import write_poni
 from insitu_xrd.io.store import open_frame_dataset, working_store_path
 from insitu_xrd.pipeline import executors as ex
 from insitu_xrd.reduction import integrate as integ
 from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+from ring_frames import write_ring_series
 
 SHAPE = (128, 128)
 N_FRAMES = 8
@@ -22,26 +21,9 @@ SETTINGS = dict(npt=200)
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    from pyFAI.detectors import Detector
-    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
-
-    root = tmp_path_factory.mktemp("exec_series")
-    det = Detector(pixel1=8e-4, pixel2=8e-4, max_shape=SHAPE)
-    ai = AzimuthalIntegrator(dist=0.5, poni1=0.2 * SHAPE[0] * 8e-4, poni2=0.25 * SHAPE[1] * 8e-4, rot1=0.01,
-                             detector=det, wavelength=0.1173e-10)
-    tth = np.linspace(0.0, 16.0, 2000)
-    curve = 300.0 + 3000.0 * np.exp(-0.5 * ((tth - 5.0) / 0.15) ** 2)
-    expected = ai.calcfrom1d(tth, curve, shape=SHAPE, dim1_unit="2th_deg", correctSolidAngle=True,
-                             polarization_factor=0.99)
-    poni = write_poni(ai, root / "geo.poni")
-    fdir = root / "frames"
-    fdir.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(N_FRAMES):
-        img = rng.poisson(expected).astype(np.int32)
-        fabio.tifimage.TifImage(data=img, header={"time_s": f"{2.0 * i}"}).write(str(fdir / f"frame_{i:04d}.tif"))
-    (fdir / "frame_0003.tif").write_bytes(b"not an image" * 40)  # one bad frame: an error record
-    return {"root": root, "poni": poni, "frames": fdir}
+    """8 frames of one ring, frame 3 unreadable (an error record), and their PONI."""
+    return write_ring_series(tmp_path_factory.mktemp("exec_series"), SHAPE, N_FRAMES, [(5.0, 3000.0, 0.15)], seed=3,
+                             bad_frame=3)
 
 
 @pytest.fixture(scope="module")
@@ -146,16 +128,7 @@ def test_executor_config_errors_and_reuse(monkeypatch):
         ex.make_executor({"type": "slurm"})
     a = ex.get_executor({"type": "serial"})
     assert ex.get_executor({"type": "serial"}) is a
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_distributed(name, *args, **kwargs):
-        if name.startswith("distributed"):
-            raise ImportError("No module named 'distributed'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # `import distributed` raises ImportError
     with pytest.raises(InsituXRDError, match=r"insitu-xrd\[dask\]"):
         ex.make_executor({"type": "dask", "local": {"n_workers": 1}})
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import fabio
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from insitu_xrd.cli.main import app
 from insitu_xrd.io.patterns import read_patterns
-from insitu_xrd.io.poni import write_poni
 from insitu_xrd.reduction import integrate as integ
+from ring_frames import write_ring_series
 
 SHAPE = (96, 96)
 N_FRAMES = 6
@@ -25,26 +24,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
     """Six small Poisson frames of one ring (frame 3 unreadable: an error record) and their PONI."""
-    from pyFAI.detectors import Detector
-    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
-
-    root = tmp_path_factory.mktemp("cli_opts")
-    det = Detector(pixel1=8e-4, pixel2=8e-4, max_shape=SHAPE)
-    ai = AzimuthalIntegrator(dist=0.5, poni1=0.2 * SHAPE[0] * 8e-4, poni2=0.25 * SHAPE[1] * 8e-4, rot1=0.01,
-                             detector=det, wavelength=0.1173e-10)
-    tth = np.linspace(0.0, 16.0, 2000)
-    curve = 300.0 + 3000.0 * np.exp(-0.5 * ((tth - 4.0) / 0.15) ** 2)
-    expected = ai.calcfrom1d(tth, curve, shape=SHAPE, dim1_unit="2th_deg", correctSolidAngle=True,
-                             polarization_factor=0.99)
-    poni = write_poni(ai, root / "geo.poni")
-    fdir = root / "frames"
-    fdir.mkdir()
-    rng = np.random.default_rng(11)
-    for i in range(N_FRAMES):
-        img = rng.poisson(expected).astype(np.int32)
-        fabio.tifimage.TifImage(data=img, header={"time_s": f"{2.0 * i}"}).write(str(fdir / f"frame_{i:04d}.tif"))
-    (fdir / "frame_0003.tif").write_bytes(b"not an image" * 40)
-    return {"root": root, "poni": poni, "frames": fdir}
+    return write_ring_series(tmp_path_factory.mktemp("cli_opts"), SHAPE, N_FRAMES, [(4.0, 3000.0, 0.15)], seed=11,
+                             bad_frame=3)
 
 
 def _cli(series, out: Path, *extra: object):
@@ -135,16 +116,7 @@ def test_bad_combinations_exit_2_naming_the_option(series, tmp_path, extra, need
 
 
 def test_dask_not_installed_gives_the_executor_message(series, tmp_path, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_distributed(name, *args, **kwargs):
-        if name.startswith("distributed"):
-            raise ImportError("No module named 'distributed'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_distributed)
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # `import distributed` raises ImportError
     out = tmp_path / "x.nc"
     res = _cli(series, out, "--executor", "dask", "--dask-workers", 1)
     assert res.exit_code == 2, res.output

@@ -22,16 +22,16 @@ from __future__ import annotations
 import os
 import sys
 
-import fabio
 import numpy as np
 import pytest
 
 from insitu_xrd.io.patterns import radial_name, read_patterns
-from insitu_xrd.io.poni import load_poni, write_poni
+from insitu_xrd.io.poni import load_poni
 from insitu_xrd.pipeline.recipe import Recipe, recipe_from_dict
 from insitu_xrd.pipeline.stages import integration_settings
 from insitu_xrd.reduction import integrate as integ
 from insitu_xrd.reduction.integrate import DEFAULT_METHOD, FrameIntegrator, IntegrationSettings, integrate_series
+from ring_frames import write_ring_series
 
 SHAPE = (64, 64)  # small: the Oclgrind simulator takes ~0.1 ms per pixel
 N_FRAMES = 3
@@ -41,27 +41,8 @@ RTOL = 1e-5  # pyFAI's own OpenCL-vs-Cython CSR tolerance (module docstring)
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory):
-    from pyFAI.detectors import Detector
-    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
-
-    root = tmp_path_factory.mktemp("opencl_frames")
-    det = Detector(pixel1=8e-4, pixel2=8e-4, max_shape=SHAPE)
-    ai = AzimuthalIntegrator(dist=0.5, poni1=0.2 * SHAPE[0] * 8e-4, poni2=0.25 * SHAPE[1] * 8e-4, rot1=0.01,
-                             detector=det, wavelength=0.1173e-10)
-    tth = np.linspace(0.0, 8.0, 2000)
-    curve = 300.0 + 3000.0 * np.exp(-0.5 * ((tth - 3.0) / 0.15) ** 2) + 1500.0 * np.exp(-0.5 * ((tth - 4.5) / 0.1) ** 2)
-    expected = ai.calcfrom1d(tth, curve, shape=SHAPE, dim1_unit="2th_deg", correctSolidAngle=True,
-                             polarization_factor=0.99)
-    poni = write_poni(ai, root / "geo.poni")
-    fdir = root / "frames"
-    fdir.mkdir()
-    rng = np.random.default_rng(11)
-    data = []
-    for i in range(N_FRAMES):
-        img = rng.poisson(expected * (1.0 + 0.1 * i)).astype(np.int32)
-        data.append(img)
-        fabio.tifimage.TifImage(data=img, header={"time_s": f"{2.0 * i}"}).write(str(fdir / f"frame_{i:04d}.tif"))
-    return {"root": root, "poni": poni, "frames": fdir, "data": data}
+    return write_ring_series(tmp_path_factory.mktemp("opencl_frames"), SHAPE, N_FRAMES,
+                             [(3.0, 3000.0, 0.15), (4.5, 1500.0, 0.1)], seed=11, tth_max_deg=8.0, gain_per_frame=0.1)
 
 
 def _recipe(engine: str, poni) -> Recipe:
