@@ -127,7 +127,7 @@ class IntegrationSection(_Strict):
     auto_mask: bool = Field(True, description="Mask gap/dead/hot pixels found on the first frames.")
     # execution only (not part of the stage cache key through this section: exclude=True)
     engine: Literal["cython", "opencl"] = Field("cython", exclude=True, description="pyFAI engine: 'cython' (CPU) or 'opencl' (GPU through pyopencl; falls back to the CPU with a message when no device or no pyopencl).")
-    batch_frames: int = Field(32, ge=1, le=100000, exclude=True, description="Frames per integration task; each batch is stored (one Zarr chunk) as soon as it completes, in frame order.")
+    batch_frames: int = Field(32, ge=1, le=100000, exclude=True, description="Frames per integration task (and per Zarr chunk); every frame gets its row in frame order first, and each batch is written into its rows as soon as it completes.")
 
     @field_validator("range")
     @classmethod
