@@ -676,24 +676,33 @@ class FrameStore:
         else:
             if old_rows:
                 # in place, data first, then the scalars that say the record is there (status, key)
-                arr_names = {n for n, d in self.variables.items() if d}
-                for j0, j1 in _runs(old_rows):
-                    rows = list(range(j0, j1))
-                    if arr_names:
-                        part = self._rows_dataset(rows, arrays_of, with_axes=False, only=arr_names, commit=True)
-                        part = part.drop_vars([c for c in part.coords if c not in part.dims and c not in arr_names])
-                        part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
-                                     consolidated=False, safe_chunks=False, zarr_format=3)
-                    part = self._rows_dataset(rows, arrays_of, with_axes=False,
-                                              only={self.KEY} | {n for n, d in self.variables.items() if not d}, commit=True)
-                    part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
-                                 consolidated=False, safe_chunks=False, zarr_format=3)
+                self._write_regions(zpath, old_rows, arrays_of, self._array_names())
+                self._write_regions(zpath, old_rows, arrays_of, self._scalar_names())
             if new_rows:
                 ds = self._rows_dataset(new_rows, arrays_of, with_axes=False, commit=True)
                 ds.to_zarr(str(zpath), append_dim=self.frame_dim, consolidated=False, zarr_format=3)
         self._n_disk = len(self._keys)
         self._commit_attrs(zpath)
         self._pending = {}
+
+    def _array_names(self) -> set[str]:
+        return {n for n, d in self.variables.items() if d}
+
+    def _scalar_names(self) -> set[str]:
+        """The per-frame scalars and the key: written after the arrays, they say a record is there."""
+        return {self.KEY} | {n for n, d in self.variables.items() if not d}
+
+    def _write_regions(self, zpath: Path, rows: Sequence[int], arrays_of: Any, names: set[str]) -> None:
+        """Region writes of the variables ``names`` at the sorted storage ``rows`` (contiguous runs);
+        the file attrs and the commit count are written separately, after the data."""
+        if not names:
+            return
+        for j0, j1 in _runs(rows):
+            part = self._rows_dataset(range(j0, j1), arrays_of, with_axes=False, only=names)
+            part = part.drop_vars([c for c in part.coords if c not in part.dims and c not in names])
+            part.attrs = {}
+            part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
+                         consolidated=False, safe_chunks=False, zarr_format=3)
 
     def _commit_attrs(self, zpath: Path) -> None:
         """The file attrs (they change during a run: e.g. the time zero after the first frame)
@@ -734,23 +743,12 @@ class FrameStore:
                 arr.resize((n_total,) + tuple(arr.shape[1:]))
         if n_total > start:  # the frame index (xarray leaves index coordinates out of region writes)
             group[self.frame_dim][start:n_total] = np.arange(start, n_total, dtype=np.int64)
-        arr_names = {n for n, d in self.variables.items() if d}
         # rows already on disk are rewritten whole (a record without arrays: NaN); new rows only
         # where a record brought arrays (the others read as the fill value, NaN)
         with_arrays = sorted(i for i, vals in pending.items() if i < start or any(v is not None for v in vals.values()))
-        for j0, j1 in _runs(with_arrays):
-            part = self._rows_dataset(range(j0, j1), arrays_of, with_axes=False, only=arr_names)
-            part = part.drop_vars([c for c in part.coords if c not in part.dims and c not in arr_names])
-            part.attrs = {}
-            part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
-                         consolidated=False, safe_chunks=False, zarr_format=3)
-        scalar_rows = sorted(set(range(start, n_total)) | {i for i in pending if i < start})
-        scalars = {self.KEY} | {n for n, d in self.variables.items() if not d}
-        for j0, j1 in _runs(scalar_rows):
-            part = self._rows_dataset(range(j0, j1), arrays_of, with_axes=False, only=scalars)
-            part.attrs = {}
-            part.to_zarr(str(zpath), region={self.frame_dim: slice(j0, j1)}, mode="r+",
-                         consolidated=False, safe_chunks=False, zarr_format=3)
+        self._write_regions(zpath, with_arrays, arrays_of, self._array_names())
+        self._write_regions(zpath, sorted(set(range(start, n_total)) | {i for i in pending if i < start}), arrays_of,
+                            self._scalar_names())
         self._n_disk = n_total
         self._commit_attrs(zpath)
         self._pending = {}

@@ -330,11 +330,12 @@ def integration_key(recipe: Recipe, poni: Path) -> str:
 
 
 def open_integration(recipe: Recipe, poni: Path, cache: StageCache, frames: list[Any],
-                     output: Path | None = None, export: bool = True) -> tuple[Any, str]:
+                     output: Path | None = None, export: bool = True, key: str | None = None) -> tuple[Any, str]:
     """The recipe's integration into ``<outputs>/patterns.nc`` opened as a
     :class:`~insitu_xrd.reduction.series.SeriesIntegration` (resumed when the settings are
     unchanged, started anew when they changed), and its cache key (``cache.store`` it after
-    closing). ``frames``: the frames known now (the static mask is found on the first ones)."""
+    closing). ``frames``: the frames known now (the static mask is found on the first ones);
+    ``key``: :func:`integration_key`, when the caller has it already (it reads the correction files)."""
     from insitu_xrd.pipeline.executors import get_executor
     from insitu_xrd.reduction.series import SeriesIntegration
 
@@ -342,7 +343,7 @@ def open_integration(recipe: Recipe, poni: Path, cache: StageCache, frames: list
     if fr is None:
         raise RecipeError(f"recipe {recipe.source}: no 'frames' section; nothing to integrate")
     out = output or (recipe.output_dir / "patterns.nc")
-    key = integration_key(recipe, poni)
+    key = key or integration_key(recipe, poni)
     same_settings = cache.hit("integrate", key, [out])
     series = SeriesIntegration(frames, poni, out, integration_settings(recipe), mask=recipe.path(fr.mask),
                                dark=recipe.path(fr.dark), flat=recipe.path(fr.flat), wavelength_A=recipe.wavelength_A,
@@ -379,11 +380,11 @@ def integrate_stage(recipe: Recipe, poni: Path, cache: StageCache, progress: boo
     if not refs:
         raise InsituXRDError("no frames given")
     bar = _Bar("integrate", progress)
-    series, key = open_integration(recipe, poni, cache, refs, output=out)
+    from insitu_xrd.reduction.series import with_setup_time
+
+    series, key = open_integration(recipe, poni, cache, refs, output=out, key=key)
     with bar, series:
-        rep = series.add(refs, progress=bar.update, on_start=bar.start)
-    rep.elapsed_s += series.setup_s
-    rep.frames_per_s = (rep.n_ok + rep.n_error) / rep.elapsed_s if rep.elapsed_s > 0 else float("nan")
+        rep = with_setup_time(series.add(refs, progress=bar.update, on_start=bar.start), series.setup_s)
     cache.store("integrate", key, [out])
     status = "resumed" if rep.n_skipped_done else "ran"
     detail = (f"{rep.n_ok} frames integrated ({rep.frames_per_s:.1f} frames/s, {rep.executor}), "

@@ -53,7 +53,7 @@ from insitu_xrd.reduction.masking import (
     load_mask_file,
 )
 
-__all__ = ["SeriesIntegration", "integrate_series"]
+__all__ = ["SeriesIntegration", "integrate_series", "as_frame_refs", "with_setup_time"]
 
 RecordCallback = Callable[[int, str, dict[str, Any]], None]
 
@@ -286,9 +286,7 @@ class SeriesIntegration:
     # ------------------------------------------------------------------------------------------
     def discover(self, frames: Sequence[str | Path] | Sequence[FrameRef]) -> list[FrameRef]:
         """FrameRefs of paths, globs or folders (FrameRefs pass through)."""
-        if frames and isinstance(frames[0], FrameRef):
-            return list(frames)  # type: ignore[arg-type]
-        return discover_frames(list(frames), hdf5_dataset=self.hdf5_dataset) if frames else []  # type: ignore[arg-type]
+        return as_frame_refs(frames, self.hdf5_dataset)
 
     def _work_batch(self, batch_refs: list[FrameRef]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]]:
         return [_integrate_one(self.integrator, r, self._prefetched.pop(r.key, None)) for r in batch_refs]
@@ -520,16 +518,25 @@ def integrate_series(
         InsituXRDError: invalid PONI, missing wavelength, shape mismatch between detector and
             all sampled frames, unreadable dark/flat/mask, output of other settings.
     """
-    if frames and isinstance(frames[0], FrameRef):
-        refs = list(frames)  # type: ignore[arg-type]
-    else:
-        refs = discover_frames(list(frames), hdf5_dataset=options.get("hdf5_dataset"))  # type: ignore[arg-type]
+    refs = as_frame_refs(frames, options.get("hdf5_dataset"))
     if not refs:
         raise InsituXRDError("no frames given")
     series = SeriesIntegration(refs, poni, output, settings, **options)
     with series:
         report = series.add(refs, progress=progress, on_start=on_start)
-    report.elapsed_s += series.setup_s
+    return with_setup_time(report, series.setup_s)
+
+
+def as_frame_refs(frames: Sequence[str | Path] | Sequence[FrameRef], hdf5_dataset: str | None = None) -> list[FrameRef]:
+    """FrameRefs of paths, globs or folders (FrameRefs pass through; see io.frames.discover_frames)."""
+    if frames and isinstance(frames[0], FrameRef):
+        return list(frames)  # type: ignore[arg-type]
+    return discover_frames(list(frames), hdf5_dataset=hdf5_dataset) if frames else []  # type: ignore[arg-type]
+
+
+def with_setup_time(report: IntegrationReport, setup_s: float) -> IntegrationReport:
+    """The report of a one-shot integration: the set-up (s) counted in its time and frames/s."""
+    report.elapsed_s += setup_s
     done = report.n_ok + report.n_error
     report.frames_per_s = done / report.elapsed_s if report.elapsed_s > 0 else math.nan
     return report
