@@ -23,12 +23,12 @@ FIT = Path(__file__).resolve().parents[1] / "insitu_xrd" / "fit"
 
 # every name insitu_xrd.fit.engine defined before the split (other code may import them from there)
 ENGINE_NAMES = [
-    "Refinement", "_Problem", "_PhaseData", "_LazyTransposed", "_PROFILE_NAMES", "_SITE_NAMES", "_SIGNIFICANCE",
+    "Refinement", "_Problem", "_PhaseData", "_LazyTransposed", "_PROFILE_NAMES", "_SIGNIFICANCE",
     "_FOUR_LN2", "_GAUSS_NORM", "_PAWLEY_RIDGE", "_POLISH_DM_M", "_POLISH_STEP_ESD", "_CHORD_STEP_ESD",
     "_FINAL_STEP_ESD", "_VERIFY_STEPS", "_GN_STEPS", "_lattice_names", "_cell_from", "_is_reciprocal", "_opt_space",
     "_POSITIONS", "_site_positions", "_structure_factor_sq", "held_phases", "_single_thread_blas",
-    "_default_phase_spec", "_nmc_defaults",
-]
+    "_default_phase_spec",
+]  # (_SITE_NAMES and _nmc_defaults went with the generic site model: insitu_xrd.fit.phase_model)
 
 # where each job lives: module -> Refinement/_Problem methods it holds
 JOBS = {

@@ -24,6 +24,7 @@ import gemmi
 import numpy as np
 import xraydb
 
+from insitu_xrd.core.symmetry import LatticeConstraints, find_space_group, lattice_constraints, site_orbit
 from insitu_xrd.errors import InsituXRDError
 
 __all__ = [
@@ -146,9 +147,11 @@ class Phase:
     z_formula: int = 1
 
     def __post_init__(self) -> None:
-        sg = gemmi.find_spacegroup_by_name(self.space_group)
+        sg = find_space_group(self.space_group)
         if sg is None:
-            raise InsituXRDError(f"phase {self.name!r}: unknown space group {self.space_group!r}")
+            raise InsituXRDError(
+                f"phase {self.name!r}: unknown space group {self.space_group!r} (give a Hermann-Mauguin symbol such as "
+                "'R -3 m:H', 'R-3m', 'P6_3/mmc', 'C2/m', 'Fd-3m:2' or 'Fd-3mZ')")
         self._sg = sg
         self.cell = tuple(float(v) for v in self.cell)  # type: ignore[assignment]
 
@@ -177,18 +180,18 @@ class Phase:
     def c(self) -> float:
         return self.cell[2]
 
-    def with_cell(self, a: float | None = None, b: float | None = None, c: float | None = None) -> "Phase":
-        """Copy with new lengths, keeping the symmetry constraints of the lattice system."""
-        a0, b0, c0, al, be, ga = self.cell
-        a1 = a0 if a is None else float(a)
-        system = self.lattice_system
-        if system == "cubic":
-            cell = (a1, a1, a1, al, be, ga)
-        elif system in ("hexagonal", "tetragonal"):
-            c1 = c0 if c is None else float(c)
-            cell = (a1, a1, c1, al, be, ga)
-        else:
-            cell = (a1, b0 if b is None else float(b), c0 if c is None else float(c), al, be, ga)
+    @property
+    def lattice(self) -> LatticeConstraints:
+        """Free and symmetry-tied cell parameters of this phase's space group."""
+        return lattice_constraints(self._sg)
+
+    def with_cell(self, a: float | None = None, b: float | None = None, c: float | None = None,
+                  alpha: float | None = None, beta: float | None = None, gamma: float | None = None) -> "Phase":
+        """Copy with new cell parameters (A, deg), keeping the symmetry constraints of the lattice
+        system: a value for a parameter that symmetry ties or fixes is ignored (b of a hexagonal
+        cell follows a)."""
+        given = {k: v for k, v in dict(a=a, b=b, c=c, alpha=alpha, beta=beta, gamma=gamma).items() if v is not None}
+        cell = self.lattice.cell(self.cell, given)
         new = dataclasses.replace(self, cell=cell, sites=[dataclasses.replace(s) for s in self.sites])
         return new
 
@@ -251,18 +254,7 @@ class Phase:
     # ----- structure factors -----------------------------------------------------------------
     def site_positions(self, site: Site) -> np.ndarray:
         """All positions (fractional, wrapped into [0,1)) generated from a site by the space group."""
-        ops = self._sg.operations()
-        pos = []
-        for op in ops:
-            p = np.mod(np.array(op.apply_to_xyz(list(site.xyz)), dtype=float), 1.0)
-            pos.append(p)
-        pos = np.array(pos)
-        # Deduplicate with a tolerance, wrapping 0.99999 and 0.
-        out: list[np.ndarray] = []
-        for p in pos:
-            if not any(np.all(np.abs(((p - q) + 0.5) % 1.0 - 0.5) < 1e-4) for q in out):
-                out.append(p)
-        return np.array(out)
+        return site_orbit(self._sg, site.xyz)[0]
 
     def site_multiplicity(self, site: Site) -> int:
         return int(len(self.site_positions(site)))

@@ -3,7 +3,8 @@
 Agreement indices (Rwp, Rp, Rexp, gof, Durbin-Watson), curves on the fitted points (calc,
 background, per-phase, diffuse), peak tables, values and esds of every refined parameter
 (expression parameters: esds propagated through their expressions), correlations, weight
-fractions with esds (Hill-Howard: `_fractions`), cell volumes with esds, parameters at a bound.
+fractions with esds (Hill-Howard: `_fractions`), the whole cell (a, b, c, alpha, beta, gamma) and
+volume of every phase with esds, parameters at a bound.
 
 Mixed into `insitu_xrd.fit.engine.Refinement` (`_ResultAssembly`); takes the dict that
 `Refinement._run` returns.
@@ -18,6 +19,7 @@ import numpy as np
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.core.pattern import PeakTable
 from insitu_xrd.core.profiles import pseudo_voigt
+from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.parameters import _cell_from, _lattice_names
 from insitu_xrd.fit.result import FitResult
 
@@ -152,6 +154,16 @@ class _ResultAssembly:
                 esds[f"{name}_volume_A3"] = float(np.sqrt(max(g @ sub @ g, 0.0)))
             else:
                 esds[f"{name}_volume_A3"] = np.nan
+            # the whole cell for every phase (results schema a, b, c, alpha, beta, gamma): a tied
+            # parameter carries the value and esd of the free one it follows, a fixed angle NaN esd
+            lat = ph.lattice
+            for i, ln in enumerate(LATTICE_NAMES):
+                key = f"{name}_{ln}"
+                if key in values:
+                    continue
+                src = lat.follows.get(ln)
+                values[key] = float(cell[i])
+                esds[key] = float(esds.get(f"{name}_{src}", np.nan)) if src else np.nan
         at_bounds = []
         for n in cov_names:
             p = params[n]

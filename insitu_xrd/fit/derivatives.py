@@ -1,8 +1,13 @@
 """Derivatives of the model with respect to the nonlinear parameters (the analytic Jacobian).
 
 Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile derivatives
-in closed form (`insitu_xrd.fit.windows`, ``derivs=True``), the per-reflection position, width,
-eta and area derivatives by central differences of those cheap per-reflection functions,
+in closed form (`insitu_xrd.fit.windows`, ``derivs=True``). Lattice parameters (all six, through
+the reciprocal metric: d(1/d^2)/dp = h dG*/dp h^T, dG* = -G* dG G*) give d(2theta_Bragg)/dp
+analytically; the position, width, eta and Lorentz factor follow through their derivatives with
+respect to the Bragg angle (one central difference of those cheap per-reflection functions,
+shared by every lattice parameter). Site parameters change |F|^2 only: analytic derivatives
+(`insitu_xrd.core.structure_factor`). Other parameters (profile, sample broadening): central
+differences of the per-reflection functions,
 assembled with sparse matrices (`_LazyTransposed`); single-peak components (humps, diffuse) and
 SH/L by central differences of their curves (`model_derivatives`); lmfit expressions by the chain
 rule (`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
@@ -21,9 +26,10 @@ import numpy as np
 import scipy.sparse
 
 from insitu_xrd.core.pattern import lorentz_factor
-from insitu_xrd.core.profiles import pseudo_voigt
-from insitu_xrd.fit.parameters import _PROFILE_NAMES, _SITE_NAMES, _cell_from
-from insitu_xrd.fit.structures import _structure_factor_sq
+from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
+from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
+from insitu_xrd.fit.parameters import _PROFILE_NAMES, _cell_from
 
 if TYPE_CHECKING:
     from insitu_xrd.fit.model import _PhaseData
@@ -141,7 +147,30 @@ class _Derivatives:
                 q = len(relevant)
                 c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
                 any_area = False
+                model = self.ref.models.get(name)
+                lattice = [n for n in relevant if model is not None and n[len(name) + 1:] in model.lattice_names]
+                sites = [n for n in relevant if model is not None and n in model.params]
+                if lattice:
+                    dtth = self._bragg_angle_derivatives(pd, vals, [n[len(name) + 1:] for n in lattice])
+                    dt_b, df_b, de_b, dl_b = self._bragg_angle_sensitivities(fd, pd, vals)
+                if sites and not lebail:
+                    dfsq = self._fsq_derivatives(pd, vals, [model.params[n].changes for n in sites])
                 for j, n in enumerate(relevant):
+                    if n in lattice:
+                        g = dtth[:, lattice.index(n)]
+                        c_t[:, j] = areas * dt_b * g
+                        c_h[:, j] = areas * df_b * g
+                        c_e[:, j] = areas * de_b * g
+                        if not lebail:
+                            any_area = True
+                            c_a[:, j] = k * pd.mult * pd.fsq * dl_b * g
+                        continue
+                    if n in sites:
+                        # |F|^2 only: positions and widths do not depend on site parameters
+                        if not lebail:
+                            any_area = True
+                            c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * lorentz_factor(tthb)
+                        continue
                     h = self.fd_step(n, vals[n])
                     vp, vm = dict(vals), dict(vals)
                     vp[n] += h
@@ -153,12 +182,7 @@ class _Derivatives:
                     if lebail:
                         continue
                     any_area = True
-                    if self._is_site(n, name):
-                        fsq_p = _structure_factor_sq(self.ref.structure(name, vp), pd.hkl, _cell_from(pd.phase, vp))
-                        fsq_m = _structure_factor_sq(self.ref.structure(name, vm), pd.hkl, _cell_from(pd.phase, vm))
-                        c_a[:, j] = k * pd.mult * (fsq_p - fsq_m) / (2 * h) * lorentz_factor(tthb)
-                    else:
-                        c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
+                    c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
                 block = mats.T(3) @ c_t[rows] + mats.T(4) @ c_h[rows] + mats.T(5) @ c_e[rows]
                 if any_area:
                     block += mats.T(2) @ c_a[rows]
@@ -178,7 +202,7 @@ class _Derivatives:
             amp = coef(f"{pre}_area")
             for n in free_nl:
                 if not (n in ("zero_deg", "displacement_um") or n.startswith(pre + "_") or
-                        (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in ("a", "b", "c"))):
+                        (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in LATTICE_NAMES)):
                     continue
                 h = self.fd_step(n, vals[n])
                 dy = fd.get((pre, n))
@@ -252,6 +276,46 @@ class _Derivatives:
                 J = J - U @ (U.T @ J)
         return J
 
-    @staticmethod
-    def _is_site(param: str, phase: str) -> bool:
-        return param.startswith(f"{phase}_") and param[len(phase) + 1:] in _SITE_NAMES
+    def _bragg_angle_derivatives(self, pd: _PhaseData, vals: dict[str, float], names: Sequence[str]) -> np.ndarray:
+        """d(2theta_Bragg, deg)/d(lattice parameter) of a phase's reflections, shape (n, len(names));
+        names among the phase's free lattice parameters (A or deg)."""
+        model = self.ref.models[pd.name]
+        cell = _cell_from(pd.phase, vals)
+        gs, dgs = reciprocal_metric_and_derivatives(cell)
+        m = model.lattice.matrix()
+        free = list(model.lattice_names)
+        vec = np.array([gs[0, 0], gs[1, 1], gs[2, 2], gs[0, 1], gs[0, 2], gs[1, 2]])
+        q = pd.hh @ vec  # 1/d^2
+        sin_t = np.minimum(self.lam * np.sqrt(q) / 2.0, 1.0 - 1e-15)
+        # 2theta = 2 asin(lam sqrt(Q)/2): d(2theta)/dQ = lam / (2 sqrt(Q) cos(theta)), in degrees
+        dtth_dq = np.degrees(self.lam / (2.0 * np.sqrt(q) * np.sqrt(1.0 - sin_t**2)))
+        out = np.zeros((len(q), len(names)))
+        for j, ln in enumerate(names):
+            dg = np.einsum("i,ijk->jk", m[:, free.index(ln)], dgs)
+            dq = pd.hh @ np.array([dg[0, 0], dg[1, 1], dg[2, 2], dg[0, 1], dg[0, 2], dg[1, 2]])
+            out[:, j] = dtth_dq * dq
+        return out
+
+    def _bragg_angle_sensitivities(self, fd: dict, pd: _PhaseData, vals: dict[str, float]):
+        """d(position, FWHM, eta, Lorentz factor)/d(2theta_Bragg) per reflection (central
+        differences of the per-reflection functions; kept with the point's other differences)."""
+        hit = fd.get((pd.name, "bragg_angle"))
+        if hit is None:
+            t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+            h = 1e-5  # deg
+            wargs = self.width_args(pd.name, vals)
+            out = []
+            for sign in (1.0, -1.0):
+                b = tthb + sign * h
+                fw, et = peak_fwhm_eta(b, self.lam, *wargs)
+                out.append((b + self.shift(b, vals), fw, et, lorentz_factor(b)))
+            hit = fd[(pd.name, "bragg_angle")] = tuple((p - m) / (2 * h) for p, m in zip(*out))
+        return hit
+
+    def _fsq_derivatives(self, pd: _PhaseData, vals: dict[str, float], changes: Sequence) -> np.ndarray:
+        """d|F|^2/d(site parameter) at the current structure, at the cell |F|^2 is cached for."""
+        cell = tuple(float(v) for v in np.round(_cell_from(pd.phase, vals), 4))
+        sg = pd.phase.spacegroup
+        _, dfsq = structure_factor_sq_derivatives(pd.phase, pd.hkl, cell, changes,
+                                                  orbit_of=lambda site: site_orbit(sg, site.xyz))
+        return dfsq

@@ -85,6 +85,7 @@ from insitu_xrd.fit.covariance import _Covariance
 from insitu_xrd.fit.lebail import _LeBail
 from insitu_xrd.fit.model import _Problem
 from insitu_xrd.fit.parameters import _ParameterSetup, held_phases
+from insitu_xrd.fit.phase_model import PhaseModel
 from insitu_xrd.fit.result import FitResult
 from insitu_xrd.fit.solvers import _Solvers
 from insitu_xrd.fit.spec import RefinementSpec
@@ -95,7 +96,6 @@ from insitu_xrd.fit.derivatives import _LazyTransposed  # noqa: F401
 from insitu_xrd.fit.model import _PhaseData, _default_phase_spec  # noqa: F401
 from insitu_xrd.fit.parameters import (  # noqa: F401
     _PROFILE_NAMES,
-    _SITE_NAMES,
     _cell_from,
     _is_reciprocal,
     _lattice_names,
@@ -108,7 +108,7 @@ from insitu_xrd.fit.solvers import (  # noqa: F401
     _POLISH_DM_M,
     _POLISH_STEP_ESD,
 )
-from insitu_xrd.fit.structures import _POSITIONS, _nmc_defaults, _site_positions, _structure_factor_sq  # noqa: F401
+from insitu_xrd.fit.structures import _POSITIONS, _site_positions, _structure_factor_sq  # noqa: F401
 from insitu_xrd.fit.windows import _FOUR_LN2, _GAUSS_NORM  # noqa: F401
 
 __all__ = ["Refinement"]
@@ -163,6 +163,7 @@ class Refinement(_ParameterSetup, _StructureCache, _Solvers, _LeBail, _Covarianc
         )
         self.spec_names = [p.name for p in spec.phases]
         self.phases: dict[str, Phase] = {}
+        self.models: dict[str, PhaseModel] = {}
         given = phases or {}
         for ps in spec.phases:
             if ps.cif is not None:
@@ -181,11 +182,14 @@ class Refinement(_ParameterSetup, _StructureCache, _Solvers, _LeBail, _Covarianc
                         if getattr(ps, k) is not None:
                             kw[k] = getattr(ps, k)
                 ph = make_template(ps.template, name=ps.name, **kw)
-            ph = ph.with_cell(a=ps.a, b=ps.b, c=ps.c)
+            ph = ph.with_cell(a=ps.a, b=ps.b, c=ps.c, alpha=ps.alpha, beta=ps.beta, gamma=ps.gamma)
             if ps.biso_A2 is not None:
                 for s in ph.sites:
                     s.biso_A2 = float(ps.biso_A2)
-            self.phases[ps.name] = ph
+            # lattice and site parameters with their symmetry constraints (insitu_xrd.fit.phase_model)
+            model = PhaseModel(ps, ph)
+            self.models[ps.name] = model
+            self.phases[ps.name] = model.phase
         self._refl_cache: dict[str, tuple[float, tuple[float, ...], Reflections]] = {}
         self._fsq_cache: dict[tuple, np.ndarray] = {}
         self._mass_cache: dict[tuple, float] = {}

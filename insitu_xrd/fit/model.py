@@ -25,7 +25,7 @@ from insitu_xrd.core.crystal import Phase, _metric_reciprocal, parse_hkl_label
 from insitu_xrd.core.pattern import d_from_two_theta_deg, lorentz_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.fit.derivatives import _Derivatives
-from insitu_xrd.fit.parameters import _SITE_NAMES, _cell_from
+from insitu_xrd.fit.parameters import _cell_from
 from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec
 from insitu_xrd.fit.windows import _ProfileWindows
 
@@ -116,7 +116,8 @@ class _Problem(_ProfileWindows, _Derivatives):
         return pd
 
     def _site_key(self, name: str, vals: dict[str, float]) -> tuple:
-        return tuple(vals.get(f"{name}_{s}", np.nan) for s in _SITE_NAMES)
+        model = self.ref.models.get(name)
+        return model.site_key(vals) if model is not None else ()
 
     def _fsq_key(self, name: str, phase: Phase, vals: dict[str, float]) -> tuple:
         """What |F|^2 depends on: the site parameters and, through the form factors and
@@ -162,10 +163,7 @@ class _Problem(_ProfileWindows, _Derivatives):
             geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
         d, tthb, sin_t, cos_t = geo
         t = tthb + self.shift(tthb, vals, (sin_t, cos_t))
-        size = vals.get(f"{p}_size_um", np.inf)
-        wargs = (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
-                 vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
-                 vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
+        wargs = self.width_args(p, vals)
         wkey = (cell, wargs)
         widths = pd.widths.get(wkey)
         if widths is None:
@@ -174,6 +172,14 @@ class _Problem(_ProfileWindows, _Derivatives):
             widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *wargs)
         fwhm, eta = widths
         return t, fwhm, eta, tthb, d
+
+    @staticmethod
+    def width_args(p: str, vals: dict[str, float]) -> tuple:
+        """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``."""
+        size = vals.get(f"{p}_size_um", np.inf)
+        return (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
+                vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
+                vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
 
     def phase_blocks(self, pd: _PhaseData, vals: dict[str, float]):
         t, fwhm, eta, tthb, d = self.peak_params(pd, vals)

@@ -21,36 +21,23 @@ import numpy as np
 
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.errors import InsituXRDError
-from insitu_xrd.fit.spec import NMC_SITE_PARAMS, PhaseSpec
+from insitu_xrd.fit.phase_model import cell_from_values
+from insitu_xrd.fit.spec import PhaseSpec
 
 if TYPE_CHECKING:
     from insitu_xrd.fit.result import FitResult
 
 
 _PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
-_SITE_NAMES = NMC_SITE_PARAMS + ("biso_A2",)
 
 
 def _lattice_names(phase: Phase) -> tuple[str, ...]:
-    system = phase.lattice_system
-    if system == "cubic":
-        return ("a",)
-    if system in ("hexagonal", "tetragonal"):
-        return ("a", "c")
-    return ("a", "b", "c")
+    """Free lattice parameters of the phase's crystal system (see `insitu_xrd.fit.phase_model`)."""
+    return phase.lattice.free
 
 
 def _cell_from(phase: Phase, vals: dict[str, float]) -> tuple[float, ...]:
-    a0, b0, c0, al, be, ga = phase.cell
-    p = phase.name
-    a = vals.get(f"{p}_a", a0)
-    system = phase.lattice_system
-    if system == "cubic":
-        return (a, a, a, al, be, ga)
-    c = vals.get(f"{p}_c", c0)
-    if system in ("hexagonal", "tetragonal"):
-        return (a, a, c, al, be, ga)
-    return (a, vals.get(f"{p}_b", b0), c, al, be, ga)
+    return cell_from_values(phase, vals)
 
 
 def _is_reciprocal(name: str) -> bool:
@@ -170,8 +157,10 @@ class _ParameterSetup:
         ph = self.phases[ps.name]
         p = ps.name
         bound = ps.lattice_bound_pct / 100.0
-        for ln in _lattice_names(ph):
-            v = {"a": ph.a, "b": ph.b, "c": ph.c}[ln]
+        model = self.models[ps.name]
+        for ln in model.lattice_names:
+            v = ph.cell[("a", "b", "c", "alpha", "beta", "gamma").index(ln)]
+            # angles get the same relative range as the lengths (3 % of 110 deg: 3.3 deg)
             pars.add(f"{p}_{ln}", value=v, vary=ln in ps.refine, min=v * (1 - bound), max=v * (1 + bound))
         pars.add(f"{p}_scale", value=ps.scale or 1.0, vary="scale" in ps.refine)
         pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=3e4)
@@ -179,25 +168,9 @@ class _ParameterSetup:
             pars.add(f"{p}_size_um", value=ps.size_um or 1.0, vary="size_um" in ps.refine, min=1e-3, max=1e3)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
         pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
-        is_nmc = ps.template is not None and ps.template.lower() == "nmc811"
-        if is_nmc:
-            li = ph.site("Li")
-            start = {
-                "o_z": ph.site("O").xyz[2],
-                "li_occupancy": li.occupancy.get("Li", 0.0),
-                "ni_li_mixing": li.occupancy.get("Ni", 0.0),
-                "biso_tm_A2": ph.site("TM").biso_A2,
-                "biso_li_A2": li.biso_A2,
-                "biso_o_A2": ph.site("O").biso_A2,
-            }
-            lims = {"o_z": (0.24, 0.28), "li_occupancy": (0.0, 1.0), "ni_li_mixing": (0.0, 0.3),
-                    "biso_tm_A2": (0.0, 5.0), "biso_li_A2": (0.0, 10.0), "biso_o_A2": (0.0, 5.0)}
-            for k in NMC_SITE_PARAMS:
-                if k in ps.refine:
-                    pars.add(f"{p}_{k}", value=start[k], vary=True, min=lims[k][0], max=lims[k][1])
-        if "biso_A2" in ps.refine:
-            pars.add(f"{p}_biso_A2", value=ps.biso_A2 if ps.biso_A2 is not None else ph.sites[0].biso_A2,
-                     vary=True, min=0.0, max=10.0)
+        # site parameters (template aliases, sites:, biso_groups, occupancy_sums): the phase model's
+        for n, sp in model.params.items():
+            pars.add(n, value=sp.start, vary=True, min=sp.lower, max=sp.upper)
 
     def _hold_phase(self, params: lmfit.Parameters, name: str, reset: bool) -> list[str]:
         """Fix the nonlinear parameters of a phase (and of its diffuse components); return their names."""
@@ -285,7 +258,6 @@ class _ParameterSetup:
             if n in params:
                 params[n].value = float(v)
 
-    @staticmethod
-    def _has_site(name: str) -> bool:
-        parts = name.split("_", 1)
-        return len(parts) == 2 and parts[1] in _SITE_NAMES
+    def _has_site(self, name: str) -> bool:
+        """True for a site parameter of any phase (its phase model's)."""
+        return any(name in m.params for m in self.models.values())

@@ -27,6 +27,7 @@ size in um, profile U, V, W in centideg^2 and X, Y in centideg, SH/L dimensionle
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -34,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from insitu_xrd.core.crystal import TEMPLATE_NAMES
 
 __all__ = [
+    "SiteSpec",
+    "OccupancySumSpec",
     "ProfileSpec",
     "BackgroundSpec",
     "HumpSpec",
@@ -47,7 +50,7 @@ __all__ = [
 
 ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l"]
 PhaseName = Literal[
-    "a", "b", "c", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
+    "a", "b", "c", "alpha", "beta", "gamma", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
 ]
 DiffuseName = Literal["area", "fwhm_deg", "offset_deg", "eta"]
@@ -105,6 +108,43 @@ class BackgroundSpec(_Strict):
     humps: list[HumpSpec] = Field(default_factory=list, description="Broad pseudo-Voigt humps (bkg_hump<i>_*).")
 
 
+_SITE_REFINE = re.compile(r"^(x|y|z|occ|occ_[A-Z][a-z]?|biso_A2)$")
+
+
+class SiteSpec(_Strict):
+    """Start values and refined parameters of one site (``sites: {LABEL: {...}}`` of a phase).
+
+    Refined names: ``x``, ``y``, ``z`` (only the coordinates the site symmetry leaves free; a
+    coordinate tied to a free one, y of ``x, 2x, z``, follows it), ``occ`` (a single-species site's
+    occupancy, or all species of a mixed site scaled together), ``occ_<El>`` (one species of a
+    mixed site, e.g. ``occ_Ni``), ``biso_A2``. Parameters ``<phase>_<site>_<name>``."""
+
+    x: float | None = Field(None, description="Start x (fractional).")
+    y: float | None = Field(None, description="Start y (fractional).")
+    z: float | None = Field(None, description="Start z (fractional).")
+    occ: float | None = Field(None, ge=0, description="Start occupancy (single-species site).")
+    biso_A2: float | None = Field(None, ge=0, description="Start isotropic B (A^2).")
+    refine: list[str] = Field(default_factory=list, description="Refined site parameters: x, y, z, occ, occ_<El>, biso_A2.")
+
+    @field_validator("refine")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        bad = [n for n in v if not _SITE_REFINE.match(n)]
+        if bad:
+            raise ValueError(f"unknown site parameter(s) {bad}; allowed: x, y, z, occ, occ_<Element> (e.g. occ_Ni), biso_A2")
+        return v
+
+
+class OccupancySumSpec(_Strict):
+    """Occupancies that keep a fixed sum: ``{terms: ["Li:Li", "Li:Ni"], total: 1.0}`` (``SITE:Element``;
+    ``SITE`` alone for a single-species site). Every term but the last is refined (``occ`` /
+    ``occ_<El>`` of its site in ``sites``, or added here); the last is ``total`` minus the others,
+    exactly. Li/Ni exchange between 3a and 3b: ``{terms: ["TM:Ni", "Li:Ni"], total: 0.83}``."""
+
+    terms: list[str] = Field(..., min_length=2, description="SITE:Element terms; the last one follows.")
+    total: float = Field(..., ge=0, description="The fixed sum of the occupancies.")
+
+
 class PhaseSpec(_Strict):
     """One phase: built-in ``template`` or ``cif`` file (read by the caller), start values, refine list.
 
@@ -119,6 +159,9 @@ class PhaseSpec(_Strict):
     a: float | None = Field(None, gt=0, description="Start a (A).")
     b: float | None = Field(None, gt=0, description="Start b (A), orthorhombic and lower only.")
     c: float | None = Field(None, gt=0, description="Start c (A).")
+    alpha: float | None = Field(None, gt=0, lt=180, description="Start alpha (deg), rhombohedral, monoclinic (a unique) and triclinic.")
+    beta: float | None = Field(None, gt=0, lt=180, description="Start beta (deg), monoclinic (b unique) and triclinic.")
+    gamma: float | None = Field(None, gt=0, lt=180, description="Start gamma (deg), monoclinic (c unique) and triclinic.")
     li_occupancy: float | None = Field(None, ge=0, le=1, description="nmc811: Li occupancy of the 3b site.")
     ni_li_mixing: float | None = Field(None, ge=0, le=0.5, description="nmc811: Ni fraction on the Li (3b) site.")
     o_z: float | None = Field(None, gt=0.2, lt=0.3, description="nmc811: O z on 6c.")
@@ -129,7 +172,13 @@ class PhaseSpec(_Strict):
     size_mix: float = Field(1.0, ge=0, le=1, description="Lorentzian fraction of the size broadening.")
     scale: float | None = Field(None, gt=0, description="Start scale (solved linearly; only informational).")
     lattice_bound_pct: float = Field(3.0, gt=0, le=20, description="Lattice lengths are bounded to +/- this % of the start values.")
-    refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description="Refined phase parameters.")
+    refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description=(
+        "Refined phase parameters. Lattice names a b c alpha beta gamma: those the crystal system ties or fixes "
+        "follow the free ones (b = a in a hexagonal cell) and are ignored here."))
+    sites: dict[str, SiteSpec] = Field(default_factory=dict, description="Per-site start values and refined parameters (site labels of the CIF or template).")
+    biso_groups: list[list[str]] = Field(default_factory=list, description=(
+        "Sites sharing one refined B: [[TM, O], ...]; the parameter is <phase>_<first site>_biso_A2."))
+    occupancy_sums: list[OccupancySumSpec] = Field(default_factory=list, description="Occupancies with a fixed sum (see OccupancySumSpec).")
     optional: bool = Field(False, description="Left out of fits unless activated by the caller (e.g. H3).")
 
     @model_validator(mode="after")

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from insitu_xrd.core.crystal import Phase, Reflections, make_template
-from insitu_xrd.fit.parameters import _SITE_NAMES
-from insitu_xrd.fit.spec import NMC_SITE_PARAMS
+from insitu_xrd.core.crystal import Phase, Reflections
 
 
 #: Symmetry-generated site positions by (space group, site xyz): they do not depend on the cell
@@ -43,21 +41,6 @@ def _structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...])
     return phase.structure_factor_sq(hkl, cell, positions_of=lambda site: _site_positions(phase, site))
 
 
-def _nmc_defaults(base: Phase, kw: dict[str, float]) -> dict[str, float]:
-    """nmc811 template kwargs reproducing `base` except for those overridden in `kw`."""
-    li = base.site("Li")
-    cur = {
-        "o_z": base.site("O").xyz[2],
-        "li_occupancy": li.occupancy.get("Li", 0.0),
-        "ni_li_mixing": li.occupancy.get("Ni", 0.0),
-        "biso_tm_A2": base.site("TM").biso_A2,
-        "biso_li_A2": li.biso_A2,
-        "biso_o_A2": base.site("O").biso_A2,
-    }
-    cur.update(kw)
-    return cur
-
-
 class _StructureCache:
     """`Refinement` methods for the structures of its phases and their cached reflections and |F|^2."""
 
@@ -66,11 +49,11 @@ class _StructureCache:
         hit = self._refl_cache.get(name)
         if hit is not None:
             dmin0, cell0, refl = hit
-            ratio = max(abs(c / c0 - 1.0) for c, c0 in zip(cell[:3], cell0[:3]))
+            ratio = max(abs(c / c0 - 1.0) for c, c0 in zip(cell, cell0))
             if ratio < 0.01 and dmin0 <= dmin * (1.0 - 0.01):
                 return refl
         dmin_used = dmin * 0.98
-        refl = phase.with_cell(cell[0], cell[1], cell[2]).reflections(dmin_used)
+        refl = phase.with_cell(*cell).reflections(dmin_used)
         self._refl_cache[name] = (dmin_used, tuple(cell), refl)
         return refl
 
@@ -100,18 +83,7 @@ class _StructureCache:
 
     # ----- structure with site parameters -----------------------------------------------------
     def structure(self, name: str, vals: dict[str, float]) -> Phase:
-        """The phase with its site parameters set from `vals` (cell as in the base phase)."""
-        base = self.phases[name]
-        ps = self.spec.phase(name)
-        has = {s: vals[f"{name}_{s}"] for s in _SITE_NAMES if f"{name}_{s}" in vals}
-        if not has:
-            return base
-        if ps.template is not None and ps.template.lower() == "nmc811":
-            kw = {k: has[k] for k in NMC_SITE_PARAMS if k in has}
-            ph = make_template("nmc811", name=name, a=base.a, c=base.c, **_nmc_defaults(base, kw))
-        else:
-            ph = base.with_cell()
-        if "biso_A2" in has:
-            for s in ph.sites:
-                s.biso_A2 = float(has["biso_A2"])
-        return ph
+        """The phase with its site parameters set from `vals` (cell as in the base phase): its
+        phase model's structure (`insitu_xrd.fit.phase_model.PhaseModel.structure`)."""
+        model = self.models.get(name)
+        return model.structure(vals) if model is not None else self.phases[name]

@@ -19,12 +19,14 @@ Conventions:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import gemmi
 import numpy as np
 
 from insitu_xrd.core.crystal import Phase, Site
+from insitu_xrd.core.symmetry import find_space_group
 from insitu_xrd.errors import InsituXRDError
 
 __all__ = ["read_cif_phase", "phase_from_cif_text"]
@@ -52,12 +54,17 @@ def _space_group(st: gemmi.SmallStructure, where: str) -> gemmi.SpaceGroup:
     sg = None
     try:
         sg = st.find_spacegroup()  # gemmi >= 0.6.5: Hall, then H-M, then symops
-    except AttributeError:  # pragma: no cover - older gemmi
-        sg = st.spacegroup if hasattr(st, "spacegroup") else None
+    except Exception:  # older gemmi, or a spelling gemmi refuses (TOPAS "Fd-3mZ"): tried below
+        sg = None
     if sg is None and st.spacegroup_hm:
-        sg = gemmi.find_spacegroup_by_name(st.spacegroup_hm)
+        # TOPAS / GSAS-II spellings: origin letters Z/S, ":H"/":R" or "H"/"R" glued on, no spaces
+        sg = find_space_group(st.spacegroup_hm)
     if sg is None:
-        raise InsituXRDError(f"{where}: no space group found (_space_group_name_H-M_alt, _space_group_name_Hall or symmetry operations)")
+        given = f" {st.spacegroup_hm!r}" if st.spacegroup_hm else ""
+        raise InsituXRDError(
+            f"{where}: no space group found from{given or ' the file'} (_space_group_name_H-M_alt, "
+            "_symmetry_space_group_name_H-M, _space_group_name_Hall or symmetry operations); accepted H-M forms: "
+            "'R -3 m:H', 'R-3m', 'R-3mH', 'R-3m:R', 'P6_3/mmc', 'C2/m', 'Fd-3m:2', 'Fd-3mZ' (origin 2), 'Fd-3mS' (origin 1)")
     return sg
 
 
@@ -89,8 +96,11 @@ def _from_structure(st: gemmi.SmallStructure, name: str, where: str, default_bis
             if element in ("X", ""):
                 raise InsituXRDError(f"{where}: site {s.label!r}: unknown element (type symbol {s.type_symbol!r})")
             occ = float(s.occ)
-            if not (0.0 <= occ <= 1.0 + 1e-6):
-                raise InsituXRDError(f"{where}: site {s.label!r}: occupancy {occ} outside [0, 1]")
+            if not (math.isfinite(occ) and occ >= 0.0):
+                raise InsituXRDError(f"{where}: site {s.label!r}: occupancy {occ} is not a number >= 0")
+            if occ > 1.0 + 1e-6:
+                # TOPAS writes refined occupancies above 1 (a site scale absorbing B or scattering power)
+                warnings.warn(f"{where}: site {s.label!r}: occupancy {occ:g} > 1 read as given", UserWarning, stacklevel=2)
             occupancy[element] = occupancy.get(element, 0.0) + occ
             if s.u_iso > 0:
                 b = _EIGHT_PI2 * float(s.u_iso)

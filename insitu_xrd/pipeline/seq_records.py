@@ -30,7 +30,11 @@ __all__ = ["FrameRecord", "record_from_fit", "broadening_correlations", "records
 #: Per-phase output variables -> FitResult parameter suffix.
 PER_PHASE_VARS: dict[str, str] = {
     "a": "a",
+    "b": "b",
     "c": "c",
+    "alpha": "alpha",
+    "beta": "beta",
+    "gamma": "gamma",
     "volume": "volume_A3",
     "microstrain": "mustrain",
     "size": "size_um",
@@ -44,7 +48,11 @@ CORR_WITH: dict[str, str] = {"microstrain": "{p}_mustrain", "size": "{p}_size_um
 
 UNITS: dict[str, str] = {
     "a": "A",
+    "b": "A",
     "c": "A",
+    "alpha": "deg",
+    "beta": "deg",
+    "gamma": "deg",
     "volume": "A^3",
     "microstrain": "1e-6 (GSAS-II mu-strain)",
     "size": "um",
