@@ -54,7 +54,9 @@ def _space_group(st: gemmi.SmallStructure, where: str) -> gemmi.SpaceGroup:
     sg = None
     try:
         sg = st.find_spacegroup()  # gemmi >= 0.6.5: Hall, then H-M, then symops
-    except Exception:  # older gemmi, or a spelling gemmi refuses (TOPAS "Fd-3mZ"): tried below
+    except AttributeError:  # older gemmi: the space group it found while reading
+        sg = getattr(st, "spacegroup", None)
+    except (RuntimeError, ValueError):  # a spelling gemmi refuses (TOPAS "Fd-3mZ"): tried below
         sg = None
     if sg is None and st.spacegroup_hm:
         # TOPAS / GSAS-II spellings: origin letters Z/S, ":H"/":R" or "H"/"R" glued on, no spaces
