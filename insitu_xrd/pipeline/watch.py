@@ -16,7 +16,7 @@ Each poll:
 3. refines every new frame in order, seeded from the previous one (the same
    :class:`~insitu_xrd.pipeline.sequential.SequentialRefiner` as the batch run, so the results are
    the same as ``run`` on the same frames), reading only the new frames' patterns, and appends each
-   to ``<outputs>/sequential.zarr`` (:class:`~insitu_xrd.pipeline.seq_store.SequentialStore`) with
+   to ``<outputs>/sequential.zarr`` (:class:`~insitu_xrd.pipeline.sequential.store.SequentialStore`) with
    the chain state beside it: the cost of a frame does not grow with the frames before it;
 4. refreshes ``sequential.nc``, ``results.nc`` (with echem), the strain files, ``report.md`` and
    the figures from the stores at most every ``refresh_s`` seconds and at least
@@ -52,12 +52,12 @@ from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.sequential import (
     FrameRecord,
     SequentialRefiner,
-    _frame_arrays,
+    frame_arrays,
     chain_state_path,
     read_chain_state,
     write_chain_state,
 )
-from insitu_xrd.pipeline.seq_store import SequentialStore
+from insitu_xrd.pipeline.sequential.store import SequentialStore
 from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
@@ -304,7 +304,7 @@ class _Session:
             if not redo and self.max_frames is not None and self.summary.n_refined >= self.max_frames:
                 break
             self.todo.remove(i)
-            tth, y, s, st, t_s = _frame_arrays(window, j)
+            tth, y, s, st, t_s = frame_arrays(window, j)
             if redo:
                 # a frame that failed to integrate earlier and is fine now: fit it alone, seeded
                 # from its predecessor, without disturbing the running chain
