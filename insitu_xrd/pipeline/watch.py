@@ -31,6 +31,12 @@ stored values when that state is missing. A later ``insitu-xrd run``
 of the same recipe adopts the frames the watch refined (see
 :func:`insitu_xrd.pipeline.stages.refine_stage`). The watch stops after ``idle_exit_s`` seconds
 without a new frame, after ``max_frames`` frames refined in this session, or on Ctrl-C.
+
+A recipe with ``patterns:`` (1D patterns integrated elsewhere) is watched the same way: its
+``patterns.files`` name pattern inside FOLDER, a file is complete when it reads as a 1D pattern,
+and step 2 collects it into the same stores
+(:class:`~insitu_xrd.pipeline.pattern_series.PatternSeries`) instead of integrating it; there is
+no calibration.
 """
 
 from __future__ import annotations
