@@ -26,7 +26,7 @@ the current way (new) and the way before (old), both measured in this run on thi
    ``flush()`` (one row appended to ``sequential.zarr``). Old: ``records_to_dataset(records of
    N + 1 frames, patterns, spec)`` + ``frame_key`` + ``write_dataset_atomic(..., "sequential.nc")``
    (the whole file rewritten after every frame). The record is a real fit of the demo recipe
-   (:class:`~insitu_xrd.pipeline.chain.SequentialRefiner`, 4 phases, Le Bail, on a simulated
+   (:class:`~insitu_xrd.pipeline.sequential.chain.SequentialRefiner`, 4 phases, Le Bail, on a simulated
    pattern of 3000 points from ``simulate_pattern_1d``; the recipe's U..Y are used instead of an
    instrument file fitted on a calibrant). ``patterns`` holds the coordinates
    ``records_to_dataset`` reads (frame, two_theta, time_s, frame_name). Also timed once per level:
@@ -204,8 +204,8 @@ def _demo_recipe() -> Any:
 
 def run_chain(n_frames: int, npt: int = 3000) -> dict[str, Any]:
     """Fit n_frames simulated patterns of the demo's first charge with one SequentialRefiner."""
-    from insitu_xrd.pipeline.chain import SequentialRefiner
-    from insitu_xrd.pipeline.seq_run import write_chain_state
+    from insitu_xrd.pipeline.sequential.chain import SequentialRefiner
+    from insitu_xrd.pipeline.sequential.run import write_chain_state
     from insitu_xrd.pipeline.stages import make_factory
     from insitu_xrd.simulate.pattern1d import simulate_pattern_1d
 
@@ -233,7 +233,7 @@ def run_chain(n_frames: int, npt: int = 3000) -> dict[str, Any]:
 
 
 def print_chain(chain: dict[str, Any]) -> None:
-    from insitu_xrd.pipeline.chain import RWP_WINDOW
+    from insitu_xrd.pipeline.sequential.chain import RWP_WINDOW
 
     print(f"\n3. chain state after each fitted frame (demo recipe, {len(chain['tth'])} points)")
     print(f"{'frame':>5} {'fit s':>6} {'status':>8} {'Rwp %':>6} {'state bytes':>11} {'write s':>8}")
@@ -247,7 +247,7 @@ def print_chain(chain: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------- 2: sequential
 def _synthetic_record(spec: Any, tth: np.ndarray) -> Any:
     """A record with every field filled, when the demo fit gave none (a fallback)."""
-    from insitu_xrd.pipeline.seq_records import PER_PHASE_VARS, FrameRecord
+    from insitu_xrd.pipeline.sequential.records import PER_PHASE_VARS, FrameRecord
 
     rec = FrameRecord(index=0, status="ok", rwp=0.05, gof=1.2, zero_shift=0.001, zero_shift_esd=1e-4,
                       active=[p.name for p in spec.phases if not p.optional], key="/data/frame.tif")
@@ -281,8 +281,8 @@ def _key(i: int) -> str:
 
 def bench_sequential(levels: list[int], k_new: int, k_old: int, chain: dict[str, Any]) -> None:
     from insitu_xrd.io.store import write_dataset_atomic
-    from insitu_xrd.pipeline.seq_records import records_to_dataset
-    from insitu_xrd.pipeline.seq_store import SequentialStore
+    from insitu_xrd.pipeline.sequential.records import records_to_dataset
+    from insitu_xrd.pipeline.sequential.store import SequentialStore
 
     spec, tth = chain["spec"], chain["tth"]
     record = chain["record"]

@@ -157,7 +157,8 @@ def test_every_recipe_key_is_documented():
         if f"`{name}`" not in doc:
             missing.append(name)
     # nested sections are documented by their dotted key (`local.n_workers`, `geometry.radius_um`)
-    for section, prefix in ((R.CalibrationSection, ""), (R.FramesSection, ""), (R.IntegrationSection, ""),
+    for section, prefix in ((R.CalibrationSection, ""), (R.FramesSection, ""), (R.PatternsSection, ""),
+                            (R.IntegrationSection, ""),
                             (R.SequentialSection, ""), (R.EchemSection, ""), (R.StrainSection, ""),
                             (R.OutputsSection, ""), (R.ExecutorSection, ""), (R.DaskLocalSection, "local."),
                             (R.FEASection, ""), (R.FEAGeometrySection, "geometry."),

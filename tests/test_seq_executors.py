@@ -24,9 +24,9 @@ import yaml
 from typer.testing import CliRunner
 
 from insitu_xrd.pipeline import executors as ex
-from insitu_xrd.pipeline import seq_segments
+from insitu_xrd.pipeline.sequential import segments as seq_segments
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.sequential import _frame_arrays, _run_chain, refine_sequence
+from insitu_xrd.pipeline.sequential import frame_arrays, run_chain, refine_sequence
 from test_sequential import LAM, SPEC, _factory, _series
 
 CHUNKS = 3
@@ -106,8 +106,8 @@ def test_segment_tasks_are_small_settings_and_build_once(series):
     seeded = seq_segments.refine_segment(seq_segments.segment_task(series["path"], order, SPEC, SequentialSection(), LAM,
                                                                    ".", seed=seed))
     assert "calc" not in json.dumps(seq_segments.seed_dict(seed))
-    frames = {i: _frame_arrays(series["ds"], i) for i in order}
-    direct = _run_chain(SPEC, LAM, _factory, SequentialSection(), order, frames, seed, lambda r: None)
+    frames = {i: frame_arrays(series["ds"], i) for i in order}
+    direct = run_chain(SPEC, LAM, _factory, SequentialSection(), order, frames, seed, lambda r: None)
     np.testing.assert_array_equal([r.rwp for r in seeded], [r.rwp for r in direct])
 
 
@@ -130,8 +130,8 @@ def test_disagreeing_seam_is_refit_serially_from_its_neighbour(series, monkeypat
     from insitu_xrd.pipeline.sequential import dataset_to_records
 
     recs = dataset_to_records(series["forked"])
-    frames = {i: _frame_arrays(series["ds"], i) for i in refit}
-    chain = _run_chain(SPEC, LAM, _factory, SequentialSection(chunks=CHUNKS), refit, frames, recs[segments[1][0]],
+    frames = {i: frame_arrays(series["ds"], i) for i in refit}
+    chain = run_chain(SPEC, LAM, _factory, SequentialSection(chunks=CHUNKS), refit, frames, recs[segments[1][0]],
                        lambda r: None)
     np.testing.assert_array_equal(out["rwp"].values[refit], [r.rwp for r in chain])
     np.testing.assert_array_equal(out["a"].sel(phase="H2").values[refit], [r.phases["H2"]["a"] for r in chain])

@@ -317,7 +317,7 @@ def test_extra_unreadable_file_does_not_change_the_chain(two_phase):
 def test_sequential_store_rows_export_the_whole_series_dataset(tmp_path, two_phase):
     """The watch's working store: rows put one frame at a time (and one replaced) export the same
     Dataset as records_to_dataset on the whole series; frames not refined yet are "pending"."""
-    from insitu_xrd.pipeline.seq_store import SequentialStore
+    from insitu_xrd.pipeline.sequential.store import SequentialStore
 
     ds, _truth, full = two_phase
     recs = dataset_to_records(full)
@@ -357,7 +357,7 @@ def test_sequential_store_rows_export_the_whole_series_dataset(tmp_path, two_pha
 def test_the_chain_state_does_not_grow_with_the_series(two_phase):
     """The watch pickles the chain state after every frame: its size must not grow with the frames
     fitted (only the last RWP_WINDOW Rwp values are kept, all the divergence check uses)."""
-    from insitu_xrd.pipeline.chain import RWP_WINDOW
+    from insitu_xrd.pipeline.sequential.chain import RWP_WINDOW
 
     ds, _truth, _full = two_phase
     one = ds.isel(frame=[0, 1, 2, 3]).copy()

@@ -184,7 +184,8 @@ def refine(
     err = Console(stderr=True)
     try:
         from insitu_xrd.pipeline.cold_start import cold_start
-        from insitu_xrd.pipeline.refine_setup import calibrant_instrument, load_recipe_refinement, make_refinement
+        from insitu_xrd.pipeline.refine_instrument import calibrant_instrument
+        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
         from insitu_xrd.pipeline.single_fit import fit_to_dataset, microstrain_warning
         from insitu_xrd.provenance import software_versions_json
 

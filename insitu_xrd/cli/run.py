@@ -21,7 +21,8 @@ def run_command(
     no_figures: bool = typer.Option(False, "--no-figures", help="Skip the figures (the report still lists the results)."),
 ) -> None:
     """Run a recipe: calibrate (or reuse the PONI), integrate, sequential refinement, echem, strain,
-    report, and the FEA of particle cracking when the recipe has an fea: section. Stages whose
+    report, and the FEA of particle cracking when the recipe has an fea: section. A recipe with
+    patterns: (1D patterns integrated elsewhere) skips calibration and integration. Stages whose
     inputs did not change are reused (see OUTPUTS/stages.json)."""
     from rich.console import Console
 
@@ -56,7 +57,7 @@ def run_command(
 
 
 def watch_command(
-    folder: Path = typer.Argument(..., help="Folder the detector writes frames into."),
+    folder: Path = typer.Argument(..., help="Folder the detector writes frames into (or a pipeline writes 1D patterns into, with a patterns: recipe)."),
     recipe: Path = typer.Option(..., "--recipe", "-r", help="Recipe YAML (calibration, integration, refinement, echem, outputs)."),
     poll_s: float = typer.Option(2.0, "--poll-s", min=0.01, help="Seconds between polls of the folder."),
     settle_s: float = typer.Option(2.0, "--settle-s", min=0.0, help="A frame file is read once its size and modification time have not changed for this many seconds (a file still being written is waited for)."),

@@ -107,18 +107,18 @@ def searched_spec(spec: RefinementSpec, wavelength_A: float, two_theta_deg: np.n
     CIF phases). Returns (spec, {phase: (a, c)}); the spec unchanged and {} when there is
     nothing to search.
     """
-    from insitu_xrd.pipeline.sequential import _phase_object, _with_lattice, coarse_lattice_search
+    from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, phase_object, with_lattice
 
     zero = float(spec.profile.zero_deg or 0.0)
     for name in phases:
         ph = spec.phase(name)
         if not {"a", "c"} & set(ph.refine):
             continue
-        phase = _phase_object(spec, name, refinement() if callable(refinement) else refinement)
+        phase = phase_object(spec, name, refinement() if callable(refinement) else refinement)
         if phase is None:
             continue
         a, c = coarse_lattice_search(phase, wavelength_A, two_theta_deg, intensity, ph.lattice_bound_pct * 0.95, zero)
-        return _with_lattice(spec, name, a, c), {name: (float(a), float(c))}
+        return with_lattice(spec, name, a, c), {name: (float(a), float(c))}
     return spec, {}
 
 
@@ -145,7 +145,7 @@ def _values_restart_spec(base: RefinementSpec, fit: Any) -> RefinementSpec:
     """``base`` with every refined value of ``fit`` as start (:func:`seeded_spec`), the diffuse
     widths' bounds kept at ``base``'s (by default they follow the start value: restarts from a
     width at its bound would otherwise widen the range each time)."""
-    from insitu_xrd.pipeline.sequential import seeded_spec
+    from insitu_xrd.pipeline.sequential.search import seeded_spec
 
     sp = seeded_spec(base, fit.values, phases=list(getattr(fit, "active_phases", [])) or None)
     diffuse = []

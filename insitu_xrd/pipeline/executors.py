@@ -16,7 +16,7 @@ functions whose arguments are small settings and file paths (never arrays or int
 each worker builds its pyFAI integrator once, cached by a hash of the settings, and runs with one
 BLAS/OpenMP thread. The segments of a sequential refinement (``sequential.chunks > 1`` with an
 ``executor:`` section) run on the same executors as tasks of the same kind
-(:func:`insitu_xrd.pipeline.seq_segments.refine_segment`: the patterns path, frame indices and
+(:func:`insitu_xrd.pipeline.sequential.segments.refine_segment`: the patterns path, frame indices and
 the sections as JSON in; the worker builds its refinement factory once per settings hash).
 
 Local processes use the ``spawn`` start method (no fork of a process holding threads or OpenCL

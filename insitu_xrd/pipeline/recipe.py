@@ -40,6 +40,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 __all__ = [
     "CalibrationSection",
     "FramesSection",
+    "PatternsSection",
     "IntegrationSection",
     "OptionalPhaseTest",
     "DivergenceSection",
@@ -106,13 +107,35 @@ class FramesSection(_Strict):
 
     @model_validator(mode="after")
     def _source(self) -> "FramesSection":
-        if self.time_source is None:
-            self.time_source = "sidecar" if self.sidecar else ("period" if self.period_s else "header")
-        if self.time_source == "sidecar" and not self.sidecar:
-            raise ValueError("time_source 'sidecar' needs 'sidecar: <file.csv>'")
-        if self.time_source == "period" and not self.period_s:
-            raise ValueError("time_source 'period' needs 'period_s: <seconds>'")
-        return self
+        return _default_time_source(self)
+
+
+def _default_time_source(section: Any) -> Any:
+    """``time_source`` of a frames/patterns section defaulted from the keys given, and checked."""
+    if section.time_source is None:
+        section.time_source = "sidecar" if section.sidecar else ("period" if section.period_s else "header")
+    if section.time_source == "sidecar" and not section.sidecar:
+        raise ValueError("time_source 'sidecar' needs 'sidecar: <file.csv>'")
+    if section.time_source == "period" and not section.period_s:
+        raise ValueError("time_source 'period' needs 'period_s: <seconds>'")
+    return section
+
+
+class PatternsSection(_Strict):
+    """1D patterns integrated elsewhere (beamline pipeline, Dioptas, GSAS-II, pyFAI scripts): the
+    series of files that replaces ``frames`` + ``calibration`` + ``integration``."""
+
+    files: str = Field(..., description="Glob pattern of the 1D pattern files (e.g. data/*.xye), or a folder (every file in it); natural-sorted by name.")
+    format: Literal["auto"] = Field("auto", description="File format: auto = what the 1D reader (insitu_xrd.io.pattern_files.read_pattern_1d) finds from the file's name and content; every format it reads is accepted.")
+    x_unit: Literal["2th_deg", "q_A^-1", "q_nm^-1"] | None = Field(None, description="x unit of column files whose header does not state it; default: from the header, else 2th_deg.")
+    time_source: Literal["header", "sidecar", "period", "none"] | None = Field(
+        None, description="Where the pattern times come from (header: a 'time_s=' or date line in the file's header); default: 'sidecar' if a sidecar is given, 'period' if period_s is given, else 'header'.")
+    sidecar: str | None = Field(None, description="CSV with columns file,time_s (file names relative to the CSV's folder).")
+    period_s: float | None = Field(None, gt=0, description="Constant pattern period (s): time_s = index * period_s.")
+
+    @model_validator(mode="after")
+    def _source(self) -> "PatternsSection":
+        return _default_time_source(self)
 
 
 class IntegrationSection(_Strict):
@@ -345,8 +368,9 @@ class Recipe(_Strict):
 
     name: str = Field("insitu-xrd", description="Name of the experiment (report title).")
     wavelength_A: float = Field(..., gt=0, description="X-ray wavelength (A).")
-    calibration: CalibrationSection
-    frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe.")
+    calibration: CalibrationSection | None = Field(None, description="Detector geometry; required with frames, not allowed with patterns.")
+    frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe (or one with patterns).")
+    patterns: PatternsSection | None = Field(None, description="1D patterns integrated elsewhere, instead of frames + calibration + integration.")
     integration: IntegrationSection = Field(default_factory=IntegrationSection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection, description="Where the integration runs (serial, local processes, Dask); when given, also the segments of sequential.chunks > 1.")
     refinement: RefinementSpec | None = Field(None, description="Refinement section; none = stop after integration.")
@@ -361,13 +385,26 @@ class Recipe(_Strict):
     _instrument_note: str = ""  # what calibration.instrument_profile did ("" = nothing)
 
     @model_validator(mode="after")
+    def _frames_or_patterns(self) -> "Recipe":
+        """The data are 2D frames (with calibration and integration) or 1D patterns, never both."""
+        if self.patterns is not None:
+            both = [k for k in ("frames", "calibration", "integration") if k in self.model_fields_set]
+            if both:
+                raise ValueError(f"'patterns' (1D patterns integrated elsewhere) replaces 'frames', 'calibration' and "
+                                 f"'integration'; remove {', '.join(repr(k) for k in both)} or 'patterns'")
+        elif self.calibration is None:
+            raise ValueError("missing required key 'calibration' (the detector geometry of the frames); a recipe "
+                             "over 1D patterns integrated elsewhere gives 'patterns' instead")
+        return self
+
+    @model_validator(mode="after")
     def _instrument_from_calibrant(self) -> "Recipe":
         """``calibration.instrument_profile``: name ``<outputs.dir>/instrument.instprm`` as the
         refinement's instrument file (fitted on the calibrant image by the ``instrument`` stage)
         and hold U, V, W, X, Y, SH/L at it, when no instrument file is named and the refinement
         refines microstrain or size (``auto``) or always (``fit``)."""
         ref, cal = self.refinement, self.calibration
-        if ref is None or ref.profile.instrument or cal.instrument_profile == "off":
+        if ref is None or cal is None or ref.profile.instrument or cal.instrument_profile == "off":
             return self
         broad = [f"{p.name} {'microstrain' if k == 'mustrain' else 'size'}" for p in ref.phases
                  for k in ("mustrain", "size_um") if k in p.refine]
@@ -483,7 +520,7 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
             text = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             inp = err.get("input")
             shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
-            msg = f"key '{key}': {text}{shown}"
+            msg = f"key '{key}': {text}{shown}" if loc else text  # a whole-recipe rule names its keys
         lines.append(msg)
     return f"recipe {source}: " + "; ".join(lines)
 

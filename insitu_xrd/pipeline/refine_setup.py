@@ -28,7 +28,6 @@ __all__ = [
     "load_instrument",
     "load_cif_phases",
     "make_refinement",
-    "calibrant_instrument",
 ]
 
 
@@ -39,7 +38,7 @@ class RecipeRefinement:
     wavelength_A : the recipe's top-level ``wavelength_A`` (None if absent).
     base_dir : folder that relative file names in the recipe refer to (the recipe's folder).
     source : the recipe file.
-    instrument_note : what :func:`calibrant_instrument` did ('' = nothing).
+    instrument_note : what :func:`insitu_xrd.pipeline.refine_instrument.calibrant_instrument` did ('' = nothing).
     """
 
     def __init__(self, spec: RefinementSpec, wavelength_A: float | None, base_dir: Path, source: Path | None) -> None:
@@ -162,38 +161,3 @@ def make_refinement(spec: RefinementSpec, wavelength_A: float, base_dir: str | P
     except (KeyError, ValueError) as exc:
         # the engine checks the spec against the structures (e.g. a refine name a CIF phase lacks)
         raise RecipeError(f"refinement setup: {exc}") from None
-
-
-def calibrant_instrument(rr: RecipeRefinement, say: Any = lambda m: None) -> RecipeRefinement:
-    """``rr`` with the instrument profile fitted on the recipe's calibrant image when the whole
-    recipe asks for it (``calibration.instrument_profile``: ``auto`` when microstrain or size is
-    refined and no ``profile.instrument`` file is named; ``fit``), as ``insitu-xrd run`` does:
-    the ``calibrate`` stage (an existing PONI is reused) and the ``instrument`` stage (an existing
-    file is reused), cached in the recipe's ``outputs.dir``. A recipe that is not a whole pipeline
-    recipe (only a ``refinement:`` section) is returned unchanged."""
-    from insitu_xrd.pipeline.recipe import load_recipe
-
-    if rr.source is None:
-        return rr
-    try:
-        full = load_recipe(rr.source)
-    except InsituXRDError:
-        return rr
-    note = getattr(full, "_instrument_note", "")
-    if not note or full.refinement is None:
-        return rr
-    from insitu_xrd.pipeline.stages import StageCache, calibrate_stage, instrument_file, instrument_stage
-
-    inst, image = instrument_file(full), full.path(full.calibration.image)
-    if inst is not None and not inst.is_file() and (image is None or not image.is_file()):
-        rr.instrument_note = (f"instrument profile not fitted on the calibrant: calibration.image {image} does not exist "
-                              "(the recipe's profile values are used)")
-        return rr
-    cache = StageCache(full.output_dir)
-    poni, info = calibrate_stage(full, cache, say=say)
-    say(f"calibrate  {info.status}: {info.detail}")
-    _path, info = instrument_stage(full, poni, cache, say=say)
-    say(f"instrument {info.status}: {info.detail}")
-    out = RecipeRefinement(full.refinement, rr.wavelength_A, rr.base_dir, rr.source)
-    out.instrument_note = f"{note}; {info.status}: {info.detail}"
-    return out

@@ -3,10 +3,12 @@
 Stages (see :mod:`insitu_xrd.pipeline.stages`): calibrate (or reuse the PONI) -> instrument (fit
 ``refinement.profile.instrument`` on the calibrant when that file is missing) -> integrate ->
 sequential refinement -> echem alignment -> strain -> report -> fea (only with an ``fea:``
-section: the particle-cracking model driven by the strain curves). Every stage is cached in
+section: the particle-cracking model driven by the strain curves). A recipe with ``patterns:``
+(1D patterns integrated elsewhere) replaces calibrate, instrument and integrate by the
+``patterns`` stage (:mod:`insitu_xrd.pipeline.pattern_series`). Every stage is cached in
 ``<outputs.dir>/stages.json``; what was reused is listed in the returned stages and the report.
 
-Outputs in ``outputs.dir``: ``patterns.nc`` (integrated frames), ``sequential.nc`` (refinement
+Outputs in ``outputs.dir``: ``patterns.nc`` (integrated frames or collected patterns), ``sequential.nc`` (refinement
 checkpoint), ``results.nc`` (refinement + echem coords: the main result), ``strain/``,
 ``figures/``, ``report.md``, ``stages.json`` and, with ``fea:``, ``fea/fea.nc`` and its figures.
 """
@@ -22,6 +24,7 @@ import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.store import write_dataset_atomic
+from insitu_xrd.pipeline.pattern_series import patterns_stage
 from insitu_xrd.pipeline.recipe import Recipe, load_recipe, section_hash
 from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.stages import (
@@ -149,16 +152,19 @@ def run_pipeline(recipe: Recipe | str | Path, progress: bool = True, say: Callab
         if result.fea is not None and result.report is not None and (report_rewritten or info.status == "ran"):
             write_fea_section(result.report, fea_summary_lines(result.fea), result.fea.figures)
 
-    poni, info = calibrate_stage(rec, cache, say=lambda m: None)
-    result.poni = poni
-    done(info)
-    if rec.frames is None:
-        result.elapsed_s = time.perf_counter() - t0
-        return result
-    if rec.refinement is not None and rec.refinement.profile.instrument:
-        _, info = instrument_stage(rec, poni, cache)
+    if rec.patterns is not None:  # 1D patterns integrated elsewhere: no calibration, no integration
+        patterns_path, info = patterns_stage(rec, cache, progress=progress)
+    else:
+        poni, info = calibrate_stage(rec, cache, say=lambda m: None)
+        result.poni = poni
         done(info)
-    patterns_path, info = integrate_stage(rec, poni, cache, progress=progress)
+        if rec.frames is None:
+            result.elapsed_s = time.perf_counter() - t0
+            return result
+        if rec.refinement is not None and rec.refinement.profile.instrument:
+            _, info = instrument_stage(rec, poni, cache)
+            done(info)
+        patterns_path, info = integrate_stage(rec, poni, cache, progress=progress)
     result.patterns_path = patterns_path
     done(info)
     if rec.refinement is None:

@@ -16,7 +16,7 @@ Each poll:
 3. refines every new frame in order, seeded from the previous one (the same
    :class:`~insitu_xrd.pipeline.sequential.SequentialRefiner` as the batch run, so the results are
    the same as ``run`` on the same frames), reading only the new frames' patterns, and appends each
-   to ``<outputs>/sequential.zarr`` (:class:`~insitu_xrd.pipeline.seq_store.SequentialStore`) with
+   to ``<outputs>/sequential.zarr`` (:class:`~insitu_xrd.pipeline.sequential.store.SequentialStore`) with
    the chain state beside it: the cost of a frame does not grow with the frames before it;
 4. refreshes ``sequential.nc``, ``results.nc`` (with echem), the strain files, ``report.md`` and
    the figures from the stores at most every ``refresh_s`` seconds and at least
@@ -31,6 +31,12 @@ stored values when that state is missing. A later ``insitu-xrd run``
 of the same recipe adopts the frames the watch refined (see
 :func:`insitu_xrd.pipeline.stages.refine_stage`). The watch stops after ``idle_exit_s`` seconds
 without a new frame, after ``max_frames`` frames refined in this session, or on Ctrl-C.
+
+A recipe with ``patterns:`` (1D patterns integrated elsewhere) is watched the same way: its
+``patterns.files`` name pattern inside FOLDER, a file is complete when it reads as a 1D pattern,
+and step 2 collects it into the same stores
+(:class:`~insitu_xrd.pipeline.pattern_series.PatternSeries`) instead of integrating it; there is
+no calibration.
 """
 
 from __future__ import annotations
@@ -47,17 +53,18 @@ import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError, RecipeError
 from insitu_xrd.io.store import open_frame_dataset
+from insitu_xrd.pipeline.pattern_series import open_pattern_series, pattern_readable
 from insitu_xrd.pipeline.recipe import FramesSection, Recipe, load_recipe
 from insitu_xrd.pipeline.report import FigureWriter
 from insitu_xrd.pipeline.sequential import (
     FrameRecord,
     SequentialRefiner,
-    _frame_arrays,
+    frame_arrays,
     chain_state_path,
     read_chain_state,
     write_chain_state,
 )
-from insitu_xrd.pipeline.seq_store import SequentialStore
+from insitu_xrd.pipeline.sequential.store import SequentialStore
 from insitu_xrd.pipeline.stages import (
     StageCache,
     StageInfo,
@@ -96,9 +103,10 @@ class WatchSummary:
 
 
 def _pattern_of(recipe: Recipe) -> str:
-    if recipe.frames is None:
+    section = recipe.patterns if recipe.patterns is not None else recipe.frames
+    if section is None:
         return "*"
-    return Path(recipe.frames.files).name or "*"
+    return Path(section.files).name or "*"
 
 
 def _name_order(path: Path) -> list:
@@ -134,10 +142,13 @@ class FolderScanner:
     settle_s: a file is settled once unchanged (size, mtime) for this long (s).
     bad_after_s: a settled file that cannot be opened for this long is handed on as bad (s).
     clock: monotonic clock (s), replaceable in tests.
+    readable: whether a file opens completely (default: as a detector frame).
+    extensions: the file suffixes considered (default: the frame readers'; None: any).
     """
 
     def __init__(self, folder: Path, pattern: str, settle_s: float = 2.0, bad_after_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, readable: Callable[[Path], bool] = _readable,
+                 extensions: Any = "frames") -> None:
         from insitu_xrd.io.frames import IMAGE_EXTENSIONS
 
         self.folder = Path(folder)
@@ -145,7 +156,8 @@ class FolderScanner:
         self.settle_s = float(settle_s)
         self.bad_after_s = max(float(bad_after_s), float(settle_s))
         self.clock = clock
-        self.extensions = IMAGE_EXTENSIONS
+        self.readable = readable
+        self.extensions = IMAGE_EXTENSIONS if extensions == "frames" else extensions
         self.state: dict[str, tuple[int, float, float]] = {}  # path -> (size, mtime, unchanged since)
         self.handed: dict[str, tuple[int, float]] = {}  # path -> (size, mtime) when handed on
 
@@ -155,7 +167,8 @@ class FolderScanner:
         except OSError as exc:
             raise InsituXRDError(f"watched folder {self.folder}: cannot be listed ({exc})") from None
         return [p for p in entries if fnmatch.fnmatch(p.name, self.pattern) and not p.name.startswith(".")
-                and not p.name.endswith(IGNORED_SUFFIXES) and p.suffix.lower() in self.extensions]
+                and not p.name.endswith(IGNORED_SUFFIXES)
+                and (self.extensions is None or p.suffix.lower() in self.extensions)]
 
     def poll(self) -> tuple[list[Path], list[Path]]:
         """(new complete frames, new bad frames), natural-sorted; each file is handed on once
@@ -175,7 +188,7 @@ class FolderScanner:
             self.state[key] = (sig[0], sig[1], since)
             if st.st_size == 0 or self.handed.get(key) == sig or now - since < self.settle_s:
                 continue
-            if _readable(p):
+            if self.readable(p):
                 good.append(p)
             elif now - since >= self.bad_after_s:
                 bad.append(p)
@@ -189,7 +202,7 @@ class _Session:
     """One watch session's open integration, sequential store and chain (cost per frame flat:
     nothing here reads or writes the whole series except :meth:`refresh`)."""
 
-    def __init__(self, rec: Recipe, poni: Path, cache: StageCache, folder: Path, summary: WatchSummary,
+    def __init__(self, rec: Recipe, poni: Path | None, cache: StageCache, folder: Path, summary: WatchSummary,
                  say: Callable[[str], None], max_frames: int | None) -> None:
         self.rec, self.poni, self.cache, self.folder = rec, poni, cache, folder
         self.summary, self.say, self.max_frames = summary, say, max_frames
@@ -209,9 +222,12 @@ class _Session:
 
     # -- integration ---------------------------------------------------------------------------
     def _open(self, refs: list[Any]) -> None:
-        from insitu_xrd.pipeline.stages import open_integration
+        if self.rec.patterns is not None:  # 1D patterns integrated elsewhere: collected, not integrated
+            self.series, self.integration_key = open_pattern_series(self.rec, refs)
+        else:
+            from insitu_xrd.pipeline.stages import open_integration
 
-        self.series, self.integration_key = open_integration(self.rec, self.poni, self.cache, refs)
+            self.series, self.integration_key = open_integration(self.rec, self.poni, self.cache, refs)
         assert self.rec.refinement is not None
         self.seq = SequentialStore(
             self.seq_path, self.rec.refinement, self.series.tth_axis, self.series.wavelength_A,
@@ -238,7 +254,8 @@ class _Session:
             try:
                 self._open(refs)
             except InsituXRDError as exc:
-                if not str(exc).startswith("none of the first frames can be read"):
+                if not str(exc).startswith(("none of the first frames can be read",
+                                            "none of the first pattern files can be read")):
                     raise
                 # only bad files so far: nothing to build the mask and the engine from yet
                 self._waiting = refs
@@ -304,7 +321,7 @@ class _Session:
             if not redo and self.max_frames is not None and self.summary.n_refined >= self.max_frames:
                 break
             self.todo.remove(i)
-            tth, y, s, st, t_s = _frame_arrays(window, j)
+            tth, y, s, st, t_s = frame_arrays(window, j)
             if redo:
                 # a frame that failed to integrate earlier and is fine now: fit it alone, seeded
                 # from its predecessor, without disturbing the running chain
@@ -381,7 +398,8 @@ class _Session:
         if self.series is None:
             return
         self.series.close()
-        self.cache.store("integrate", self.integration_key, [self.series.output])
+        self.cache.store("patterns" if self.rec.patterns is not None else "integrate", self.integration_key,
+                         [self.series.output])
         if self.seq is not None:
             self.seq.close()
 
@@ -417,18 +435,24 @@ def watch_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise InsituXRDError(f"watched folder {folder} does not exist")
-    if rec.frames is None:
+    if rec.frames is None and rec.patterns is None:
         rec.frames = FramesSection(files=str(folder / "*"))
     say = say or (lambda m: None)
     summary = WatchSummary()
     rec.output_dir.mkdir(parents=True, exist_ok=True)
     cache = StageCache(rec.output_dir)
-    poni, info = calibrate_stage(rec, cache)
-    say(f"calibrate  {info.status}: {info.detail}")
-    if rec.refinement.profile.instrument:  # before the key: it fingerprints the file's content
-        _, info = instrument_stage(rec, poni, cache)
-        say(f"instrument {info.status}: {info.detail}")
-    scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s)
+    poni: Path | None = None
+    if rec.patterns is not None:  # 1D patterns integrated elsewhere: no calibration, no integration
+        sec, wl = rec.patterns, rec.wavelength_A
+        scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s,
+                                readable=lambda p: pattern_readable(p, wl, sec.x_unit), extensions=None)
+    else:
+        poni, info = calibrate_stage(rec, cache)
+        say(f"calibrate  {info.status}: {info.detail}")
+        if rec.refinement.profile.instrument:  # before the key: it fingerprints the file's content
+            _, info = instrument_stage(rec, poni, cache)
+            say(f"instrument {info.status}: {info.detail}")
+        scanner = FolderScanner(folder, _pattern_of(rec), settle_s=settle_s, bad_after_s=bad_after_s)
     session = _Session(rec, poni, cache, folder, summary, say, max_frames)
     last_new = time.monotonic()
     last_refresh = -math.inf

@@ -13,11 +13,11 @@ Every frame is fitted seeded from the previous good result; the refiner decides,
   (names exchanged) counts as diverged and is refit.
 * **Exact resume**: the whole state pickles (:meth:`SequentialRefiner.state_bytes`).
 
-:func:`_run_chain` fits an order of frames in one refiner; :func:`_agree` is the seam test of two
+:func:`run_chain` fits an order of frames in one refiner; :func:`seam_fits_agree` is the seam test of two
 fits of the same frame (used where independently started segments meet); :func:`refit_frame`
 fits one stored frame again. How the frames are run (segments, processes, checkpoints) is
-:mod:`insitu_xrd.pipeline.seq_run`'s business, the records and the Dataset
-:mod:`insitu_xrd.pipeline.seq_records`'.
+:mod:`insitu_xrd.pipeline.sequential.run`'s business, the records and the Dataset
+:mod:`insitu_xrd.pipeline.sequential.records`'.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from scipy import stats
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.seq_records import FrameRecord, _frame_arrays, _param_value, dataset_to_records, record_from_fit
-from insitu_xrd.pipeline.seq_search import _phase_object, _with_lattice, coarse_lattice_search, seeded_spec
+from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, frame_arrays, param_value, record_from_fit
+from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, phase_object, seeded_spec, with_lattice
 
-__all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame"]
+__all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame", "run_chain", "seam_fits_agree"]
 
 RefinementFactory = Callable[[RefinementSpec], Any]
 RWP_WINDOW = 7  # the divergence check compares a fit's Rwp with the median of the last 7 good fits
@@ -156,7 +156,7 @@ class SequentialRefiner:
             if lattice:
                 return f"at bound: {', '.join(lattice)}"
         for name in self.base_phases[:1]:  # the main phase; minor phases (cell lines) may be weak
-            sc, esd = _param_value(fit, f"{name}_scale")
+            sc, esd = param_value(fit, f"{name}_scale")
             if np.isfinite(esd) and esd > 0 and not sc > 3 * esd:
                 return f"phase {name} not significant (scale {sc:.4g} +/- {esd:.2g})"
         if len(self.rwp_history) >= 2:
@@ -179,7 +179,7 @@ class SequentialRefiner:
         prev = self.last_good
 
         def lattice(name: str) -> tuple[float, float]:
-            return _param_value(fit, f"{name}_a")[0], _param_value(fit, f"{name}_c")[0]
+            return param_value(fit, f"{name}_a")[0], param_value(fit, f"{name}_c")[0]
 
         def dist(ac: tuple[float, float], ref: dict[str, float] | None) -> float:
             if not ref:
@@ -223,7 +223,7 @@ class SequentialRefiner:
             return float(v) if v is not None else math.nan
 
         v0p, v0o = volume(parent, start), volume(opt, start)
-        vp, vo = volume(parent, lambda k: _param_value(fit, k)[0]), volume(opt, lambda k: _param_value(fit, k)[0])
+        vp, vo = volume(parent, lambda k: param_value(fit, k)[0]), volume(opt, lambda k: param_value(fit, k)[0])
         if not all(np.isfinite(v) for v in (v0p, v0o, vp, vo)) or abs(v0o / v0p - 1.0) < 0.002:
             return ""
         if (vo - vp) * (v0o - v0p) < 0:
@@ -236,7 +236,7 @@ class SequentialRefiner:
         upd: dict[str, dict[str, float]] = {parent: {}, opt: {}}
         for src, dst in ((parent, opt), (opt, parent)):
             for key in ("a", "c", "mustrain"):
-                v = _param_value(fit, f"{src}_{key}")[0]
+                v = param_value(fit, f"{src}_{key}")[0]
                 if np.isfinite(v):
                     upd[dst][key] = float(v)
         phases = [p.model_copy(update=upd[p.name]) if p.name in upd else p for p in spec.phases]
@@ -258,8 +258,8 @@ class SequentialRefiner:
         for base in self.base_phases:
             diffs = []
             for par in ("a", "c"):
-                v1, e1 = _param_value(fit, f"{name}_{par}")
-                v0, e0 = _param_value(fit, f"{base}_{par}")
+                v1, e1 = param_value(fit, f"{name}_{par}")
+                v0, e0 = param_value(fit, f"{base}_{par}")
                 if not (np.isfinite(v1) and np.isfinite(v0)):
                     continue
                 e = math.hypot(e0 if np.isfinite(e0) else 0.0, e1 if np.isfinite(e1) else 0.0)
@@ -291,20 +291,20 @@ class SequentialRefiner:
     def _trial_spec_for_optional(self, spec: RefinementSpec, fit0: Any, name: str) -> RefinementSpec:
         """Start lattice of the optional phase from a grid search on the residual of fit0."""
         ph = spec.phase(name)
-        phase = _phase_object(spec, name, self._refinement_for(spec))
+        phase = phase_object(spec, name, self._refinement_for(spec))
         if phase is None or not {"a", "c"} & set(ph.refine):
             return spec
         tth = np.asarray(fit0.two_theta_deg)
         resid = np.clip(np.asarray(fit0.obs) - np.asarray(fit0.calc), 0, None) + 0.0
-        zero = _param_value(fit0, "zero_deg")[0]
+        zero = param_value(fit0, "zero_deg")[0]
         a, c = coarse_lattice_search(phase, self.wavelength_A, tth, resid + np.asarray(fit0.background) * 0,
                                      ph.lattice_bound_pct * 0.95, zero if np.isfinite(zero) else 0.0)
-        spec = _with_lattice(spec, name, a, c)
+        spec = with_lattice(spec, name, a, c)
         # peak width: unless the recipe gives one, start from the fitted microstrain of the phase
         # it grows from (same particles; a coated H3 at the onset is ~3x broader than the default
         # start, and a too narrow start leaves the new phase "not significant" at its start lattice)
         parent = self._split_from(name)
-        mu = _param_value(fit0, f"{parent}_mustrain")[0]
+        mu = param_value(fit0, f"{parent}_mustrain")[0]
         if "mustrain" in ph.refine and "mustrain" not in self.spec.phase(name).model_fields_set and np.isfinite(mu) \
                 and mu > 0:
             phases = [p.model_copy(update={"mustrain": float(mu)}) if p.name == name else p for p in spec.phases]
@@ -333,13 +333,13 @@ class SequentialRefiner:
         from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
 
         try:
-            phase = _phase_object(spec, name, self._refinement_for(spec))
+            phase = phase_object(spec, name, self._refinement_for(spec))
             if phase is None:
                 return math.inf, math.inf
             ph = spec.phase(name)
 
             def v(key: str, default: float) -> float:
-                val = _param_value(fit0, key)[0]
+                val = param_value(fit0, key)[0]
                 return val if np.isfinite(val) else default
 
             parent = self._split_from(name)
@@ -362,9 +362,9 @@ class SequentialRefiner:
             # from the main phase's scale and weight fraction in fit0
             frac = math.inf
             main = parent if parent in fit0.active_phases else self.base_phases[0]
-            s_main = _param_value(fit0, f"{main}_scale")[0]
+            s_main = param_value(fit0, f"{main}_scale")[0]
             w_main = fit0.phase_fraction.get(main, (math.nan, math.nan))[0]
-            main_obj = _phase_object(spec, main, self._refinement_for(spec))
+            main_obj = phase_object(spec, main, self._refinement_for(spec))
             if main_obj is not None and np.isfinite(s_main) and s_main > 0 and np.isfinite(w_main) and w_main > 0:
                 a_m, c_m = v(f"{main}_a", main_obj.a), v(f"{main}_c", main_obj.c)
                 main_obj = main_obj.with_cell(a=a_m, c=c_m)
@@ -632,7 +632,7 @@ class SequentialRefiner:
         ph = self.spec.phase(name)
         for par in ("a", "c"):
             if par in ph.refine:
-                v, e = _param_value(fit, f"{name}_{par}")
+                v, e = param_value(fit, f"{name}_{par}")
                 if np.isfinite(v) and not np.isfinite(e):
                     return True
         return False
@@ -668,9 +668,9 @@ class SequentialRefiner:
 
 
 
-def _run_chain(spec: RefinementSpec, wavelength_A: float, factory: RefinementFactory, options: SequentialSection,
-               order: Sequence[int], frames: dict[int, tuple], seed: FrameRecord | None,
-               emit: Callable[..., None], state: bytes | None = None, with_refiner: bool = False) -> list[FrameRecord]:
+def run_chain(spec: RefinementSpec, wavelength_A: float, factory: RefinementFactory, options: SequentialSection,
+              order: Sequence[int], frames: dict[int, tuple], seed: FrameRecord | None,
+              emit: Callable[..., None], state: bytes | None = None, with_refiner: bool = False) -> list[FrameRecord]:
     """Fit ``order`` in one chain; ``state``: an exact resume state (see
     :meth:`SequentialRefiner.state_bytes`); ``emit(rec)`` or, with ``with_refiner``,
     ``emit(rec, refiner)`` after every frame."""
@@ -690,7 +690,7 @@ def _run_chain(spec: RefinementSpec, wavelength_A: float, factory: RefinementFac
     return out
 
 
-def _agree(r1: FrameRecord | None, r2: FrameRecord | None, spec: RefinementSpec) -> bool:
+def seam_fits_agree(r1: FrameRecord | None, r2: FrameRecord | None, spec: RefinementSpec) -> bool:
     """Two fits of the same (overlap) frame agree: same phases, lattices within 5 esd (or 2e-4 rel)."""
     if r1 is None or r2 is None or not (r1.good and r2.good):
         return False
@@ -712,7 +712,7 @@ def refit_frame(results: xr.Dataset, patterns: xr.Dataset, index: int, spec: Ref
     gives the full FitResult (curves, reflection ticks) for a Rietveld plot of any frame."""
     recs = dataset_to_records(results.isel(frame=[index]))
     rec = recs[0]
-    tth, y, s, st, _t = _frame_arrays(patterns, index)
+    tth, y, s, st, _t = frame_arrays(patterns, index)
     if st != "ok":
         raise InsituXRDError(f"frame {index}: pattern status is {st!r}; nothing to fit")
     good = np.isfinite(y) & np.isfinite(s) & (s > 0)

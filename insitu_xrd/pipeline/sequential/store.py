@@ -9,7 +9,7 @@ one region write, and memory holds only the keys and statuses. ``sequential.nc``
 and the batch run open, is exported from it (:meth:`SequentialStore.export`) when the watch
 refreshes its outputs and when it stops.
 
-Rows have exactly the layout of :func:`~insitu_xrd.pipeline.seq_records.records_to_dataset`
+Rows have exactly the layout of :func:`~insitu_xrd.pipeline.sequential.records.records_to_dataset`
 (each row is built by it, from the frame's record and pattern), so the export is the same
 Dataset the whole-series function gives; frames integrated but not refined yet are exported as
 "pending" rows, as before.
@@ -26,7 +26,7 @@ import xarray as xr
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.io.store import FrameStore, load_netcdf, open_frame_dataset, write_dataset_atomic
-from insitu_xrd.pipeline.seq_records import FrameRecord, dataset_to_records, phase_onset_attrs, records_to_dataset
+from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, phase_onset_attrs, records_to_dataset
 
 __all__ = ["SequentialStore"]
 

@@ -1,13 +1,13 @@
 """How a sequential refinement is run: checkpoints, resumes, chain-state files, segments.
 
 :func:`refine_sequence` fits every frame of a patterns Dataset with the chain of
-:mod:`insitu_xrd.pipeline.chain`: the pending frames in fit order form runs, each continued from
+:mod:`insitu_xrd.pipeline.sequential.chain`: the pending frames in fit order form runs, each continued from
 the record before it (with the exact chain state of ``<checkpoint>.state`` when there is one),
 and the results are written to the checkpoint as frames finish (appended to the working store
-``sequential.zarr`` beside it, :mod:`insitu_xrd.pipeline.seq_store`: a checkpoint costs the same
+``sequential.zarr`` beside it, :mod:`insitu_xrd.pipeline.sequential.store`: a checkpoint costs the same
 at frame 10 and at frame 10,000; the NetCDF checkpoint is written at the end and when the run is
 interrupted). With ``chunks > 1`` a run is split
-into segments fitted in parallel (:mod:`insitu_xrd.pipeline.seq_segments`).
+into segments fitted in parallel (:mod:`insitu_xrd.pipeline.sequential.segments`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
-from insitu_xrd.pipeline.chain import RefinementFactory, SequentialRefiner, _run_chain
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.seq_records import FrameRecord, _frame_arrays, _two_theta_axis, records_to_dataset
-from insitu_xrd.pipeline.seq_segments import _parallel, _parallel_on_executor, _seed_before
-from insitu_xrd.pipeline.seq_store import SequentialStore
+from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
+from insitu_xrd.pipeline.sequential.records import FrameRecord, frame_arrays, records_to_dataset, two_theta_axis
+from insitu_xrd.pipeline.sequential.segments import refine_segments_in_processes, refine_segments_on_executor, seed_before
+from insitu_xrd.pipeline.sequential.store import SequentialStore
 
 __all__ = ["refine_sequence", "chain_state_path", "read_chain_state", "write_chain_state"]
 
@@ -125,7 +125,7 @@ def refine_sequence(
     if ckpt is not None:
         # the working store sequential.zarr: a checkpoint appends the frames fitted since the last
         # one (flat cost); the NetCDF checkpoint is written from it at the end or on interruption
-        store = SequentialStore(ckpt, spec, _two_theta_axis(patterns), wavelength, cache_key=cache_key or "",
+        store = SequentialStore(ckpt, spec, two_theta_axis(patterns), wavelength, cache_key=cache_key or "",
                                 attrs=all_attrs, keys=keys)
         stored = store.records()
         for i, k in enumerate(keys):
@@ -149,12 +149,12 @@ def refine_sequence(
             cur.append(f)
         else:
             if cur:
-                runs.append((cur, _seed_before(records, order, pos[cur[0]])))
+                runs.append((cur, seed_before(records, order, pos[cur[0]])))
             cur = [f]
     if cur:
-        runs.append((cur, _seed_before(records, order, pos[cur[0]])))
+        runs.append((cur, seed_before(records, order, pos[cur[0]])))
 
-    frames = {i: _frame_arrays(patterns, i) for i in todo}
+    frames = {i: frame_arrays(patterns, i) for i in todo}
     t0 = time.perf_counter()
     n_done = [0]
     since_write = [0]
@@ -189,17 +189,17 @@ def refine_sequence(
             if nchunks > 1 and len(runs) == 1 and executor is not None:
                 ex = executor if hasattr(executor, "submit") else _open_executor(executor)
                 all_attrs["segment_executor"] = f"{getattr(ex, 'name', type(ex).__name__)}: {nchunks} segments"
-                _parallel_on_executor(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit,
+                refine_segments_on_executor(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit,
                                       prog, task, base_dir, ex, patterns_path)
             elif nchunks > 1 and len(runs) == 1:
-                _parallel(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit, prog, task,
+                refine_segments_in_processes(runs[0], nchunks, opt, spec, wavelength, factory, frames, patterns, records, emit, prog, task,
                           base_dir)
             else:
                 for run_order, seed in runs:
                     k = pos[run_order[0]]
                     state = (read_chain_state(state_path, cache_key, str(order[k - 1]))
                              if state_path is not None and k > 0 and state_path.exists() else None)
-                    _run_chain(spec, wavelength, factory, opt, run_order, frames, seed, emit, state=state,
+                    run_chain(spec, wavelength, factory, opt, run_order, frames, seed, emit, state=state,
                                with_refiner=True)
         except BaseException:
             if store is not None and ckpt is not None:  # interrupted: what was fitted stays, in both files

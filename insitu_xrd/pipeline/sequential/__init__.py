@@ -43,72 +43,62 @@ the fitted curves); ``a, c, volume, microstrain, size, phase_fraction, scale`` (
 microstrain, size and the instrument terms U..Y). ``insitu-xrd refine`` writes the same schema for
 one fit (:mod:`insitu_xrd.pipeline.single_fit`).
 
-The code lives in modules that each read on their own; this module re-exports their names (every
-name importable from here before the split still is):
+The package's modules each read on their own and import only public names from each other, with
+no circle (chain imports records and search; segments imports chain; store imports records; run
+imports chain, records, segments and store); this module re-exports the public API:
 
-* :mod:`insitu_xrd.pipeline.chain`: the chain's decisions (:class:`SequentialRefiner`: phase
+* :mod:`insitu_xrd.pipeline.sequential.chain`: the chain's decisions (:class:`SequentialRefiner`: phase
   detection, divergence, label continuity, look-back, exact-resume state; the seam test).
-* :mod:`insitu_xrd.pipeline.seq_search`: cold starts (lattice grid search, seeded specs).
-* :mod:`insitu_xrd.pipeline.seq_records`: :class:`FrameRecord` and records <-> Dataset.
-* :mod:`insitu_xrd.pipeline.seq_run`: :func:`refine_sequence` (runs, checkpoints, chain-state files).
-* :mod:`insitu_xrd.pipeline.seq_segments`: segments fitted in parallel, stitched at the seams
+* :mod:`insitu_xrd.pipeline.sequential.search`: cold starts (lattice grid search, seeded specs).
+* :mod:`insitu_xrd.pipeline.sequential.records`: :class:`FrameRecord` and records <-> Dataset.
+* :mod:`insitu_xrd.pipeline.sequential.run`: :func:`refine_sequence` (runs, checkpoints, chain-state files).
+* :mod:`insitu_xrd.pipeline.sequential.segments`: segments fitted in parallel, stitched at the seams
   (a built-in process pool, or the executor layer :mod:`insitu_xrd.pipeline.executors`).
+* :mod:`insitu_xrd.pipeline.sequential.store`: :class:`SequentialStore`, the working store of a
+  growing refinement (watch mode), one row per frame.
 """
 
 from __future__ import annotations
 
-from __future__ import annotations
-
-from insitu_xrd.pipeline.chain import RefinementFactory, SequentialRefiner, _agree, _run_chain, refit_frame
-from insitu_xrd.pipeline.seq_records import (
+from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, refit_frame, run_chain
+from insitu_xrd.pipeline.sequential.records import (
     CORR_WITH,
     PER_PHASE_VARS,
     UNITS,
     FrameRecord,
-    _frame_arrays,
-    _frame_time_s,
-    _onset_index,
-    _param_value,
-    _two_theta_axis,
     broadening_correlations,
     cathode_phases,
     dataset_to_records,
+    frame_arrays,
     phase_onset_attrs,
     record_from_fit,
     records_to_dataset,
 )
-from insitu_xrd.pipeline.seq_run import _atomic_write, chain_state_path, read_chain_state, refine_sequence, write_chain_state
-from insitu_xrd.pipeline.seq_search import (
-    _REFL_CACHE,
-    _phase_object,
-    _search_reflections,
-    _smooth_signal,
-    _with_lattice,
-    coarse_lattice_search,
-    seeded_spec,
-)
-from insitu_xrd.pipeline.seq_segments import _W, _parallel, _seed_before, _worker_chain, _worker_init
+from insitu_xrd.pipeline.sequential.run import chain_state_path, read_chain_state, refine_sequence, write_chain_state
+from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, seeded_spec
+from insitu_xrd.pipeline.sequential.store import SequentialStore
 
 __all__ = [
     "FrameRecord",
     "SequentialRefiner",
+    "RefinementFactory",
     "coarse_lattice_search",
     "seeded_spec",
     "refine_sequence",
+    "run_chain",
     "records_to_dataset",
+    "record_from_fit",
     "refit_frame",
     "phase_onset_attrs",
     "dataset_to_records",
+    "frame_arrays",
+    "broadening_correlations",
+    "cathode_phases",
     "chain_state_path",
     "read_chain_state",
     "write_chain_state",
+    "SequentialStore",
     "PER_PHASE_VARS",
     "CORR_WITH",
     "UNITS",
 ]
-
-# names kept importable from here (private helpers other modules and tests use)
-_REEXPORTED = (RefinementFactory, _agree, _run_chain, _frame_arrays, _frame_time_s, _onset_index, _param_value,
-               _two_theta_axis, broadening_correlations, cathode_phases, record_from_fit, _atomic_write, _REFL_CACHE,
-               _phase_object, _search_reflections, _smooth_signal, _with_lattice, _W, _parallel, _seed_before,
-               _worker_chain, _worker_init)

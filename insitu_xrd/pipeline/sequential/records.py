@@ -4,10 +4,10 @@
 :func:`record_from_fit` flattens a FitResult into one. :func:`records_to_dataset` assembles the
 sequential-refinement Dataset (dims ``frame``, ``phase``, ``two_theta``, ``corr_with``) and
 :func:`dataset_to_records` reads records back from it (checkpoints, resumes).
-:func:`_frame_arrays` reads one frame's arrays from a patterns Dataset.
+:func:`frame_arrays` reads one frame's arrays from a patterns Dataset.
 
-Neither the chain's decisions (:mod:`insitu_xrd.pipeline.chain`) nor how the frames are run
-(:mod:`insitu_xrd.pipeline.seq_run`) live here.
+Neither the chain's decisions (:mod:`insitu_xrd.pipeline.sequential.chain`) nor how the frames are run
+(:mod:`insitu_xrd.pipeline.sequential.run`) live here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = ["FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
-           "cathode_phases", "phase_onset_attrs", "PER_PHASE_VARS", "CORR_WITH", "UNITS"]
+           "cathode_phases", "phase_onset_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
+           "CORR_WITH", "UNITS"]
 
 #: Per-phase output variables -> FitResult parameter suffix.
 PER_PHASE_VARS: dict[str, str] = {
@@ -99,7 +100,8 @@ class FrameRecord:
         return self.status in ("ok", "refit")
 
 
-def _param_value(fit: Any, name: str) -> tuple[float, float]:
+def param_value(fit: Any, name: str) -> tuple[float, float]:
+    """(value, esd) of the parameter ``name`` of a FitResult (nan when it has none)."""
     if name in fit.values:
         return float(fit.values[name]), float(fit.esds.get(name, math.nan))
     params = getattr(fit, "params", None)
@@ -115,12 +117,12 @@ def record_from_fit(index: int, fit: Any, spec: RefinementSpec, status: str = "o
     """Flatten a FitResult into a FrameRecord (absent phases: NaN values, fraction 0)."""
     rec = FrameRecord(index=index, status=status, rwp=float(fit.rwp), gof=float(fit.gof), message=message,
                       optional_p=optional_p, active=list(fit.active_phases))
-    rec.zero_shift, rec.zero_shift_esd = _param_value(fit, "zero_deg")
+    rec.zero_shift, rec.zero_shift_esd = param_value(fit, "zero_deg")
     for ph in spec.phases:
         d: dict[str, float] = {}
         active = ph.name in fit.active_phases
         for var, suffix in PER_PHASE_VARS.items():
-            v, e = _param_value(fit, f"{ph.name}_{suffix}") if active else (math.nan, math.nan)
+            v, e = param_value(fit, f"{ph.name}_{suffix}") if active else (math.nan, math.nan)
             d[var], d[f"{var}_esd"] = v, e
         frac, frac_esd = fit.phase_fraction.get(ph.name, (0.0, math.nan)) if active else (0.0, math.nan)
         d["phase_fraction"], d["phase_fraction_esd"] = float(frac), float(frac_esd)
@@ -174,7 +176,7 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     phases = [p.name for p in spec.phases]
     npn = len(phases)
     xname = "two_theta" if "two_theta" in patterns.coords else ("q" if "q" in patterns.coords else "two_theta")
-    tth_grid = _two_theta_axis(patterns)
+    tth_grid = two_theta_axis(patterns)
     data: dict[str, Any] = {}
     per = {}
     for var in list(PER_PHASE_VARS) + ["phase_fraction"]:
@@ -378,7 +380,8 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
     return out
 
 
-def _two_theta_axis(patterns: xr.Dataset) -> np.ndarray:
+def two_theta_axis(patterns: xr.Dataset) -> np.ndarray:
+    """The patterns' 2theta axis in degrees (from ``two_theta``, or from ``q`` and the wavelength)."""
     if "two_theta" in patterns.coords:
         return np.asarray(patterns["two_theta"].values, dtype=float)
     if "q" in patterns.coords:
@@ -396,9 +399,9 @@ def _frame_time_s(patterns: xr.Dataset, i: int) -> float:
     return float(patterns["time_s"].values[i])
 
 
-def _frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
+def frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
     """(two_theta_deg, intensity, sigma, pattern status, time_s) of frame ``i``."""
-    tth = _two_theta_axis(patterns)
+    tth = two_theta_axis(patterns)
     y = np.asarray(patterns["intensity"].values[i], dtype=float)
     s = np.asarray(patterns["sigma"].values[i], dtype=float) if "sigma" in patterns else np.sqrt(np.clip(y, 1, None))
     st = str(patterns["status"].values[i]) if "status" in patterns else "ok"

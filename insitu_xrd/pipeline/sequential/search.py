@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["coarse_lattice_search", "seeded_spec"]
+__all__ = ["coarse_lattice_search", "seeded_spec", "phase_object", "with_lattice"]
 
 
 def _smooth_signal(tth: np.ndarray, intensity: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -149,7 +149,7 @@ def coarse_lattice_search(
     return float(a_best), float(c_best)
 
 
-def _phase_object(spec: RefinementSpec, name: str, refinement: Any = None) -> Any | None:
+def phase_object(spec: RefinementSpec, name: str, refinement: Any = None) -> Any | None:
     """core.crystal.Phase at the spec's start values (None for a CIF phase without the object)."""
     from insitu_xrd.core.crystal import make_template
 
@@ -210,6 +210,7 @@ def seeded_spec(spec: RefinementSpec, values: dict[str, float], phases: Iterable
                                    "diffuse": new_diff})
 
 
-def _with_lattice(spec: RefinementSpec, name: str, a: float, c: float) -> RefinementSpec:
+def with_lattice(spec: RefinementSpec, name: str, a: float, c: float) -> RefinementSpec:
+    """``spec`` with phase ``name`` starting from the lattice a, c (A)."""
     phases = [p.model_copy(update={"a": a, "c": c}) if p.name == name else p for p in spec.phases]
     return spec.model_copy(update={"phases": phases})

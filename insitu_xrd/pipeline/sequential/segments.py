@@ -5,8 +5,8 @@ segment continues from the record before the run (or cold-starts); every later s
 frame early, on the last frame of the segment before it, with the chain's cold start there (a
 grid search of the lattice on that frame and a fit from it: a quick fit independent of the
 neighbour). The segments are fitted in parallel, each by its own
-:class:`~insitu_xrd.pipeline.chain.SequentialRefiner`, and stitched in order: a segment is accepted
-when its fit of the overlap frame agrees with its neighbour's (:func:`~insitu_xrd.pipeline.chain._agree`:
+:class:`~insitu_xrd.pipeline.sequential.chain.SequentialRefiner`, and stitched in order: a segment is accepted
+when its fit of the overlap frame agrees with its neighbour's (:func:`~insitu_xrd.pipeline.sequential.chain.seam_fits_agree`:
 same phases, lattices within 5 esd, Rwp within 5 %); otherwise it is refit serially here, seeded
 from the neighbour's last good frame, and its frames say so in ``message``. What stays serial: the
 chain inside a segment, the stitching, and the refit of a segment that disagrees. ``chunks: 1``
@@ -14,9 +14,9 @@ is the serial chain, the reference.
 
 Where the segments run:
 
-* :func:`_parallel`, without an executor (the default): a pool of ``sequential.workers`` forked
+* :func:`refine_segments_in_processes`, without an executor (the default): a pool of ``sequential.workers`` forked
   local processes that receive the frames' arrays.
-* :func:`_parallel_on_executor`, with an executor of :mod:`insitu_xrd.pipeline.executors`
+* :func:`refine_segments_on_executor`, with an executor of :mod:`insitu_xrd.pipeline.executors`
   (serial, local processes, Dask): each segment is one task, :func:`refine_segment`, whose
   argument is a small JSON-able dict (the patterns file path, the segment's frame indices, the
   refinement and sequential sections as JSON, the wavelength, the recipe folder and the seed's
@@ -38,11 +38,12 @@ import numpy as np
 import xarray as xr
 
 from insitu_xrd.fit.spec import RefinementSpec
-from insitu_xrd.pipeline.chain import RefinementFactory, _agree, _run_chain
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.seq_records import FrameRecord, _frame_arrays
+from insitu_xrd.pipeline.sequential.chain import RefinementFactory, run_chain, seam_fits_agree
+from insitu_xrd.pipeline.sequential.records import FrameRecord, frame_arrays
 
-__all__ = ["refine_segment", "segment_task", "seed_dict"]
+__all__ = ["refine_segment", "segment_task", "seed_dict", "seed_before", "refine_segments_in_processes",
+           "refine_segments_on_executor"]
 
 # worker-process globals of the built-in pool (set by the pool initializer)
 _W: dict[str, Any] = {}
@@ -58,11 +59,12 @@ def _worker_init(spec_json: str, wavelength_A: float, base_dir: str, options_jso
 
 def _worker_chain(order: list[int], frames: dict[int, tuple], seed: FrameRecord | None) -> list[FrameRecord]:
     q = _W["queue"]
-    return _run_chain(_W["spec"], _W["wavelength"], _W["factory"], _W["options"], order, frames, seed,
+    return run_chain(_W["spec"], _W["wavelength"], _W["factory"], _W["options"], order, frames, seed,
                       lambda rec: q.put(rec.index))
 
 
-def _seed_before(records: list[FrameRecord | None], order: list[int], k: int) -> FrameRecord | None:
+def seed_before(records: list[FrameRecord | None], order: list[int], k: int) -> FrameRecord | None:
+    """The last good record before position ``k`` of ``order`` (the seed of a run starting there), or None."""
     for j in range(k - 1, -1, -1):
         rec = records[order[j]]
         if rec is not None and rec.good:
@@ -84,10 +86,11 @@ def _plan_segments(order: list[int], nchunks: int) -> list[list[int]]:
     return chunks
 
 
-def _parallel(run: tuple[list[int], FrameRecord | None], nchunks: int, opt: SequentialSection, spec: RefinementSpec,
-              wavelength: float, factory: RefinementFactory, frames: dict[int, tuple], patterns: xr.Dataset,
-              records: list[FrameRecord | None], emit: Callable[[FrameRecord], None], prog: Any, task: Any,
-              base_dir: str | Path | None) -> None:
+def refine_segments_in_processes(run: tuple[list[int], FrameRecord | None], nchunks: int, opt: SequentialSection,
+                                 spec: RefinementSpec, wavelength: float, factory: RefinementFactory,
+                                 frames: dict[int, tuple], patterns: xr.Dataset, records: list[FrameRecord | None],
+                                 emit: Callable[[FrameRecord], None], prog: Any, task: Any,
+                                 base_dir: str | Path | None) -> None:
     """Fit chunks of one run in parallel processes; check overlap frames; refit disagreeing chunks."""
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -131,12 +134,12 @@ def _stitch(results: list[list[FrameRecord] | None], order: list[int], opt: Sequ
             prev_last = res[-1]
             continue
         overlap_other = records[res[0].index]
-        if _agree(overlap_other, res[0], spec):
+        if seam_fits_agree(overlap_other, res[0], spec):
             for rec in res[1:]:
                 emit(rec)
         else:
-            seed_rec = _seed_before(records, order, order.index(res[1].index))
-            serial = _run_chain(spec, wavelength, factory, opt, list(dict.fromkeys(r.index for r in res[1:])), frames,
+            seed_rec = seed_before(records, order, order.index(res[1].index))
+            serial = run_chain(spec, wavelength, factory, opt, list(dict.fromkeys(r.index for r in res[1:])), frames,
                                 seed_rec, lambda r: None)
             # a serially refit chunk is seeded from a stored record, so re-seed properly by
             # fitting the overlap frame first (keeps seeding continuous); emit the refit frames
@@ -213,13 +216,13 @@ def _worker_patterns(path: str) -> xr.Dataset:
 
 def refine_segment(task: dict[str, Any]) -> list[FrameRecord]:
     """Task: fit one segment (``task`` from :func:`segment_task`) in one chain; its records in fit
-    order (look-back revisions included, as :func:`~insitu_xrd.pipeline.chain._run_chain` gives)."""
+    order (look-back revisions included, as :func:`~insitu_xrd.pipeline.sequential.chain.run_chain` gives)."""
     spec, options, factory = _worker_settings(task)
     patterns = _worker_patterns(task["patterns"])
     order = list(task["frames"])
-    frames = {i: _frame_arrays(patterns, i) for i in order}
+    frames = {i: frame_arrays(patterns, i) for i in order}
     seed = FrameRecord(**task["seed"]) if task.get("seed") else None
-    return _run_chain(spec, float(task["wavelength_A"]), factory, options, order, frames, seed, lambda rec: None)
+    return run_chain(spec, float(task["wavelength_A"]), factory, options, order, frames, seed, lambda rec: None)
 
 
 def _patterns_file(patterns: xr.Dataset, folder: Path) -> Path:
@@ -230,16 +233,16 @@ def _patterns_file(patterns: xr.Dataset, folder: Path) -> Path:
     return path
 
 
-def _parallel_on_executor(run: tuple[list[int], FrameRecord | None], nchunks: int, opt: SequentialSection,
-                          spec: RefinementSpec, wavelength: float, factory: RefinementFactory,
-                          frames: dict[int, tuple], patterns: xr.Dataset, records: list[FrameRecord | None],
-                          emit: Callable[[FrameRecord], None], prog: Any, task: Any, base_dir: str | Path | None,
-                          executor: Any, patterns_path: str | Path | None = None) -> None:
-    """:func:`_parallel` with the segments as :func:`refine_segment` tasks on ``executor``.
+def refine_segments_on_executor(run: tuple[list[int], FrameRecord | None], nchunks: int, opt: SequentialSection,
+                                spec: RefinementSpec, wavelength: float, factory: RefinementFactory,
+                                frames: dict[int, tuple], patterns: xr.Dataset, records: list[FrameRecord | None],
+                                emit: Callable[[FrameRecord], None], prog: Any, task: Any, base_dir: str | Path | None,
+                                executor: Any, patterns_path: str | Path | None = None) -> None:
+    """:func:`refine_segments_in_processes` with the segments as :func:`refine_segment` tasks on ``executor``.
 
     ``patterns_path``: the file (or Zarr store) ``patterns`` was read from, which the workers read
     (on a cluster: a path the workers see); none = the frames are written to a temporary file.
-    The stitching and the serial refit of a disagreeing segment run here, as in :func:`_parallel`.
+    The stitching and the serial refit of a disagreeing segment run here, as in :func:`refine_segments_in_processes`.
     """
     order, seed = run
     chunks = _plan_segments(order, nchunks)
