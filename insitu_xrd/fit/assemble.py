@@ -184,6 +184,8 @@ class _ResultAssembly:
             diffuse_curves=diffuse_curves, peaks=peaks, mode=mode, wavelength_A=self.wavelength_A,
             active_phases=list(prob.active), esd_factor=factor, elapsed_s=elapsed, warnings=warnings,
             lebail_areas=out["lebail_areas"],
+            site_parameters={n: lab for name in prob.pd if name in self.models
+                             for n, lab in self.models[name].labels().items() if n in values},
         )
 
     def _fractions(self, prob, vals, values, esds, out, lebail, cov_names, cov):

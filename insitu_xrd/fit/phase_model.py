@@ -280,6 +280,24 @@ class PhaseModel:
                     site.biso_A2 = site.biso_A2 + delta * ch.coef
         return ph
 
+    def labels(self) -> dict[str, str]:
+        """{parameter: "<phase>/<site(s)>/<quantity>"}: what each site parameter is, for results
+        (sites joined by '+' for a B group or an occupancy sum's followers)."""
+        out = {}
+        for n, par in self.params.items():
+            first = par.changes[0]
+            sites = "+".join(dict.fromkeys(self.phase.sites[ch.site].label for ch in par.changes
+                                           if ch.kind == first.kind))
+            if first.kind == "xyz":
+                k = int(np.argmax(np.abs(first.vector)))
+                quantity = "xyz"[k]
+            elif first.kind == "occ":
+                quantity = f"occ_{first.element}"
+            else:
+                quantity = "biso_A2"
+            out[n] = f"{self.name}/{sites}/{quantity}"
+        return out
+
     def describe(self) -> dict[str, str]:
         """{parameter: what it changes}, for documentation and reports."""
         out = {}

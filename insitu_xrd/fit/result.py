@@ -32,6 +32,8 @@ class FitResult:
     phase_fraction : {phase: (weight fraction, esd)}.
     correlation, correlation_names : correlation matrix of the refined parameters and its order.
     peaks : {phase: PeakTable} reflections inside the range (tick marks, hkl, d, areas).
+    site_parameters : {refined site parameter: "<phase>/<site>/<quantity>"} (e.g. "M_O1_x":
+        "M/O1/x"; a B group "M/O1+O2/biso_A2"), the parameters of `insitu_xrd.fit.phase_model`.
     """
 
     params: lmfit.Parameters
@@ -66,6 +68,7 @@ class FitResult:
     elapsed_s: float = float("nan")
     warnings: list[str] = field(default_factory=list)
     lebail_areas: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    site_parameters: dict[str, str] = field(default_factory=dict)
 
     @property
     def diff(self) -> np.ndarray:
