@@ -11,11 +11,14 @@ microstrain 1323 against 1012 x 1e-6).
 
 :func:`cold_start` therefore
 
-1. puts the main phase's lattice on the peaks by the grid search of
-   :func:`insitu_xrd.pipeline.sequential.coarse_lattice_search` over +/- 0.95 x
-   ``lattice_bound_pct`` of the start (the same search the sequential cold start always used),
-   and fits from there (the *first* fit);
-2. restarts from the lattice of that fit with every other value at the recipe's start
+1. puts the main phase's lattice on the peaks by the search of
+   :func:`insitu_xrd.pipeline.sequential.search.search_lattice` over +/- 0.95 x
+   ``lattice_bound_pct`` of the start (for cubic, tetragonal and hexagonal cells the (a, c) grid
+   the sequential cold start always used; lower symmetry: one scale of the lengths and a local
+   polish of every free lattice parameter), and fits from there (the *first* fit);
+2. with a CIF phase in the recipe (possibly of low symmetry, where the search is not global),
+   restarts from the recipe's own start (``start``); then restarts from the lattice of the best
+   fit with every other value at the recipe's start
    (``lattice``), and then from all the refined values of the best fit so far with fresh Le Bail
    intensities (``values``; repeated while it helps, at most ``max_restarts`` in all);
 3. keeps the lowest chi2: a restart replaces the current fit only when it is lower by more than
@@ -42,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.spec import RefinementSpec
 
 __all__ = ["ColdStart", "searched_spec", "lattice_restart_spec", "cold_start", "DEFAULT_TOL_CHI2", "DEFAULT_RESTARTS"]
@@ -107,18 +111,19 @@ def searched_spec(spec: RefinementSpec, wavelength_A: float, two_theta_deg: np.n
     CIF phases). Returns (spec, {phase: (a, c)}); the spec unchanged and {} when there is
     nothing to search.
     """
-    from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, phase_object, with_lattice
+    from insitu_xrd.pipeline.sequential.search import phase_object, search_lattice, with_lattice
 
     zero = float(spec.profile.zero_deg or 0.0)
     for name in phases:
         ph = spec.phase(name)
-        if not {"a", "c"} & set(ph.refine):
+        if not set(LATTICE_NAMES) & set(ph.refine):
             continue
         phase = phase_object(spec, name, refinement() if callable(refinement) else refinement)
         if phase is None:
             continue
-        a, c = coarse_lattice_search(phase, wavelength_A, two_theta_deg, intensity, ph.lattice_bound_pct * 0.95, zero)
-        return with_lattice(spec, name, a, c), {name: (float(a), float(c))}
+        found = search_lattice(phase, wavelength_A, two_theta_deg, intensity, ph.lattice_bound_pct * 0.95, zero)
+        a, c = found.get("a", phase.a), found.get("c", phase.c)
+        return with_lattice(spec, name, a, c, **{k: v for k, v in found.items() if k not in ("a", "c")}), {name: (float(a), float(c))}
     return spec, {}
 
 
@@ -129,9 +134,12 @@ def lattice_restart_spec(spec: RefinementSpec, fit: Any) -> RefinementSpec:
     for p in spec.phases:
         upd = {}
         if p.name in getattr(fit, "active_phases", []):
-            for key in ("a", "b", "c"):
+            for key in LATTICE_NAMES:
                 v = fit.values.get(f"{p.name}_{key}")
-                if v is not None and np.isfinite(v) and (key != "b" or p.b is not None):
+                # a, c as always; b and the angles when the recipe starts or refines them (results
+                # carry every phase's whole cell, tied and fixed parameters included)
+                if v is not None and np.isfinite(v) and (key in ("a", "c") or getattr(p, key) is not None
+                                                         or key in p.refine):
                     upd[key] = float(v)
         phases.append(p.model_copy(update=upd) if upd else p)
     prof = spec.profile
@@ -227,12 +235,20 @@ def cold_start(
     tried: list[tuple[str, float]] = [(label0, float(fit0.chi2))]
     seen: list[RefinementSpec] = [spec0]
     plan = ["lattice"] + (["diffuse"] if spec.diffuse else [])
+    if spec0 != spec and any(p.cif is not None for p in spec.phases):
+        # a CIF phase may be of low symmetry, where the search only scales the lengths and polishes
+        # (`search_lattice`): from a start off in several directions that can land on a side
+        # maximum the recipe's own start does not (seen for Cmcm and P-1 cells 2.5 % off), so the
+        # recipe start is tried too (template phases are cubic or hexagonal: grid-searched)
+        plan = ["start"] + plan
     n_values = 0
     for k in range(max(0, int(max_restarts))):
         if not np.isfinite(float(getattr(best, "chi2", math.nan))):
             break  # no values to restart from (a failed fit that did not converge is restarted)
         kind = plan[k] if k < len(plan) else "values"
-        if kind == "lattice":
+        if kind == "start":
+            label, sp = kind, spec
+        elif kind == "lattice":
             label, sp = kind, lattice_restart_spec(spec, fit0)
         elif kind == "diffuse":
             label, sp = kind, _diffuse_restart_spec(spec, best)

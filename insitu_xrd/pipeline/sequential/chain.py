@@ -30,10 +30,11 @@ import xarray as xr
 from scipy import stats
 
 from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, frame_arrays, param_value, record_from_fit
-from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, phase_object, seeded_spec, with_lattice
+from insitu_xrd.pipeline.sequential.search import phase_object, search_lattice, seeded_spec, with_lattice
 
 __all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame", "run_chain", "seam_fits_agree"]
 
@@ -292,14 +293,15 @@ class SequentialRefiner:
         """Start lattice of the optional phase from a grid search on the residual of fit0."""
         ph = spec.phase(name)
         phase = phase_object(spec, name, self._refinement_for(spec))
-        if phase is None or not {"a", "c"} & set(ph.refine):
+        if phase is None or not set(LATTICE_NAMES) & set(ph.refine):
             return spec
         tth = np.asarray(fit0.two_theta_deg)
         resid = np.clip(np.asarray(fit0.obs) - np.asarray(fit0.calc), 0, None) + 0.0
         zero = param_value(fit0, "zero_deg")[0]
-        a, c = coarse_lattice_search(phase, self.wavelength_A, tth, resid + np.asarray(fit0.background) * 0,
-                                     ph.lattice_bound_pct * 0.95, zero if np.isfinite(zero) else 0.0)
-        spec = with_lattice(spec, name, a, c)
+        found = search_lattice(phase, self.wavelength_A, tth, resid + np.asarray(fit0.background) * 0,
+                               ph.lattice_bound_pct * 0.95, zero if np.isfinite(zero) else 0.0)
+        spec = with_lattice(spec, name, found.get("a", phase.a), found.get("c", phase.c),
+                            **{k: v for k, v in found.items() if k not in ("a", "c")})
         # peak width: unless the recipe gives one, start from the fitted microstrain of the phase
         # it grows from (same particles; a coated H3 at the onset is ~3x broader than the default
         # start, and a too narrow start leaves the new phase "not significant" at its start lattice)
@@ -467,7 +469,7 @@ class SequentialRefiner:
         for name in fit.active_phases:
             if name not in before.active or name not in prev.active:
                 continue
-            for ln in ("a", "b", "c"):
+            for ln in LATTICE_NAMES:
                 key = f"{name}_{ln}"
                 par = new.get(key)
                 v0 = before.values.get(key, math.nan)

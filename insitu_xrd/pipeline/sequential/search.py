@@ -1,6 +1,7 @@
 """Cold starts of the sequential chain: the lattice grid search and seeded specs.
 
-:func:`coarse_lattice_search` finds the lattice lengths that put a phase's reflections on the
+:func:`search_lattice` finds the free lattice parameters (:func:`coarse_lattice_search`: the
+lengths a, c of a cubic, tetragonal or hexagonal cell) that put a phase's reflections on the
 peaks of a pattern (a frame without a seed: the first frame of a chain or of a segment, a refit
 from a fresh lattice search, an absent optional phase's trial lattice); :func:`seeded_spec` makes
 a spec whose start values come from a previous result.
@@ -14,9 +15,10 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import ndimage
 
+from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["coarse_lattice_search", "seeded_spec", "phase_object", "with_lattice"]
+__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice"]
 
 
 def _smooth_signal(tth: np.ndarray, intensity: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -149,6 +151,115 @@ def coarse_lattice_search(
     return float(a_best), float(c_best)
 
 
+def search_lattice(
+    phase: Any,
+    wavelength_A: float,
+    two_theta_deg: np.ndarray,
+    intensity: np.ndarray,
+    bound_pct: float = 3.0,
+    zero_deg: float = 0.0,
+    sweeps: int = 3,
+) -> dict[str, float]:
+    """Every free lattice parameter of ``phase`` (A, deg) that puts its reflections on the peaks.
+
+    Cubic, tetragonal and hexagonal cells: the (a, c) grid of :func:`coarse_lattice_search`.
+    Lower symmetry (orthorhombic, monoclinic, triclinic) and rhombohedral axes: one scale of all
+    lengths first (the same grid), then ``sweeps`` cyclic one-dimensional grid searches over each
+    free parameter (lengths and angles, +/- ``bound_pct`` % of the start, 0.05 % steps on the
+    smoothed pattern, then +/- 0.08 % in 0.005 % steps on the fine one). Same score as
+    :func:`coarse_lattice_search`. Returns {name: value} for the free parameters."""
+    lat = phase.lattice
+    free = lat.free
+    if lat.system != "rhombohedral" and set(free) <= {"a", "c"}:
+        a, c = coarse_lattice_search(phase, wavelength_A, two_theta_deg, intensity, bound_pct, zero_deg)
+        return {"a": a, "c": c} if "c" in free else {"a": a}
+    a_iso, _ = coarse_lattice_search(phase, wavelength_A, two_theta_deg, intensity, bound_pct, zero_deg)
+    cell = np.array(phase.cell, dtype=float)
+    cell[:3] *= a_iso / phase.a
+    tth = np.asarray(two_theta_deg, dtype=float)
+    ok = np.isfinite(intensity)
+    tth, y = tth[ok], np.asarray(intensity, dtype=float)[ok]
+    lo, hi = float(tth.min()), float(tth.max())
+    dmin = wavelength_A / (2 * math.sin(math.radians(hi) / 2)) * (1 - bound_pct / 100)
+    found = _search_reflections(phase, dmin, wavelength_A)
+    if found is None or len(tth) < 20:
+        return {n: float(phase.cell[_CELL_INDEX[n]]) for n in free}
+    refl, weight = found
+    h = refl.hkl.astype(float)
+    hh = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
+                   2 * h[:, 1] * h[:, 2]], axis=1)
+    step_deg = float(np.median(np.diff(tth)))
+    # search in the reciprocal metric: 1/d^2 = hh . g*, linear in its components, and each free
+    # component moves its own set of reflections (a, c and beta of a monoclinic cell are strongly
+    # correlated; g*11, g*33, g*13 far less): directions = the free components (row-echelon basis
+    # of what the free cell parameters can change), steps relative to the diagonal terms
+    gs0, dgs = reciprocal_metric_and_derivatives(tuple(cell))
+    jac = np.stack([_metric_vector(d) for d in np.einsum("ij,ikl->jkl", lat.matrix(), dgs)], axis=0)  # (k, 6)
+    basis = _row_echelon(jac)  # (k, 6)
+    v = _metric_vector(gs0)
+    diag = np.abs(v[:3])
+    scale_of = np.array([diag[0], diag[1], diag[2], np.sqrt(diag[0] * diag[1]), np.sqrt(diag[0] * diag[2]),
+                         np.sqrt(diag[1] * diag[2])])
+    steps = np.array([scale_of[int(np.argmax(np.abs(b)))] for b in basis])
+
+    def scores(vs: np.ndarray, signal: np.ndarray) -> np.ndarray:
+        sin_t = np.clip(wavelength_A * np.sqrt(np.clip(vs @ hh.T, 0, None)) / 2, 0, 0.999999)
+        t = np.degrees(2 * np.arcsin(sin_t)) + zero_deg
+        val = np.interp(t, tth, signal, left=0.0, right=0.0)
+        return np.sum(val * weight * ((t >= lo) & (t <= hi)), axis=-1)
+
+    # 1/d^2 changes by twice the relative change of a length: reciprocal steps of 2x the lengths'
+    span = 2 * bound_pct / 100
+    mid = 0.5 * (lo + hi)
+    stages = ((_smooth_signal(tth, y, max(1.0, 0.0005 * mid / step_deg)), np.arange(-span, span + 1e-12, 0.001)),
+              (_smooth_signal(tth, y, 1.0), np.arange(-0.0016, 0.0016 + 1e-12, 0.0001)))
+    # the fine stage only: a local polish of each free component around the isotropic scale (a
+    # global search of several free components is an indexing problem: grids and sweeps from a
+    # start a few % off in several directions ended on side maxima of the score for Cmcm and P-1
+    # cells, while the refinement's own cold start converged from there)
+    for signal, rel in stages[1:]:
+        for _ in range(sweeps):
+            for j in range(len(basis)):
+                trial = v[None, :] + np.outer(rel * steps[j], basis[j])
+                v = trial[int(np.argmax(scores(trial, signal)))]
+    g = np.linalg.inv(np.array([[v[0], v[3], v[4]], [v[3], v[1], v[5]], [v[4], v[5], v[2]]]))
+    lengths = np.sqrt(np.diag(g))
+    angles = np.degrees(np.arccos([g[1, 2] / (lengths[1] * lengths[2]), g[0, 2] / (lengths[0] * lengths[2]),
+                                   g[0, 1] / (lengths[0] * lengths[1])]))
+    found_cell = np.concatenate([lengths, angles])
+    return {n: float(found_cell[_CELL_INDEX[n]]) for n in free}
+
+
+def _metric_vector(g: np.ndarray) -> np.ndarray:
+    return np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]])
+
+
+def _row_echelon(m: np.ndarray) -> np.ndarray:
+    """Rows spanning the row space of ``m`` in reduced row-echelon form (one pivot component each)."""
+    a = np.array(m, dtype=float)
+    out = []
+    row = 0
+    for col in range(a.shape[1]):
+        if row >= a.shape[0]:
+            break
+        p = row + int(np.argmax(np.abs(a[row:, col])))
+        if abs(a[p, col]) < 1e-12 * max(np.abs(a).max(), 1e-300):
+            continue
+        a[[row, p]] = a[[p, row]]
+        a[row] /= a[row, col]
+        for i in range(a.shape[0]):
+            if i != row:
+                a[i] -= a[i, col] * a[row]
+        row += 1
+    for r in a[:row]:
+        r[np.abs(r) < 1e-12] = 0.0
+        out.append(r)
+    return np.array(out)
+
+
+_CELL_INDEX = {"a": 0, "b": 1, "c": 2, "alpha": 3, "beta": 4, "gamma": 5}
+
+
 def phase_object(spec: RefinementSpec, name: str, refinement: Any = None) -> Any | None:
     """core.crystal.Phase at the spec's start values (None for a CIF phase without the object)."""
     from insitu_xrd.core.crystal import make_template
@@ -158,7 +269,8 @@ def phase_object(spec: RefinementSpec, name: str, refinement: Any = None) -> Any
         phases = getattr(refinement, "phases", None) or getattr(refinement, "phase_objects", None)
         if isinstance(phases, dict) and name in phases:
             p = phases[name]
-            return p.with_cell(a=ph.a, c=ph.c) if (ph.a or ph.c) else p
+            cell = {k: getattr(ph, k) for k in _CELL_INDEX if getattr(ph, k) is not None}
+            return p.with_cell(**cell) if cell else p
         return None
     kw: dict[str, float] = {}
     for key in ("a", "c", "li_occupancy", "ni_li_mixing", "o_z"):
@@ -183,12 +295,12 @@ def seeded_spec(spec: RefinementSpec, values: dict[str, float], phases: Iterable
     for ph in spec.phases:
         upd: dict[str, Any] = {}
         if phases is None or ph.name in phases:
-            for key in ("a", "b", "c", "mustrain", "size_um", "mustrain_mix", "size_mix", "o_z",
-                        "li_occupancy", "ni_li_mixing", "biso_A2"):
+            for key in ("a", "b", "c", "alpha", "beta", "gamma", "mustrain", "size_um", "mustrain_mix", "size_mix",
+                        "o_z", "li_occupancy", "ni_li_mixing", "biso_A2"):
                 v = values.get(f"{ph.name}_{key}")
                 if v is not None and np.isfinite(v):
-                    if key == "b" and ph.b is None:
-                        continue
+                    if key in ("b", "alpha", "beta", "gamma") and getattr(ph, key) is None and key not in ph.refine:
+                        continue  # tied or fixed by symmetry (results carry them for every phase)
                     if key in ("size_um",) and v <= 0:
                         continue
                     upd[key] = float(v)
@@ -210,7 +322,9 @@ def seeded_spec(spec: RefinementSpec, values: dict[str, float], phases: Iterable
                                    "diffuse": new_diff})
 
 
-def with_lattice(spec: RefinementSpec, name: str, a: float, c: float) -> RefinementSpec:
-    """``spec`` with phase ``name`` starting from the lattice a, c (A)."""
-    phases = [p.model_copy(update={"a": a, "c": c}) if p.name == name else p for p in spec.phases]
+def with_lattice(spec: RefinementSpec, name: str, a: float, c: float, **more: float) -> RefinementSpec:
+    """``spec`` with phase ``name`` starting from the lattice a, c (A) and any other cell
+    parameters given (b in A, alpha, beta, gamma in deg)."""
+    update = {"a": a, "c": c, **{k: float(v) for k, v in more.items() if k in _CELL_INDEX and k not in ("a", "c")}}
+    phases = [p.model_copy(update=update) if p.name == name else p for p in spec.phases]
     return spec.model_copy(update={"phases": phases})
