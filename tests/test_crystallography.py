@@ -26,44 +26,17 @@ from insitu_xrd.core.symmetry import (
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit import Refinement, RefinementSpec
 from insitu_xrd.fit.phase_model import PhaseModel
+from insitu_xrd.simulate import phases as simulated
 
 LAM = 0.1173
 PROFILE = dict(U=1.2, V=-0.4, W=0.9, X=0.15, Y=0.3)
 
 
-def li2mno3(cell=(4.929, 8.531, 5.025, 90.0, 109.35, 90.0), o1=(0.219, 0.0, 0.227)) -> Phase:
-    """Li2MnO3, C2/m (monoclinic, b unique); O1 on 4i (x, 0, z)."""
-    sites = [Site("Li1", (0.0, 0.5, 0.0), {"Li": 1.0}, 1.0), Site("Li2", (0.0, 0.0, 0.5), {"Li": 1.0}, 1.0),
-             Site("Li3", (0.0, 0.662, 0.5), {"Li": 1.0}, 1.0), Site("Mn1", (0.0, 0.167, 0.0), {"Mn": 1.0}, 0.4),
-             Site("O1", o1, {"O": 1.0}, 0.6), Site("O2", (0.254, 0.321, 0.223), {"O": 1.0}, 0.6)]
-    return Phase("M", "C 1 2/m 1", cell, sites, 4)
-
-
-def cmcm(cell=(3.05, 9.84, 4.11, 90.0, 90.0, 90.0), na_y=0.37) -> Phase:
-    """An orthorhombic Cmcm layered oxide: Na on 4c (0, y, 1/4), Mn on 4a, O on 8f (0, y, z)."""
-    sites = [Site("Na", (0.0, na_y, 0.25), {"Na": 1.0}, 1.2), Site("Mn", (0.0, 0.0, 0.0), {"Mn": 1.0}, 0.4),
-             Site("O", (0.0, 0.09, 0.58), {"O": 1.0}, 0.6)]
-    return Phase("O", "C m c m", cell, sites, 4)
-
-
-def triclinic(cell=(5.12, 5.93, 7.21, 95.3, 102.1, 88.4)) -> Phase:
-    sites = [Site("Mn", (0.11, 0.23, 0.31), {"Mn": 1.0}, 0.4), Site("O", (0.37, 0.18, 0.07), {"O": 1.0}, 0.6),
-             Site("Li", (0.62, 0.71, 0.44), {"Li": 1.0}, 1.0)]
-    return Phase("T", "P -1", cell, sites, 2)
-
-
-def tetragonal(cell=(3.86, 3.86, 12.71, 90.0, 90.0, 90.0), la_z=0.361) -> Phase:
-    """La2NiO4-like I4/mmm: La on 4e (0, 0, z), Ni 2a, O1 4c, O2 4e."""
-    sites = [Site("La", (0.0, 0.0, la_z), {"La": 1.0}, 0.5), Site("Ni", (0.0, 0.0, 0.0), {"Ni": 1.0}, 0.4),
-             Site("O1", (0.0, 0.5, 0.0), {"O": 1.0}, 0.7), Site("O2", (0.0, 0.0, 0.176), {"O": 1.0}, 0.9)]
-    return Phase("Q", "I 4/m m m", cell, sites, 2)
-
-
-def spinel(a=8.245, o_x=0.263) -> Phase:
-    """LiMn2O4, Fd-3m origin 2: O on 32e (x, x, x)."""
-    sites = [Site("Li", (0.125, 0.125, 0.125), {"Li": 1.0}, 1.0), Site("Mn", (0.5, 0.5, 0.5), {"Mn": 1.0}, 0.4),
-             Site("O", (o_x, o_x, o_x), {"O": 1.0}, 0.7)]
-    return Phase("S", "F d -3 m:2", (a, a, a, 90.0, 90.0, 90.0), sites, 8)
+li2mno3 = simulated.li2mno3
+cmcm = simulated.cmcm_layered
+triclinic = simulated.triclinic_oxide
+tetragonal = simulated.la2nio4
+spinel = simulated.limn2o4
 
 
 def pattern(phase: Phase, seed: int, two_theta=(1.0, 9.0), npts=4000, mustrain=1500.0, counts=0.4):
