@@ -172,7 +172,7 @@ def refine(
     mode: Optional[Mode] = typer.Option(None, "--mode", help="Override the recipe's refinement mode (lebail or rietveld)."),
     phases: Optional[str] = typer.Option(None, "--phases", help="Comma-separated phases to include (default: every non-optional phase), e.g. H2,H3."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot (PNG/PDF/SVG by suffix)."),
-    zoom: Optional[list[str]] = typer.Option(None, "--zoom", help="Zoom panel of the plot: reflection labels ('003', '108 110') or a range 'LO:HI' in deg 2theta; repeatable. Default 003, 104, 108/110 when present."),
+    zoom: Optional[list[str]] = typer.Option(None, "--zoom", help="Zoom panel of the plot: reflection labels ('003', '108 110') or a range 'LO:HI' in deg 2theta; repeatable. Default: the main phase's three strongest reflections."),
     lattice_search: bool = typer.Option(True, "--lattice-search/--no-lattice-search", help="Start the main phase's lattice from a grid search on the pattern (+/- 0.95 x lattice_bound_pct of the recipe's start)."),
     restarts: int = typer.Option(4, "--restarts", min=0, help="Restarts after the first fit (its lattice; narrow diffuse components; its values while that helps); the lowest chi2 is kept and a lower restart is reported as a note. 0 = one fit."),
 ) -> None:

@@ -1,7 +1,8 @@
 """Standard in-situ figures (Agg backend).
 
-* :func:`plot_insitu_map`: pattern intensity map (2theta x time) next to the voltage curve, with the
-  003 and 104 regions of the layered oxide zoomed (the c-axis and in-plane signatures of H2/H3).
+* :func:`plot_insitu_map`: pattern intensity map (2theta x time) next to the voltage curve, with
+  the regions of the main phase's strongest reflections zoomed (for NMC811 the 003 and 104, the
+  c-axis and in-plane signatures of H2/H3; :func:`series_zoom_windows`).
 * :func:`plot_lattice`: lattice parameters a, c, cell volume and phase fractions versus x (or
   SoC, time, ...) with esd error bars, one series per phase.
 * :func:`write_figures`: the figure writer of ``insitu-xrd run/watch/demo`` (all of the above,
@@ -23,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 
-__all__ = ["plot_insitu_map", "plot_lattice", "write_figures", "reflection_two_theta_deg", "AXIS_LABELS"]
+__all__ = ["plot_insitu_map", "plot_lattice", "write_figures", "series_zoom_windows", "AXIS_LABELS"]
 
 AXIS_LABELS = {
     "x_li": "x in Li$_x$TMO$_2$",
@@ -36,12 +37,31 @@ AXIS_LABELS = {
 _COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
 
 
-def reflection_two_theta_deg(hkl: tuple[int, int, int], a_A: float, c_A: float, wavelength_A: float) -> float:
-    """2theta (deg) of a hexagonal reflection: 1/d^2 = 4/3 (h^2+hk+k^2)/a^2 + l^2/c^2."""
-    h, k, l = hkl
-    inv_d2 = 4.0 / 3.0 * (h * h + h * k + k * k) / a_A**2 + l * l / c_A**2
-    s = wavelength_A * math.sqrt(inv_d2) / 2
-    return math.degrees(2 * math.asin(min(s, 1.0)))
+def series_zoom_windows(fit: xr.Dataset, results: xr.Dataset) -> list[tuple[str, float, float]]:
+    """Zoom windows (title, lo_deg, hi_deg) of the in-situ map: those of the Rietveld figure of one
+    fitted frame (:func:`insitu_xrd.plots.rietveld.zoom_windows`: the main phase's strongest
+    reflections), widened to where the reflections move over the series: by 2 tan(theta) times the
+    spread (max - min) / min of the lattice lengths a, b, c of the electrode phases (the results'
+    ``cathode_phases``, else the first phase) over every frame, pooled so that a second phase
+    (H3) that the fitted frame lacks is inside too."""
+    from insitu_xrd.io.strain_export import cathode_phases_in
+    from insitu_xrd.plots.rietveld import zoom_windows
+
+    phases = cathode_phases_in(results) or [str(results["phase"].values[0])]
+    spread = 0.0
+    for var in ("a", "b", "c"):
+        if var in results:
+            v = np.asarray(results[var].sel(phase=phases).values, dtype=float)
+            v = v[np.isfinite(v) & (v > 0)]
+            if v.size:
+                spread = max(spread, float(v.max() / v.min() - 1.0))
+    out = []
+    for title, lo, hi in zoom_windows(fit):
+        def shift(tth_deg: float) -> float:
+            return math.degrees(2 * math.tan(math.radians(tth_deg) / 2) * spread)
+
+        out.append((title, lo - shift(lo), hi + shift(hi)))
+    return out
 
 
 def _two_theta(patterns: xr.Dataset) -> np.ndarray:
@@ -50,25 +70,6 @@ def _two_theta(patterns: xr.Dataset) -> np.ndarray:
     lam = float(patterns.attrs["wavelength_A"])
     q = np.asarray(patterns["q"].values, dtype=float)
     return np.degrees(2 * np.arcsin(np.clip(q * lam / (4 * np.pi), 0, 1)))
-
-
-def _zoom_ranges(results: xr.Dataset | None, wavelength_A: float, labels: Sequence[str]) -> list[tuple[str, float, float]]:
-    """2theta windows around 003/104 spanning every refined lattice of every phase (+ margin)."""
-    if results is None or "a" not in results or "c" not in results:
-        return []
-    a = np.asarray(results["a"].values, dtype=float).ravel()
-    c = np.asarray(results["c"].values, dtype=float).ravel()
-    good = np.isfinite(a) & np.isfinite(c)
-    if not good.any():
-        return []
-    out = []
-    for label in labels:
-        hkl = tuple(int(ch) for ch in label)
-        t = [reflection_two_theta_deg(hkl, ai, ci, wavelength_A) for ai, ci in zip(a[good], c[good])]
-        lo, hi = min(t), max(t)
-        margin = max(0.06, 0.25 * (hi - lo))
-        out.append((label, lo - margin, hi + margin))
-    return out
 
 
 def _time_h(ds: xr.Dataset) -> np.ndarray | None:
@@ -84,15 +85,16 @@ def plot_insitu_map(
     path: str | Path,
     results: xr.Dataset | None = None,
     echem: xr.Dataset | None = None,
-    zooms: Sequence[str] = ("003", "104"),
+    zooms: Sequence[tuple[str, float, float]] = (),
     title: str | None = None,
     dpi: int = 130,
 ) -> Path:
-    """Intensity map (sqrt scale) of every frame versus time, zoomed 003/104 maps, voltage curve.
+    """Intensity map (sqrt scale) of every frame versus time, zoomed maps, voltage curve.
 
-    patterns: Patterns Dataset. results: sequential results (for the zoom windows, the H3 onset
-    line and, if it carries echem coords, the voltage curve); echem: any Dataset with
-    ``time_s`` and ``voltage_V`` per frame (default: ``results``).
+    patterns: Patterns Dataset. results: sequential results (for the H3 onset line and, if it
+    carries echem coords, the voltage curve); echem: any Dataset with ``time_s`` and
+    ``voltage_V`` per frame (default: ``results``); zooms: (title, lo_deg, hi_deg) windows drawn
+    as zoomed maps (:func:`series_zoom_windows`; none by default).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,8 +107,7 @@ def plot_insitu_map(
     if y is None or not np.all(np.diff(y[np.isfinite(y)]) > 0):
         y = np.arange(inten.shape[0], dtype=float)
         ylabel = "frame"
-    lam = float(patterns.attrs.get("wavelength_A", np.nan))
-    windows = _zoom_ranges(results, lam, zooms) if np.isfinite(lam) else []
+    windows = [(str(t_), float(lo), float(hi)) for t_, lo, hi in zooms]
     ec = echem if echem is not None else results
     has_v = ec is not None and "voltage_V" in ec.variables and np.isfinite(np.asarray(ec["voltage_V"].values, float)).any()
     ncols = 1 + len(windows) + (1 if has_v else 0)
@@ -271,12 +272,7 @@ def write_figures(recipe: Any, patterns: xr.Dataset, results: xr.Dataset, strain
         except Exception as exc:  # a figure must never break the run
             errors.append(f"{getattr(fn, '__name__', fn)}: {type(exc).__name__}: {exc}")
 
-    attempt(plot_insitu_map, patterns, fig_dir / f"insitu_map.{ext}", results=results, title=recipe.name)
-    attempt(plot_lattice, results, fig_dir / f"lattice.{ext}", versus=recipe.strain.versus, title=recipe.name)
-    if strain is not None:
-        from insitu_xrd.plots.strain import plot_strain
-
-        attempt(plot_strain, strain, fig_dir / f"strain.{ext}")
+    map_zooms: list[tuple[str, float, float]] = []
     if recipe.refinement is not None:
         from insitu_xrd.plots.rietveld import plot_rietveld
 
@@ -284,10 +280,20 @@ def write_figures(recipe: Any, patterns: xr.Dataset, results: xr.Dataset, strain
         frames = rietveld_frames(recipe, results) if rietveld is None else list(rietveld)
         for i in frames:
             try:
-                fit = refit_frame(results, patterns, i, recipe.refinement, factory)
+                result = refit_frame(results, patterns, i, recipe.refinement, factory)
+                fit = result.to_dataset()
                 name = str(results["frame_name"].values[i]) if "frame_name" in results.coords else str(i)
-                written.append(plot_rietveld(fit.to_dataset(), fig_dir / f"rietveld_frame{i:04d}.{ext}",
-                                             title=f"{recipe.name}: frame {i} ({name}), Rwp {100 * fit.rwp:.2f} %"))
+                written.append(plot_rietveld(fit, fig_dir / f"rietveld_frame{i:04d}.{ext}",
+                                             title=f"{recipe.name}: frame {i} ({name}), Rwp {100 * result.rwp:.2f} %"))
+                if not map_zooms:  # the map zooms on the regions of the first Rietveld figure
+                    map_zooms = series_zoom_windows(fit, results)
             except Exception as exc:
                 errors.append(f"rietveld frame {i}: {type(exc).__name__}: {exc}")
+    attempt(plot_insitu_map, patterns, fig_dir / f"insitu_map.{ext}", results=results, zooms=map_zooms,
+            title=recipe.name)
+    attempt(plot_lattice, results, fig_dir / f"lattice.{ext}", versus=recipe.strain.versus, title=recipe.name)
+    if strain is not None:
+        from insitu_xrd.plots.strain import plot_strain
+
+        attempt(plot_strain, strain, fig_dir / f"strain.{ext}")
     return written, errors

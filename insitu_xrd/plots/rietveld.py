@@ -2,7 +2,8 @@
 
 Layout: observed points, calculated line and background on top; one row of reflection ticks per
 phase (labelled); the difference curve obs - calc below on the same 2theta axis; optional zoom
-panels underneath (e.g. 003 and 104 / 108-110 of a layered oxide), each with its own difference.
+panels underneath, each with its own difference: by default around the main phase's strongest
+reflections (for NMC811 the 003 and 104), or the reflections / 2theta ranges asked for.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import xarray as xr  # noqa: E402
 from insitu_xrd.core.crystal import parse_hkl_label  # noqa: E402
 from insitu_xrd.errors import InsituXRDError  # noqa: E402
 
-__all__ = ["plot_rietveld", "zoom_windows", "DEFAULT_ZOOMS"]
+__all__ = ["plot_rietveld", "zoom_windows", "default_zooms", "DEFAULT_ZOOM_COUNT"]
 
-#: Zoom regions used when none are given and the fit has these reflections (layered R-3m oxides):
-#: the 003 (c axis, H2/H3 split), the 104 (with its diffuse component), the 108/110 pair.
-DEFAULT_ZOOMS: tuple[str, ...] = ("003", "104", "108 110")
+#: Zoom panels drawn when none are given: around this many of the main phase's strongest
+#: reflections (by fitted peak area) inside the fitted range.
+DEFAULT_ZOOM_COUNT = 3
 
 ZoomSpec = Union[str, tuple[float, float], Sequence[float]]
 
@@ -62,19 +63,51 @@ def _match_by_d(keys: list, phase_of: np.ndarray, d_of: np.ndarray, phase: str, 
     return hits
 
 
+def default_zooms(ds: xr.Dataset, count: int = DEFAULT_ZOOM_COUNT) -> list[str]:
+    """Zoom specs (reflection labels) of the main phase's ``count`` strongest reflections.
+
+    The main phase is the fit's first phase that has reflections inside the fitted range (the
+    recipe's first phase, e.g. H2). Its reflections are taken by fitted peak area (``peak_area``),
+    strongest first; one that lies inside the window of a stronger one joins its panel ("108 110"),
+    so each panel shows a distinct region. Sorted by 2theta; [] when the fit lists no reflections.
+    """
+    if "peak_hkl" not in ds or ds.sizes.get("peak", 0) == 0:
+        return []
+    x = np.asarray(ds["two_theta"].values, dtype=float)
+    tth = np.asarray(ds["peak_two_theta"].values, dtype=float)
+    phase_of = np.array([str(p) for p in ds["peak_phase"].values])
+    hkl = [str(h) for h in ds["peak_hkl"].values]
+    area = np.asarray(ds["peak_area"].values, dtype=float) if "peak_area" in ds else np.ones(tth.size)
+    inside = (tth >= x.min()) & (tth <= x.max()) & np.isfinite(area)
+    order = [str(p) for p in ds["phase"].values] if "phase" in ds.coords else []
+    main = next((p for p in order + list(dict.fromkeys(phase_of.tolist())) if np.any(inside & (phase_of == p))), None)
+    if main is None:
+        return []
+    idx = np.flatnonzero(inside & (phase_of == main))
+    groups: list[list[int]] = []
+    for i in idx[np.argsort(-area[idx], kind="stable")]:
+        home = next((g for g in groups if any(abs(tth[i] - tth[j]) <= max(0.05, 0.03 * tth[j]) for j in g)), None)
+        if home is not None:
+            home.append(int(i))
+        elif len(groups) < count:
+            groups.append([int(i)])
+    groups.sort(key=lambda g: min(tth[g]))
+    return [" ".join(dict.fromkeys(hkl[j] for j in sorted(g, key=lambda j: tth[j]))) for g in groups]
+
+
 def zoom_windows(ds: xr.Dataset, zooms: Sequence[ZoomSpec] | None = None) -> list[tuple[str, float, float]]:
     """Resolve zoom specifications into (title, lo_deg, hi_deg) windows.
 
     A zoom is either an explicit (lo, hi) 2theta range in degrees or a string of reflection
     labels separated by spaces, '+' or '/' ("003", "108 110", "108+110"); a label window spans the
     positions of those reflections in every phase that has all of them, padded by max(0.05 deg, 3 % of
-    2theta) each side. Labels absent from the fit are skipped when ``zooms`` is None (defaults)
-    and are an error when given explicitly.
+    2theta) each side. None: :func:`default_zooms` (the main phase's strongest reflections).
+    Labels absent from the fit are skipped for the defaults and are an error when given explicitly.
     """
     x = np.asarray(ds["two_theta"].values, dtype=float)
     xmin, xmax = float(x.min()), float(x.max())
     explicit = zooms is not None
-    specs = list(zooms) if zooms is not None else list(DEFAULT_ZOOMS)
+    specs = list(zooms) if zooms is not None else default_zooms(ds)
     out: list[tuple[str, float, float]] = []
     have_peaks = "peak_hkl" in ds and ds.sizes.get("peak", 0) > 0
     hkl = [str(h) for h in ds["peak_hkl"].values] if have_peaks else []
@@ -129,7 +162,8 @@ def plot_rietveld(
 ) -> Path:
     """Write the Rietveld figure of a fit Dataset to ``path`` (PNG/PDF/SVG by suffix).
 
-    zooms: see :func:`zoom_windows`; None uses 003, 104 and 108/110 when present, [] disables.
+    zooms: see :func:`zoom_windows`; None: around the main phase's strongest reflections
+        (:func:`default_zooms`), [] disables.
     log_intensity: sqrt-free log scale on the main panel (useful for weak phases).
     Returns the path written.
     """

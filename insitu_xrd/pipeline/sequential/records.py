@@ -227,8 +227,8 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     dims2 = ("frame", "phase")
     for k, v in per.items():
         data[k] = (dims2, v)
-    # fraction within the cathode (phases of the first phase's template, plus optional phases):
-    # the lever-rule H2/H3 fraction, independent of cell lines (Al, Li) in the beam
+    # fraction within the electrode phases (cathode_phases): the lever-rule H2/H3 fraction,
+    # independent of cell lines (Al, Li) and impurities in the beam
     cath = cathode_phases(spec)
     cidx = [phases.index(p) for p in cath]
     wf = np.nan_to_num(per["phase_fraction"][:, cidx])
@@ -295,15 +295,24 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     return ds
 
 
+#: without a phase marked ``role: electrode``, the phases of these templates are the electrode
+#: (optional ones included: the H3 that grows from H2); impurities, cell lines (Li, Al) and a
+#: sample of other phases are not
+DEFAULT_ELECTRODE_TEMPLATES = ("nmc811",)
+
+
 def cathode_phases(spec: RefinementSpec) -> list[str]:
-    """Phases of the electrode material: the first phase, phases with its template, optional phases."""
-    first = spec.phases[0]
-    out = []
-    for p in spec.phases:
-        same = p.template is not None and first.template is not None and p.template.lower() == first.template.lower()
-        if p is first or same or p.optional:
-            out.append(p.name)
-    return out
+    """Phases of the electrode material (``cathode_fraction`` is the fraction within them; the
+    strain and the in-situ figures default to them).
+
+    The phases the recipe marks ``role: electrode`` when any is marked; otherwise the phases of a
+    :data:`DEFAULT_ELECTRODE_TEMPLATES` template (the nmc811 template and its optional phases).
+    Empty for a sample with no electrode phase (then ``cathode_fraction`` is NaN throughout).
+    """
+    marked = [p.name for p in spec.phases if getattr(p, "role", None) == "electrode"]
+    if marked:
+        return marked
+    return [p.name for p in spec.phases if (p.template or "").lower() in DEFAULT_ELECTRODE_TEMPLATES]
 
 
 def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
