@@ -358,3 +358,32 @@ def test_cold_start_of_low_symmetry_phases(case: str) -> None:
         if ln in truth.lattice.free:
             v, e = res.values[f"{truth.name}_{ln}"], res.esds[f"{truth.name}_{ln}"]
             assert abs(v - truth.cell[i]) < 2 * e, (case, ln, v, e)
+
+
+def test_site_parameters_in_the_series_schema() -> None:
+    """One fit through the series schema (`refine -o fit.nc`'s Dataset) carries the whole cell of
+    every phase over (frame, phase) and the refined site parameters over (frame, site_param),
+    labelled by phase, site and quantity; a record read back from the stored form keeps them."""
+    import xarray as xr
+
+    from insitu_xrd.pipeline.sequential import dataset_to_records, record_from_fit, records_to_dataset, site_parameter_dataset
+
+    truth = li2mno3()
+    x, y, s = pattern(truth, 11)
+    spec = spec_for(truth, ["a", "b", "c", "beta"], truth.cell, sites={"O1": {"refine": ["x", "z"]}},
+                    biso_groups=[["O1", "O2"]])
+    fit = Refinement(spec, LAM, phases={"M": truth}).fit(x, y, s)
+    patterns = xr.Dataset(coords={"frame": [0], "two_theta": x}, attrs={"wavelength_A": LAM})
+    stored = records_to_dataset([record_from_fit(0, fit, spec)], patterns, spec)
+    ds = site_parameter_dataset(stored)
+    for ln in ("a", "b", "c", "beta", "alpha", "gamma"):
+        assert float(ds[ln].sel(phase="M")[0]) == pytest.approx(fit.values[f"M_{ln}"])
+    assert np.isnan(float(ds["alpha_esd"].sel(phase="M")[0])) and ds["beta"].attrs["units"] == "deg"
+    assert list(ds["site_param"].values) == ["M_O1_biso_A2", "M_O1_x", "M_O1_z"]
+    assert list(ds["site_label"].values) == ["O1+O2", "O1", "O1"]
+    assert list(ds["site_quantity"].values) == ["biso_A2", "x", "z"]
+    assert float(ds["site_value"].sel(site_param="M_O1_x")[0]) == pytest.approx(fit.values["M_O1_x"])
+    assert float(ds["site_value_esd"].sel(site_param="M_O1_z")[0]) == pytest.approx(fit.esds["M_O1_z"])
+    back = dataset_to_records(stored)[0]
+    assert back.site_labels == fit.site_parameters
+    assert back.site_esds["M_O1_x"] == pytest.approx(fit.esds["M_O1_x"])

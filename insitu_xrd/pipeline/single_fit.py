@@ -82,7 +82,7 @@ def fit_to_dataset(fit: Any, spec: RefinementSpec, *, frame: int = 0, time_s: fl
     status : "ok" (default for a converged fit, else "diverged").
     attrs : more attrs (provenance), added last.
     """
-    from insitu_xrd.pipeline.sequential import record_from_fit, records_to_dataset
+    from insitu_xrd.pipeline.sequential import record_from_fit, records_to_dataset, site_parameter_dataset
 
     st = status or ("ok" if getattr(fit, "success", True) else "diverged")
     msg = "; ".join(getattr(fit, "warnings", []) or [])
@@ -94,7 +94,7 @@ def fit_to_dataset(fit: Any, spec: RefinementSpec, *, frame: int = 0, time_s: fl
                                   "time_s": ("frame", np.array([float(time_s)])),
                                   "frame_name": ("frame", np.array([str(frame_name)]))},
                           attrs={"wavelength_A": float(fit.wavelength_A)})
-    series = records_to_dataset([rec], frame_ds, spec)
+    series = site_parameter_dataset(records_to_dataset([rec], frame_ds, spec))
     series = series.drop_vars(["calc", "background"])  # the fit's curves below, on the same points
     curves = fit.to_dataset()
     keep = [v for v in curves.data_vars if curves[v].dims]  # curves, ticks, correlation (not the scalars)

@@ -73,6 +73,7 @@ from insitu_xrd.pipeline.sequential.records import (
     phase_onset_attrs,
     record_from_fit,
     records_to_dataset,
+    site_parameter_dataset,
 )
 from insitu_xrd.pipeline.sequential.run import chain_state_path, read_chain_state, refine_sequence, write_chain_state
 from insitu_xrd.pipeline.sequential.search import coarse_lattice_search, seeded_spec
@@ -87,6 +88,7 @@ __all__ = [
     "refine_sequence",
     "run_chain",
     "records_to_dataset",
+    "site_parameter_dataset",
     "record_from_fit",
     "refit_frame",
     "phase_onset_attrs",

@@ -24,7 +24,7 @@ from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
-__all__ = ["FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
+__all__ = ["site_parameter_dataset", "FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
            "cathode_phases", "phase_onset_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
            "CORR_WITH", "UNITS"]
 
@@ -94,6 +94,8 @@ class FrameRecord:
     calc: np.ndarray | None = None
     background: np.ndarray | None = None
     correlations: dict[str, float] | None = None  # "<P>_mustrain|W" -> correlation (see broadening_correlations)
+    site_labels: dict[str, str] = field(default_factory=dict)  # refined site parameter -> "phase/site/quantity"
+    site_esds: dict[str, float] = field(default_factory=dict)  # their esds (values: in ``values``)
 
     @property
     def good(self) -> bool:
@@ -136,6 +138,9 @@ def record_from_fit(index: int, fit: Any, spec: RefinementSpec, status: str = "o
     rec.calc = np.asarray(fit.calc, dtype=float)
     rec.background = np.asarray(fit.background, dtype=float)
     rec.correlations = broadening_correlations(fit, spec)
+    labels = dict(getattr(fit, "site_parameters", {}) or {})
+    rec.site_labels = labels
+    rec.site_esds = {n: float(fit.esds.get(n, math.nan)) for n in labels}
     return rec
 
 
@@ -193,6 +198,7 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     calc = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     bkg = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     values_json = np.array([""] * nf, dtype=object)
+    sites_json = np.array([""] * nf, dtype=object)
     terms = list(CORR_WITH)
     corr_vars = {"microstrain_correlation": np.full((nf, npn, len(terms)), np.nan),
                  "size_correlation": np.full((nf, npn, len(terms)), np.nan)}
@@ -224,6 +230,9 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
             if rec.background is not None:
                 bkg[i, idx[hit]] = rec.background[hit]
         values_json[i] = json.dumps(rec.values) if rec.values else ""
+        if rec.site_labels:
+            sites_json[i] = json.dumps({n: [rec.values.get(n, math.nan), rec.site_esds.get(n, math.nan), lab]
+                                        for n, lab in rec.site_labels.items()})
     dims2 = ("frame", "phase")
     for k, v in per.items():
         data[k] = (dims2, v)
@@ -258,6 +267,7 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     data["status"] = (("frame",), status.astype(str))
     data["message"] = (("frame",), message.astype(str))
     data["fit_values"] = (("frame",), values_json.astype(str))
+    data["site_parameters"] = (("frame",), sites_json.astype(str))
     data["calc"] = (("frame", "two_theta"), calc)
     data["background"] = (("frame", "two_theta"), bkg)
     coords: dict[str, Any] = {
@@ -366,11 +376,17 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
         for j, p in enumerate(phases):
             d = {}
             for var in list(PER_PHASE_VARS) + ["phase_fraction"]:
+                if var not in ds:  # stored before the variable existed (b and the angles)
+                    continue
                 d[var] = float(ds[var].values[i, j])
                 d[var + "_esd"] = float(ds[var + "_esd"].values[i, j])
             rec.phases[p] = d
         vj = str(ds["fit_values"].values[i])
         rec.values = json.loads(vj) if vj else {}
+        sj = str(ds["site_parameters"].values[i]) if "site_parameters" in ds else ""
+        for n, (_, esd, lab) in (json.loads(sj) if sj else {}).items():
+            rec.site_labels[n] = str(lab)
+            rec.site_esds[n] = float(esd) if esd is not None else math.nan
         if "microstrain_correlation" in ds and "corr_with" in ds.coords:
             rec.correlations = {}
             for var, own in (("microstrain_correlation", "mustrain"), ("size_correlation", "size_um")):
@@ -386,6 +402,40 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
             rec.calc = calc[keep]
             rec.background = ds["background"].values[i].astype(float)[keep]
         out.append(rec)
+    return out
+
+
+def site_parameter_dataset(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its refined site parameters as labelled variables: ``site_value`` and
+    ``site_value_esd`` over (frame, site_param), the coordinate ``site_param`` holding the
+    parameter names (``M_O1_x``) with ``site_phase``, ``site_label`` and ``site_quantity`` beside
+    it (a B group's sites joined by '+'). NaN where a frame did not refine the parameter. The
+    per-frame JSON ``site_parameters`` (the storage form: one layout for every row) stays.
+    Returns ``ds`` unchanged when no frame refined a site parameter."""
+    if "site_parameters" not in ds:
+        return ds
+    rows = [json.loads(str(t)) if str(t) else {} for t in ds["site_parameters"].values]
+    names = sorted({n for r in rows for n in r})
+    if not names:
+        return ds
+    val = np.full((len(rows), len(names)), np.nan)
+    esd = np.full((len(rows), len(names)), np.nan)
+    label = {}
+    for i, r in enumerate(rows):
+        for n, (v, e, lab) in r.items():
+            j = names.index(n)
+            val[i, j] = np.nan if v is None else float(v)
+            esd[i, j] = np.nan if e is None else float(e)
+            label[n] = str(lab)
+    parts = [label[n].split("/") + ["", "", ""] for n in names]
+    out = ds.assign_coords(site_param=("site_param", np.array(names, dtype=str)),
+                           site_phase=("site_param", np.array([p[0] for p in parts], dtype=str)),
+                           site_label=("site_param", np.array([p[1] for p in parts], dtype=str)),
+                           site_quantity=("site_param", np.array([p[2] for p in parts], dtype=str)))
+    out["site_value"] = (("frame", "site_param"), val)
+    out["site_value_esd"] = (("frame", "site_param"), esd)
+    out["site_value"].attrs["long_name"] = ("refined site parameter (coordinates fractional, occupancies 1, "
+                                            "B in A^2; see site_quantity)")
     return out
 
 

@@ -24,7 +24,8 @@ from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
-from insitu_xrd.pipeline.sequential.records import FrameRecord, frame_arrays, records_to_dataset, two_theta_axis
+from insitu_xrd.pipeline.sequential.records import (FrameRecord, frame_arrays, records_to_dataset, site_parameter_dataset,
+                                                     two_theta_axis)
 from insitu_xrd.pipeline.sequential.segments import refine_segments_in_processes, refine_segments_on_executor, seed_before
 from insitu_xrd.pipeline.sequential.store import SequentialStore
 
@@ -208,7 +209,7 @@ def refine_sequence(
             raise
     write_attrs = {"elapsed_s": time.perf_counter() - t0}
     all_attrs.update(write_attrs)
-    ds = records_to_dataset(records, patterns, spec, all_attrs)
+    ds = site_parameter_dataset(records_to_dataset(records, patterns, spec, all_attrs))
     if ckpt is not None:
         assert store is not None
         store.close()

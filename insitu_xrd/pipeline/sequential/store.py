@@ -26,7 +26,8 @@ import xarray as xr
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.io.store import FrameStore, load_netcdf, open_frame_dataset, write_dataset_atomic
-from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, phase_onset_attrs, records_to_dataset
+from insitu_xrd.pipeline.sequential.records import (FrameRecord, dataset_to_records, phase_onset_attrs, records_to_dataset,
+                                                     site_parameter_dataset)
 
 __all__ = ["SequentialStore"]
 
@@ -219,4 +220,4 @@ class SequentialStore:
             attrs.pop(k)  # the template's onsets are those of an empty series
         ds.attrs = attrs
         ds.attrs.update(phase_onset_attrs(ds))
-        return ds
+        return site_parameter_dataset(ds)
