@@ -8,6 +8,7 @@ I/O libraries (labelled xarray results are fine).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,12 @@ KNOWN_CIRCLES = {
 def _module_name(root: Path, path: Path) -> str:
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@functools.lru_cache(maxsize=4)
+def _package_graph(root: Path) -> tuple[dict[str, dict[str, set[str]]], list[tuple[str, str, str]]]:
+    """:func:`import_graph` of the installed package, read once for all parametrised cases."""
+    return import_graph(root)
 
 
 def import_graph(root: Path) -> tuple[dict[str, dict[str, set[str]]], list[tuple[str, str, str]]]:
@@ -166,14 +173,14 @@ def _subpackage(module: str) -> str:
     else name
     for name in sorted(LAYER)])
 def test_no_import_circle(subpackage: str) -> None:
-    edges, _private = import_graph(PACKAGE)
+    edges, _private = _package_graph(PACKAGE)
     circles = [c for c in import_circles(edges) if subpackage in {_subpackage(m) for m in c}]
     assert not circles, "\n".join(_describe(c, edges) for c in circles)
 
 
 @pytest.mark.parametrize("subpackage", PRIVATE_CHECKED)
 def test_no_private_name_imported_across_modules(subpackage: str) -> None:
-    _edges, private = import_graph(PACKAGE)
+    _edges, private = _package_graph(PACKAGE)
     bad = [f"{importer} imports {name} from {provider}" for importer, provider, name in private
            if subpackage in (_subpackage(importer), _subpackage(provider))]
     assert not bad, "private names imported across modules:\n" + "\n".join(bad)

@@ -1,7 +1,8 @@
 """The ``patterns:`` route: 1D patterns integrated elsewhere, through ``run`` and ``watch``.
 
-The module fixture simulates the smallest operando series the pipeline refines (5 frames of the
-NMC811 first charge, seed 3, 512 x 512 frames), runs the frames route on it (the true PONI, the
+The module fixture simulates a small operando series (4 frames of the NMC811 first charge, seed 3,
+512 x 512 frames, without the cell's Li/Al lines and the diffuse components, so the fits are the
+demo recipe's H2 + optional H3 only), runs the frames route on it (the true PONI, the
 recipe's profile: ``calibration.instrument_profile: off``, so both routes fit with the same
 instrument), exports its patterns as .xye files (``export_xye``: 2theta to 1e-6 deg, intensities
 to 8 digits, ``time_s=`` in the header) and runs the same recipe with ``patterns:`` instead of
@@ -24,13 +25,15 @@ from typer.testing import CliRunner
 from insitu_xrd.cli.main import app
 from insitu_xrd.errors import RecipeError
 from insitu_xrd.io.patterns import export_xye, read_patterns
+from insitu_xrd.pipeline.pattern_series import patterns_stage
 from insitu_xrd.pipeline.recipe import load_recipe
 from insitu_xrd.pipeline.run import run_pipeline
+from insitu_xrd.pipeline.stages import StageCache
 from insitu_xrd.pipeline.watch import watch_folder
 from insitu_xrd.simulate.dataset import simulate_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
-N_FRAMES = 5
+N_FRAMES = 4
 ESD_BOUND = 0.01  # text rounding of the .xye files: measured < 0.0015 esd
 COMPARED = ("a", "c", "microstrain", "phase_fraction", "cathode_fraction")
 
@@ -45,8 +48,10 @@ def _patterns_recipe(frames_recipe: dict, files: str, out: str) -> dict:
 @pytest.fixture(scope="module")
 def routes(tmp_path_factory):
     data = tmp_path_factory.mktemp("patterns_route") / "data"
-    simulate_dataset(data, frames=N_FRAMES, seed=3, binning=4, workers=1)
+    simulate_dataset(data, frames=N_FRAMES, seed=3, binning=4, workers=1, cell_lines=False, diffuse=False)
     rec = yaml.safe_load((PROJECT / "recipes" / "demo.yaml").read_text())
+    rec["refinement"]["phases"] = [p for p in rec["refinement"]["phases"] if p["template"] == "nmc811"]
+    rec["refinement"].pop("diffuse")
     rec["calibration"].update(poni="calib/ceo2_true.poni", instrument_profile="off")
     rec["executor"] = {"type": "serial"}
     rec["outputs"] = {"dir": "res_frames", "figures": False}
@@ -94,17 +99,21 @@ def test_run_on_patterns_gives_the_frames_route_results(routes):
     assert "patterns" in stages and "calibrate" not in stages and "integrate" not in stages
 
 
-def test_run_on_patterns_reuses_its_stages_and_reads_new_files_only(routes, tmp_path):
+def test_run_on_patterns_reuses_its_stages_and_reads_new_files_only(routes):
     data = routes["data"]
     again = run_pipeline(data / "patterns.yaml", progress=False)
     assert {s.name: s.status for s in again.stages} == {"patterns": "reused", "refine": "reused", "finish": "reused"}
-    # one more file lands (a copy of the last pattern under a later name): only it is read
+    # one more file lands (a copy of the last pattern under a later name): the patterns stage reads
+    # only it (the refinement, whose key fingerprints the patterns, is not run here)
+    recipe = load_recipe(data / "patterns.yaml")
+    cache = StageCache(recipe.output_dir)
     shutil.copy2(routes["xye"][-1], data / "xye" / "zz_extra.xye")
     try:
-        more = run_pipeline(data / "patterns.yaml", progress=False)
-        st = {s.name: s for s in more.stages}
-        assert st["patterns"].status == "resumed" and st["patterns"].detail.startswith("1 pattern files read")
-        assert more.results.sizes["frame"] == N_FRAMES + 1
+        path, info = patterns_stage(recipe, cache, progress=False)
+        assert info.status == "resumed" and info.detail.startswith(f"1 pattern files read, {N_FRAMES} already done"), info.detail
+        ds = read_patterns(path)
+        assert [str(n) for n in ds["frame_name"].values][-1] == "zz_extra.xye" and ds.sizes["frame"] == N_FRAMES + 1
+        np.testing.assert_array_equal(ds["intensity"].values[-1], ds["intensity"].values[-2])
     finally:
         (data / "xye" / "zz_extra.xye").unlink()
 
@@ -112,7 +121,7 @@ def test_run_on_patterns_reuses_its_stages_and_reads_new_files_only(routes, tmp_
 def test_watch_on_xye_files_landing_one_by_one_equals_the_batch(routes, tmp_path):
     """Files land one by one while the watch runs (the next one after each of its messages, so
     polls see them in turn, whatever the machine's speed), a corrupt one among them; the session
-    stops after 4 frames, more files land, and a restarted watch finishes: the fits are those of
+    stops after 3 frames, more files land, and a restarted watch finishes: the fits are those of
     the batch run on the same files."""
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -121,7 +130,7 @@ def test_watch_on_xye_files_landing_one_by_one_equals_the_batch(routes, tmp_path
     rec["echem"]["file"] = str(routes["data"] / "cycler.csv")
     recipe.write_text(yaml.safe_dump(rec, sort_keys=False))
     files = routes["xye"]
-    landing = iter(files[1:4])
+    landing = iter(files[1:3])
     (incoming / "frame_0002b.xye").write_bytes(b"\x00\x01 not a pattern \x00" * 40)  # corrupt
     opts = dict(poll_s=0.0, settle_s=0.0, bad_after_s=0.0, refresh_s=1e9)
 
@@ -131,14 +140,14 @@ def test_watch_on_xye_files_landing_one_by_one_equals_the_batch(routes, tmp_path
             shutil.copy2(nxt, incoming / nxt.name)
 
     shutil.copy2(files[0], incoming / files[0].name)
-    first = watch_folder(incoming, recipe, max_frames=4, say=land_one, **opts)
-    assert first.n_refined == 4 and first.n_flagged == 1, first.events  # the corrupt file among them
-    for f in files[4:]:  # land while the watch is down
+    first = watch_folder(incoming, recipe, max_frames=3, say=land_one, **opts)
+    assert first.n_refined == 3 and first.n_flagged == 1, first.events  # the corrupt file among them
+    for f in files[3:]:  # land while the watch is down
         shutil.copy2(f, incoming / f.name)
     log: list[str] = []
     second = watch_folder(incoming, recipe, idle_exit_s=1.0, say=log.append, **opts)
-    assert second.n_refined == N_FRAMES + 1 - 4 and second.n_frames_total == N_FRAMES + 1
-    assert any(m.startswith("resuming: 4 frames already refined") for m in log), log
+    assert second.n_refined == N_FRAMES + 1 - 3 and second.n_frames_total == N_FRAMES + 1
+    assert any(m.startswith("resuming: 3 frames already refined") for m in log), log
     assert any("continuing the chain of the previous session" in m for m in log), log
     w = xr.load_dataset(tmp_path / "results" / "results.nc", engine="h5netcdf")
     names = [str(n) for n in w["frame_name"].values]

@@ -36,7 +36,7 @@ from insitu_xrd.io.pattern_files import Pattern1D, read_pattern_1d
 from insitu_xrd.io.patterns import open_patterns_store
 from insitu_xrd.io.store import open_frame_dataset, read_store_attrs, working_store_path
 from insitu_xrd.pipeline.recipe import Recipe, section_hash
-from insitu_xrd.pipeline.stages import StageCache, StageInfo
+from insitu_xrd.pipeline.stages import StageCache, StageInfo, file_digest, time_source_of
 from insitu_xrd.provenance import software_versions, utc_now_iso
 
 __all__ = ["PatternSeries", "PatternsReport", "discover_pattern_files", "header_mapping", "pattern_readable",
@@ -94,19 +94,6 @@ def pattern_readable(path: Path, wavelength_A: float | None = None, x_unit: str 
         return len(read_pattern_1d(path, wavelength_A=wavelength_A, unit=x_unit)) > 1
     except InsituXRDError:
         return False
-
-
-def _time_source(recipe: Recipe) -> Any:
-    """The :class:`~insitu_xrd.io.frames.FrameClock` source of the recipe's patterns section."""
-    sec = recipe.patterns
-    assert sec is not None
-    if sec.time_source == "sidecar":
-        return {"sidecar": str(recipe.path(sec.sidecar))}
-    if sec.time_source == "period":
-        return {"period_s": float(sec.period_s)}
-    if sec.time_source == "none":
-        return {"period_s": float("nan")}
-    return "header"
 
 
 def _on_axis(axis: np.ndarray, tth: np.ndarray) -> np.ndarray | None:
@@ -274,8 +261,6 @@ class PatternSeries:
 def patterns_key(recipe: Recipe) -> str:
     """Cache key of the collected patterns: the section (files excepted, as for frames), the
     wavelength and the sidecar's content."""
-    from insitu_xrd.pipeline.stages import file_digest
-
     sec = recipe.patterns
     if sec is None:
         raise RecipeError(f"recipe {recipe.source}: no 'patterns' section")
@@ -298,7 +283,7 @@ def open_pattern_series(recipe: Recipe, refs: Sequence[FrameRef], output: Path |
         raise RecipeError(f"recipe {recipe.source}: no 'patterns' section")
     key = patterns_key(recipe)
     series = PatternSeries(output or (recipe.output_dir / "patterns.nc"), refs, recipe.wavelength_A, sec.x_unit,
-                           _time_source(recipe), key, export=export)
+                           time_source_of(recipe, sec), key, export=export)
     return series, key
 
 

@@ -281,9 +281,10 @@ def instrument_stage(recipe: Recipe, poni: Path, cache: StageCache,
 # integrate
 
 
-def time_source_of(recipe: Recipe) -> Any:
-    """The ``time_source`` argument of io.frames for the recipe's frames section."""
-    fr = recipe.frames
+def time_source_of(recipe: Recipe, section: Any = None) -> Any:
+    """The ``time_source`` argument of io.frames for the recipe's frames section (or ``section``,
+    e.g. its patterns section: the same time keys)."""
+    fr = section if section is not None else recipe.frames
     assert fr is not None
     if fr.time_source == "sidecar":
         return {"sidecar": str(recipe.path(fr.sidecar))}
