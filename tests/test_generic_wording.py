@@ -77,3 +77,14 @@ def test_zoom_panels_are_the_main_phases_strongest_reflections():
     assert default_zooms(close) == ["111", "220", "511 333"]
     # no reflection list (a fit without peaks): no default zooms
     assert default_zooms(ds.drop_vars(["peak_two_theta", "peak_phase", "peak_hkl", "peak_d_A", "peak_area"])) == []
+
+
+def test_role_is_a_recipe_key() -> None:
+    """The recipe's ``role: electrode`` reaches cathode_phases through the validated spec."""
+    from insitu_xrd.fit.spec import RefinementSpec
+    from insitu_xrd.pipeline.sequential import cathode_phases
+
+    spec = RefinementSpec(phases=[{"name": "NMC", "template": "nmc811"},
+                                  {"name": "LMO", "cif": "lmo.cif", "role": "electrode"},
+                                  {"name": "Al", "template": "al"}])
+    assert cathode_phases(spec) == ["LMO"]
