@@ -31,6 +31,7 @@ __all__ = [
     "site_orbit",
     "reciprocal_metric_and_derivatives",
     "find_space_group",
+    "row_echelon",
 ]
 
 #: Cell parameter names, in the order of ``Phase.cell``.
@@ -260,22 +261,25 @@ def site_freedom(sg: gemmi.SpaceGroup, xyz: tuple[float, float, float]) -> SiteF
     null = vt[rank:]  # (k, 3): rows span the allowed displacements
     if null.shape[0] == 0:
         return SiteFreedom((), np.zeros((3, 0)), order)
-    rref, pivots = _rref(null)
+    rref, pivots = row_echelon(null)
     free = tuple(_COORDS[p] for p in pivots)
     basis = rref[: len(pivots)].T
     basis[np.abs(basis) < 1e-12] = 0.0
     return SiteFreedom(free, basis, order)
 
 
-def _rref(m: np.ndarray) -> tuple[np.ndarray, list[int]]:
+def row_echelon(m: np.ndarray, rel_tol: float = 1e-9) -> tuple[np.ndarray, list[int]]:
+    """Reduced row-echelon form of ``m`` (pivots below ``rel_tol`` x max|m| count as zero) and
+    its pivot columns; the first ``len(pivots)`` rows span the row space, one pivot each."""
     a = np.array(m, dtype=float)
+    tol = rel_tol * max(float(np.abs(a).max()) if a.size else 0.0, 1e-300)
     pivots: list[int] = []
     row = 0
     for col in range(a.shape[1]):
         if row >= a.shape[0]:
             break
         p = row + int(np.argmax(np.abs(a[row:, col])))
-        if abs(a[p, col]) < 1e-9:
+        if abs(a[p, col]) < tol:
             continue
         a[[row, p]] = a[[p, row]]
         a[row] /= a[row, col]
@@ -284,6 +288,7 @@ def _rref(m: np.ndarray) -> tuple[np.ndarray, list[int]]:
                 a[i] -= a[i, col] * a[row]
         pivots.append(col)
         row += 1
+    a[np.abs(a) < 1e-12] = 0.0
     return a, pivots
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 from scipy import ndimage
 
-from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives
+from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives, row_echelon
 from insitu_xrd.fit.spec import RefinementSpec
 
 __all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice"]
@@ -195,7 +195,8 @@ def search_lattice(
     # of what the free cell parameters can change), steps relative to the diagonal terms
     gs0, dgs = reciprocal_metric_and_derivatives(tuple(cell))
     jac = np.stack([_metric_vector(d) for d in np.einsum("ij,ikl->jkl", lat.matrix(), dgs)], axis=0)  # (k, 6)
-    basis = _row_echelon(jac)  # (k, 6)
+    rref, pivots = row_echelon(jac, rel_tol=1e-12)
+    basis = rref[: len(pivots)]  # (k, 6)
     v = _metric_vector(gs0)
     diag = np.abs(v[:3])
     scale_of = np.array([diag[0], diag[1], diag[2], np.sqrt(diag[0] * diag[1]), np.sqrt(diag[0] * diag[2]),
@@ -232,29 +233,6 @@ def search_lattice(
 
 def _metric_vector(g: np.ndarray) -> np.ndarray:
     return np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]])
-
-
-def _row_echelon(m: np.ndarray) -> np.ndarray:
-    """Rows spanning the row space of ``m`` in reduced row-echelon form (one pivot component each)."""
-    a = np.array(m, dtype=float)
-    out = []
-    row = 0
-    for col in range(a.shape[1]):
-        if row >= a.shape[0]:
-            break
-        p = row + int(np.argmax(np.abs(a[row:, col])))
-        if abs(a[p, col]) < 1e-12 * max(np.abs(a).max(), 1e-300):
-            continue
-        a[[row, p]] = a[[p, row]]
-        a[row] /= a[row, col]
-        for i in range(a.shape[0]):
-            if i != row:
-                a[i] -= a[i, col] * a[row]
-        row += 1
-    for r in a[:row]:
-        r[np.abs(r) < 1e-12] = 0.0
-        out.append(r)
-    return np.array(out)
 
 
 _CELL_INDEX = {"a": 0, "b": 1, "c": 2, "alpha": 3, "beta": 4, "gamma": 5}
