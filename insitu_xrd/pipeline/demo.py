@@ -127,27 +127,23 @@ class DemoFEA:
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        """Summary lines: final damage of both runs (what the demo prints)."""
-        from insitu_xrd.pipeline.fea_stage import n_steps_of
+        """Summary lines (what the demo prints): the coated / bare ratios of the dissipated energy
+        over Gamma and of the fully open boundary length first, then both runs side by side."""
+        from insitu_xrd.pipeline.fea_stage import fea_compare_lines, n_steps_of
 
         b, c = self.bare, self.coated
         p = b.result.attrs
-        ratio = b.final_damage_mean / c.final_damage_mean if c.final_damage_mean > 0 else float("inf")
+        table = fea_compare_lines(b.result, c.result, ("bare", "coated"))
+        xs = [r.measures for r in (b, c)]
         out = [
             f"FEA: {int(p.get('n_grains', 0))} grains, {n_steps_of(b.result)} steps to SoC "
-            f"{float(b.result['soc'].values[-1]):.2f}; {self.seconds:.1f} s",
-            f"final GB damage, bare      {b.final_damage_mean:.4f}   (cracked GB fraction {b.final_cracked_fraction:.4f})",
-            f"final GB damage, coated    {c.final_damage_mean:.4f}   (cracked GB fraction {c.final_cracked_fraction:.4f})",
+            f"{float(b.result['soc'].values[-1]):.2f} ({p.get('surface_condition', 'constant_flux')} surface); "
+            f"{self.seconds:.1f} s",
+            f"FEA headline, {table[-1]}",
+            *table[:-1],
+            f"Li content x, bare {xs[0].x_li_min:.3f} .. {xs[0].x_li_max:.3f}, coated {xs[1].x_li_min:.3f} .. "
+            f"{xs[1].x_li_max:.3f}; results: {b.path.parent}",
         ]
-        # D of the law passes 0.99 at ~100 u0 (1 nm at the default penalty): it tells which
-        # boundaries opened, the dissipated energy and the fully open length tell how far
-        if all("separation_mean" in r.result for r in (b, c)):
-            sb, sc = (float(r.result["separation_mean"].values[-1]) for r in (b, c))
-            out.append(f"final GB separation        bare {sb:.4f}, coated {sc:.4f} (W_diss / Gamma)")
-        if all("open_crack_fraction" in r.result for r in (b, c)):
-            ob, oc = (float(r.result["open_crack_fraction"].values[-1]) for r in (b, c))
-            out.append(f"fully open GB length       bare {ob:.4f}, coated {oc:.4f} (u >= u_f)")
-        out.append(f"bare / coated damage       {ratio:.2f}; results: {b.path.parent}")
         out += [f"warning: {e}" for e in self.figure_errors]
         return out
 
@@ -208,7 +204,7 @@ def demo_fea(bare_strain: str | Path, coated_strain: str | Path, out_dir: str | 
         say(f"FEA {name}: {params.geometry.n_grains} grains, {params.time.n_steps} steps on {strain}")
         runs[name] = run_fea_file(strain, params, out_dir / f"{name}.nc", figures_dir=figs_dir,
                                   figure_writer=figure_writer, progress=progress, label=name, animation=animation)
-        say(f"FEA {name}: final damage {runs[name].final_damage_mean:.4f} in {runs[name].seconds:.1f} s")
+        say(f"FEA {name}: {runs[name].headline()} in {runs[name].seconds:.1f} s")
     res = DemoFEA(runs["bare"], runs["coated"])
     res.figure_errors = runs["bare"].figure_errors + runs["coated"].figure_errors
     res.figures = runs["bare"].figures + runs["coated"].figures
