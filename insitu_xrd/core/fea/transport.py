@@ -129,4 +129,6 @@ def run_transport(params: FEAParams | None = None,
         attrs={"mass_balance_rel_error": float((li0 - tr.diff.total(x) - removed[-1]) / li0),
                "surface_condition": p.transport.surface_condition,
                "n_limited_steps": int(tr.surface.n_limited_steps),
+               "n_bound_corrections": int(tr.surface.n_bound_corrections),
+               "bound_correction_max": float(tr.surface.bound_correction_max),
                "n_factorizations": int(tr.diff.n_factorizations)})
