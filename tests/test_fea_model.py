@@ -165,7 +165,7 @@ def test_output_contract(bare_run) -> None:
     assert ds["grain_delivered_rate_C"].dims == ("step", "grain") and ds.attrs["surface_condition"] == "kinetic"
     # what to calibrate: the unchecked defaults still in use, not the ones this run changed (radius_um)
     unchecked = ds.attrs["unverified_defaults"]
-    assert "cohesive.strength_MPa = 100" in unchecked and "transport.kinetic_x_limit_1C" in unchecked
+    assert "cohesive.strength_MPa, cohesive.fracture_energy_J_m2 = 100, 1 (" in unchecked and "transport.kinetic_x_limit_1C" in unchecked
     assert "geometry.radius_um" not in unchecked and "block Li transport" in ds.attrs["unverified_assumptions"]
 
 
