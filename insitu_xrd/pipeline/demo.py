@@ -142,7 +142,8 @@ class DemoFEA:
             f"FEA headline, {table[-1]}",
             *table[:-1],
             f"Li content x, bare {xs[0].x_li_min:.3f} .. {xs[0].x_li_max:.3f}, coated {xs[1].x_li_min:.3f} .. "
-            f"{xs[1].x_li_max:.3f}; results: {b.path.parent}",
+            f"{xs[1].x_li_max:.3f}",
+            f"FEA results: {b.path.parent}",
         ]
         out += [f"warning: {e}" for e in self.figure_errors]
         return out

@@ -94,8 +94,10 @@ def fea_headline_lines(ds: xr.Dataset) -> list[str]:
 
 
 def fea_compare_lines(first: xr.Dataset, second: xr.Dataset, labels: tuple[str, str] = ("bare", "coated")) -> list[str]:
-    """Two runs side by side, headline measures first, with the ratio second / first
-    (coated / bare with the default labels)."""
+    """Two runs side by side with the ratio second / first (coated / bare with the default labels):
+    a table (dissipated energy / Gamma, fully open GB length, damage onset), then as the last line
+    the headline ``"coated / bare: dissipated energy R1, fully open GB length R2"`` (callers print
+    it first)."""
     a, b = crack_measures(first), crack_measures(second)
     la, lb = labels
     head = f"{lb} / {la}"
@@ -105,10 +107,10 @@ def fea_compare_lines(first: xr.Dataset, second: xr.Dataset, labels: tuple[str, 
             (DAMAGE_ONSET, a.damage_onset, b.damage_onset)]
     out = [f"{'':<37} {la:>{w}} {lb:>{w}}   {head}"]
     out += [f"{name:<37} {va:>{w}.4f} {vb:>{w}.4f}   {_ratio(vb, va)}" for name, va, vb in rows]
-    note = " (near 1 in both: it marks where softening began, not how far)" if min(a.damage_onset, b.damage_onset) > 0.9 else ""
-    out.append(f"{head}: dissipated energy {_ratio(b.dissipated_over_gamma, a.dissipated_over_gamma)}, fully open GB "
-               f"length {_ratio(b.open_fraction, a.open_fraction)}; {DAMAGE_ONSET} "
-               f"{_ratio(b.damage_onset, a.damage_onset)}{note}")
+    if min(a.damage_onset, b.damage_onset) > 0.9:
+        out.append("(damage onset is near 1 in both: it marks where softening began, not how far)")
+    out.append(f"{head}: dissipated energy {_ratio(b.dissipated_over_gamma, a.dissipated_over_gamma)}, "
+               f"fully open GB length {_ratio(b.open_fraction, a.open_fraction)}")
     return out
 
 #: draws the figures of one result: (dataset, folder, stem, display SoC, animation) -> paths
@@ -134,8 +136,8 @@ class FEARun:
     def headline(self) -> str:
         """One line: dissipated energy / Gamma, fully open GB length, damage onset."""
         m = self.measures
-        return (f"dissipated energy / Gamma {m.dissipated_over_gamma:.4f}, fully open GB length {m.open_fraction:.4f} "
-                f"({m.open_length_um:.2f} um), {DAMAGE_ONSET} {m.damage_onset:.4f}")
+        return (f"dissipated energy / Gamma {m.dissipated_over_gamma:.4f}, fully open GB length {m.open_fraction:.4f}, "
+                f"{DAMAGE_ONSET} {m.damage_onset:.4f}")
 
     @property
     def final_damage_mean(self) -> float:

@@ -15,6 +15,10 @@ text of the cited papers (the papers could not be read while this was written):
   NMC811 crystal density (M = 97.28 g/mol, a = 2.872 A, c = 14.20 A, Z = 3); 1C = 200 mAh/g of a
   275.5 mAh/g theoretical capacity -> x_per_1C_hour = 0.726 Li per formula unit per hour
   (engineering default: the usual practical-capacity C-rate of NMC811, VERIFY which 1C Hou et al. use).
+  Surface condition "kinetic" (docs/fea.md Sec. 1): kinetic_x_limit_1C = 0.02, where the NMC811
+  exchange current of Chen et al., J. Electrochem. Soc. 167, 080534 (2020) (PyBaMM's
+  parameterisation) needs ~54 mV of overpotential to carry this model's 1C flux (engineering default,
+  VERIFY: not fitted to a measurement).
 - elastic: transversely isotropic C11/C12/C13/C33/C44 = 260/90/70/200/60 GPa, an engineering
   default (positive definite, Voigt average E = 186 GPa, nu = 0.26, c axis softer), NOT verified
   against the DFT table of Sun & Zhao, J. Phys. Chem. C 121, 6002 (2017); coating isotropic with
