@@ -115,7 +115,8 @@ def _result(sep: float, open_frac: float, dmg: float, label: str) -> xr.Dataset:
          "damage_mean": ("step", [0.0, dmg, dmg]), "x_li_min": ("step", [1.0, 0.4, 0.05]),
          "x_li_max": ("step", [1.0, 1.0, 0.9]), "gb_length_um": ("segment", [20.0, 20.0]),
          "cracked_fraction": ("step", [0.0, 0.5, 0.8])},
-        coords={"step": step, "soc": ("step", [0.0, 0.35, 0.7]), "time_s": ("step", [0.0, 10.0, 20.0])},
+        coords={"step": step, "soc": ("step", [0.0, 0.35, 0.7]), "time_s": ("step", [0.0, 10.0, 20.0]),
+                "snapshot_step": ("snapshot", [0, 2])},
         attrs={"n_grains": 40, "surface_condition": "kinetic", "kinetic_x_limit_1C": 0.02, "label": label})
 
 
@@ -143,3 +144,7 @@ def test_demo_prints_the_ratios_first(tmp_path) -> None:
     assert lines[0].startswith("FEA: 40 grains, 2 steps to SoC 0.70 (kinetic surface)")
     assert lines[1] == "FEA headline, coated / bare: dissipated energy 0.50, fully open GB length 0.33"
     assert any(ln.startswith("Li content x, bare 0.050 .. 1.000") for ln in lines)
+    # report.md: the same first, then the two runs' summaries
+    rep = DemoFEA(FEARun(bare, tmp_path / "bare.nc"), FEARun(coated, tmp_path / "coated.nc")).report_lines()
+    assert rep[1] == lines[1] and "bare particle:" in rep and "coated particle:" in rep
+    assert rep[rep.index("bare particle:") + 1].startswith("dissipated energy / Gamma   0.4000")

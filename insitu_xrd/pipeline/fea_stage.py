@@ -265,9 +265,10 @@ def n_steps_of(ds: xr.Dataset) -> int:
     return n - 1 if n > 1 and float(ds["time_s"].values[0]) == 0.0 else n
 
 
-def fea_summary_lines(run: FEARun) -> list[str]:
+def fea_summary_lines(run: FEARun, unchecked_defaults: bool = True) -> list[str]:
     """Readable lines about a finished run: the headline crack measures first, then the mesh, steps,
-    time split, the parameters still at unchecked defaults, and the files (``fea`` and report.md)."""
+    time split, the parameters still at unchecked defaults (unless ``unchecked_defaults`` is
+    False), and the files (``fea`` and report.md)."""
     ds = run.result
     a = ds.attrs
     lines = fea_headline_lines(ds)
@@ -288,7 +289,7 @@ def fea_summary_lines(run: FEARun) -> list[str]:
         short = int(np.sum(has & np.any(rate[1:] < pres * (1 - 1e-9), axis=0))) if rate.shape[0] > 1 else 0
         lines.append(f"surface rates        {short} of {int(has.sum())} surface grains fell below their prescribed rate "
                      f"(grain_delivered_rate_C); particle rate at the end {float(ds['particle_rate_C'].values[-1]):.3f} C")
-    unchecked = [u for u in str(a.get("unverified_defaults", "")).split("; ") if u]
+    unchecked = [u for u in str(a.get("unverified_defaults", "")).split("; ") if u] if unchecked_defaults else []
     if unchecked:
         lines.append("unchecked defaults   engineering values not checked against the cited papers (calibrate these):")
         lines += [f"  - {u}" for u in unchecked]
