@@ -45,6 +45,8 @@ __all__ = ["SurfaceFlux", "SurfaceStep"]
 
 #: active-set iterations per solve at most (each is one factorisation and solve)
 _MAX_ACTIVE_SET_ITERATIONS = 50
+#: step-length doublings when bracketing a limited step (2^60: beyond any charge time)
+_MAX_DOUBLINGS = 60
 #: relative tolerance of the step length on the Li removed per step
 _STEP_RTOL = 1e-12
 
@@ -156,8 +158,13 @@ class SurfaceFlux:
         if excess(lo) >= 0.0:
             lo = dt0
         hi = lo * 1.25
-        while excess(hi) < 0.0:  # the removed Li grows without bound towards all of it
+        for _ in range(_MAX_DOUBLINGS):  # the removed Li grows towards all of it as dt -> inf
+            if excess(hi) >= 0.0:
+                break
             lo, hi = hi, hi * 2.0
+        else:
+            raise RuntimeError(f"surface step: {removed:.3g} of Li cannot be removed in {hi:.3g} s "
+                               "(is the requested state of charge beyond the Li the particle holds?)")
         dt = brentq(excess, lo, hi, xtol=1e-300, rtol=_STEP_RTOL)
         excess(dt)
         st = cache[dt]
