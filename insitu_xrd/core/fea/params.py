@@ -498,7 +498,7 @@ UNVERIFIED_DEFAULTS: dict[str, str] = {
     "transport.D_ab_m2_s": "chosen so sqrt(D_ab D_c) matches Chen et al. 2020's 4e-15 m^2/s, Hou et al. SI not checked",
     "transport.c_max_mol_m3": "crystallographic density of NMC811, Hou et al. SI not checked",
     "transport.x_per_1C_hour": "1C = 200 mAh/g, which 1C Hou et al. use not checked",
-    "transport.kinetic_x_limit_1C": "from a Chen et al. 2020 NMC811 exchange current at ~50 mV extra overpotential, "
+    "transport.kinetic_x_limit_1C": "where a Chen et al. 2020 NMC811 exchange current needs ~54 mV to carry 1C, "
                                     "not fitted to a measurement",
     "elastic.C11_GPa": _CIJ_NOTE,
     "elastic.C12_GPa": _CIJ_NOTE,
