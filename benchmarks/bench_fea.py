@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from insitu_xrd.core.fea import FEAParams, StrainCurve, build_mesh, run_fea
+from insitu_xrd.core.fea.transport import run_transport
 
 TARGET_S = 60.0
 
@@ -42,11 +43,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--coated", action="store_true")
     ap.add_argument("--mesh-size-um", type=float, default=None)
+    ap.add_argument("--surface-condition", default="kinetic", choices=("kinetic", "constant_flux"))
     args = ap.parse_args()
     geometry = {"n_grains": args.grains}
     if args.mesh_size_um is not None:
         geometry["mesh_size_um"] = args.mesh_size_um
-    params = FEAParams.from_dict({"geometry": geometry, "time": {"n_steps": args.steps}})
+    params = FEAParams.from_dict({"geometry": geometry, "time": {"n_steps": args.steps},
+                                  "transport": {"surface_condition": args.surface_condition}})
     if args.coated:
         params = params.coated()
     curve = _curve()
@@ -79,8 +82,21 @@ def main() -> None:
     print(f"cohesive iterations {n_it} in all, {n_it / max(params.time.n_steps, 1):.1f} per step; "
           f"build_mesh alone {t_mesh_alone:.2f} s (model's mesh timing {parts['mesh']:.2f} s)")
     print(f"peak memory (RSS) {rss1:.0f} MiB; before the run {rss0:.0f} MiB; the run added {rss1 - rss0:.0f} MiB")
-    print(f"final damage {float(ds['damage_mean'].values[-1]):.4f}, cracked GB fraction "
-          f"{float(ds['cracked_fraction'].values[-1]):.4f} at SoC {float(ds['soc'].values[-1]):.3f}")
+    print(f"at SoC {float(ds['soc'].values[-1]):.3f}: dissipated energy / Gamma {float(ds['separation_mean'].values[-1]):.4f}, "
+          f"fully open GB length {float(ds['open_crack_fraction'].values[-1]):.4f}, damage onset (D of the bilinear "
+          f"law) {float(ds['damage_mean'].values[-1]):.4f}; x_li {float(ds['x_li_min'].min()):.4f} .. "
+          f"{float(ds['x_li_max'].max()):.4f}")
+    # cost of the kinetic surface condition: Li transport alone, kinetic against constant flux (same run)
+    times = {}
+    for cond in ("constant_flux", "kinetic"):
+        q = params.replace(transport={"surface_condition": cond})
+        t0 = time.perf_counter()
+        tr = run_transport(q)
+        times[cond] = time.perf_counter() - t0
+        print(f"transport alone, {cond:<13} {times[cond]:6.2f} s ({tr.attrs['n_factorizations']} factorisations, "
+              f"{tr.attrs['n_limited_steps']} steps with limited surface nodes)")
+    print(f"kinetic / constant flux (transport alone) x{times['kinetic'] / times['constant_flux']:.1f}; "
+          f"the model's diffusion share above is what it costs in a full run")
 
 
 if __name__ == "__main__":

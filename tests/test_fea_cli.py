@@ -73,7 +73,12 @@ def test_fea_from_a_csv_writes_result_figures_and_animation(strain_csv, tmp_path
     out, figs = tmp_path / "bare.nc", tmp_path / "figs"
     res = _invoke(["fea", strain_csv, "-o", out, "--figures", figs, *TINY_OPTS])
     assert res.exit_code == 0, res.output
-    assert "final damage" in res.output and str(out) in res.output
+    assert str(out) in res.output
+    # the headline leads: dissipated energy and fully open length first, the law's D as damage onset
+    lines = res.output.splitlines()
+    assert lines[0].startswith("dissipated energy / Gamma") and lines[1].startswith("fully open GB length")
+    assert lines[2].startswith("damage onset (D of the bilinear law)")
+    assert "unchecked defaults" in res.output and "cohesive.strength_MPa" in res.output
     ds = read_fea_result(out)
     assert ds.attrs["label"] == "bare" and ds.attrs["strain_source"] == str(strain_csv)
     assert ds.attrs["strain_abscissa"] == "x_li" and ds.attrs["strain_note"] == ""
@@ -81,7 +86,7 @@ def test_fea_from_a_csv_writes_result_figures_and_animation(strain_csv, tmp_path
     assert ds.sizes["step"] >= 8 and float(ds.attrs.get("coating_um", 0)) == 0
     d = ds["damage_mean"].values
     assert np.all(np.isfinite(d)) and np.all((d >= 0) & (d <= 1)) and np.all(np.diff(d) >= -1e-12)  # irreversible
-    for name in ("bare_state.png", "bare_damage.png", "bare.gif"):
+    for name in ("bare_state.png", "bare_damage.png", "bare_rates.png", "bare.gif"):
         assert (figs / name).stat().st_size > 1000, name
     from PIL import Image
 
@@ -103,13 +108,15 @@ def test_fea_from_pipeline_strain_nc_coated_with_recipe_and_compare(pipeline, st
     assert float(c.attrs["coating_um"]) == pytest.approx(0.16) and int(c.attrs["n_grains"]) == 5
     assert c.attrs["label"] == "coated" and c.attrs["strain_source"] == str(strain_nc)
     assert (c["cell_grain"].values == -1).any()  # the coating shell
-    assert {p.name for p in figs.iterdir()} == {"coated_state.png", "coated_damage.png", "fea_compare.png",
-                                                "fea_compare_damage.png"}
+    assert {p.name for p in figs.iterdir()} == {"coated_state.png", "coated_damage.png", "coated_rates.png",
+                                                "fea_compare.png", "fea_compare_damage.png"}
     # fea-compare draws the two side by side and their damage curves together
     cmp_dir = tmp_path / "cmp"
     res = _invoke(["fea-compare", bare, coated, "-o", cmp_dir, "--soc", "0.4", "--labels", "bare,coated"])
     assert res.exit_code == 0, res.output
-    assert "bare" in res.output and "coated" in res.output and "final damage" in res.output
+    first = res.output.splitlines()[0]
+    assert first.startswith("coated / bare: dissipated energy ") and "fully open GB length" in first
+    assert "damage onset (D of the bilinear law)" in res.output
     for name in ("fea_compare.png", "fea_compare_damage.png"):
         assert (cmp_dir / name).stat().st_size > 1000
 
@@ -194,7 +201,10 @@ def test_run_chains_fea_after_strain_and_reuses_it(pipeline):
     assert ds.attrs["strain_source"] == str(out / "strain" / "strain.nc")
     assert ds.attrs["recipe"] == str(pipeline["recipe"]) and int(ds.attrs["n_grains"]) == 4
     report = out / "report.md"
-    assert report.read_text().count("## FEA") == 1 and "final damage" in report.read_text()
+    text = report.read_text()
+    assert text.count("## FEA") == 1 and "dissipated energy / Gamma" in text and "fully open GB length" in text
+    assert text.index("dissipated energy / Gamma") < text.index("damage onset (D of the bilinear law)")
+    assert "unchecked defaults" in text and "transport.kinetic_x_limit_1C" in text
     # nothing changed: every stage reused, fea.nc and the report not rewritten
     before = fea_nc.stat().st_mtime_ns
     report_before = report.stat().st_mtime_ns
@@ -234,10 +244,9 @@ def test_demo_fea_path_bare_and_coated(pipeline, strain_csv, tmp_path):
     names = {p.name for p in res.figures}
     assert {"bare_state.png", "coated_state.png", "fea_compare.png", "fea_compare_damage.png"} <= names
     assert not res.figure_errors
-    text = "\n".join(res.lines())
-    assert f"final GB damage, bare      {res.bare.final_damage_mean:.4f}" in text
-    assert f"final GB damage, coated    {res.coated.final_damage_mean:.4f}" in text
-    assert any("FEA coated: final damage" in s for s in said)
+    lines = res.lines()
+    assert lines[1].startswith("FEA headline, coated / bare: dissipated energy")
+    assert any("FEA coated: dissipated energy / Gamma" in s for s in said)
 
 
 def test_maps_mirror_the_quarter_into_four_quadrants(pipeline):

@@ -10,6 +10,7 @@ from skfem import condense, solve
 from insitu_xrd.core.fea.diffusion import DiffusionProblem, diffusivity_tensors
 from insitu_xrd.core.fea.mesh import build_mesh
 from insitu_xrd.core.fea.params import GeometryParams
+from insitu_xrd.core.fea.surface import SurfaceFlux
 
 
 def _disc_series(r_over_a: np.ndarray, tau: float, n_terms: int = 400) -> np.ndarray:
@@ -59,6 +60,33 @@ def test_quarter_disc_constant_flux_matches_series() -> None:
     assert err < 0.01, f"max error {err:.4f} of the concentration change"
     # the shape of the profile (surface minus centre) is resolved too, not only the mean
     assert x[r > 0.999].mean() < x[r < 0.05].mean()
+
+
+def test_kinetic_surface_matches_series_while_far_from_empty() -> None:
+    """The kinetic surface condition, stepped by equal Li removal, is the constant-flux problem
+    while the surface is far above its limit: same Carslaw & Jaeger series, equal step lengths."""
+    a_um, D = 1.0, 1e-14
+    m = _quarter_disc(a_um, 0.04)
+    a = a_um * 1e-6
+    Dc = np.repeat(D * np.eye(2)[None], m.n_cells, axis=0)
+    prob = DiffusionProblem(m.base_nodes_um * 1e-6, m.base_triangles, Dc, np.ones(m.n_cells), m.outer_edges)
+    j = 1e-9  # outward flux in x m/s; the surface ends near x = 0.93, the 1C limit is x = 0.02
+    surf = SurfaceFlux(prob, np.full(len(m.outer_edges), j), np.zeros(len(m.outer_edges), int), 1, j, 0.02)
+    tau_end, n = 0.15, 300
+    t_end = tau_end * a * a / D
+    removed = t_end * surf.prescribed_total / n
+    x = np.ones(m.base_nodes_um.shape[0])
+    dts = []
+    for _ in range(n):
+        st = surf.advance(x, removed)
+        x = st.x
+        dts.append(st.dt_s)
+    assert surf.n_limited_steps == 0
+    np.testing.assert_allclose(dts, t_end / n, rtol=1e-12)
+    r = np.linalg.norm(m.base_nodes_um, axis=1) / a_um
+    exact = 1.0 - (j * a / D) * _disc_series(r, tau_end)
+    err = np.max(np.abs(x - exact)) / np.max(np.abs(exact - 1.0))
+    assert err < 0.01, f"max error {err:.4f} of the concentration change"
 
 
 def test_mass_balance_is_exact_for_anisotropic_grains() -> None:

@@ -146,7 +146,8 @@ def test_output_contract(bare_run) -> None:
                  "gb_y_um", "gb_length_um", "gb_grains", "x_li", "stress_xx_MPa", "stress_yy_MPa", "stress_xy_MPa",
                  "stress_hydrostatic_MPa", "stress_von_mises_MPa", "damage", "damage_mean", "cracked_fraction",
                  "max_principal_stress_MPa", "time_s", "soc", "x_li_mean", "snapshot_step", "snapshot_time_s",
-                 "snapshot_soc"):
+                 "snapshot_soc", "separation_mean", "open_crack_fraction", "x_li_min", "x_li_max",
+                 "grain_delivered_rate_C", "particle_rate_C", "surface_limited_fraction"):
         assert name in ds.variables, name
         assert "units" in ds[name].attrs and "long_name" in ds[name].attrs, name
     for key in ("coated", "coating_um", "n_grains", "n_nodes", "n_cells", "n_segments", "mesher", "scheme",
@@ -161,6 +162,11 @@ def test_output_contract(bare_run) -> None:
     assert np.all(np.isnan(rates) | np.isin(rates, [1.0, 0.5, 0.1]))
     assert np.isfinite(rates).sum() >= 2
     assert ds.attrs["n_cells"] == ds.sizes["cell"] and ds.attrs["n_segments"] == ds.sizes["segment"]
+    assert ds["grain_delivered_rate_C"].dims == ("step", "grain") and ds.attrs["surface_condition"] == "kinetic"
+    # what to calibrate: the unchecked defaults still in use, not the ones this run changed (radius_um)
+    unchecked = ds.attrs["unverified_defaults"]
+    assert "cohesive.strength_MPa, cohesive.fracture_energy_J_m2 = 100, 1 (" in unchecked and "transport.kinetic_x_limit_1C" in unchecked
+    assert "geometry.radius_um" not in unchecked and "block Li transport" in ds.attrs["unverified_assumptions"]
 
 
 def test_soc_from_flux_equals_mesh_mean(bare_run) -> None:

@@ -26,6 +26,7 @@ def fea(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Time steps (time.n_steps)."),
     snapshots: Optional[int] = typer.Option(None, "--snapshots", min=1, help="Saved steps with full fields (time.n_snapshots)."),
     mesh_size_um: Optional[float] = typer.Option(None, "--mesh-size-um", help="Target element size in um (geometry.mesh_size_um)."),
+    surface_condition: Optional[str] = typer.Option(None, "--surface-condition", help="Outer surface (transport.surface_condition): kinetic (default: each grain delivers its rate while its surface can, then a flux vanishing as the surface Li -> 0; x stays in [0, 1]) or constant_flux (the seed paper's set-up, can drive x below 0)."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures: mirrored full-disc maps at --display-soc, damage curves, GIF animation."),
     display_soc: Optional[float] = typer.Option(None, "--display-soc", help="SoC of the maps (nearest saved step; default 0.55 or the last step)."),
     animation: bool = typer.Option(True, "--animation/--no-animation", help="With --figures: write the GIF animation."),
@@ -45,7 +46,8 @@ def fea(
     try:
         section = fea_section_from_file(recipe) if recipe is not None else None
         params = fea_params(section, coated=coated, grains=grains, seed=seed, soc_end=soc_end, n_steps=steps,
-                            n_snapshots=snapshots, mesh_size_um=mesh_size_um, where="fea options")
+                            n_snapshots=snapshots, mesh_size_um=mesh_size_um, surface_condition=surface_condition,
+                            where="fea options")
         other = None
         if compare is not None:
             from insitu_xrd.io.fea_io import read_fea_result
@@ -76,9 +78,11 @@ def fea_compare(
 ) -> None:
     """Two FEA results side by side and their damage curves together.
 
-    Li content and grain-boundary damage mirrored to the full disc at the same SoC, and damage
-    versus time and versus SoC of both runs."""
+    Prints the dissipated energy over Gamma and the fully open boundary length of both runs and
+    their ratio second / first (then the law's D as damage onset); draws Li content, damage and
+    separation mirrored to the full disc at the same SoC, and the curves of both runs."""
     from insitu_xrd.io.fea_io import read_fea_result
+    from insitu_xrd.pipeline.fea_stage import fea_compare_lines
     from insitu_xrd.plots.fea import write_fea_compare
 
     try:
@@ -93,11 +97,8 @@ def fea_compare(
         _fail(exc)
         return
     names = labs or [str(r.attrs.get("label", p.stem)) for r, p in zip(runs, (first, second))]
-    for name, r in zip(names, runs):
-        line = (f"{name:<12} final damage {float(r['damage_mean'].values[-1]):.4f}, cracked GB fraction "
-                f"{float(r['cracked_fraction'].values[-1]):.4f}")
-        if "separation_mean" in r:
-            line += f", separation {float(r['separation_mean'].values[-1]):.4f}"
+    table = fea_compare_lines(runs[0], runs[1], (names[0], names[1]))
+    for line in [table[-1], *table[:-1]]:
         typer.echo(line)
     for p in paths:
         typer.echo(f"figure       {p}")

@@ -22,13 +22,96 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.pipeline.recipe import FEASection, Recipe, section_hash
 from insitu_xrd.pipeline.stages import StageCache, StageInfo, file_digest
 
-__all__ = ["FEAFigureWriter", "FEARun", "fea_params", "run_fea_file", "fea_stage", "fea_summary_lines", "n_steps_of"]
+__all__ = ["FEAFigureWriter", "FEARun", "CrackMeasures", "crack_measures", "fea_params", "run_fea_file", "fea_stage",
+           "fea_summary_lines", "fea_headline_lines", "fea_compare_lines", "n_steps_of"]
+
+#: the name under which the law's D is shown everywhere (it marks where softening began, not how far)
+DAMAGE_ONSET = "damage onset (D of the bilinear law)"
+
+
+@dataclass(frozen=True)
+class CrackMeasures:
+    """How far the grain boundaries of one run have cracked at its last step.
+
+    dissipated_over_gamma: energy dissipated on the boundaries over Gamma times their length (1; 0
+        intact, 1 every boundary a traction-free crack) - the headline measure.
+    open_fraction, open_length_um: grain-boundary length opened beyond u_f (fraction, um).
+    damage_onset: length-weighted mean D of the bilinear law (saturates near 1 on any boundary in
+        tension at a stiff penalty: it says where softening began, not how far it went).
+    x_li_min, x_li_max: the extreme nodal Li contents over the whole run.
+    """
+
+    dissipated_over_gamma: float
+    open_fraction: float
+    open_length_um: float
+    damage_onset: float
+    x_li_min: float
+    x_li_max: float
+
+
+def crack_measures(ds: xr.Dataset) -> CrackMeasures:
+    """The :class:`CrackMeasures` of an FEA result (NaN for what an older result lacks)."""
+    def last(name: str) -> float:
+        return float(ds[name].values[-1]) if name in ds else float("nan")
+
+    def extreme(name: str, fn: Any) -> float:
+        return float(fn(ds[name].values)) if name in ds else float("nan")
+
+    total = float(ds.attrs.get("gb_length_total_um", float(ds["gb_length_um"].sum()) if "gb_length_um" in ds else 0.0))
+    return CrackMeasures(last("separation_mean"), last("open_crack_fraction"), last("open_crack_fraction") * total,
+                         last("damage_mean"), extreme("x_li_min", min), extreme("x_li_max", max))
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 and a == a else "n/a"
+
+
+def fea_headline_lines(ds: xr.Dataset) -> list[str]:
+    """What one run says first: dissipated energy over Gamma, fully open boundary length, then the
+    law's D labelled as damage onset, the Li-content range and the surface condition."""
+    m = crack_measures(ds)
+    cond = str(ds.attrs.get("surface_condition", "constant_flux"))
+    lim = ds.attrs.get("kinetic_x_limit_1C")
+    surface = f"{cond} surface" + (f", limit x = {float(lim):g} per C" if cond == "kinetic" and lim is not None else "")
+    lines = [
+        f"dissipated energy / Gamma   {m.dissipated_over_gamma:.4f}  (boundary fracture energy spent, over its total "
+        f"for the GB length; 0 intact, 1 all cracked)",
+        f"fully open GB length        {m.open_fraction:.4f} of the GB length ({m.open_length_um:.2f} um opened beyond u_f)",
+        f"{DAMAGE_ONSET}  {m.damage_onset:.4f} (length-weighted mean; saturates near 1 on any boundary in tension)",
+        f"Li content x                {m.x_li_min:.4f} .. {m.x_li_max:.4f} over the run ({surface})",
+    ]
+    if m.x_li_min < 0:
+        lines.append("warning              the constant-flux surface drove the Li content below 0 (an impossible state; "
+                     "transport.surface_condition: kinetic keeps x in [0, 1])")
+    return lines
+
+
+def fea_compare_lines(first: xr.Dataset, second: xr.Dataset, labels: tuple[str, str] = ("bare", "coated")) -> list[str]:
+    """Two runs side by side with the ratio second / first (coated / bare with the default labels):
+    a table (dissipated energy / Gamma, fully open GB length, damage onset), then as the last line
+    the headline ``"coated / bare: dissipated energy R1, fully open GB length R2"`` (callers print
+    it first)."""
+    a, b = crack_measures(first), crack_measures(second)
+    la, lb = labels
+    head = f"{lb} / {la}"
+    w = max(len(la), len(lb), 8)
+    rows = [("dissipated energy / Gamma", a.dissipated_over_gamma, b.dissipated_over_gamma),
+            ("fully open GB length (fraction)", a.open_fraction, b.open_fraction),
+            (DAMAGE_ONSET, a.damage_onset, b.damage_onset)]
+    out = [f"{'':<37} {la:>{w}} {lb:>{w}}   {head}"]
+    out += [f"{name:<37} {va:>{w}.4f} {vb:>{w}.4f}   {_ratio(vb, va)}" for name, va, vb in rows]
+    if min(a.damage_onset, b.damage_onset) > 0.9:
+        out.append("(damage onset is near 1 in both: it marks where softening began, not how far)")
+    out.append(f"{head}: dissipated energy {_ratio(b.dissipated_over_gamma, a.dissipated_over_gamma)}, "
+               f"fully open GB length {_ratio(b.open_fraction, a.open_fraction)}")
+    return out
 
 #: draws the figures of one result: (dataset, folder, stem, display SoC, animation) -> paths
 FEAFigureWriter = Callable[..., list[Path]]
@@ -46,8 +129,19 @@ class FEARun:
     strain_source: str = ""
 
     @property
+    def measures(self) -> CrackMeasures:
+        """The headline crack measures of the run (:func:`crack_measures`)."""
+        return crack_measures(self.result)
+
+    def headline(self) -> str:
+        """One line: dissipated energy / Gamma, fully open GB length, damage onset."""
+        m = self.measures
+        return (f"dissipated energy / Gamma {m.dissipated_over_gamma:.4f}, fully open GB length {m.open_fraction:.4f}, "
+                f"{DAMAGE_ONSET} {m.damage_onset:.4f}")
+
+    @property
     def final_damage_mean(self) -> float:
-        """GB-length-weighted mean damage at the last step (1)."""
+        """GB-length-weighted mean of the law's D at the last step (1): damage onset, saturates near 1."""
         return float(self.result["damage_mean"].values[-1])
 
     @property
@@ -58,13 +152,15 @@ class FEARun:
 
 def fea_params(section: FEASection | None = None, coated: bool = False, grains: int | None = None,
                seed: int | None = None, soc_end: float | None = None, n_steps: int | None = None,
-               n_snapshots: int | None = None, mesh_size_um: float | None = None, where: str = "fea") -> Any:
+               n_snapshots: int | None = None, mesh_size_um: float | None = None, surface_condition: str | None = None,
+               where: str = "fea") -> Any:
     """FEAParams from a recipe ``fea:`` section (or the defaults) and command-line overrides.
 
     coated: add the default 160 nm coating (``FEAParams.coated()``) unless the section gives
         ``geometry.coating_um``. grains, seed, soc_end, n_steps, n_snapshots, mesh_size_um:
         override ``geometry.n_grains``, ``geometry.seed``, ``time.soc_end``, ``time.n_steps``,
-        ``time.n_snapshots``, ``geometry.mesh_size_um``.
+        ``time.n_snapshots``, ``geometry.mesh_size_um``; surface_condition: ``transport.surface_condition``
+        (kinetic or constant_flux).
     where: what to name in an error (e.g. the CLI options).
 
     Raises:
@@ -75,7 +171,7 @@ def fea_params(section: FEASection | None = None, coated: bool = False, grains: 
     base = section.model_dict() if section is not None else {}
     over = {("geometry", "n_grains"): grains, ("geometry", "seed"): seed, ("time", "soc_end"): soc_end,
             ("time", "n_steps"): n_steps, ("time", "n_snapshots"): n_snapshots,
-            ("geometry", "mesh_size_um"): mesh_size_um}
+            ("geometry", "mesh_size_um"): mesh_size_um, ("transport", "surface_condition"): surface_condition}
     for (group, key), value in over.items():
         if value is not None:
             base.setdefault(group, {})[key] = value
@@ -169,25 +265,34 @@ def n_steps_of(ds: xr.Dataset) -> int:
     return n - 1 if n > 1 and float(ds["time_s"].values[0]) == 0.0 else n
 
 
-def fea_summary_lines(run: FEARun) -> list[str]:
-    """Readable lines about a finished run (mesh, time split, final damage, files)."""
-    a = run.result.attrs
-    lines = [
+def fea_summary_lines(run: FEARun, unchecked_defaults: bool = True) -> list[str]:
+    """Readable lines about a finished run: the headline crack measures first, then the mesh, steps,
+    time split, the parameters still at unchecked defaults (unless ``unchecked_defaults`` is
+    False), and the files (``fea`` and report.md)."""
+    ds = run.result
+    a = ds.attrs
+    lines = fea_headline_lines(ds)
+    lines += [
         f"mesh                 {int(a.get('n_grains', 0))} grains, {int(a.get('n_cells', 0))} cells, "
         f"{int(a.get('n_nodes', 0))} nodes, {int(a.get('n_segments', 0))} GB segments ({a.get('mesher', '?')})",
-        f"steps                {n_steps_of(run.result)} (SoC {float(run.result['soc'].values[0]):.3f} .. "
-        f"{float(run.result['soc'].values[-1]):.3f}), {run.result.sizes['snapshot']} snapshots saved",
+        f"steps                {n_steps_of(ds)} (SoC {float(ds['soc'].values[0]):.3f} .. "
+        f"{float(ds['soc'].values[-1]):.3f} in {float(ds['time_s'].values[-1]) / 60:.1f} min), "
+        f"{ds.sizes['snapshot']} snapshots saved",
         f"time                 {float(a.get('timing_total_s', run.seconds)):.1f} s (mesh {float(a.get('timing_mesh_s', 0)):.1f}, "
         f"diffusion {float(a.get('timing_diffusion_s', 0)):.1f}, mechanics {float(a.get('timing_mechanics_s', 0)):.1f}, "
         f"cohesive {float(a.get('timing_cohesive_s', 0)):.1f} s; {int(a.get('n_cohesive_iterations_total', 0))} cohesive iterations)",
-        f"final damage         {run.final_damage_mean:.4f} (GB-length-weighted mean), cracked GB fraction "
-        f"{run.final_cracked_fraction:.4f}",
     ]
-    if "separation_mean" in run.result and "open_crack_fraction" in run.result:
-        lines.append(f"final separation     {float(run.result['separation_mean'].values[-1]):.4f} (mean, dissipated / fracture "
-                     f"energy), open-crack fraction {float(run.result['open_crack_fraction'].values[-1]):.4f}")
-    if "x_li_min" in run.result:
-        lines.append(f"x_li min             {float(run.result['x_li_min'].values[-1]):+.4f} (smallest nodal Li content at the end)")
+    if "grain_delivered_rate_C" in ds:
+        rate = ds["grain_delivered_rate_C"].values
+        pres = ds["grain_rate_C"].values
+        has = np.isfinite(pres)
+        short = int(np.sum(has & np.any(rate[1:] < pres * (1 - 1e-9), axis=0))) if rate.shape[0] > 1 else 0
+        lines.append(f"surface rates        {short} of {int(has.sum())} surface grains fell below their prescribed rate "
+                     f"(grain_delivered_rate_C); particle rate at the end {float(ds['particle_rate_C'].values[-1]):.3f} C")
+    unchecked = [u for u in str(a.get("unverified_defaults", "")).split("; ") if u] if unchecked_defaults else []
+    if unchecked:
+        lines.append("unchecked defaults   engineering values not checked against the cited papers (calibrate these):")
+        lines += [f"  - {u}" for u in unchecked]
     lines.append(f"result               {run.path}")
     lines += [f"figure               {p}" for p in run.figures]
     lines += [f"warning              {e}" for e in run.figure_errors]
@@ -231,8 +336,7 @@ def fea_stage(recipe: Recipe, cache: StageCache, progress: bool = True,
         if ds is not None:
             figs = [Path(p) for p in cache.data["fea"].get("figures", []) if Path(p).is_file()]
             run = FEARun(ds, output, figs, seconds=time.perf_counter() - t0, strain_source=str(strain))
-            return run, StageInfo("fea", "reused", run.seconds,
-                                  f"final damage {run.final_damage_mean:.4f} ({output})", [str(output)])
+            return run, StageInfo("fea", "reused", run.seconds, f"{run.headline()} ({output})", [str(output)])
     params = sec.to_params()
     writer = None
     if draw:
@@ -245,8 +349,7 @@ def fea_stage(recipe: Recipe, cache: StageCache, progress: bool = True,
                        display_soc=sec.display_soc, animation=sec.animation,
                        extra_attrs={"recipe": str(recipe.source), "recipe_name": recipe.name})
     cache.store("fea", key, [output], figures=[str(p) for p in run.figures])
-    detail = (f"{params.geometry.n_grains} grains, {n_steps_of(run.result)} steps: final damage "
-              f"{run.final_damage_mean:.4f}, cracked GB fraction {run.final_cracked_fraction:.4f} -> {output}")
+    detail = f"{params.geometry.n_grains} grains, {n_steps_of(run.result)} steps: {run.headline()} -> {output}"
     if run.figure_errors:
         detail += "; " + "; ".join(run.figure_errors)
     return run, StageInfo("fea", "ran", time.perf_counter() - t0, detail, [str(output)] + [str(p) for p in run.figures])

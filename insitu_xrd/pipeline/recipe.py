@@ -291,6 +291,8 @@ class FEATransportSection(_Strict):
     rate_rule: str | None = Field(None, description="How the rates go on the surface grains: shuffled (seeded permutation, each rate about equally often), cyclic (in order along the arc) or uniform (all rates_C[0]).")
     rate_seed: int | None = Field(None, ge=0, description="Seed of the shuffled rate assignment.")
     x_per_1C_hour: float | None = Field(None, gt=0, description="Li per formula unit removed in one hour at 1C (1).")
+    surface_condition: str | None = Field(None, description="Outer-surface condition: kinetic (each grain delivers its rate while its surface can, then a flux that vanishes as the surface Li content -> 0; x stays in [0, 1]) or constant_flux (the seed paper's set-up; can drive x below 0).")
+    kinetic_x_limit_1C: float | None = Field(None, gt=0, lt=1, description="Surface Li content at which a 1C facet reaches the kinetic limit (a facet at n C: n times it); kinetic only.")
 
 
 class FEAElasticSection(_Strict):

@@ -6,13 +6,16 @@ Mirroring is exact for the scalar fields drawn (Li content, GB damage, von Mises
 stress are invariant under the reflections); the shear stress sigma_xy would change sign and is
 not drawn mirrored.
 
-* :func:`plot_fea_state`: Li content x_li, GB damage (0..1 on each grain-boundary segment), von
-  Mises and hydrostatic stress (MPa) at one saved step (the snapshot nearest a chosen SoC).
-* :func:`plot_damage_curves`: GB-length-weighted mean damage and cracked GB fraction versus time
-  and versus SoC, several runs (bare vs coated) on the same axes; with the model's separation
-  curves (``separation_mean``, ``open_crack_fraction``) a second row of them.
-* :func:`plot_fea_compare`: two runs side by side (x_li, damage and, when the results have it,
-  separation maps at the same SoC) over their damage (and separation) curves.
+* :func:`plot_fea_state`: Li content x_li, dissipated energy / Gamma on each grain-boundary segment
+  (the law's D, "damage onset", for results without it), von Mises and hydrostatic stress (MPa) at
+  one saved step (the snapshot nearest a chosen SoC).
+* :func:`plot_damage_curves`: versus time and versus SoC, several runs (bare vs coated) on the same
+  axes: first the dissipated energy / Gamma and the fully open GB length fraction (the headline
+  measures), then the damage onset (mean D of the bilinear law, fraction with D > 0.99).
+* :func:`plot_surface_rates`: the C-rate each surface grain delivered over time against its
+  prescribed rate, and the particle's C-rate (kinetic surface condition, docs/fea.md).
+* :func:`plot_fea_compare`: two runs side by side (x_li, dissipated-energy and damage-onset maps at
+  the same SoC) over their curves.
 * :func:`animate_fea`: GIF (matplotlib ``PillowWriter``; Pillow is a matplotlib dependency) or MP4
   (``FFMpegWriter``, needs ffmpeg) of x_li and damage over the saved snapshots.
 * :func:`write_fea_figures` / :func:`write_fea_compare`: the figure writers of ``insitu-xrd fea``,
@@ -43,6 +46,7 @@ __all__ = [
     "mirror_segments",
     "plot_fea_state",
     "plot_damage_curves",
+    "plot_surface_rates",
     "plot_fea_compare",
     "animate_fea",
     "write_fea_figures",
@@ -141,7 +145,7 @@ def _panel_x_li(fig: plt.Figure, ax: plt.Axes, ds: xr.Dataset, k: int, tri: mtri
 
 
 def _panel_damage(fig: plt.Figure, ax: plt.Axes, ds: xr.Dataset, k: int, tri: mtri.Triangulation,
-                  var: str = "damage", label: str = "GB damage D (1)") -> None:
+                  var: str = "damage", label: str = "damage onset (D of the bilinear law)") -> None:
     """Damage D (0 intact .. 1 fully cracked) on every grain-boundary segment over the grain map
     (``var="separation"``: the separation, dissipated / fracture energy, shown on 0..1)."""
     grains = np.tile(np.asarray(ds["cell_grain"].values), 4)
@@ -174,8 +178,9 @@ def _panel_stress(fig: plt.Figure, ax: plt.Axes, ds: xr.Dataset, k: int, tri: mt
 
 def plot_fea_state(ds: xr.Dataset, path: str | Path, soc: float | None = None, label: str | None = None,
                    dpi: int = 150) -> Path:
-    """Four mirrored full-disc maps at the snapshot nearest ``soc``: x_li, GB damage, von Mises
-    stress (MPa) and hydrostatic stress (MPa, tension positive)."""
+    """Four mirrored full-disc maps at the snapshot nearest ``soc``: x_li, dissipated energy / Gamma
+    per GB segment (damage onset D for older results), von Mises stress (MPa) and hydrostatic
+    stress (MPa, tension positive)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     k = nearest_snapshot(ds, soc)
@@ -183,8 +188,12 @@ def plot_fea_state(ds: xr.Dataset, path: str | Path, soc: float | None = None, l
     fig, axes = plt.subplots(2, 2, figsize=(10.5, 9.0), constrained_layout=True)
     _panel_x_li(fig, axes[0, 0], ds, k, tri)
     axes[0, 0].set_title("Li content")
-    _panel_damage(fig, axes[0, 1], ds, k, tri)
-    axes[0, 1].set_title("grain-boundary damage")
+    if "separation" in ds:
+        _panel_damage(fig, axes[0, 1], ds, k, tri, var="separation", label=_SEPARATION_LABEL)
+        axes[0, 1].set_title("grain-boundary cracking: dissipated energy / Gamma")
+    else:
+        _panel_damage(fig, axes[0, 1], ds, k, tri)
+        axes[0, 1].set_title("grain-boundary damage onset")
     _panel_stress(fig, axes[1, 0], ds, k, tri, "stress_von_mises_MPa", "von Mises stress (MPa)", False)
     axes[1, 0].set_title("von Mises stress")
     _panel_stress(fig, axes[1, 1], ds, k, tri, "stress_hydrostatic_MPa", "hydrostatic stress (MPa, + tension)", True)
@@ -196,13 +205,21 @@ def plot_fea_state(ds: xr.Dataset, path: str | Path, soc: float | None = None, l
     return path
 
 
+_SEPARATION_LABEL = "dissipated energy / Gamma (1; 1 = traction-free crack)"
 #: per-step curves drawn: (variable, label, line style) by panel kind; "separation" only when present
 _CURVES = {
-    "damage": (("damage_mean", "mean damage", "-"), ("cracked_fraction", "cracked GB fraction (D > 0.99)", "--")),
-    "separation": (("separation_mean", "mean separation", "-"), ("open_crack_fraction", "open-crack fraction", "--")),
+    "damage": (("damage_mean", "damage onset: mean D of the bilinear law", "-"),
+               ("cracked_fraction", "GB fraction with D > 0.99", "--")),
+    "separation": (("separation_mean", "dissipated energy / Gamma", "-"),
+                   ("open_crack_fraction", "fully open GB length fraction", "--")),
 }
-_CURVE_YLABEL = {"damage": "GB damage, length-weighted (1)",
-                 "separation": "GB separation (u_max - u0)/(u_f - u0),\nlength-weighted (1)"}
+_CURVE_YLABEL = {"damage": "damage onset (D of the bilinear law),\nlength-weighted (1)",
+                 "separation": "dissipated energy / (Gamma L_GB),\nfully open GB fraction (1)"}
+
+
+def _kinds(runs: Sequence[xr.Dataset]) -> list[str]:
+    """Curve rows: the headline (dissipated energy, open length) first when every run has it."""
+    return (["separation"] if _has_separation(runs) else []) + ["damage"]
 
 
 def _has_separation(runs: Sequence[xr.Dataset]) -> bool:
@@ -230,19 +247,56 @@ def _curves(ax_t: plt.Axes, ax_s: plt.Axes, runs: Sequence[tuple[xr.Dataset, str
 
 def plot_damage_curves(runs: Sequence[xr.Dataset], path: str | Path, labels: Sequence[str] | None = None,
                        dpi: int = 150) -> Path:
-    """Mean GB damage and cracked GB fraction versus time (min) and versus SoC, one colour per run;
-    a second row with the mean separation and open-crack fraction when the results have them
-    (damage saturates near 1 on any boundary in tension; separation = dissipated energy over
-    fracture energy tells the runs apart, see docs/fea.md)."""
+    """Versus time (min) and versus SoC, one colour per run: dissipated energy / Gamma and fully open
+    GB length fraction (when the results have them), then the damage onset (mean D of the bilinear
+    law, which saturates near 1 on any boundary in tension, docs/fea.md)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     runs = list(runs)
     labs = list(labels) if labels else [_label(ds, None) for ds in runs]
-    kinds = ["damage"] + (["separation"] if _has_separation(runs) else [])
+    kinds = _kinds(runs)
     fig, axes = plt.subplots(len(kinds), 2, figsize=(10.0, 4.0 * len(kinds)), constrained_layout=True, squeeze=False)
     for row, kind in enumerate(kinds):
         _curves(axes[row, 0], axes[row, 1], list(zip(runs, labs)), kind)
-    fig.suptitle("grain-boundary damage during charge", fontsize=10)
+    fig.suptitle("grain-boundary cracking during charge", fontsize=10)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def plot_surface_rates(ds: xr.Dataset, path: str | Path, label: str | None = None, dpi: int = 150) -> Path:
+    """Delivered C-rate of every surface grain versus time (colour = its prescribed rate; dashed:
+    the prescribed rates) and the particle's C-rate, from ``grain_delivered_rate_C``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if "grain_delivered_rate_C" not in ds:
+        raise InsituXRDError(f"surface-rate figure {path.name}: the result has no grain_delivered_rate_C "
+                             "(written before the surface condition was an output)")
+    t_min = np.asarray(ds["time_s"].values, dtype=float) / 60.0
+    rate = np.asarray(ds["grain_delivered_rate_C"].values, dtype=float)
+    pres = np.asarray(ds["grain_rate_C"].values, dtype=float)
+    levels = sorted({float(r) for r in pres[np.isfinite(pres)]}, reverse=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10.0, 4.0), constrained_layout=True)
+    for i, lev in enumerate(levels):
+        col = _RUN_COLOURS[i % len(_RUN_COLOURS)]
+        idx = np.flatnonzero(pres == lev)
+        for n, g in enumerate(idx):
+            ax1.step(t_min, rate[:, g], where="pre", color=col, lw=0.9, alpha=0.8,
+                     label=f"grains at {lev:g} C ({idx.size})" if n == 0 else None)
+        ax1.axhline(lev, color=col, ls="--", lw=0.8)
+    ax1.set_xlabel("time (min)")
+    ax1.set_ylabel("delivered C-rate of the grain (1/h)")
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7, loc="best")
+    ax2.step(np.asarray(ds["soc"].values, dtype=float), np.asarray(ds["particle_rate_C"].values, dtype=float),
+             where="pre", color="k", lw=1.2)
+    ax2.set_xlabel("state of charge")
+    ax2.set_ylabel("C-rate of the particle (1/h)")
+    ax2.set_ylim(bottom=0)
+    ax2.grid(alpha=0.3)
+    cond = str(ds.attrs.get("surface_condition", "constant_flux"))
+    fig.suptitle(f"{_label(ds, label)}: rates the surface delivered ({cond} surface condition)", fontsize=10)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -262,7 +316,7 @@ def plot_fea_compare(runs: Sequence[xr.Dataset], path: str | Path, soc: float | 
     vals = np.concatenate([np.asarray(ds["x_li"].isel(snapshot=k).values, dtype=float) for ds, k in zip(runs, ks)])
     norm = Normalize(float(np.nanmin(vals)), float(np.nanmax(vals)) + 1e-12)
     n = len(runs)
-    kinds = ["damage"] + (["separation"] if _has_separation(runs) else [])
+    kinds = _kinds(runs)
     maps = 2 + int("separation" in kinds and all("separation" in ds for ds in runs))
     fig = plt.figure(figsize=(5.0 * n, 5.0 * maps + 3.0 * len(kinds)), constrained_layout=True)
     gs = fig.add_gridspec(maps + len(kinds), 2 * n, height_ratios=[1.0] * maps + [0.75] * len(kinds))
@@ -271,14 +325,15 @@ def plot_fea_compare(runs: Sequence[xr.Dataset], path: str | Path, soc: float | 
         ax1 = fig.add_subplot(gs[0, 2 * j:2 * j + 2])
         _panel_x_li(fig, ax1, ds, k, tri, norm=norm)
         ax1.set_title(f"{lab}: Li content, {_snap_title(ds, k)}", fontsize=9)
-        ax2 = fig.add_subplot(gs[1, 2 * j:2 * j + 2])
+        if maps == 3:
+            ax3 = fig.add_subplot(gs[1, 2 * j:2 * j + 2])
+            _panel_damage(fig, ax3, ds, k, tri, var="separation", label=_SEPARATION_LABEL)
+            ax3.set_title(f"{lab}: dissipated energy / Gamma (final {float(ds['separation_mean'].values[-1]):.3f}, "
+                          f"fully open {float(ds['open_crack_fraction'].values[-1]):.3f})", fontsize=9)
+        ax2 = fig.add_subplot(gs[maps - 1, 2 * j:2 * j + 2])
         _panel_damage(fig, ax2, ds, k, tri)
         fd = float(ds["damage_mean"].values[-1])
-        ax2.set_title(f"{lab}: GB damage (final mean {fd:.3f})", fontsize=9)
-        if maps == 3:
-            ax3 = fig.add_subplot(gs[2, 2 * j:2 * j + 2])
-            _panel_damage(fig, ax3, ds, k, tri, var="separation", label="GB separation (1, dissipated / fracture energy)")
-            ax3.set_title(f"{lab}: GB separation (final mean {float(ds['separation_mean'].values[-1]):.3f})", fontsize=9)
+        ax2.set_title(f"{lab}: damage onset, D of the bilinear law (final mean {fd:.3f})", fontsize=9)
     for row, kind in enumerate(kinds):
         _curves(fig.add_subplot(gs[maps + row, :n]), fig.add_subplot(gs[maps + row, n:]), list(zip(runs, labs)), kind)
     fig.savefig(path, dpi=dpi)
@@ -318,7 +373,7 @@ def animate_fea(ds: xr.Dataset, path: str | Path, fps: float = 4.0, dpi: int = 8
     d0 = np.tile(np.asarray(ds["damage"].values[0], dtype=float), 4)
     lc = LineCollection(segs, array=d0, cmap=_DAMAGE_CMAP, norm=Normalize(0.0, 1.0), linewidths=1.2)
     ax2.add_collection(lc)
-    fig.colorbar(lc, ax=ax2, shrink=0.8, label="GB damage D (1)")
+    fig.colorbar(lc, ax=ax2, shrink=0.8, label="damage onset (D of the bilinear law)")
     for ax in (ax1, ax2):
         _frame_axes(ax, ds)
     title = fig.suptitle("", fontsize=10)
@@ -352,11 +407,14 @@ def animate_fea(ds: xr.Dataset, path: str | Path, fps: float = 4.0, dpi: int = 8
 
 def write_fea_figures(ds: xr.Dataset, out_dir: str | Path, stem: str = "fea", soc: float | None = None,
                       animation: bool = True, label: str | None = None, figure_format: str = "png") -> list[Path]:
-    """``{stem}_state.{fmt}`` (maps at ``soc``), ``{stem}_damage.{fmt}`` (curves) and, with
+    """``{stem}_state.{fmt}`` (maps at ``soc``), ``{stem}_damage.{fmt}`` (curves),
+    ``{stem}_rates.{fmt}`` (delivered surface rates, results that have them) and, with
     ``animation``, ``{stem}.gif`` into ``out_dir``. Returns the paths written."""
     out = Path(out_dir)
     paths = [plot_fea_state(ds, out / f"{stem}_state.{figure_format}", soc=soc, label=label),
              plot_damage_curves([ds], out / f"{stem}_damage.{figure_format}", labels=[_label(ds, label)])]
+    if "grain_delivered_rate_C" in ds:
+        paths.append(plot_surface_rates(ds, out / f"{stem}_rates.{figure_format}", label=label))
     if animation:
         paths.append(animate_fea(ds, out / f"{stem}.gif", label=label))
     return paths

@@ -2,8 +2,10 @@
 
 Public API: :class:`StrainCurve`, :class:`FEAParams` (and its groups), :func:`run_fea`,
 :func:`build_mesh`. Modules: params (inputs), mesh (Voronoi grains, meshers, node doubling),
-diffusion (Fick, scikit-fem), elasticity (eigenstrain elasticity, scikit-fem), cohesive
-(interface elements, damage law, secant solver), model (the staggered time loop, studies).
+diffusion (Fick, scikit-fem), surface (outer-surface condition, steps of equal Li removal),
+transport (diffusivities and surface rates of a mesh; :func:`run_transport`, the Li transport
+alone), elasticity (eigenstrain elasticity, scikit-fem), cohesive (interface elements, damage law,
+secant solver), model (the staggered time loop, studies).
 """
 
 from insitu_xrd.core.fea.mesh import FEAMesh, available_meshers, build_mesh
@@ -17,6 +19,7 @@ from insitu_xrd.core.fea.params import (
     TimeParams,
     TransportParams,
 )
+from insitu_xrd.core.fea.transport import run_transport
 
 __all__ = [
     "StrainCurve",
@@ -27,6 +30,7 @@ __all__ = [
     "CohesiveParams",
     "TimeParams",
     "run_fea",
+    "run_transport",
     "build_mesh",
     "FEAMesh",
     "available_meshers",

@@ -4,18 +4,20 @@ Unknown: the Li content x = c / c_max (Li per formula unit) at the nodes. Equati
 (SI units: coordinates in m, time in s)::
 
     cap dx/dt = div(D grad x)          in each grain (cap = 1) and in the coating (cap = 0)
-    -n . D grad x = j                  on the outer surface (j > 0: Li leaves)
+    -n . D grad x = j                  on the outer surface (j > 0: Li leaves; j is set by the
+                                       surface condition, surface.py)
     -n . D grad x = 0                  on the symmetry cuts x = 0, y = 0
 
-    (M / dt + K) x^{n+1} = M / dt x^n - F,   K_ij = int grad(phi_i) . D grad(phi_j),
-    M = lumped capacity (row-sum lumping of P1: int cap phi_i), F_i = int_outer j phi_i ds.
+    (M / dt + K + R) x^{n+1} = M / dt x^n - F,   K_ij = int grad(phi_i) . D grad(phi_j),
+    M = lumped capacity (row-sum lumping of P1: int cap phi_i), F_i = int_outer j phi_i ds,
+    R = diagonal (lumped) Robin term of the surface nodes whose outflow is r_i x_i (kinetic limit).
 
 D is the per-cell tensor D = D_ab a1 a1^T + D_c c c^T with c = (cos theta, sin theta) the in-plane
 c axis of the grain and a1 = (sin theta, -cos theta) the in-plane a axis; the coating is isotropic.
 Lumped mass keeps the scheme monotone (no undershoot at the surface at large dt), and because
 1^T K = 0, the total Li obeys sum(M x^{n+1}) = sum(M x^n) - dt sum(F) to round-off (exact mass
-balance). D is constant, so A = M/dt + K is factorised once (SuperLU) and each step is one
-back-substitution. The coating is given zero capacity: it transports Li (D_coating) but stores
+balance; a Robin outflow r_i x_i counts in F the same way). The matrix is factorised (SuperLU)
+once per (dt, R) and reused while they repeat: with constant flux, once per run. The coating is given zero capacity: it transports Li (D_coating) but stores
 none, so the state of charge counts NMC only (docs/fea.md explains the choice).
 
 The mesh is the undoubled one: the concentration is continuous across grain boundaries (ideal
@@ -92,6 +94,8 @@ class DiffusionProblem:
         self.fbasis = FacetBasis(self.mesh, ElementTriP1(), facets=pos, intorder=1)
         self._lu = None
         self._dt = None
+        self._key: tuple | None = None
+        self.n_factorizations = 0
 
     @property
     def edge_length_m(self) -> np.ndarray:
@@ -106,15 +110,63 @@ class DiffusionProblem:
         return asm(_surface_flux, self.fbasis, j=j)
 
     def set_dt(self, dt_s: float) -> None:
-        """Factorise M/dt + K (once per time step size)."""
-        self._dt = float(dt_s)
-        self._lu = splu((diags(self.M / self._dt) + self.K).tocsc())
+        """Factorise M/dt + K (no Robin term) for :meth:`step`."""
+        self._factorize(float(dt_s), None)
+
+    def _factorize(self, dt_s: float, robin: np.ndarray | None) -> None:
+        key = (dt_s, None if robin is None else robin.tobytes())
+        if key == self._key:
+            return
+        diag = self.M / dt_s if robin is None else self.M / dt_s + robin
+        self._lu = splu((diags(diag) + self.K).tocsc())
+        self._dt, self._key = dt_s, key
+        self.n_factorizations += 1
 
     def step(self, x: np.ndarray, F: np.ndarray) -> np.ndarray:
         """One implicit Euler step of size dt (set by :meth:`set_dt`) from x with load F."""
-        if self._lu is None:
+        if self._lu is None or self._dt is None:
             raise RuntimeError("call set_dt first")
-        return self._lu.solve(self.M / self._dt * x - F)
+        return self.solve(x, self._dt, F)
+
+    def solve(self, x_old: np.ndarray, dt_s: float, load: np.ndarray, robin: np.ndarray | None = None) -> np.ndarray:
+        """x of one implicit Euler step of ``dt_s`` (s) from ``x_old``: (M/dt + K + diag(robin)) x =
+        M/dt x_old - load. load: outflow per node (x m^2/s); robin: per-node outflow coefficient
+        (m^2/s, outflow r_i x_i) or None. The factorisation is kept while (dt, robin) repeat."""
+        self._factorize(float(dt_s), robin)
+        assert self._lu is not None
+        return self._lu.solve(self.M / float(dt_s) * x_old - load)
+
+    def enforce_bounds(self, x: np.ndarray, lower: float = 0.0, upper: float = 1.0) -> tuple[np.ndarray, float]:
+        """x with nodes outside [lower, upper] moved onto the bound, conserving sum(M x) exactly.
+
+        The P1 Galerkin matrix of an anisotropic D on a general triangulation is not an M-matrix
+        (positive couplings where a triangle's angles do not suit the rotated D), so the discrete
+        maximum principle can fail by a little next to a steep front. A node below ``lower`` is set
+        to it and the Li it lacked is taken from its mesh neighbours in proportion to what they hold
+        above the bound (from every node if the neighbours hold too little); above ``upper`` the
+        same with the room below it. Nodes without capacity (coating) are only clipped.
+        Returns (x, largest violation removed)."""
+        lo, hi = x < lower, x > upper
+        if not (lo.any() or hi.any()):
+            return x, 0.0
+        worst = float(max(lower - x.min(), x.max() - upper, 0.0))
+        x = x.copy()
+        if not hasattr(self, "_adjacency"):
+            self._adjacency = (self.K != 0).astype(np.int8).tocsr()
+        store = self.M > 0
+        for bad, bound, sign in ((lo, lower, 1.0), (hi, upper, -1.0)):
+            if not bad.any():
+                continue
+            amount = float(np.sum(self.M[bad] * sign * (bound - x[bad])))  # Li missing (lower) / in excess
+            x[bad] = bound
+            room = np.where(store & ~bad, sign * (x - bound), 0.0)  # what each node can give / take
+            near = (self._adjacency @ bad.astype(np.int8)) > 0
+            donors = near & (room > 0)
+            if float(np.sum(self.M[donors] * room[donors])) <= amount:
+                donors = room > 0
+            avail = float(np.sum(self.M[donors] * room[donors]))
+            x[donors] -= sign * room[donors] * (amount / avail)
+        return x, worst
 
     def total(self, x: np.ndarray) -> float:
         """sum(M x): amount of Li (x * m^2 per unit depth)."""

@@ -2,7 +2,9 @@
 
 Staggered scheme per time step n -> n+1 (docs/fea.md):
 
-1. diffusion: one implicit-Euler step of Fick's law on the undoubled mesh (factorised once);
+1. diffusion: one implicit-Euler step of Fick's law on the undoubled mesh with the surface
+   condition (transport.py, surface.py): every step removes soc_end / n_steps of Li, its length
+   follows from the delivered outflow;
 2. eigenstrain: the strain curve at the new nodal Li content, relative to the curve at x_start,
    averaged over each cell's vertices, rotated to the grain axes (eps_a along a1 and out of plane,
    eps_c along c); the coating has none;
@@ -24,7 +26,6 @@ import numpy as np
 import xarray as xr
 
 from insitu_xrd.core.fea.cohesive import CohesiveLaw, InterfaceElements, SecantSolver
-from insitu_xrd.core.fea.diffusion import DiffusionProblem, diffusivity_tensors
 from insitu_xrd.core.fea.elasticity import (
     ElasticProblem,
     effective_stiffness,
@@ -34,42 +35,17 @@ from insitu_xrd.core.fea.elasticity import (
     isotropic_stiffness_Pa,
     stress_zz,
 )
-from insitu_xrd.core.fea.mesh import FEAMesh, build_mesh
-from insitu_xrd.core.fea.params import FEAParams, StrainCurve
+from insitu_xrd.core.fea.mesh import build_mesh
+from insitu_xrd.core.fea.params import UNVERIFIED_ASSUMPTIONS, FEAParams, StrainCurve, unverified_defaults
+from insitu_xrd.core.fea.transport import LiTransport, grain_orientations, grain_rates
 
 __all__ = ["run_fea", "grain_orientations", "grain_rates", "snapshot_steps", "mesh_convergence_study",
            "bare_vs_coated_study", "SCHEME"]
 
-SCHEME = ("staggered: per step, implicit-Euler Fick diffusion (lumped mass, factorised once) -> eigenstrain from "
+SCHEME = ("staggered: per step, implicit-Euler Fick diffusion (lumped mass) with the surface condition, each step "
+          "removing the same Li (its length solved for where surfaces are kinetically limited) -> eigenstrain from "
           "the strain curve at the new nodal x -> quasi-static elasticity with cohesive grain boundaries solved by "
           "secant iterations on the damage; one-way coupling, so no splitting error")
-
-
-def grain_orientations(n_grains: int, seed: int) -> np.ndarray:
-    """c-axis angle (rad, from x, uniform in [0, pi)) of each grain, from its own seeded stream."""
-    return np.random.default_rng([int(seed), 1]).uniform(0.0, np.pi, int(n_grains))
-
-
-def grain_rates(mesh: FEAMesh, params: FEAParams) -> np.ndarray:
-    """C-rate of each grain (NaN for grains without outer surface), per ``transport.rate_rule``."""
-    tp = params.transport
-    rates = np.full(mesh.n_grains, np.nan)
-    surf = np.flatnonzero(mesh.grain_on_surface)
-    if surf.size == 0:
-        return rates
-    # order the surface grains along the arc (mean angle of their outer edges)
-    mid = 0.5 * (mesh.base_nodes_um[mesh.outer_edges[:, 0]] + mesh.base_nodes_um[mesh.outer_edges[:, 1]])
-    ang = np.arctan2(mid[:, 1], mid[:, 0])
-    mean_ang = np.bincount(mesh.outer_edge_grain, ang, mesh.n_grains) / np.maximum(
-        np.bincount(mesh.outer_edge_grain, None, mesh.n_grains), 1)
-    surf = surf[np.argsort(mean_ang[surf], kind="stable")]
-    values = np.resize(np.asarray(tp.rates_C, float), surf.size)
-    if tp.rate_rule == "shuffled":
-        values = np.random.default_rng([int(tp.rate_seed), 2]).permutation(values)
-    elif tp.rate_rule == "uniform":
-        values = np.full(surf.size, tp.rates_C[0])
-    rates[surf] = values
-    return rates
 
 
 def snapshot_steps(n_steps: int, n_snapshots: int) -> np.ndarray:
@@ -100,29 +76,14 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
     t_mesh = time.perf_counter() - t_start
     ng = mesh.n_grains
     theta = grain_orientations(ng, gp.seed)
-    rates = grain_rates(mesh, p)
-    cg = mesh.cell_grain
-    is_grain = cg >= 0
-    cell_theta = np.where(is_grain, theta[np.maximum(cg, 0)], 0.0)
 
-    # ---- diffusion operators -------------------------------------------------------------------
+    # ---- diffusion operators and surface condition ----------------------------------------------
     t0 = time.perf_counter()
-    D_cells = diffusivity_tensors(cell_theta, tp.D_ab_m2_s, tp.D_c_m2_s)
-    D_cells[~is_grain] = tp.coating_D_m2_s * np.eye(2)
-    diff = DiffusionProblem(mesh.base_nodes_um * 1e-6, mesh.base_triangles, D_cells, is_grain.astype(float),
-                            mesh.outer_edges)
-    area_nmc = float(diff.M.sum())
-    edge_len = diff.edge_length_m
-    # outward flux (x m/s) per edge: a uniform 1C would lower the mean x by x_per_1C_hour per hour
-    j_1C = tp.x_per_1C_hour / 3600.0 * area_nmc / float(edge_len.sum())
-    edge_rate = rates[mesh.outer_edge_grain]
-    F = diff.flux_load(edge_rate * j_1C)
-    outflow = float(F.sum())  # x m^2/s
-    t_end = tm.soc_end * area_nmc / outflow
+    tr = LiTransport(mesh, p, theta)
+    diff, rates, is_grain, cell_theta = tr.diff, tr.rates, tr.is_grain, tr.cell_theta
+    area_nmc = tr.area_nmc
     n_steps = tm.n_steps
-    dt = t_end / n_steps
-    diff.set_dt(dt)
-    x = np.full(mesh.base_nodes_um.shape[0], tm.x_start)
+    x = tr.initial()
     t_diff = time.perf_counter() - t0
 
     # ---- mechanics operators -------------------------------------------------------------------
@@ -160,19 +121,35 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
     x_mean = np.empty(n_steps + 1)
     soc_flux = np.empty(n_steps + 1)
     x_min = np.empty(n_steps + 1)
+    x_max = np.empty(n_steps + 1)
+    time_s = np.zeros(n_steps + 1)
+    removed = np.zeros(n_steps + 1)  # Li removed through the surface, x m^2 per unit depth
+    grain_rate = np.empty((n_steps + 1, ng))
+    particle_rate = np.empty(n_steps + 1)
+    limited_len = np.zeros(n_steps + 1)
+    surf = tr.surface
     dmg_mean = np.zeros(n_steps + 1)
     cracked = np.zeros(n_steps + 1)
     max_p = np.zeros(n_steps + 1)
     iters = np.zeros(n_steps + 1, int)
     li0 = diff.total(x)
-    x_mean[0], soc_flux[0], x_min[0] = diff.mean(x), 0.0, x.min()
+    x_mean[0], soc_flux[0], x_min[0], x_max[0] = diff.mean(x), 0.0, x.min(), x.max()
+    out0 = surf.delivered(x)  # instantaneous rates of the pristine particle
+    grain_rate[0] = surf.grain_rate_C(out0)
+    particle_rate[0] = float(out0.sum()) / area_nmc * 3600.0 / tp.x_per_1C_hour
     out_x[0] = x[mesh.node_base]
     tri_b = mesh.base_triangles
     k_snap = 1
 
     for n in range(1, n_steps + 1):  # loop over time steps
         t0 = time.perf_counter()
-        x = diff.step(x, F)
+        st = tr.advance(x)
+        x = st.x
+        time_s[n] = time_s[n - 1] + st.dt_s
+        removed[n] = removed[n - 1] + st.dt_s * float(st.outflow.sum())
+        grain_rate[n] = surf.grain_rate_C(st.outflow)
+        particle_rate[n] = tr.particle_rate_C(st)
+        limited_len[n] = float(surf.surface_length[st.limited].sum() / surf.surface_length.sum())
         t1 = time.perf_counter()
         t_diff += t1 - t0
         ea, ec = curve(x)
@@ -205,8 +182,9 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
         sep_open[n] = float(np.sum(gb_len * (sseg >= 1.0)) / gb_len.sum()) if n_seg else 0.0
         w_diss[n] = float(np.sum(itf.weight_m * law.dissipated_energy(solver.u_max) * ~itf.bonded))
         x_mean[n] = diff.mean(x)
-        soc_flux[n] = outflow * dt * n / area_nmc
+        soc_flux[n] = removed[n] / area_nmc
         x_min[n] = x.min()
+        x_max[n] = x.max()
         if k_snap < ns and n == snaps[k_snap]:
             out_x[k_snap] = x[mesh.node_base]
             hyd = (sig[:, 0] + sig[:, 1] + szz) / 3.0
@@ -220,16 +198,17 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
         if progress is not None:
             progress(n, n_steps)
     t_total = time.perf_counter() - t_start
-    mass_balance = (li0 - diff.total(x) - outflow * t_end) / li0
+    mass_balance = (li0 - diff.total(x) - removed[-1]) / li0
 
     # ---- dataset ---------------------------------------------------------------------------------
     steps = np.arange(n_steps + 1)
-    time_s = steps * dt
     soc = soc_flux
     gbn = mesh.interface_nodes[gb]
     gb_x = mesh.nodes_um[gbn[:, :2], 0]
     gb_y = mesh.nodes_um[gbn[:, :2], 1]
-    grain_flux = rates * j_1C * tp.c_max_mol_m3
+    grain_flux = rates * tr.flux_1C * tp.c_max_mol_m3
+    gb_total_um = float(gb_len.sum())
+    limits = unverified_defaults(p)
     ds = xr.Dataset(
         data_vars={
             "node_x_um": ("node", mesh.nodes_um[:, 0], _attrs("um", "node x coordinate")),
@@ -243,7 +222,14 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
             "grain_theta_rad": ("grain", theta, _attrs("rad", "c-axis angle from x (in the model plane)")),
             "grain_rate_C": ("grain", rates, _attrs("1/h", "surface C-rate of the grain (NaN: no outer surface)")),
             "grain_flux_mol_m2_s": ("grain", grain_flux,
-                                    _attrs("mol m-2 s-1", "outward Li flux density on the grain's surface")),
+                                    _attrs("mol m-2 s-1", "prescribed outward Li flux density on the grain's surface")),
+            "grain_delivered_rate_C": (("step", "grain"), grain_rate,
+                                       _attrs("1/h", "C-rate the grain's surface delivered over the step (mean outward "
+                                              "flux / 1C flux; step 0: at the start; NaN: no outer surface)")),
+            "particle_rate_C": ("step", particle_rate,
+                                _attrs("1/h", "C-rate of the whole particle over the step (d soc/dt per x_per_1C_hour)")),
+            "surface_limited_fraction": ("step", limited_len,
+                                         _attrs("1", "fraction of the outer surface on the kinetic limit at the step's end")),
             "gb_x_um": (("segment", "end"), gb_x, _attrs("um", "x of the grain-boundary segment ends")),
             "gb_y_um": (("segment", "end"), gb_y, _attrs("um", "y of the grain-boundary segment ends")),
             "gb_length_um": ("segment", gb_len, _attrs("um", "length of the grain-boundary segment")),
@@ -256,17 +242,24 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
             "stress_hydrostatic_MPa": (("snapshot", "cell"), out_s[3],
                                        _attrs("MPa", "hydrostatic stress (sxx + syy + szz)/3 (tension > 0)")),
             "stress_von_mises_MPa": (("snapshot", "cell"), out_s[4], _attrs("MPa", "von Mises stress (3-D, with szz)")),
-            "damage": (("snapshot", "segment"), out_d, _attrs("1", "cohesive damage D of the grain-boundary segment")),
+            "damage": (("snapshot", "segment"), out_d,
+                       _attrs("1", "damage onset (D of the bilinear law) of the grain-boundary segment; saturates "
+                                   "near 1 once a boundary opens ~100 u0")),
             "separation": (("snapshot", "segment"), out_sep,
-                           _attrs("1", "separation (u_max - u0)/(u_f - u0) = dissipated energy / fracture energy")),
-            "separation_mean": ("step", sep_mean, _attrs("1", "grain-boundary-length-weighted mean separation")),
+                           _attrs("1", "dissipated energy / Gamma of the segment = (u_max - u0)/(u_f - u0)")),
+            "separation_mean": ("step", sep_mean,
+                                _attrs("1", "dissipated energy over Gamma times the grain-boundary length (headline)")),
             "open_crack_fraction": ("step", sep_open,
-                                    _attrs("1", "fraction of grain-boundary length opened beyond u_f (traction-free)")),
+                                    _attrs("1", "fully open grain-boundary length (opened beyond u_f, traction-free) "
+                                                "over the total grain-boundary length (headline)")),
             "dissipated_energy_J_m": ("step", w_diss, _attrs("J m-1", "fracture energy dissipated per unit depth")),
-            "damage_mean": ("step", dmg_mean, _attrs("1", "grain-boundary-length-weighted mean damage")),
-            "cracked_fraction": ("step", cracked, _attrs("1", "fraction of grain-boundary length with D > 0.99")),
+            "damage_mean": ("step", dmg_mean,
+                            _attrs("1", "damage onset (D of the bilinear law), grain-boundary-length-weighted mean")),
+            "cracked_fraction": ("step", cracked,
+                                 _attrs("1", "fraction of grain-boundary length with damage onset D > 0.99")),
             "max_principal_stress_MPa": ("step", max_p, _attrs("MPa", "largest principal stress over all cells")),
             "x_li_min": ("step", x_min, _attrs("1", "smallest nodal Li content")),
+            "x_li_max": ("step", x_max, _attrs("1", "largest nodal Li content")),
             "cohesive_iterations": ("step", iters, _attrs("1", "secant iterations of the step")),
         },
         coords={
@@ -296,8 +289,17 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
             "strain_curve_x_li": curve.x_li.tolist(),
             "strain_curve_eps_a": curve.eps_a.tolist(),
             "strain_curve_eps_c": curve.eps_c.tolist(),
-            "dt_s": float(dt),
-            "t_end_s": float(t_end),
+            "surface_condition": tp.surface_condition,
+            "kinetic_x_limit_1C": float(tp.kinetic_x_limit_1C) if tp.surface_condition == "kinetic" else float("nan"),
+            "n_limited_steps": int(surf.n_limited_steps),
+            "n_diffusion_factorizations": int(diff.n_factorizations),
+            "n_active_set_unconverged": int(surf.n_unconverged_solves),
+            "n_bound_corrections": int(surf.n_bound_corrections),
+            "bound_correction_max": float(surf.bound_correction_max),
+            "dt_nominal_s": float(tr.nominal_duration_s / n_steps),
+            "t_end_s": float(time_s[-1]),
+            "unverified_defaults": "; ".join(limits),
+            "unverified_assumptions": "; ".join(UNVERIFIED_ASSUMPTIONS),
             "timing_mesh_s": float(t_mesh),
             "timing_diffusion_s": float(t_diff),
             "timing_mechanics_s": float(t_mech),
@@ -315,6 +317,10 @@ def run_fea(curve: StrainCurve, params: FEAParams | None = None,
             "final_separation_mean": float(sep_mean[-1]),
             "final_open_crack_fraction": float(sep_open[-1]),
             "final_x_li_min": float(x_min[-1]),
+            "x_li_min_overall": float(x_min.min()),
+            "x_li_max_overall": float(x_max.max()),
+            "gb_length_total_um": gb_total_um,
+            "final_open_gb_length_um": float(sep_open[-1] * gb_total_um),
             "cohesive_u0_m": float(law.u0_m),
             "cohesive_uf_m": float(law.uf_m),
         },

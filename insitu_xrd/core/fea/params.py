@@ -15,6 +15,10 @@ text of the cited papers (the papers could not be read while this was written):
   NMC811 crystal density (M = 97.28 g/mol, a = 2.872 A, c = 14.20 A, Z = 3); 1C = 200 mAh/g of a
   275.5 mAh/g theoretical capacity -> x_per_1C_hour = 0.726 Li per formula unit per hour
   (engineering default: the usual practical-capacity C-rate of NMC811, VERIFY which 1C Hou et al. use).
+  Surface condition "kinetic" (docs/fea.md Sec. 1): kinetic_x_limit_1C = 0.02, where the NMC811
+  exchange current of Chen et al., J. Electrochem. Soc. 167, 080534 (2020) (PyBaMM's
+  parameterisation) needs ~54 mV of overpotential to carry this model's 1C flux (engineering default,
+  VERIFY: not fitted to a measurement).
 - elastic: transversely isotropic C11/C12/C13/C33/C44 = 260/90/70/200/60 GPa, an engineering
   default (positive definite, Voigt average E = 186 GPa, nu = 0.26, c axis softer), NOT verified
   against the DFT table of Sun & Zhao, J. Phys. Chem. C 121, 6002 (2017); coating isotropic with
@@ -48,12 +52,18 @@ __all__ = [
     "FEAParams",
     "MESHERS",
     "RATE_RULES",
+    "SURFACE_CONDITIONS",
+    "UNVERIFIED_DEFAULTS",
+    "UNVERIFIED_ASSUMPTIONS",
+    "unverified_defaults",
 ]
 
 #: meshing backends of :func:`insitu_xrd.core.fea.mesh.build_mesh`
 MESHERS = ("auto", "gmsh", "triangle", "builtin")
 #: how the C-rates are put on the surface grains (see :class:`TransportParams`)
 RATE_RULES = ("shuffled", "cyclic", "uniform")
+#: outer-surface conditions of the Li transport (see :class:`TransportParams`, docs/fea.md Sec. 1)
+SURFACE_CONDITIONS = ("kinetic", "constant_flux")
 #: |eps| at or above this is taken as strain in percent (same rule as the strain-file reader)
 _PERCENT_LIMIT = 0.1
 
@@ -192,6 +202,14 @@ class TransportParams:
         often), "cyclic" (repeated in order of the grains along the arc) or "uniform" (all
         grains get rates_C[0]). rate_seed: seed of the shuffle.
     x_per_1C_hour: Li fraction removed per hour at 1C (0.726 = 200 / 275.5 mAh/g, module docstring).
+    surface_condition: "kinetic" (default): every surface node delivers min(j_g, kappa x_s), the
+        grain's prescribed flux j_g while its surface can deliver it, else a kinetically limited
+        flux kappa x_s that vanishes as the surface Li content x_s -> 0 (Butler-Volmer extraction
+        at a capped overpotential with an exchange current first order in the surface Li; docs/fea.md
+        Sec. 1), so x stays in [0, 1]. "constant_flux": j_g whatever the surface holds (the seed
+        paper's set-up; drives x below 0 where a surface empties, kept for comparison).
+    kinetic_x_limit_1C: surface Li content at which a facet charged at 1C reaches the kinetic limit
+        (kappa = j_1C / kinetic_x_limit_1C; a facet at n C is limited below n * kinetic_x_limit_1C).
     """
 
     D_ab_m2_s: float = 1e-14
@@ -202,10 +220,16 @@ class TransportParams:
     rate_rule: str = "shuffled"
     rate_seed: int = 0
     x_per_1C_hour: float = 200.0 / 275.5
+    surface_condition: str = "kinetic"
+    kinetic_x_limit_1C: float = 0.02
 
     def __post_init__(self) -> None:
         g = "transport"
-        _check_positive(g, self, "D_ab_m2_s", "D_c_over_D_ab", "c_max_mol_m3", "x_per_1C_hour")
+        _check_positive(g, self, "D_ab_m2_s", "D_c_over_D_ab", "c_max_mol_m3", "x_per_1C_hour", "kinetic_x_limit_1C")
+        if self.surface_condition not in SURFACE_CONDITIONS:
+            raise _bad(g, "surface_condition", self.surface_condition, f"must be one of {', '.join(SURFACE_CONDITIONS)}")
+        if self.kinetic_x_limit_1C >= 1.0:
+            raise _bad(g, "kinetic_x_limit_1C", self.kinetic_x_limit_1C, "must be < 1 (a Li content)")
         if self.D_coating_m2_s is not None:
             _check_positive(g, self, "D_coating_m2_s")
         try:
@@ -319,13 +343,14 @@ class TimeParams:
     """Time integration to a final state of charge.
 
     soc_end: final state of charge, soc = x_start - mean x_li (project convention), reached
-        exactly at the last step (the run time follows from the mean surface C-rate).
-        0.7 ends at mean x = 0.3: inside the H2 -> H3 c collapse of bare NMC811 (onset x ~ 0.35),
-        with the surface of the 1C grains just reaching x ~ 0; beyond it the constant-flux
-        boundary condition would drive the surface Li content negative (docs/fea.md).
-    n_steps: implicit-Euler steps (equal dt). n_snapshots: field snapshots saved, spread evenly
-        over the steps, always including t = 0 and the last step.
-    x_start: Li content of the pristine particle (initial concentration = maximum = x_start).
+        exactly at the last step. 0.7 ends at mean x = 0.3: inside the H2 -> H3 c collapse of bare
+        NMC811 (onset x ~ 0.35), with the surface of the 1C grains near the kinetic limit.
+    n_steps: implicit-Euler steps, each removing the same amount of Li (soc_end / n_steps): with
+        the prescribed fluxes delivered the steps are of equal length; where surfaces are
+        kinetically limited a step takes longer (its length is solved for, docs/fea.md).
+        n_snapshots: field snapshots saved, spread evenly over the steps, always including t = 0
+        and the last step.
+    x_start: Li content of the pristine particle (initial concentration = maximum = x_start <= 1).
     """
 
     soc_end: float = 0.7
@@ -342,8 +367,8 @@ class TimeParams:
                 raise _bad(g, n, v, "must be an integer >= " + ("1" if n == "n_steps" else "2"))
         if self.n_snapshots > self.n_steps + 1:
             raise _bad(g, "n_snapshots", self.n_snapshots, f"must be <= n_steps + 1 ({self.n_steps + 1})")
-        if self.x_start > 2.0:
-            raise _bad(g, "x_start", self.x_start, "must be <= 2 Li per formula unit")
+        if self.x_start > 1.0:
+            raise _bad(g, "x_start", self.x_start, "must be <= 1 Li per formula unit (x = c / c_max)")
         if self.soc_end >= self.x_start:
             raise _bad(g, "soc_end", self.soc_end, f"must be < x_start ({self.x_start}): the mean x must stay > 0")
 
@@ -457,3 +482,52 @@ def _coerce(group: str, key: str, value: Any, default: Any) -> Any:
             return value
         raise _bad(group, key, value, "must be a string")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# what a user should calibrate: defaults not checked against the cited papers (docs/fea.md Sec. 3)
+
+_CIJ_NOTE = "engineering default, not the DFT table of Sun & Zhao, J. Phys. Chem. C 121, 6002 (2017)"
+_COHESIVE_NOTE = "fracture-toughness estimate, not checked against Xu et al. Exp. Mech. 58, 549 (2018) / Li et al. " \
+                 "Nat. Commun. 11, 4433 (2020)"
+
+#: "group.key" -> why the default is not a checked value (the VERIFY items of docs/fea.md)
+UNVERIFIED_DEFAULTS: dict[str, str] = {
+    "geometry.radius_um": "LG M50 NMC811 radius (Chen et al. 2020), Hou et al.'s particle size not checked",
+    "geometry.n_grains": "~0.8 um grains from SEM of NMC811, Hou et al.'s model figure not checked",
+    "transport.D_ab_m2_s": "chosen so sqrt(D_ab D_c) matches Chen et al. 2020's 4e-15 m^2/s, Hou et al. SI not checked",
+    "transport.c_max_mol_m3": "crystallographic density of NMC811, Hou et al. SI not checked",
+    "transport.x_per_1C_hour": "1C = 200 mAh/g, which 1C Hou et al. use not checked",
+    "transport.kinetic_x_limit_1C": "where a Chen et al. 2020 NMC811 exchange current needs ~54 mV to carry 1C, "
+                                    "not fitted to a measurement",
+    "elastic.C11_GPa": _CIJ_NOTE,
+    "elastic.C12_GPa": _CIJ_NOTE,
+    "elastic.C13_GPa": _CIJ_NOTE,
+    "elastic.C33_GPa": _CIJ_NOTE,
+    "elastic.C44_GPa": _CIJ_NOTE,
+    "elastic.coating_E_GPa": "Voigt average of the grains, the coating material's modulus not checked",
+    "elastic.coating_nu": "Voigt average of the grains, the coating material's Poisson ratio not checked",
+    "elastic.plane": "which 2-D assumption Hou et al. use not checked",
+    "cohesive.strength_MPa": _COHESIVE_NOTE,
+    "cohesive.fracture_energy_J_m2": _COHESIVE_NOTE,
+}
+
+#: modelling assumptions of the same status (not parameters)
+UNVERIFIED_ASSUMPTIONS: tuple[str, ...] = (
+    "grain-boundary damage does not block Li transport (whether Hou et al. lower it is not checked)",
+    "the coating stores no Li (Hou et al. do not state its capacity)",
+)
+
+
+def unverified_defaults(params: FEAParams) -> list[str]:
+    """``"group.key = value (why)"`` for the parameters of ``params`` still at an unchecked default
+    (keys sharing one reason on one line). A value the user changed is theirs and is not listed."""
+    mine, ref = params.to_dict(), FEAParams().to_dict()
+    by_note: dict[str, list[tuple[str, str]]] = {}
+    for name, why in UNVERIFIED_DEFAULTS.items():
+        group, key = name.split(".")
+        value = mine[group][key]
+        if value == ref[group][key]:
+            by_note.setdefault(why, []).append((name, f"{value:g}" if isinstance(value, float) else str(value)))
+    return [f"{', '.join(n for n, _ in items)} = {', '.join(v for _, v in items)} ({why})"
+            for why, items in by_note.items()]
