@@ -52,8 +52,7 @@ def run_command(
     if res.report is not None:
         console.print(f"report: {res.report}", highlight=False)
     if res.fea is not None:
-        console.print(f"FEA: final GB damage {res.fea.final_damage_mean:.4f} (cracked GB fraction "
-                      f"{res.fea.final_cracked_fraction:.4f}); result: {res.fea.path}", highlight=False)
+        console.print(f"FEA: {res.fea.headline()}; result: {res.fea.path}", highlight=False)
 
 
 def watch_command(
