@@ -215,7 +215,7 @@ class Refinement:
         lebail_start = start.lebail_areas if (start is not None and mode == "lebail") else {}
         held: list[str] = []
         # Newly activated phases (optional ones on a cold start, phases absent from `start`) are on
-        # probation: held at their start lattice until their scale proves significant (see _run).
+        # probation: held at their start lattice until their scale proves significant (see `FitStages.run`).
         if start is None:
             new = [p for p in active if self.spec.phase(p).optional]
         else:
@@ -242,6 +242,7 @@ class Refinement:
         return assemble_result(prob, outcome, mode, warnings, time.perf_counter() - t0)
 
     def _problem(self, x, y, s, fitmask, active, params) -> Problem:
+        """One fit's `Problem` on this refinement's structures."""
         return Problem(self.spec, self.structures, self.wavelength_A, self.instrument.distance_mm, x, y, s, fitmask,
                        active, params)
 

@@ -48,135 +48,171 @@ class FitStages:
                       steps=steps)
 
     def run(self, prob: Problem, mode: str, lebail_start: dict, held: list[str],
-             probation: Sequence[str] = (), warm: bool = False) -> dict:
-        """Fit stages for one set of active phases.
+            probation: Sequence[str] = (), warm: bool = False) -> dict:
+        """Fit stages for one set of active phases; ``held`` collects the names of parameters held
+        (phases not significant). Returns the final point for `assemble_result`.
 
-        Stage A (structure-factor intensities, loose tolerance) runs on a cold Le Bail start or when
-        phases are on probation (newly activated): their nonlinear parameters are held during it and
-        released only if their scale is significant (linear esd at the stage-A solution).
-        Stage B: Rietveld fit, or Le Bail cycles and the Pawley polish. Rietveld: the trust-region
-        solver, then damped Gauss-Newton steps (`solvers.polish`); a warm start (the previous frame's
-        result, no phase on probation) takes the steps alone and falls back to the solver only if
-        they do not converge. Rietveld fits end with the exact-Jacobian check (`take_gn_step`).
+        Stage A (`_structure_stage`: structure-factor intensities, loose tolerance) runs on a cold
+        Le Bail start or when phases are on probation (newly activated): their nonlinear
+        parameters are held during it and released only if their scale is significant (linear esd
+        at the stage-A solution). Stage B: the Rietveld fit (`_rietveld`) or the Le Bail
+        extraction and Pawley polish (`_lebail`). Then the final point (`_final_point`: its
+        covariance; Rietveld fits end with the exact-Jacobian check, `take_gn_step`) and the phase
+        scales (`_scales`).
         """
         derivs = ModelDerivatives(prob)
-        params = prob.params
-        max_nfev = self.spec.max_nfev
-        verify = False
-        final_eval = None  # the residual evaluation at the final point, when the polish made it
-        messages: list[str] = []
         warnings: list[str] = []
-        success = True
         lebail = mode == "lebail"
         missing = assign_start(prob, lebail_start) if lebail else set()
         if probation or missing:
-            on_hold = {name: self.builder.hold_phase(params, name, reset=False) for name in probation}
-            free_nl, _ = split_free(params)
-            nl = [n for n in free_nl if not self.builder.is_site(n)]
-            vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl, False, max_nfev, ftol=1e-4)
-            store_linear(params, lin)
-            sig = linear_scale_esds(prob, params.valuesdict(), self.spec.esd_correction)
-            released = False
-            for name, names in on_hold.items():
-                sc, esd = sig.get(name, (0.0, np.inf))
-                if np.isfinite(esd) and esd > 0 and abs(sc) >= SIGNIFICANCE * esd:
-                    for pn in names:
-                        params[pn].set(vary=True)
-                    released = True
-                else:
-                    held.extend(names)
-                    warnings.append(
-                        f"phase {name}: scale not significant (|S| < {SIGNIFICANCE:g} esd) at its start lattice; "
-                        "its lattice/profile parameters were held at their start values")
-            if released:
-                # the held stage distorts the other phases' parameters: restart from the start
-                # values (and, for Le Bail, redo the structure stage with every phase free)
-                for par in params.values():
-                    if par.user_data and par.vary and not is_linear(par.name):
-                        par.set(value=par.user_data["start"])
-                if lebail:
-                    free_nl, _ = split_free(params)
-                    nl = [n for n in free_nl if not self.builder.is_site(n)]
-                    vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl, False, max_nfev, ftol=1e-4)
-                    store_linear(params, lin)
-            if lebail:
-                vals = params.valuesdict()
-                for name, pd in prob.pd.items():
-                    if name in missing or pd.areas is None or released:
-                        _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
-                        pd.areas = max(lin.get(f"{name}_scale", params[f"{name}_scale"].value), 0.0) * \
-                            prob.structure_areas(pd, tthb)
-        free_nl, free_lin = split_free(params)
-        site_free = [n for n in free_nl if self.builder.is_site(n)]
+            self._structure_stage(prob, derivs, lebail, missing, probation, held, warnings)
+        free_nl, _free_lin = split_free(prob.params)
         if not lebail:
-            polished = False
-            if warm and not probation:
-                # next to the previous frame's optimum: Gauss-Newton converges in a few steps,
-                # most of them with the kept Jacobian (a trust-region solve recomputes it each time)
-                steps, polished, final_eval = self._polish(prob, derivs, free_nl, False, steps=GN_STEPS)
-                if polished:
-                    messages.append(f"warm start (Gauss-Newton steps: {steps})")
-            if not polished:
-                vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, free_nl, False, max_nfev)
+            success, messages, final_eval = self._rietveld(prob, derivs, free_nl, warm and not probation)
+        else:
+            success, messages, final_eval = self._lebail(prob, derivs, free_nl, bool(missing) or bool(probation))
+        # every Rietveld fit ends with the exact-Jacobian check
+        out = self._final_point(prob, derivs, free_nl, lebail, not lebail, final_eval)
+        out.update(success=success, message="; ".join(messages), held=list(held), warnings=warnings)
+        out.update(self._scales(prob, derivs, out, free_nl, lebail))
+        out["lebail_areas"] = {name: (pd.hkl.copy(), pd.areas.copy()) for name, pd in prob.pd.items()
+                               if pd.areas is not None}
+        return out
+
+    def _structure_stage(self, prob: Problem, derivs: ModelDerivatives, lebail: bool, missing: set[str],
+                         probation: Sequence[str], held: list[str], warnings: list[str]) -> None:
+        """Stage A: the nonlinear parameters (no site parameters) with structure-factor
+        intensities, the phases on probation held; those whose scale is significant are released
+        (and the stage restarts from the start values), the others stay held (added to ``held``).
+        Le Bail: the phases without intensities start from the structure-factor ones."""
+        params = prob.params
+        max_nfev = self.spec.max_nfev
+        on_hold = {name: self.builder.hold_phase(params, name, reset=False) for name in probation}
+        free_nl, _ = split_free(params)
+        nl = [n for n in free_nl if not self.builder.is_site(n)]
+        vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl, False, max_nfev, ftol=1e-4)
+        store_linear(params, lin)
+        sig = linear_scale_esds(prob, params.valuesdict(), self.spec.esd_correction)
+        released = False
+        for name, names in on_hold.items():
+            sc, esd = sig.get(name, (0.0, np.inf))
+            if np.isfinite(esd) and esd > 0 and abs(sc) >= SIGNIFICANCE * esd:
+                for pn in names:
+                    params[pn].set(vary=True)
+                released = True
+            else:
+                held.extend(names)
+                warnings.append(
+                    f"phase {name}: scale not significant (|S| < {SIGNIFICANCE:g} esd) at its start lattice; "
+                    "its lattice/profile parameters were held at their start values")
+        if released:
+            # the held stage distorts the other phases' parameters: restart from the start
+            # values (and, for Le Bail, redo the structure stage with every phase free)
+            for par in params.values():
+                if par.user_data and par.vary and not is_linear(par.name):
+                    par.set(value=par.user_data["start"])
+            if lebail:
+                free_nl, _ = split_free(params)
+                nl = [n for n in free_nl if not self.builder.is_site(n)]
+                vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl, False, max_nfev, ftol=1e-4)
+                store_linear(params, lin)
+        if lebail:
+            vals = params.valuesdict()
+            for name, pd in prob.pd.items():
+                if name in missing or pd.areas is None or released:
+                    _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
+                    pd.areas = max(lin.get(f"{name}_scale", params[f"{name}_scale"].value), 0.0) * \
+                        prob.structure_areas(pd, tthb)
+
+    def _rietveld(self, prob: Problem, derivs: ModelDerivatives, free_nl: list[str], warm: bool):
+        """Stage B, Rietveld: the trust-region solver, then damped Gauss-Newton steps
+        (`solvers.polish`); a warm start (the previous frame's result, no phase on probation)
+        takes the steps alone and falls back to the solver only if they do not converge.
+        Returns (success, messages, the polish's evaluation at the final point or None)."""
+        params = prob.params
+        success = True
+        messages: list[str] = []
+        final_eval = None
+        polished = False
+        if warm:
+            # next to the previous frame's optimum: Gauss-Newton converges in a few steps,
+            # most of them with the kept Jacobian (a trust-region solve recomputes it each time)
+            steps, polished, final_eval = self._polish(prob, derivs, free_nl, False, steps=GN_STEPS)
+            if polished:
+                messages.append(f"warm start (Gauss-Newton steps: {steps})")
+        if not polished:
+            vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, free_nl, False, self.spec.max_nfev)
+            store_linear(params, lin)
+            success &= ok
+            messages.append(msg)
+            # the trust-region solver's ftol test can stop short in a shallow valley (scales,
+            # widths and diffuse areas trade): the same Gauss-Newton steps finish the fit
+            steps, _, final_eval = self._polish(prob, derivs, free_nl, False, steps=GN_STEPS)
+            messages.append(f"Gauss-Newton steps: {steps}")
+        return success, messages, final_eval
+
+    def _lebail(self, prob: Problem, derivs: ModelDerivatives, free_nl: list[str], cold: bool):
+        """Stage B, Le Bail: extraction and the Pawley polish; Le Bail cycles (extraction /
+        nonlinear fit with the intensities held) without the polish or when a cold polish has not
+        converged. Returns (success, messages, the polish's evaluation at the final point or None)."""
+        params = prob.params
+        max_nfev = self.spec.max_nfev
+        success = True
+        final_eval = None
+        nl_lebail = [n for n in free_nl if not self.builder.is_site(n)]
+        prev = np.inf
+        polish = self.spec.pawley_polish
+        converged = False
+        if polish:
+            # Intensities by Le Bail extraction at the current lattice/profile (cold: the
+            # structure stage's; warm: the previous frame's, its intensities re-partitioned for
+            # this pattern), then the damped Gauss-Newton (Levenberg-Marquardt) polish on the
+            # joint problem. From the structure stage this reaches the optimum the Le Bail cycles
+            # below reach, in a fraction of the time (the cycles crept for 15 s on patterns whose
+            # structure-model intensities were far off); they remain the fallback.
+            extract(prob, params.valuesdict(), passes=6 if cold else 3)
+            steps, converged, final_eval = self._polish(prob, derivs, nl_lebail, True, steps=8)
+            msg = "cold start" if cold else "warm start"
+            stages = ("Le Bail extraction after the structure stage" if cold
+                      else "Le Bail extraction from the previous intensities")
+        # a warm start keeps its polished result (the previous frame's fit was the start);
+        # a cold one that has not converged falls back to the Le Bail cycles
+        if not polish or (cold and not converged):
+            for cycle in range(self.spec.lebail_cycles):
+                extract(prob, params.valuesdict(), passes=6 if cycle == 0 else 2)
+                if cycle == 0:
+                    prob.base_vals = params.valuesdict()
+                    r0 = prob.residual(prob.base_vals, True)[0]
+                    prev = float(r0 @ r0)
+                # intensities are held in this stage, so its optimum moves with the next
+                # extraction: a loose tolerance and a cap on evaluations (a shallow valley, e.g.
+                # diffuse width vs microstrain, can otherwise creep for hundreds of steps); the
+                # Pawley polish below converges the joint problem
+                vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl_lebail, True, min(max_nfev, 50), ftol=1e-5)
+                for name, pd in prob.pd.items():
+                    k = lin.pop(f"{name}_lebail_k", 1.0)
+                    pd.areas = pd.areas * max(k, 0.0)
                 store_linear(params, lin)
                 success &= ok
-                messages.append(msg)
-                # the trust-region solver's ftol test can stop short in a shallow valley (scales,
-                # widths and diffuse areas trade): the same Gauss-Newton steps finish the fit
-                steps, _, final_eval = self._polish(prob, derivs, free_nl, False, steps=GN_STEPS)
-                messages.append(f"Gauss-Newton steps: {steps}")
-            # every Rietveld fit ends with the exact-Jacobian check (below)
-            verify = True
-        else:
-            nl_lebail = [n for n in free_nl if n not in site_free]
-            prev = np.inf
-            cold = bool(missing) or bool(probation)
-            polish = self.spec.pawley_polish
-            converged = False
+                chi2 = float(r @ r)
+                # converged, or drifting (the Le Bail fixed point is not a chi2 minimum: with
+                # overlapping peaks chi2 can creep up cycle after cycle; the polish takes over)
+                if abs(prev - chi2) < 1e-3 * chi2 or chi2 > prev:
+                    break
+                prev = chi2
+            extract(prob, params.valuesdict(), passes=1)
+            stages = ("polish not converged in 8 steps; " if polish else "") + f"Le Bail cycles: {cycle + 1}"
             if polish:
-                # Intensities by Le Bail extraction at the current lattice/profile (cold: the
-                # structure stage's; warm: the previous frame's, its intensities re-partitioned for
-                # this pattern), then the damped Gauss-Newton (Levenberg-Marquardt) polish on the
-                # joint problem. From the structure stage this reaches the optimum the Le Bail cycles
-                # below reach, in a fraction of the time (the cycles crept for 15 s on patterns whose
-                # structure-model intensities were far off); they remain the fallback.
-                extract(prob, params.valuesdict(), passes=6 if cold else 3)
-                steps, converged, final_eval = self._polish(prob, derivs, nl_lebail, True, steps=8)
-                msg = "cold start" if cold else "warm start"
-                stages = ("Le Bail extraction after the structure stage" if cold
-                          else "Le Bail extraction from the previous intensities")
-            # a warm start keeps its polished result (the previous frame's fit was the start);
-            # a cold one that has not converged falls back to the Le Bail cycles
-            if not polish or (cold and not converged):
-                for cycle in range(self.spec.lebail_cycles):
-                    extract(prob, params.valuesdict(), passes=6 if cycle == 0 else 2)
-                    if cycle == 0:
-                        prob.base_vals = params.valuesdict()
-                        r0 = prob.residual(prob.base_vals, True)[0]
-                        prev = float(r0 @ r0)
-                    # intensities are held in this stage, so its optimum moves with the next
-                    # extraction: a loose tolerance and a cap on evaluations (a shallow valley, e.g.
-                    # diffuse width vs microstrain, can otherwise creep for hundreds of steps); the
-                    # Pawley polish below converges the joint problem
-                    vals, lin, r, ok, msg = solve_nonlinear(prob, derivs, nl_lebail, True, min(max_nfev, 50), ftol=1e-5)
-                    for name, pd in prob.pd.items():
-                        k = lin.pop(f"{name}_lebail_k", 1.0)
-                        pd.areas = pd.areas * max(k, 0.0)
-                    store_linear(params, lin)
-                    success &= ok
-                    chi2 = float(r @ r)
-                    # converged, or drifting (the Le Bail fixed point is not a chi2 minimum: with
-                    # overlapping peaks chi2 can creep up cycle after cycle; the polish takes over)
-                    if abs(prev - chi2) < 1e-3 * chi2 or chi2 > prev:
-                        break
-                    prev = chi2
-                extract(prob, params.valuesdict(), passes=1)
-                stages = ("polish not converged in 8 steps; " if polish else "") + f"Le Bail cycles: {cycle + 1}"
-                if polish:
-                    steps, _, final_eval = self._polish(prob, derivs, nl_lebail, True, steps=6)
-                else:
-                    steps = 0
-            messages.append(f"{msg} ({stages}; Pawley polish steps: {steps})")
+                steps, _, final_eval = self._polish(prob, derivs, nl_lebail, True, steps=6)
+            else:
+                steps = 0
+        return success, [f"{msg} ({stages}; Pawley polish steps: {steps})"], final_eval
+
+    def _final_point(self, prob: Problem, derivs: ModelDerivatives, free_nl: list[str], lebail: bool,
+                     verify: bool, final_eval) -> dict:
+        """Linear parameters, residual, columns and covariance at the final point; with ``verify``
+        the exact-Jacobian Gauss-Newton check (at most VERIFY_STEPS steps taken)."""
+        params = prob.params
         for check in range(VERIFY_STEPS + 1):
             vals = params.valuesdict()
             prob.base_vals = vals
@@ -200,15 +236,18 @@ class FitStages:
                                                         pre=(final_cols, [lin.get(n, 1.0) for n in lnames], r))
             if not verify or check == VERIFY_STEPS or not take_gn_step(prob, free_nl, gn, cov, r):
                 break
-        out = dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, success=success,
-                   message="; ".join(messages), n_extra=extra_cols, held=list(held), warnings=warnings,
-                   columns=final_cols)
-        # phase fractions
+        return dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, n_extra=extra_cols, columns=final_cols)
+
+    def _scales(self, prob: Problem, derivs: ModelDerivatives, out: dict, free_nl: list[str], lebail: bool) -> dict:
+        """Phase scales with esds at the final point ``out``: Rietveld from its covariance, Le Bail
+        from the structure-factor fraction step (with its covariance, ``frac_cov``)."""
+        vals, cov_names, cov = out["vals"], out["cov_names"], out["cov"]
+        found: dict = {}
         scales: dict[str, tuple[float, float]] = {}
         if lebail and self.spec.phase_fraction_step:
             scales, frac_cov, frac_names = fraction_step(
                 prob, derivs, vals, self.spec.esd_correction, [n for n in free_nl if not self.builder.is_site(n)])
-            out["frac_cov"] = (frac_names, frac_cov)
+            found["frac_cov"] = (frac_names, frac_cov)
         elif not lebail:
             for name in prob.pd:
                 n = f"{name}_scale"
@@ -216,7 +255,5 @@ class FitStages:
                 if n in cov_names and np.isfinite(cov[cov_names.index(n), cov_names.index(n)]):
                     e = float(np.sqrt(max(cov[cov_names.index(n), cov_names.index(n)], 0.0)))
                 scales[name] = (vals[n], e)
-        out["scales"] = scales
-        out["lebail_areas"] = {name: (pd.hkl.copy(), pd.areas.copy()) for name, pd in prob.pd.items()
-                               if pd.areas is not None}
-        return out
+        found["scales"] = scales
+        return found
