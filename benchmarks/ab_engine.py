@@ -9,7 +9,8 @@ PYTHONPATH (side B, this process) and with an old checkout (side A, a subprocess
 ``PYTHONPATH=<old>``), and compares every value, esd, chi2, Rwp, gof, the calculated curve,
 the correlation matrix and the Le Bail intensities. Patterns come from this checkout's test
 helpers (tests/test_fit_engine.py, tests/test_crystallography.py) and the simulator, identical
-on both sides.
+on both sides; the real Ni patterns of ../shared/data/real are added when that folder exists
+beside the checkout.
 
 Run: PYTHONPATH=$PWD python benchmarks/ab_engine.py --old /tmp/engine_old
 Prints per fit the largest relative difference (0 = bit-identical) and a summary.
@@ -143,6 +144,22 @@ def run_cases() -> dict[str, dict]:
     pars["H2_a"].set(min=2.86, max=2.87)
     xx, yy, ss = tf.simulate(17)
     out["rietveld/given_params/cold"] = _summary(ref.fit(xx, yy, ss, phases=["H2", "H3"], params=pars))
+    # real Ni patterns (../shared/data/real beside the project, when present): Le Bail and
+    # Rietveld, cold and warm
+    real = TESTS.parents[1] / "shared" / "data" / "real"
+    if real.is_dir():
+        import test_real_ni as tn
+
+        from insitu_xrd.io.pattern_files import read_pattern_1d
+
+        for chi, poni, rng_deg in (("Ni_chi_file.chi", None, (3.0, 30.0)), ("Ni.chi", "Ni_calib.poni", (3.0, 40.0))):
+            wl = tn._poni_wavelength_A(real / poni) if poni else None
+            pat = read_pattern_1d(real / chi, wavelength_A=wl)
+            for mode in ("lebail", "rietveld"):
+                spec = tn._lebail_spec(rng_deg)
+                spec.mode = mode
+                chain(f"{mode}/real_{chi}", Refinement(spec, pat.wavelength_A),
+                      [(pat.two_theta_deg, pat.intensity, pat.sigma)] * 2)
     return out
 
 
