@@ -186,21 +186,23 @@ def test_structure_factor_derivatives_match_differences() -> None:
 def test_model_derivatives_of_angles_and_sites_match_differences() -> None:
     """The engine's analytic Jacobian columns for beta, an O1 coordinate and a B against central
     differences of the whole model curve (the engine's own `columns`)."""
-    from insitu_xrd.fit.model import _Problem
+    from insitu_xrd.fit.derivatives import ModelDerivatives
+    from insitu_xrd.fit.model import Problem
+    from insitu_xrd.fit.parameters import split_free
 
     truth = li2mno3()
     x, y, s = pattern(truth, 3)
     spec = spec_for(truth, ["a", "b", "c", "beta"], truth.cell, sites={"O1": {"refine": ["x", "z", "biso_A2"]}})
     ref = Refinement(spec, LAM, phases={"M": truth})
     params = ref.initial_params()
-    ref._split(params)
-    prob = _Problem(ref, x, y, s, np.ones_like(x, bool), ["M"], params)
+    split_free(params)
+    prob = Problem(spec, ref.structures, LAM, ref.instrument.distance_mm, x, y, s, np.ones_like(x, bool), ["M"], params)
     vals = params.valuesdict()
-    prob._base_vals = vals
+    prob.base_vals = vals
     names = ["M_beta", "M_a", "M_O1_x", "M_O1_z", "M_O1_biso_A2"]
     lin = {n: 1.0 for n in params if n.endswith("_scale")}
     lin.update({n: 0.0 for n in params if n.startswith("bkg_")})
-    analytic = prob.model_derivatives(vals, lin, names, lebail=False)
+    analytic = ModelDerivatives(prob).model_derivatives(vals, lin, names, lebail=False)
 
     def model(v):
         cols_names, cols, fixed, _ = prob.columns(v, False)

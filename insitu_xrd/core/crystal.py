@@ -114,7 +114,8 @@ def parse_hkl_label(label: str) -> tuple[int, int, int]:
     raise InsituXRDError(f"reflection label {label!r} is not of the form '104' or '1,-1,4'")
 
 
-def _metric_reciprocal(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
+def reciprocal_metric(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
+    """Reciprocal metric tensor G* (1/A^2) of a cell (A, deg): 1/d^2 = h G* h^T."""
     a, b, c, al, be, ga = cell
     al, be, ga = np.radians([al, be, ga])
     g = np.array(
@@ -204,7 +205,7 @@ class Phase:
 
     def d_spacing(self, hkl: np.ndarray, cell: tuple[float, ...] | None = None) -> np.ndarray:
         """d spacings (A) of integer hkl rows for this cell (or another cell of the same phase)."""
-        gstar = _metric_reciprocal(tuple(cell) if cell is not None else self.cell)  # type: ignore[arg-type]
+        gstar = reciprocal_metric(tuple(cell) if cell is not None else self.cell)  # type: ignore[arg-type]
         h = np.asarray(hkl, dtype=float).reshape(-1, 3)
         inv_d2 = np.einsum("ni,ij,nj->n", h, gstar, h)
         return 1.0 / np.sqrt(inv_d2)

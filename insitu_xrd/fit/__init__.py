@@ -40,6 +40,9 @@ Parameter names: profile ``U V W X Y zero_deg displacement_um sh_l`` (``sh_l``: 
 ``bkg_hump<i>_area|center_deg|fwhm_deg|eta``; phase ``<P>_a|b|c|scale|mustrain|size_um|
 mustrain_mix|size_mix|o_z|li_occupancy|ni_li_mixing|biso_A2|biso_tm_A2|biso_li_A2|biso_o_A2``;
 diffuse ``diff_<P>_<hkl>[_<hkl>]_area|fwhm_deg|offset_deg|eta`` (e.g. ``diff_H2_108_110_area``).
+
+How one fit flows through the modules (parameter model -> model evaluation -> solvers ->
+covariance -> result): the docstring of ``insitu_xrd.fit.engine`` and docs/refinement.md, section 5.
 """
 
 from insitu_xrd.fit.engine import Refinement

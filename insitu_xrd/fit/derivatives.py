@@ -1,26 +1,24 @@
 """Derivatives of the model with respect to the nonlinear parameters (the analytic Jacobian).
 
-Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile derivatives
-in closed form (`insitu_xrd.fit.windows`, ``derivs=True``). Lattice parameters (all six, through
-the reciprocal metric: d(1/d^2)/dp = h dG*/dp h^T, dG* = -G* dG G*) give d(2theta_Bragg)/dp
-analytically; the position, width, eta and Lorentz factor follow through their derivatives with
-respect to the Bragg angle (one central difference of those cheap per-reflection functions,
-shared by every lattice parameter). Site parameters change |F|^2 only: analytic derivatives
-(`insitu_xrd.core.structure_factor`). Other parameters (profile, sample broadening): central
-differences of the per-reflection functions,
-assembled with sparse matrices (`_LazyTransposed`); single-peak components (humps, diffuse) and
-SH/L by central differences of their curves (`model_derivatives`); lmfit expressions by the chain
-rule (`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
+`ModelDerivatives` is built on one fit's `insitu_xrd.fit.model.Problem` and differentiates its
+model. Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile
+derivatives in closed form (`insitu_xrd.fit.windows`, ``derivs=True``). Lattice parameters (all
+six, through the reciprocal metric: d(1/d^2)/dp = h dG*/dp h^T, dG* = -G* dG G*) give
+d(2theta_Bragg)/dp analytically; the position, width, eta and Lorentz factor follow through their
+derivatives with respect to the Bragg angle (one central difference of those cheap
+per-reflection functions, shared by every lattice parameter). Site parameters change |F|^2 only:
+analytic derivatives (`insitu_xrd.core.structure_factor`). Other parameters (profile, sample
+broadening): central differences of the per-reflection functions (step `fd_step`), assembled
+with sparse matrices (`LazyTransposed`); single-peak components (humps, diffuse) and SH/L by
+central differences of their curves (`model_derivatives`); lmfit expressions by the chain rule
+(`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
 (`projected_jacobian`, Kaufman's form) for the trust-region solver. The finite differences at one
-point are kept (`_fd_cache`): the Le Bail Jacobian and the phase-fraction step share them.
-
-Mixed into `insitu_xrd.fit.model._Problem` (`_Derivatives`); uses its `peak_params`, `curve`,
-`columns`, `solve_linear`, `diffuse_center`, `update_fsq` and phase data.
+point are kept: the Le Bail Jacobian and the phase-fraction step share them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse
@@ -29,13 +27,20 @@ from insitu_xrd.core.pattern import lorentz_factor
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
 from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
-from insitu_xrd.fit.parameters import _PROFILE_NAMES, _cell_from
+from insitu_xrd.fit.model import PhaseData, Problem, width_args
+from insitu_xrd.fit.parameters import PROFILE_NAMES
+from insitu_xrd.fit.phase_model import cell_from_values
 
-if TYPE_CHECKING:
-    from insitu_xrd.fit.model import _PhaseData
+__all__ = ["LazyTransposed", "ModelDerivatives", "fd_step"]
 
 
-class _LazyTransposed:
+def fd_step(name: str, value: float) -> float:
+    """Central-difference step of parameter `name` at `value` (microstrain: at least 1e-2)."""
+    h = max(abs(value) * 1e-6, 1e-8)
+    return max(h, 1e-2) if name.endswith("_mustrain") else h
+
+
+class LazyTransposed:
     """Profile blocks with derivatives ((peaks, grid idx, P, dP/dt, dP/dH, dP/deta)) as sparse
     matrices (CSC, nx rows, one column per windowed reflection; ``rows[i]`` is the reflection
     of column i), built per component on first use."""
@@ -68,31 +73,32 @@ class _LazyTransposed:
         return mat
 
 
-class _Derivatives:
-    """`_Problem` methods for derivatives of the model and the projected Jacobian."""
+class ModelDerivatives:
+    """Derivatives of the model of one `Problem` and the projected Jacobian (see the module docstring)."""
 
-    def deriv_blocks(self, pd: _PhaseData, vals: dict[str, float]):
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self._fd_key: tuple | None = None  # point of the finite differences kept in `_fd`
+        self._fd: dict = {}
+
+    def deriv_blocks(self, pd: PhaseData, vals: dict[str, float]):
         """Profiles and their derivatives of a phase's reflections as transposed sparse matrices
-        (`_LazyTransposed`: components 2..5 = P, dP/dt, dP/dH, dP/deta), cached like `phase_blocks`."""
-        t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+        (`LazyTransposed`: components 2..5 = P, dP/dt, dP/dH, dP/deta), cached like `phase_blocks`."""
+        prob = self.problem
+        t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
         sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
         key = ("d", t.tobytes(), fwhm.tobytes(), eta.tobytes(), sh_l)
         hit = pd.cache.get(key)
         if hit is None:
-            sparse = _LazyTransposed(self._blocks(t, fwhm, eta, sh_l, derivs=True), len(self.x))
+            sparse = LazyTransposed(prob.profiles.blocks(t, fwhm, eta, sh_l, derivs=True), len(prob.x))
             hit = (sparse, t, fwhm, eta, tthb, d)
             if len(pd.cache) > 6:
                 pd.cache.pop(next(iter(pd.cache)))
             pd.cache[key] = hit
         return hit
 
-    @staticmethod
-    def fd_step(name: str, value: float) -> float:
-        h = max(abs(value) * 1e-6, 1e-8)
-        return max(h, 1e-2) if name.endswith("_mustrain") else h
-
     def _affects_phase(self, param: str, phase: str) -> bool:
-        return param in _PROFILE_NAMES or param.startswith(f"{phase}_")
+        return param in PROFILE_NAMES or param.startswith(f"{phase}_")
 
     def _fd_cache(self, vals: dict[str, float]) -> dict:
         """Finite differences of per-reflection quantities and single-peak curves at `vals`, kept
@@ -104,13 +110,14 @@ class _Derivatives:
             self._fd = {}
         return self._fd
 
-    def _fd_peak(self, fd: dict, pd: _PhaseData, n: str, vp: dict[str, float], vm: dict[str, float]):
+    def _fd_peak(self, fd: dict, pd: PhaseData, n: str, vp: dict[str, float], vm: dict[str, float]):
         """(t+ - t-, FWHM+ - FWHM-, eta+ - eta-, Bragg 2theta+, Bragg 2theta-) of a phase's
         reflections for the perturbed parameter values vp, vm of parameter n."""
+        prob = self.problem
         hit = fd.get((pd.name, n))
         if hit is None:
-            tp, fp, ep, bp, _ = self.peak_params(pd, vp)
-            tm, fm, em, bm, _ = self.peak_params(pd, vm)
+            tp, fp, ep, bp, _ = prob.peak_params(pd, vp)
+            tm, fm, em, bm, _ = prob.peak_params(pd, vm)
             hit = fd[(pd.name, n)] = (tp - tm, fp - fm, ep - em, bp, bm)
         return hit
 
@@ -121,19 +128,20 @@ class _Derivatives:
         `vals`).
 
         Bragg peaks: sum_k [dA_k P_k + A_k (P_t dt_k + P_H dH_k + P_eta deta_k)], the profile
-        derivatives analytic (`_blocks(derivs=True)`), the per-reflection position, width, eta and
+        derivatives analytic (`GridProfiles.blocks(derivs=True)`), the per-reflection position, width, eta and
         area derivatives by central differences of those cheap per-reflection functions (site
         parameters through |F|^2). GSAS-II SH/L and the single-peak components (diffuse, humps):
         central differences of their curves."""
-        nx = len(self.x)
+        prob = self.problem
+        nx = len(prob.x)
         out = {n: np.zeros(nx) for n in free_nl}
 
         def coef(name: str) -> float:
             return float(lin[name]) if name in lin else float(vals.get(name, 0.0))
 
-        self.update_fsq(vals)
+        prob.update_fsq(vals)
         fd = self._fd_cache(vals)
-        for name, pd in self.pd.items():
+        for name, pd in prob.pd.items():
             relevant = [n for n in free_nl if n != "sh_l" and self._affects_phase(n, name)]
             if lebail:
                 k = coef(f"{name}_lebail_k")
@@ -143,11 +151,11 @@ class _Derivatives:
             if relevant:
                 mats, t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
                 rows = mats.rows
-                areas = base_areas if lebail else k * self.structure_areas(pd, tthb)
+                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb)
                 q = len(relevant)
                 c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
                 any_area = False
-                model = self.ref.models.get(name)
+                model = prob.structures.models.get(name)
                 lattice = [n for n in relevant if model is not None and n[len(name) + 1:] in model.lattice_names]
                 sites = [n for n in relevant if model is not None and n in model.params]
                 if lattice:
@@ -171,7 +179,7 @@ class _Derivatives:
                             any_area = True
                             c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * lorentz_factor(tthb)
                         continue
-                    h = self.fd_step(n, vals[n])
+                    h = fd_step(n, vals[n])
                     vp, vm = dict(vals), dict(vals)
                     vp[n] += h
                     vm[n] -= h
@@ -189,43 +197,43 @@ class _Derivatives:
                 for j, n in enumerate(relevant):
                     out[n] += block[:, j]
             if "sh_l" in out:
-                h = self.fd_step("sh_l", vals["sh_l"])
-                t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
-                areas = base_areas if lebail else k * self.structure_areas(pd, tthb)
+                h = fd_step("sh_l", vals["sh_l"])
+                t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
+                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb)
                 lo = max(vals["sh_l"] - h, 0.0)
                 hi = vals["sh_l"] + h
-                yp = self.curve(self._blocks(t, fwhm, eta, hi), areas)
-                ym = self.curve(self._blocks(t, fwhm, eta, lo), areas)
+                yp = prob.curve(prob.profiles.blocks(t, fwhm, eta, hi), areas)
+                ym = prob.curve(prob.profiles.blocks(t, fwhm, eta, lo), areas)
                 out["sh_l"] += (yp - ym) / (hi - lo)
-        for dspec in self.diffuse:
+        for dspec in prob.diffuse:
             pre = f"diff_{dspec.label}"
             amp = coef(f"{pre}_area")
             for n in free_nl:
                 if not (n in ("zero_deg", "displacement_um") or n.startswith(pre + "_") or
                         (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in LATTICE_NAMES)):
                     continue
-                h = self.fd_step(n, vals[n])
+                h = fd_step(n, vals[n])
                 dy = fd.get((pre, n))
                 if dy is None:
                     vp, vm = dict(vals), dict(vals)
                     vp[n] += h
                     vm[n] -= h
-                    yp = pseudo_voigt(self.x, self.diffuse_center(dspec, vp), vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
-                    ym = pseudo_voigt(self.x, self.diffuse_center(dspec, vm), vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
+                    yp = pseudo_voigt(prob.x, prob.diffuse_center(dspec, vp), vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
+                    ym = pseudo_voigt(prob.x, prob.diffuse_center(dspec, vm), vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
                     dy = fd[(pre, n)] = yp - ym
                 out[n] += amp * dy / (2 * h)
-        for i, _h in enumerate(self.ref.spec.background.humps):
+        for i, _h in enumerate(prob.humps):
             pre = f"bkg_hump{i}"
             amp = coef(f"{pre}_area")
             for n in free_nl:
                 if not n.startswith(pre + "_"):
                     continue
-                h = self.fd_step(n, vals[n])
+                h = fd_step(n, vals[n])
                 vp, vm = dict(vals), dict(vals)
                 vp[n] += h
                 vm[n] -= h
-                yp = pseudo_voigt(self.x, vp[f"{pre}_center_deg"], vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
-                ym = pseudo_voigt(self.x, vm[f"{pre}_center_deg"], vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
+                yp = pseudo_voigt(prob.x, vp[f"{pre}_center_deg"], vp[f"{pre}_fwhm_deg"], vp[f"{pre}_eta"])
+                ym = pseudo_voigt(prob.x, vm[f"{pre}_center_deg"], vm[f"{pre}_fwhm_deg"], vm[f"{pre}_eta"])
                 out[n] += amp * (yp - ym) / (2 * h)
         return [out[n] for n in free_nl]
 
@@ -234,22 +242,23 @@ class _Derivatives:
         """`model_derivatives` of the free parameters including, by the chain rule, their effect
         through lmfit expressions (d model/d dep x d dep/d free, the latter by central differences
         of the expressions)."""
-        deps = [n for n, p in self.params.items() if p.expr]
+        prob = self.problem
+        deps = [n for n, p in prob.params.items() if p.expr]
         if not deps:
             return self.model_derivatives(vals, lin, free, lebail)
         free = list(free)
         D = self.model_derivatives(vals, lin, free + deps, lebail)
         E = np.zeros((len(deps), len(free)))
         for j, n in enumerate(free):
-            h = self.fd_step(n, vals[n])
+            h = fd_step(n, vals[n])
             rows = []
             for v in (vals[n] + h, vals[n] - h):
-                self.params[n].value = v
-                self.params.update_constraints()
-                rows.append(np.array([self.params[d].value for d in deps]))
-            self.params[n].value = vals[n]
+                prob.params[n].value = v
+                prob.params.update_constraints()
+                rows.append(np.array([prob.params[d].value for d in deps]))
+            prob.params[n].value = vals[n]
             E[:, j] = (rows[0] - rows[1]) / (2 * h)
-        self.params.update_constraints()
+        prob.params.update_constraints()
         out = []
         for j in range(len(free)):
             col = D[j].copy()
@@ -262,12 +271,13 @@ class _Derivatives:
         """Jacobian of the weighted residual after the linear parameters are eliminated (variable
         projection, Kaufman's form): J = -(I - Q Q^T) W dmodel/dtheta, Q an orthonormal basis of
         the weighted linear columns."""
-        names, cols, fixed, info = self.columns(vals, lebail)
-        coef, _r = self.solve_linear(cols, fixed)
+        prob = self.problem
+        names, cols, fixed, info = prob.columns(vals, lebail)
+        coef, _r = prob.solve_linear(cols, fixed)
         D = self.total_derivatives(vals, dict(zip(names, coef)), free, lebail)
-        J = -np.stack([d[self.fitmask] for d in D], axis=1) * self.wf[:, None]
+        J = -np.stack([d[prob.fitmask] for d in D], axis=1) * prob.wf[:, None]
         if cols:
-            A = np.stack([c[self.fitmask] for c in cols], axis=1) * self.wf[:, None]
+            A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
             norms = np.sqrt(np.sum(A * A, axis=0))
             A = A[:, norms > 0] / norms[norms > 0]
             if A.shape[1]:
@@ -276,19 +286,20 @@ class _Derivatives:
                 J = J - U @ (U.T @ J)
         return J
 
-    def _bragg_angle_derivatives(self, pd: _PhaseData, vals: dict[str, float], names: Sequence[str]) -> np.ndarray:
+    def _bragg_angle_derivatives(self, pd: PhaseData, vals: dict[str, float], names: Sequence[str]) -> np.ndarray:
         """d(2theta_Bragg, deg)/d(lattice parameter) of a phase's reflections, shape (n, len(names));
         names among the phase's free lattice parameters (A or deg)."""
-        model = self.ref.models[pd.name]
-        cell = _cell_from(pd.phase, vals)
+        prob = self.problem
+        model = self.problem.structures.models[pd.name]
+        cell = cell_from_values(pd.phase, vals)
         gs, dgs = reciprocal_metric_and_derivatives(cell)
         m = model.lattice.matrix()
         free = list(model.lattice_names)
         vec = np.array([gs[0, 0], gs[1, 1], gs[2, 2], gs[0, 1], gs[0, 2], gs[1, 2]])
         q = pd.hh @ vec  # 1/d^2
-        sin_t = np.minimum(self.lam * np.sqrt(q) / 2.0, 1.0 - 1e-15)
+        sin_t = np.minimum(prob.lam * np.sqrt(q) / 2.0, 1.0 - 1e-15)
         # 2theta = 2 asin(lam sqrt(Q)/2): d(2theta)/dQ = lam / (2 sqrt(Q) cos(theta)), in degrees
-        dtth_dq = np.degrees(self.lam / (2.0 * np.sqrt(q) * np.sqrt(1.0 - sin_t**2)))
+        dtth_dq = np.degrees(prob.lam / (2.0 * np.sqrt(q) * np.sqrt(1.0 - sin_t**2)))
         out = np.zeros((len(q), len(names)))
         for j, ln in enumerate(names):
             dg = np.einsum("i,ijk->jk", m[:, free.index(ln)], dgs)
@@ -296,25 +307,26 @@ class _Derivatives:
             out[:, j] = dtth_dq * dq
         return out
 
-    def _bragg_angle_sensitivities(self, fd: dict, pd: _PhaseData, vals: dict[str, float]):
+    def _bragg_angle_sensitivities(self, fd: dict, pd: PhaseData, vals: dict[str, float]):
         """d(position, FWHM, eta, Lorentz factor)/d(2theta_Bragg) per reflection (central
         differences of the per-reflection functions; kept with the point's other differences)."""
+        prob = self.problem
         hit = fd.get((pd.name, "bragg_angle"))
         if hit is None:
-            t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
+            t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
             h = 1e-5  # deg
-            wargs = self.width_args(pd.name, vals)
+            wargs = width_args(pd.name, vals)
             out = []
             for sign in (1.0, -1.0):
                 b = tthb + sign * h
-                fw, et = peak_fwhm_eta(b, self.lam, *wargs)
-                out.append((b + self.shift(b, vals), fw, et, lorentz_factor(b)))
+                fw, et = peak_fwhm_eta(b, prob.lam, *wargs)
+                out.append((b + prob.shift(b, vals), fw, et, lorentz_factor(b)))
             hit = fd[(pd.name, "bragg_angle")] = tuple((p - m) / (2 * h) for p, m in zip(*out))
         return hit
 
-    def _fsq_derivatives(self, pd: _PhaseData, vals: dict[str, float], changes: Sequence) -> np.ndarray:
+    def _fsq_derivatives(self, pd: PhaseData, vals: dict[str, float], changes: Sequence) -> np.ndarray:
         """d|F|^2/d(site parameter) at the current structure, at the cell |F|^2 is cached for."""
-        cell = tuple(float(v) for v in np.round(_cell_from(pd.phase, vals), 4))
+        cell = tuple(float(v) for v in np.round(cell_from_values(pd.phase, vals), 4))
         sg = pd.phase.spacegroup
         _, dfsq = structure_factor_sq_derivatives(pd.phase, pd.hkl, cell, changes,
                                                   orbit_of=lambda site: site_orbit(sg, site.xyz))

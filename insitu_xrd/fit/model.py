@@ -1,12 +1,14 @@
 """The model of one fit: its data on the grid, and the calculated pattern for parameter values.
 
-`_Problem` holds the data of one fit (grid, weights, fitted points) and one `_PhaseData` per
-active phase (reflections, |F|^2, Le Bail intensities, per-phase caches), and evaluates the model:
-positions and widths of a phase's reflections (`peak_params`), their profiles (`phase_blocks`,
-from `insitu_xrd.fit.windows`), the linear columns (background, humps, phase curves, diffuse
-peaks: `columns`), their weighted least-squares coefficients (`solve_linear`: the linear
-parameters are eliminated by variable projection) and the weighted residual (`residual`).
-Derivatives are in `insitu_xrd.fit.derivatives` (mixed in).
+`Problem` holds the data of one fit (grid, weights, fitted points), the lmfit Parameters, and one
+`PhaseData` per active phase (reflections, |F|^2, Le Bail intensities, per-phase caches), and
+evaluates the model: positions and widths of a phase's reflections (`peak_params`), their
+profiles (`phase_blocks`, through its `GridProfiles`: insitu_xrd.fit.windows), the linear columns
+(background, humps, phase curves, diffuse peaks: `columns`), their weighted least-squares
+coefficients (`solve_linear`: the linear parameters are eliminated by variable projection) and
+the weighted residual (`residual`). Its collaborators: the refinement's `StructureCache`
+(structures, reflections and |F|^2 of the phases) and a `GridProfiles`. Derivatives of this model
+are `insitu_xrd.fit.derivatives.ModelDerivatives` (built on a Problem).
 
 Caches, memoised by their inputs (results identical to recomputing them): a phase's profiles
 while its positions and widths do not change, its geometry per cell, its widths per (cell,
@@ -16,25 +18,23 @@ profile, sample), single-peak columns and diffuse centres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import lmfit
 import numpy as np
 
-from insitu_xrd.core.crystal import Phase, _metric_reciprocal, parse_hkl_label
+from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.pattern import d_from_two_theta_deg, lorentz_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
-from insitu_xrd.fit.derivatives import _Derivatives
-from insitu_xrd.fit.parameters import _cell_from
-from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec
-from insitu_xrd.fit.windows import _ProfileWindows
+from insitu_xrd.fit.phase_model import cell_from_values
+from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
+from insitu_xrd.fit.structures import StructureCache
+from insitu_xrd.fit.windows import GridProfiles
 
-if TYPE_CHECKING:
-    from insitu_xrd.fit.engine import Refinement
+__all__ = ["PhaseData", "Problem", "default_phase_spec", "width_args"]
 
 
 @dataclass
-class _PhaseData:
+class PhaseData:
     """Per-fit cache of one phase: reflections, |F|^2, Le Bail intensities."""
 
     name: str
@@ -47,93 +47,97 @@ class _PhaseData:
     areas: np.ndarray | None = None  # Le Bail intensities (area units), one per reflection
     cache: dict = field(default_factory=dict)
     hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
-    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `_Problem.peak_params`)
+    geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `Problem.peak_params`)
     widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
 
 
-def _default_phase_spec(name: str) -> PhaseSpec:
+def default_phase_spec(name: str) -> PhaseSpec:
+    """The spec of a phase the recipe does not name (a plain template phase)."""
     return PhaseSpec(name=name, template="ni")
 
 
-class _Problem(_ProfileWindows, _Derivatives):
-    """One fit: data on the grid, parameter bookkeeping and the vectorised model.
+def width_args(p: str, vals: dict[str, float]) -> tuple:
+    """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``."""
+    size = vals.get(f"{p}_size_um", np.inf)
+    return (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
+            vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
+            vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
 
-    Profiles on the grid come from `_ProfileWindows` (insitu_xrd.fit.windows), derivatives and
-    Jacobians from `_Derivatives` (insitu_xrd.fit.derivatives)."""
 
-    def __init__(self, ref: "Refinement", x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
+class Problem:
+    """One fit: data on the grid, the fit's Parameters and the vectorised model.
+
+    spec: the refinement section (background, humps, diffuse components, phases); structures:
+    the refinement's `StructureCache`; wavelength_A; distance_mm: sample-detector distance (sample
+    displacement); x, y, sig: the sorted pattern (deg, counts, esds), fitmask: fitted points;
+    active: phase names; params: lmfit Parameters (their ``vary_linear`` set by
+    `insitu_xrd.fit.parameters.split_free`). ``base_vals``: the parameter values that
+    `values_from` completes (set by the stage that moves the parameters)."""
+
+    def __init__(self, spec: RefinementSpec, structures: StructureCache, wavelength_A: float, distance_mm: float,
+                 x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
                  active: list[str], params: lmfit.Parameters):
-        self.ref = ref
-        self.lam = ref.wavelength_A
+        self.spec = spec
+        self.structures = structures
+        self.lam = wavelength_A
         self.x, self.y, self.sig = x, y, sig
         self.fitmask = fitmask
         self.w = 1.0 / sig
         self.xf, self.yf, self.wf = x[fitmask], y[fitmask], self.w[fitmask]
-        self.step = float(np.min(np.diff(x))) if len(x) > 1 else 1.0
-        self.x0 = float(x[0])
-        # uniform grids (the usual case) get their offsets arithmetically instead of by gathering
-        self.uniform = bool(len(x) > 1 and np.allclose(np.diff(x), self.step, rtol=1e-9, atol=0.0))
-        if not self.uniform:
-            self.step = float(np.min(np.diff(x)))
+        self.profiles = GridProfiles(x)
         dx = np.gradient(x)
         self.dxf = np.where(fitmask, dx, 0.0)
         self.active = active
         self.params = params
-        self.distance_mm = ref.instrument.distance_mm
+        self.distance_mm = distance_mm
         lo, hi = float(x.min()), float(x.max())
         t = (2.0 * x - (lo + hi)) / (hi - lo)
-        nb = ref.spec.background.chebyshev
+        nb = spec.background.chebyshev
         self.cheb = [np.polynomial.chebyshev.chebval(t, np.eye(nb)[i]) for i in range(nb)]
-        self.pd: dict[str, _PhaseData] = {}
+        self.humps = spec.background.humps
+        self.pd: dict[str, PhaseData] = {}
         for name in active:
             self.pd[name] = self._phase_data(name, params)
-        self.diffuse = [d for d in ref.spec.diffuse if d.phase in active]
+        self.diffuse = [d for d in spec.diffuse if d.phase in active]
         self.diffuse_hkl = {d.label: np.array([parse_hkl_label(r) for r in d.reflections]) for d in self.diffuse}
-        self.lebail = False
         self.has_expr = any(p.expr for p in params.values())
-        self._geometry_cache: dict = {}
-        self._grid = (self.x0 + np.arange(len(x)) * self.step) if self.uniform else x
+        self.base_vals: dict[str, float] = {}
         self._pv_cache: dict = {}
         self._center_cache: dict = {}
-        self._fd_key: tuple | None = None  # point of the finite differences kept in `_fd`
-        self._fd: dict = {}
 
     # ----- phases -----------------------------------------------------------------------------
-    def _phase_data(self, name: str, params: lmfit.Parameters) -> _PhaseData:
+    def _phase_data(self, name: str, params: lmfit.Parameters) -> PhaseData:
         vals = params.valuesdict()
-        phase = self.ref.structure(name, vals)
-        spec = self.ref.spec.phase(name) if name in self.ref.spec_names else _default_phase_spec(name)
-        cell = _cell_from(phase, vals)
+        phase = self.structures.structure(name, vals)
+        names = [p.name for p in self.spec.phases]
+        spec = self.spec.phase(name) if name in names else default_phase_spec(name)
+        cell = cell_from_values(phase, vals)
         bound = spec.lattice_bound_pct / 100.0
         tmax = float(self.x.max()) + 1.0
         dmin = float(d_from_two_theta_deg(min(tmax, 179.0), self.lam)) * (1.0 - 1.5 * bound)
-        refl = self.ref._reflections(name, phase, cell, dmin)
-        fsq = self.ref.fsq(name, phase, refl.hkl, cell, self._site_key(name, vals))
-        pd = _PhaseData(name, spec, phase, refl.hkl, refl.multiplicity, fsq, self._fsq_key(name, phase, vals))
+        refl = self.structures.reflections(name, phase, cell, dmin)
+        fsq = self.structures.fsq(name, phase, refl.hkl, cell, self.structures.site_key(name, vals))
+        pd = PhaseData(name, spec, phase, refl.hkl, refl.multiplicity, fsq, self._fsq_key(name, phase, vals))
         h = refl.hkl.astype(float)
         pd.hh = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
                           2 * h[:, 1] * h[:, 2]], axis=1)
         return pd
 
-    def _site_key(self, name: str, vals: dict[str, float]) -> tuple:
-        model = self.ref.models.get(name)
-        return model.site_key(vals) if model is not None else ()
-
     def _fsq_key(self, name: str, phase: Phase, vals: dict[str, float]) -> tuple:
         """What |F|^2 depends on: the site parameters and, through the form factors and
-        Debye-Waller terms, the cell (to 1e-4 A, as `Refinement.fsq` caches it)."""
-        return self._site_key(name, vals), tuple(np.round(_cell_from(phase, vals), 4))
+        Debye-Waller terms, the cell (to 1e-4 A, as `StructureCache.fsq` caches it)."""
+        return self.structures.site_key(name, vals), tuple(np.round(cell_from_values(phase, vals), 4))
 
     def update_fsq(self, vals: dict[str, float]) -> None:
-        """Recompute |F|^2 where the site parameters or the cell changed."""
+        """Recompute |F|^2 where the site parameters or the cell changed (`structures.fsq`)."""
         for name, pd in self.pd.items():
             key = self._fsq_key(name, pd.phase, vals)
             if key == pd.fsq_key:
                 continue
             if key[0] != pd.fsq_key[0]:  # new site parameters: new structure
-                pd.phase = self.ref.structure(name, vals)
+                pd.phase = self.structures.structure(name, vals)
                 pd.cache.clear()
-            pd.fsq = self.ref.fsq(name, pd.phase, pd.hkl, _cell_from(pd.phase, vals), key[0])
+            pd.fsq = self.structures.fsq(name, pd.phase, pd.hkl, cell_from_values(pd.phase, vals), key[0])
             pd.fsq_key = key
 
     def shift(self, tthb: np.ndarray, vals: dict[str, float],
@@ -146,15 +150,15 @@ class _Problem(_ProfileWindows, _Derivatives):
         disp = -(vals.get("displacement_um", 0.0) * 1e-3 / self.distance_mm) * sin_cos[0] * sin_cos[1]
         return vals.get("zero_deg", 0.0) + np.degrees(disp)
 
-    def peak_params(self, pd: _PhaseData, vals: dict[str, float]):
+    def peak_params(self, pd: PhaseData, vals: dict[str, float]):
         """Positions t (deg), FWHM (deg), eta and Bragg angles of a phase's reflections."""
         p = pd.name
-        cell = _cell_from(pd.phase, vals)
+        cell = cell_from_values(pd.phase, vals)
         # memoised by their inputs (the finite differences of `model_derivatives` change one
         # parameter at a time: most perturbations leave the cell or the widths unchanged)
         geo = pd.geo.get(cell)
         if geo is None:
-            g = _metric_reciprocal(cell)
+            g = reciprocal_metric(cell)
             d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
             tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
             if len(pd.geo) > 64:
@@ -163,7 +167,7 @@ class _Problem(_ProfileWindows, _Derivatives):
             geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
         d, tthb, sin_t, cos_t = geo
         t = tthb + self.shift(tthb, vals, (sin_t, cos_t))
-        wargs = self.width_args(p, vals)
+        wargs = width_args(p, vals)
         wkey = (cell, wargs)
         widths = pd.widths.get(wkey)
         if widths is None:
@@ -173,21 +177,13 @@ class _Problem(_ProfileWindows, _Derivatives):
         fwhm, eta = widths
         return t, fwhm, eta, tthb, d
 
-    @staticmethod
-    def width_args(p: str, vals: dict[str, float]) -> tuple:
-        """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``."""
-        size = vals.get(f"{p}_size_um", np.inf)
-        return (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
-                vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
-                vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
-
-    def phase_blocks(self, pd: _PhaseData, vals: dict[str, float]):
+    def phase_blocks(self, pd: PhaseData, vals: dict[str, float]):
         t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
         sh_l = max(float(vals.get("sh_l", 0.0)), 0.0)
         key = (t.tobytes(), fwhm.tobytes(), eta.tobytes(), sh_l)
         hit = pd.cache.get(key)
         if hit is None:
-            hit = (self._blocks(t, fwhm, eta, sh_l), t, fwhm, eta, tthb, d)
+            hit = (self.profiles.blocks(t, fwhm, eta, sh_l), t, fwhm, eta, tthb, d)
             if len(pd.cache) > 6:
                 pd.cache.pop(next(iter(pd.cache)))
             pd.cache[key] = hit
@@ -199,7 +195,7 @@ class _Problem(_ProfileWindows, _Derivatives):
             y += np.bincount(idx.ravel(), weights=(prof * areas[idx_pk, None]).ravel(), minlength=len(self.x))
         return y
 
-    def structure_areas(self, pd: _PhaseData, tthb: np.ndarray) -> np.ndarray:
+    def structure_areas(self, pd: PhaseData, tthb: np.ndarray) -> np.ndarray:
         return pd.mult * pd.fsq * lorentz_factor(tthb)
 
     def pv_column(self, center: float, fwhm: float, eta: float) -> np.ndarray:
@@ -218,7 +214,7 @@ class _Problem(_ProfileWindows, _Derivatives):
 
     def diffuse_center(self, d: DiffuseSpec, vals: dict[str, float]) -> float:
         pd = self.pd[d.phase]
-        cell = _cell_from(pd.phase, vals)
+        cell = cell_from_values(pd.phase, vals)
         key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
         base = self._center_cache.get(key)
         if base is None:
@@ -248,7 +244,7 @@ class _Problem(_ProfileWindows, _Derivatives):
 
         for i, c in enumerate(self.cheb):
             add(f"bkg_{i}", c, pars[f"bkg_{i}"].vary_linear)  # type: ignore[attr-defined]
-        for i, _h in enumerate(self.ref.spec.background.humps):
+        for i, _h in enumerate(self.humps):
             p = f"bkg_hump{i}"
             col = self.pv_column(vals[f"{p}_center_deg"], vals[f"{p}_fwhm_deg"], vals[f"{p}_eta"])
             add(f"{p}_area", col, pars[f"{p}_area"].vary_linear)  # type: ignore[attr-defined]
@@ -295,6 +291,6 @@ class _Problem(_ProfileWindows, _Derivatives):
                 self.params[n].value = float(v)
             self.params.update_constraints()
             return self.params.valuesdict()
-        vals = self._base_vals.copy()
+        vals = self.base_vals.copy()
         vals.update(zip(free, (float(v) for v in xvec)))
         return vals

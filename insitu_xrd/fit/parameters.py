@@ -1,51 +1,52 @@
 """The fit's parameters: names, start values, bounds, constraints, and which ones are free.
 
-What a parameter name means (`_PROFILE_NAMES`, `_SITE_NAMES`, `_lattice_names`; `_cell_from`:
-the cell of a phase from parameter values), the optimiser space (crystallite sizes are moved as
-1/size, broadening ~ 1/size: `_is_reciprocal`, `_opt_space`), and the `Refinement` methods that
-build the lmfit Parameters of a fit from the spec, a previous result and the caller's Parameters
-(`initial_params`, `_start_params`, `_apply_limits_constraints`), hold a phase's nonlinear
-parameters (`_hold_phase`), and sort the free parameters into linear ones (solved by least
-squares at every step: `_is_linear`) and nonlinear ones (`_split`).
+The parameter model of a fit is the phases' `PhaseModel`s (lattice parameters by crystal system,
+site parameters with their symmetry constraints: `insitu_xrd.fit.phase_model`) plus the profile,
+background, sample and diffuse parameters of the spec. `ParameterBuilder` turns it into the lmfit
+Parameters of a fit: from the spec (`initial_params`), a previous result and the caller's
+Parameters (`start_params`), with the recipe's bounds and lmfit expressions
+(`apply_limits_constraints`); it holds a phase's nonlinear parameters (`hold_phase`).
 
-Mixed into `insitu_xrd.fit.engine.Refinement` (`_ParameterSetup`); uses its ``spec``, ``phases``,
-``spec_names`` and ``instrument``.
+Plain functions: what a parameter name means (`PROFILE_NAMES`, `is_linear`: solved by linear least
+squares at every step), the linear/nonlinear split of the free parameters (`split_free`), and the
+optimiser space (crystallite sizes are moved as 1/size, broadening ~ 1/size: `is_reciprocal`,
+`optimiser_space`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import re
+from typing import Sequence
 
 import lmfit
 import numpy as np
 
 from insitu_xrd.core.crystal import Phase
+from insitu_xrd.core.pattern import Instrument
 from insitu_xrd.errors import InsituXRDError
-from insitu_xrd.fit.phase_model import cell_from_values
-from insitu_xrd.fit.spec import PhaseSpec
+from insitu_xrd.fit.phase_model import PhaseModel
+from insitu_xrd.fit.result import FitResult
+from insitu_xrd.fit.spec import PhaseSpec, RefinementSpec
 
-if TYPE_CHECKING:
-    from insitu_xrd.fit.result import FitResult
+__all__ = ["PROFILE_NAMES", "ParameterBuilder", "is_linear", "is_reciprocal", "optimiser_space", "split_free",
+           "store_linear", "held_phases"]
 
-
-_PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
-
-
-def _lattice_names(phase: Phase) -> tuple[str, ...]:
-    """Free lattice parameters of the phase's crystal system (see `insitu_xrd.fit.phase_model`)."""
-    return phase.lattice.free
+PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
 
 
-def _cell_from(phase: Phase, vals: dict[str, float]) -> tuple[float, ...]:
-    return cell_from_values(phase, vals)
+def is_linear(name: str) -> bool:
+    """Parameters solved by weighted linear least squares at every step (variable projection):
+    background coefficients, hump and diffuse areas, phase scales."""
+    return (name.startswith("bkg_") and (name[4:].isdigit() or name.endswith("_area"))) or name.endswith(
+        "_scale") or (name.startswith("diff_") and name.endswith("_area"))
 
 
-def _is_reciprocal(name: str) -> bool:
+def is_reciprocal(name: str) -> bool:
     """Parameters the optimisers move as 1/value (crystallite size: broadening ~ 1/size)."""
     return name.endswith("_size_um")
 
 
-def _opt_space(params: lmfit.Parameters, free: Sequence[str], recip: np.ndarray):
+def optimiser_space(params: lmfit.Parameters, free: Sequence[str], recip: np.ndarray):
     """Start values and bounds of the free parameters in optimiser space (1/value where recip)."""
     x0 = np.array([params[n].value for n in free], dtype=float)
     lb = np.array([params[n].min for n in free], dtype=float)
@@ -58,11 +59,46 @@ def _opt_space(params: lmfit.Parameters, free: Sequence[str], recip: np.ndarray)
 
 
 def held_phases(held: list[str]) -> set[str]:
+    """Phases of the held parameter names ``held``."""
     return {n.split("_", 1)[0] for n in held}
 
 
-class _ParameterSetup:
-    """`Refinement` methods that build and classify the parameters of a fit (see the module docstring)."""
+def split_free(params: lmfit.Parameters) -> tuple[list[str], list[str]]:
+    """(free nonlinear, free linear) parameter names; marks each parameter's ``vary_linear``
+    (free and linear: a column of the linear least-squares solve)."""
+    free_nl, free_lin = [], []
+    for n, p in params.items():
+        p.vary_linear = False  # type: ignore[attr-defined]
+        if not p.vary or p.expr:
+            continue
+        if is_linear(n):
+            free_lin.append(n)
+            p.vary_linear = True  # type: ignore[attr-defined]
+        else:
+            free_nl.append(n)
+    return free_nl, free_lin
+
+
+def store_linear(params: lmfit.Parameters, lin: dict[str, float]) -> None:
+    """Set the solved linear parameters ``lin`` (names not in ``params`` are ignored)."""
+    for n, v in lin.items():
+        if n in params:
+            params[n].value = float(v)
+
+
+class ParameterBuilder:
+    """The lmfit Parameters of a fit from the spec (see the module docstring).
+
+    spec: the recipe's refinement section; instrument: the start profile (spec values already
+    applied); phases/models: the start structures and `PhaseModel`s of every spec phase."""
+
+    def __init__(self, spec: RefinementSpec, instrument: Instrument, phases: dict[str, Phase],
+                 models: dict[str, PhaseModel]):
+        self.spec = spec
+        self.instrument = instrument
+        self.phases = phases
+        self.models = models
+        self.spec_names = [p.name for p in spec.phases]
 
     # ----- parameters -------------------------------------------------------------------------
     def initial_params(self, active: Sequence[str] | None = None) -> lmfit.Parameters:
@@ -72,7 +108,7 @@ class _ParameterSetup:
         pars = lmfit.Parameters()
         inst = self.instrument
         prof_refine = set(spec.profile.refine)
-        for n in _PROFILE_NAMES:
+        for n in PROFILE_NAMES:
             v = getattr(inst, n) if hasattr(inst, n) else (getattr(spec.profile, n) or 0.0)
             v = float(v)
             p = lmfit.Parameter(n, value=v, vary=n in prof_refine)
@@ -99,7 +135,7 @@ class _ParameterSetup:
         for ps in spec.phases:
             if ps.name not in names:
                 continue
-            self._add_phase_params(pars, ps)
+            self.add_phase_params(pars, ps)
         for d in spec.diffuse:
             if d.phase not in names:
                 continue
@@ -110,39 +146,37 @@ class _ParameterSetup:
             pars.add(f"{pre}_offset_deg", value=d.offset_deg, vary="offset_deg" in d.refine,
                      min=-d.max_offset_deg, max=d.max_offset_deg)
             pars.add(f"{pre}_eta", value=d.eta, vary="eta" in d.refine, min=0.0, max=1.0)
-        self._apply_limits_constraints(pars, names, spec.limits, spec.constraints, "refinement")
+        self.apply_limits_constraints(pars, names, spec.limits, spec.constraints, "refinement")
         return pars
 
-    def _inactive_name(self, name: str, active: Sequence[str]) -> bool:
+    def inactive_name(self, name: str, active: Sequence[str]) -> bool:
         """True when `name` belongs to a phase of the spec that is not active in this fit."""
         inactive = [p for p in self.spec_names if p not in active]
         return any(name.startswith(f"{p}_") or name.startswith(f"diff_{p}_") for p in inactive)
 
-    def _apply_limits_constraints(self, pars: lmfit.Parameters, active: Sequence[str],
+    def apply_limits_constraints(self, pars: lmfit.Parameters, active: Sequence[str],
                                   limits: dict, constraints: dict, where: str) -> None:
         """Bounds and lmfit expressions on nonlinear parameters (skipped for inactive phases)."""
-        import re
-
         for name, (lo, hi) in limits.items():
             if name not in pars:
-                if self._inactive_name(name, active):
+                if self.inactive_name(name, active):
                     continue
                 raise InsituXRDError(f"{where}.limits.{name}: no such parameter in this fit "
                                      f"(parameters: {', '.join(pars)})")
             pars[name].set(min=-np.inf if lo is None else float(lo), max=np.inf if hi is None else float(hi))
         for name, expr in constraints.items():
             if name not in pars:
-                if self._inactive_name(name, active):
+                if self.inactive_name(name, active):
                     continue
                 raise InsituXRDError(f"{where}.constraints.{name}: no such parameter in this fit "
                                      f"(parameters: {', '.join(pars)})")
             used = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr))
-            linear = sorted(n for n in used | {name} if n in pars and self._is_linear(n))
+            linear = sorted(n for n in used | {name} if n in pars and is_linear(n))
             if linear:
                 raise InsituXRDError(
                     f"{where}.constraints.{name}: {linear} are linear parameters (scales, background, areas), solved "
                     "linearly at every step; they cannot be constrained or used in constraints")
-            missing = sorted(n for n in used if n not in pars and self._inactive_name(n, active))
+            missing = sorted(n for n in used if n not in pars and self.inactive_name(n, active))
             if missing:
                 raise InsituXRDError(f"{where}.constraints.{name}: {expr!r} uses {missing}, whose phase is not active")
             try:
@@ -153,7 +187,7 @@ class _ParameterSetup:
             if not np.isfinite(pars[name].value):
                 raise InsituXRDError(f"{where}.constraints.{name}: expression {expr!r} gives {pars[name].value}")
 
-    def _add_phase_params(self, pars: lmfit.Parameters, ps: PhaseSpec) -> None:
+    def add_phase_params(self, pars: lmfit.Parameters, ps: PhaseSpec) -> None:
         ph = self.phases[ps.name]
         p = ps.name
         bound = ps.lattice_bound_pct / 100.0
@@ -172,11 +206,11 @@ class _ParameterSetup:
         for n, sp in model.params.items():
             pars.add(n, value=sp.start, vary=True, min=sp.lower, max=sp.upper)
 
-    def _hold_phase(self, params: lmfit.Parameters, name: str, reset: bool) -> list[str]:
+    def hold_phase(self, params: lmfit.Parameters, name: str, reset: bool) -> list[str]:
         """Fix the nonlinear parameters of a phase (and of its diffuse components); return their names."""
         out = []
         for pn, par in params.items():
-            if pn.startswith(f"{name}_") and par.vary and not par.expr and not self._is_linear(pn):
+            if pn.startswith(f"{name}_") and par.vary and not par.expr and not is_linear(pn):
                 if reset and par.user_data:
                     par.set(value=par.user_data["start"])
                 par.set(vary=False)
@@ -190,18 +224,18 @@ class _ParameterSetup:
                         out.append(par.name)
         return out
 
-    def _start_params(self, active: list[str], start: FitResult | None, given: lmfit.Parameters | None = None):
+    def start_params(self, active: list[str], start: FitResult | None, given: lmfit.Parameters | None = None):
         warnings: list[str] = []
         params = self.initial_params(active)
         if given is not None:
             # the caller's lmfit Parameters: values, vary flags, bounds and expressions
-            unknown = [n for n in given if n not in params and not self._inactive_name(n, active)]
+            unknown = [n for n in given if n not in params and not self.inactive_name(n, active)]
             if unknown:
                 raise InsituXRDError(f"params: {unknown} are not parameters of this fit (parameters: {', '.join(params)})")
             for n, p in given.items():
                 if n in params:
                     params[n].set(value=p.value, vary=p.vary, min=p.min, max=p.max)
-            self._apply_limits_constraints(params, active, {}, {n: p.expr for n, p in given.items()
+            self.apply_limits_constraints(params, active, {}, {n: p.expr for n, p in given.items()
                                                                if p.expr and n in params}, "params")
         if start is not None:
             for n, p in start.params.items():
@@ -234,30 +268,6 @@ class _ParameterSetup:
                 warnings.append("X held: it is degenerate with a Lorentzian size (both ~ 1/cos(theta))")
         return params, warnings
 
-    # ----- free parameters: linear or nonlinear ------------------------------------------------
-    @staticmethod
-    def _is_linear(name: str) -> bool:
-        return (name.startswith("bkg_") and (name[4:].isdigit() or name.endswith("_area"))) or name.endswith(
-            "_scale") or (name.startswith("diff_") and name.endswith("_area"))
-
-    def _split(self, params: lmfit.Parameters):
-        free_nl, free_lin = [], []
-        for n, p in params.items():
-            p.vary_linear = False  # type: ignore[attr-defined]
-            if not p.vary or p.expr:
-                continue
-            if self._is_linear(n):
-                free_lin.append(n)
-                p.vary_linear = True  # type: ignore[attr-defined]
-            else:
-                free_nl.append(n)
-        return free_nl, free_lin
-
-    def _store_linear(self, params: lmfit.Parameters, lin: dict[str, float]) -> None:
-        for n, v in lin.items():
-            if n in params:
-                params[n].value = float(v)
-
-    def _has_site(self, name: str) -> bool:
+    def is_site(self, name: str) -> bool:
         """True for a site parameter of any phase (its phase model's)."""
         return any(name in m.params for m in self.models.values())

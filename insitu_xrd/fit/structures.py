@@ -1,14 +1,12 @@
-"""Crystal structures of the refined phases, and what is cached about them.
+"""Crystal structures of the refined phases, and what is cached about them between fits.
 
-|F|^2 dominates the cost of a Rietveld evaluation, and the reflection list of a phase changes only
-when its cell moves by more than 1 %: both are cached between fits (`Refinement.fsq`,
-`Refinement._reflections`), and the symmetry-generated site positions, which depend on neither
-the cell nor the occupancies, are memoised per space group and site (`_site_positions`).
-`Refinement.structure` builds a phase with the refined site parameters (NMC811: through its
-template, `_nmc_defaults`).
-
-Mixed into `insitu_xrd.fit.engine.Refinement` (`_StructureCache`); uses its ``spec``, ``phases``
-and the caches ``__init__`` creates.
+`StructureCache` holds the phases of one `Refinement` (their `PhaseModel`s: lattice and site
+parameters) and what is expensive to recompute: |F|^2 dominates the cost of a Rietveld
+evaluation, and the reflection list of a phase changes only when its cell moves by more than
+1 %, so both are cached between fits (`StructureCache.fsq`, `StructureCache.reflections`). The
+symmetry-generated site positions, which depend on neither the cell nor the occupancies, are
+memoised per space group and site (`site_positions`). `StructureCache.structure` is a phase with
+the refined site parameters applied (through its phase model).
 """
 
 from __future__ import annotations
@@ -16,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from insitu_xrd.core.crystal import Phase, Reflections
+from insitu_xrd.fit.phase_model import PhaseModel
 
+__all__ = ["StructureCache", "site_positions", "structure_factor_sq"]
 
 #: Symmetry-generated site positions by (space group, site xyz): they do not depend on the cell
 #: or the site occupancies, and generating them (gemmi operations, tolerance deduplication) costs
@@ -24,7 +24,8 @@ from insitu_xrd.core.crystal import Phase, Reflections
 _POSITIONS: dict[tuple, np.ndarray] = {}
 
 
-def _site_positions(phase: Phase, site) -> np.ndarray:
+def site_positions(phase: Phase, site) -> np.ndarray:
+    """`Phase.site_positions` of ``site``, memoised per (space group, xyz) (read-only array)."""
     key = (phase.space_group, tuple(float(v) for v in site.xyz))
     hit = _POSITIONS.get(key)
     if hit is None:
@@ -36,16 +37,37 @@ def _site_positions(phase: Phase, site) -> np.ndarray:
     return hit
 
 
-def _structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...]) -> np.ndarray:
+def structure_factor_sq(phase: Phase, hkl: np.ndarray, cell: tuple[float, ...]) -> np.ndarray:
     """`Phase.structure_factor_sq` with the site positions memoised (same numbers)."""
-    return phase.structure_factor_sq(hkl, cell, positions_of=lambda site: _site_positions(phase, site))
+    return phase.structure_factor_sq(hkl, cell, positions_of=lambda site: site_positions(phase, site))
 
 
-class _StructureCache:
-    """`Refinement` methods for the structures of its phases and their cached reflections and |F|^2."""
+class StructureCache:
+    """The phases of a refinement, their models, and their reflections and |F|^2 cached between fits.
 
-    def _reflections(self, name: str, phase: Phase, cell: tuple[float, ...], dmin: float) -> Reflections:
-        """Reflection list (cached between fits while the cell stays within 1 % of the cached one)."""
+    phases: {name: start structure}; models: {name: PhaseModel} (lattice and site parameters)."""
+
+    def __init__(self, phases: dict[str, Phase], models: dict[str, PhaseModel]):
+        self.phases = phases
+        self.models = models
+        self._refl_cache: dict[str, tuple[float, tuple[float, ...], Reflections]] = {}
+        self._fsq_cache: dict[tuple, np.ndarray] = {}
+        self._mass_cache: dict[tuple, float] = {}
+
+    def structure(self, name: str, vals: dict[str, float]) -> Phase:
+        """The phase with its site parameters set from `vals` (cell as in the base phase): its
+        phase model's structure (`insitu_xrd.fit.phase_model.PhaseModel.structure`)."""
+        model = self.models.get(name)
+        return model.structure(vals) if model is not None else self.phases[name]
+
+    def site_key(self, name: str, vals: dict[str, float]) -> tuple:
+        """The site-parameter values the structure of phase `name` depends on (cache key)."""
+        model = self.models.get(name)
+        return model.site_key(vals) if model is not None else ()
+
+    def reflections(self, name: str, phase: Phase, cell: tuple[float, ...], dmin: float) -> Reflections:
+        """Reflection list to ``dmin`` (A) (cached between fits while the cell stays within 1 % of
+        the cached one)."""
         hit = self._refl_cache.get(name)
         if hit is not None:
             dmin0, cell0, refl = hit
@@ -68,7 +90,7 @@ class _StructureCache:
         key = (name, site_key, hkl.tobytes(), cell_r)
         hit = self._fsq_cache.get(key)
         if hit is None:
-            hit = _structure_factor_sq(phase, hkl, cell_r)
+            hit = structure_factor_sq(phase, hkl, cell_r)
             if len(self._fsq_cache) > 64:
                 self._fsq_cache.pop(next(iter(self._fsq_cache)))
             self._fsq_cache[key] = hit
@@ -80,10 +102,3 @@ class _StructureCache:
         if key not in self._mass_cache:
             self._mass_cache[key] = phase.cell_mass_amu
         return self._mass_cache[key]
-
-    # ----- structure with site parameters -----------------------------------------------------
-    def structure(self, name: str, vals: dict[str, float]) -> Phase:
-        """The phase with its site parameters set from `vals` (cell as in the base phase): its
-        phase model's structure (`insitu_xrd.fit.phase_model.PhaseModel.structure`)."""
-        model = self.models.get(name)
-        return model.structure(vals) if model is not None else self.phases[name]
