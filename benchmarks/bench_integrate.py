@@ -54,7 +54,8 @@ print(json.dumps({"n": len(out), "steady_fps": (len(stamps) - 1) / (stamps[-1] -
 OURS_STEADY = r"""
 import json, sys, time
 from pathlib import Path
-from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+from insitu_xrd.reduction.integrate import IntegrationSettings
+from insitu_xrd.reduction.series import integrate_series
 npt, poni, frames, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 stamps = []
 rep = integrate_series([frames], poni, out, IntegrationSettings(npt=npt), overwrite=True,

@@ -88,7 +88,8 @@ import json, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from insitu_xrd.pipeline.executors import LocalProcessExecutor, worker_peak_rss_mb as peak_rss_mb
-from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+from insitu_xrd.reduction.integrate import IntegrationSettings
+from insitu_xrd.reduction.series import integrate_series
 
 frames, poni, out = sys.argv[1], sys.argv[2], sys.argv[3]
 pool = LocalProcessExecutor(1)
@@ -145,7 +146,8 @@ def bench_speed(n: int, side: int, workers: list[int]) -> None:
 
     from insitu_xrd.io.poni import write_poni
     from insitu_xrd.pipeline.executors import LocalProcessExecutor
-    from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+    from insitu_xrd.reduction.integrate import IntegrationSettings
+    from insitu_xrd.reduction.series import integrate_series
 
     shape = (side, side)
     fps: dict[int, float] = {}

@@ -11,7 +11,8 @@ from insitu_xrd.io.patterns import read_patterns
 from insitu_xrd.io.store import open_frame_dataset, working_store_path
 from insitu_xrd.pipeline import executors as ex
 from insitu_xrd.reduction import integrate as integ
-from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+from insitu_xrd.reduction.integrate import IntegrationSettings
+from insitu_xrd.reduction.series import integrate_series
 from ring_frames import write_ring_series
 
 SHAPE = (128, 128)

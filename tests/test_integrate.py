@@ -20,7 +20,8 @@ from insitu_xrd.io.pattern_files import read_pattern_1d, two_theta_deg_to_q_invA
 from insitu_xrd.io.patterns import read_patterns
 from insitu_xrd.io.poni import write_poni
 from insitu_xrd.reduction import integrate as integ
-from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+from insitu_xrd.reduction.integrate import IntegrationSettings
+from insitu_xrd.reduction.series import integrate_series
 
 WL_A = 0.1173
 SHAPE = (256, 256)

@@ -30,7 +30,8 @@ from insitu_xrd.io.poni import load_poni
 from insitu_xrd.pipeline.recipe import Recipe, recipe_from_dict
 from insitu_xrd.pipeline.stages import integration_settings
 from insitu_xrd.reduction import integrate as integ
-from insitu_xrd.reduction.integrate import DEFAULT_METHOD, FrameIntegrator, IntegrationSettings, integrate_series
+from insitu_xrd.reduction.integrate import DEFAULT_METHOD, FrameIntegrator, IntegrationSettings
+from insitu_xrd.reduction.series import integrate_series
 from ring_frames import write_ring_series
 
 SHAPE = (64, 64)  # small: the Oclgrind simulator takes ~0.1 ms per pixel

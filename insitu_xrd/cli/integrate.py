@@ -124,7 +124,8 @@ def integrate_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from insitu_xrd.reduction.integrate import IntegrationSettings, integrate_series
+    from insitu_xrd.reduction.integrate import IntegrationSettings
+    from insitu_xrd.reduction.series import integrate_series
 
     err = Console(stderr=True)
     runner: Any = None

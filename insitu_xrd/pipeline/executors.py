@@ -9,7 +9,7 @@ The recipe's ``executor:`` section (:class:`insitu_xrd.pipeline.recipe.ExecutorS
     executor: {type: dask, local: {n_workers: 4}}          # a LocalCluster started here
 
 Every executor has the same small interface, used by
-:func:`insitu_xrd.reduction.integrate.integrate_series`: ``submit(fn, *args) -> future`` (the
+:func:`insitu_xrd.reduction.series.integrate_series`: ``submit(fn, *args) -> future`` (the
 future has ``result()`` and ``cancel()``), ``n_workers``, ``in_process`` (tasks share this
 process's memory: the serial executor) and ``name``. Tasks sent to processes are module-level
 functions whose arguments are small settings and file paths (never arrays or integrator objects);

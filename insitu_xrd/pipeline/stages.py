@@ -239,7 +239,7 @@ def instrument_stage(recipe: Recipe, poni: Path, cache: StageCache,
     from insitu_xrd.io.frames import FrameRef
     from insitu_xrd.io.instprm import write_instrument
     from insitu_xrd.io.patterns import read_patterns, two_theta_deg_axis
-    from insitu_xrd.reduction.integrate import integrate_series
+    from insitu_xrd.reduction.series import integrate_series
 
     img_path = recipe.path(cal.image)
     assert img_path is not None

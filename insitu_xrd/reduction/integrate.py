@@ -49,8 +49,9 @@ from insitu_xrd.io.frames import FrameRef, discover_frames, read_frame
 from insitu_xrd.io.poni import load_poni, poni_text
 from insitu_xrd.reduction.masking import DELTA_DUMMY, DUMMY, dynamic_bad_pixels
 
-__all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "integrate_series", "DEFAULT_METHOD",
-           "resolve_engine", "integrate_frames_task", "SeriesIntegration"]
+__all__ = ["IntegrationSettings", "FrameIntegrator", "IntegrationReport", "DEFAULT_METHOD", "resolve_engine",
+           "integrate_frames_task", "cached_integrator", "earlier_mask_frames", "file_digest", "header_wavelength_A",
+           "integrate_one", "sample_frames", "ThreadRunner", "write_context", "opencl_status", "limit_worker_threads"]
 
 DEFAULT_METHOD = ("full", "csc", "cython")
 _PYFAI_UNIT = {"2th_deg": "2th_deg", "q_A^-1": "q_A^-1"}
@@ -279,7 +280,7 @@ class IntegrationReport:
     n_batches: int = 0
 
 
-def _file_digest(path: Path | None) -> str | None:
+def file_digest(path: Path | None) -> str | None:
     if path is None:
         return None
     h = hashlib.sha256()
@@ -289,7 +290,7 @@ def _file_digest(path: Path | None) -> str | None:
     return f"{Path(path).name} sha256:{h.hexdigest()[:16]}"
 
 
-def _header_wavelength_A(header: dict[str, Any]) -> float | None:
+def header_wavelength_A(header: dict[str, Any]) -> float | None:
     for key in ("wavelength_A", "qxrd.Wavelength", "Wavelength", "wavelength"):
         if key in header:
             try:
@@ -303,7 +304,7 @@ def _header_wavelength_A(header: dict[str, Any]) -> float | None:
     return None
 
 
-def _sample_frames(refs: Sequence[FrameRef], n: int, max_tries: int = 20) -> list[Any]:
+def sample_frames(refs: Sequence[FrameRef], n: int, max_tries: int = 20) -> list[Any]:
     out = []
     for ref in refs[:max_tries]:
         try:
@@ -324,7 +325,7 @@ def _array_digest(arr: np.ndarray | None) -> str:
     return hashlib.sha1(np.ascontiguousarray(arr).view(np.uint8)).hexdigest()
 
 
-def _cached_integrator(ai: Any, shape: tuple[int, int], settings: IntegrationSettings, static: np.ndarray,
+def cached_integrator(ai: Any, shape: tuple[int, int], settings: IntegrationSettings, static: np.ndarray,
                        dark: np.ndarray | None, flat: np.ndarray | None, saturation: float | None) -> FrameIntegrator:
     """Reuse the last FrameIntegrator of this process when nothing that shapes it changed (the
     watch mode integrates each new batch of frames with a new call; building a full-splitting
@@ -342,7 +343,7 @@ def _cached_integrator(ai: Any, shape: tuple[int, int], settings: IntegrationSet
     return integ
 
 
-def _earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRef]:
+def earlier_mask_frames(output: Path, hdf5_dataset: str | None) -> list[FrameRef]:
     """Frames the auto-mask of an existing output was computed from (empty if none/unknown)."""
     from insitu_xrd.io.store import read_store_attrs
 
@@ -471,7 +472,7 @@ def _worker_integrator(spec: dict[str, Any]) -> FrameIntegrator:
     return integ
 
 
-def _integrate_one(integrator: FrameIntegrator, ref: FrameRef, fr: Any = None
+def integrate_one(integrator: FrameIntegrator, ref: FrameRef, fr: Any = None
                    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
     """(result, header, error) of one frame; never raises for a bad frame."""
     if fr is None:
@@ -510,11 +511,11 @@ def integrate_frames_task(spec: dict[str, Any], refs: Sequence[FrameRef]
     out = []
     for ref in refs:
         _fault_hook(ref)
-        out.append(_integrate_one(integ, ref))
+        out.append(integrate_one(integ, ref))
     return out
 
 
-def _write_context(output: Path, static: np.ndarray, dark: np.ndarray | None, flat: np.ndarray | None) -> tuple[Path, str]:
+def write_context(output: Path, static: np.ndarray, dark: np.ndarray | None, flat: np.ndarray | None) -> tuple[Path, str]:
     """The arrays workers need, in one ``.npz`` beside the output (named by their digest)."""
     digest = hashlib.sha1("|".join([_array_digest(static), _array_digest(dark), _array_digest(flat)]).encode()).hexdigest()[:16]
     path = output.with_name(f".{output.stem}.context-{digest}.npz")
@@ -536,7 +537,7 @@ def _write_context(output: Path, static: np.ndarray, dark: np.ndarray | None, fl
     return path, digest
 
 
-class _ThreadRunner:
+class ThreadRunner:
     """The default executor of :func:`integrate_series`: threads in this process sharing one
     integrator (pyFAI's Cython engines release the GIL)."""
 
@@ -552,14 +553,3 @@ class _ThreadRunner:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def __getattr__(name: str) -> Any:
-    """The series driver lives in :mod:`.series` (set-up once, frames added in one call or many),
-    which imports this module; ``from insitu_xrd.reduction.integrate import integrate_series``
-    keeps working through this lazy lookup."""
-    if name in ("SeriesIntegration", "integrate_series"):
-        from insitu_xrd.reduction import series
-
-        return getattr(series, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

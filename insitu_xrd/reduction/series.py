@@ -34,14 +34,14 @@ from insitu_xrd.provenance import software_versions, utc_now_iso
 from insitu_xrd.reduction.integrate import (
     IntegrationReport,
     IntegrationSettings,
-    _cached_integrator,
-    _earlier_mask_frames,
-    _file_digest,
-    _header_wavelength_A,
-    _integrate_one,
-    _sample_frames,
-    _ThreadRunner,
-    _write_context,
+    cached_integrator,
+    earlier_mask_frames,
+    file_digest,
+    header_wavelength_A,
+    integrate_one,
+    sample_frames,
+    ThreadRunner,
+    write_context,
     integrate_frames_task,
     resolve_engine,
 )
@@ -130,8 +130,8 @@ class SeriesIntegration:
 
         # on resume, find bad pixels on the same frames as the first run (the watch mode passes only
         # new frames): the static mask, hence the numbers, stay consistent across the whole series
-        earlier = _earlier_mask_frames(output, hdf5_dataset) if not overwrite else []
-        samples = _sample_frames(earlier + [r for r in refs if r not in earlier], max(1, settings.auto_mask_frames))
+        earlier = earlier_mask_frames(output, hdf5_dataset) if not overwrite else []
+        samples = sample_frames(earlier + [r for r in refs if r not in earlier], max(1, settings.auto_mask_frames))
         if not samples:
             raise InsituXRDError(f"none of the first frames can be read (first: {refs[0].path}); nothing to integrate")
         det_shape = getattr(ai.detector, "shape", None)
@@ -155,7 +155,7 @@ class SeriesIntegration:
             wl = wavelength_A_of(ai)
             wl_source = f"PONI {poni_path.name}"
         if wl is None:
-            wl = _header_wavelength_A(samples[0].header)
+            wl = header_wavelength_A(samples[0].header)
             wl_source = f"frame header of {samples[0].ref.name}"
         if wl is None or not (0.01 < wl < 10):
             raise InsituXRDError(
@@ -207,15 +207,15 @@ class SeriesIntegration:
         if saturation is None:
             saturation = default_saturation_level(samples[0].data.dtype)
 
-        integrator = _cached_integrator(ai, shape, settings, static, dark_img, flat_img, saturation)
+        integrator = cached_integrator(ai, shape, settings, static, dark_img, flat_img, saturation)
         self.integrator = integrator
 
         corrections = {
-            "dark": _file_digest(Path(dark)) if dark else None,
+            "dark": file_digest(Path(dark)) if dark else None,
             "dark_scale": settings.dark_scale if dark else None,
-            "flat": _file_digest(Path(flat)) if flat else None,
+            "flat": file_digest(Path(flat)) if flat else None,
             "flat_normalisation": "divided by median of positive pixels" if flat else None,
-            "mask_file": _file_digest(Path(mask)) if mask else None,
+            "mask_file": file_digest(Path(mask)) if mask else None,
             "auto_mask": settings.auto_mask,
             "auto_mask_frames": settings.auto_mask_frames if settings.auto_mask else 0,
             "saturation_counts": saturation,
@@ -269,12 +269,12 @@ class SeriesIntegration:
         # the frames read for the auto-mask are integrated from memory, not read a second time
         self._prefetched = {s.ref.key: s for s in samples}
         self._own_runner = executor is None
-        self.runner = _ThreadRunner(settings.workers) if self._own_runner else executor
+        self.runner = ThreadRunner(settings.workers) if self._own_runner else executor
         self._in_process = bool(getattr(self.runner, "in_process", False))
         self._spec: dict[str, Any] | None = None
         if not self._in_process:
             # workers get small settings and file paths, never arrays or integrator objects
-            ctx_path, ctx_digest = _write_context(output, static, dark_img, flat_img)
+            ctx_path, ctx_digest = write_context(output, static, dark_img, flat_img)
             spec = {"poni": str(poni_path.resolve()), "orientation": orientation, "wavelength_A": float(wl),
                     "shape": list(shape), "settings": asdict(settings), "context": str(ctx_path),
                     "context_digest": ctx_digest, "saturation": saturation}
@@ -289,7 +289,7 @@ class SeriesIntegration:
         return as_frame_refs(frames, self.hdf5_dataset)
 
     def _work_batch(self, batch_refs: list[FrameRef]) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]]:
-        return [_integrate_one(self.integrator, r, self._prefetched.pop(r.key, None)) for r in batch_refs]
+        return [integrate_one(self.integrator, r, self._prefetched.pop(r.key, None)) for r in batch_refs]
 
     def _submit(self, task: list[tuple[int, FrameRef]]) -> Any:
         refs = [r for _p, r in task]
