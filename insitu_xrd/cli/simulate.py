@@ -20,6 +20,9 @@ def simulate(
     no_cell_lines: bool = typer.Option(False, "--no-cell-lines", help="Leave out the Li-metal and Al current-collector lines."),
     no_diffuse: bool = typer.Option(False, "--no-diffuse", help="Leave out the broad diffuse components under H2 104 and 108/110."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes for the frames (default: all cores)."),
+    mustrain_axial_factor: float = typer.Option(
+        1.0, "--mustrain-axial-factor", min=0.1, max=10.0,
+        help="Microstrain along c (00l) / in the layers (hk0) of H2 and H3 (1 = isotropic); the recipe then uses the uniaxial model."),
 ) -> None:
     """Write a synthetic in-situ dataset (first charge of NMC811) whose every true value is in truth.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -32,6 +35,7 @@ def simulate(
             truth = simulate_dataset(
                 out_dir, frames=frames, seed=seed, coated=coated, wavelength_A=wavelength_a, binning=binning,
                 cell_lines=not no_cell_lines, diffuse=not no_diffuse, workers=workers,
+                mustrain_axial_factor=mustrain_axial_factor,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
     except InsituXRDError as exc:

@@ -30,7 +30,7 @@ import functools
 import gemmi
 import numpy as np
 
-from insitu_xrd.core.symmetry import row_echelon
+from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives, row_echelon
 
 __all__ = [
     "STEPHENS_MONOMIALS",
@@ -40,6 +40,7 @@ __all__ = [
     "uniaxial_mustrain",
     "uniaxial_size_um",
     "cos_angle_to_axis",
+    "isotropic_stephens",
 ]
 
 #: quartic monomials (H, K, L) in GSAS-II's order of the Stephens coefficient names
@@ -126,3 +127,16 @@ def uniaxial_size_um(cos_p: np.ndarray, equatorial_um: float, axial_um: float) -
     c2 = np.asarray(cos_p, dtype=float) ** 2
     return equatorial_um * axial_um / np.sqrt(axial_um**2 * (1.0 - c2) + equatorial_um**2 * c2)
 
+
+
+def isotropic_stephens(sg: gemmi.SpaceGroup, cell: tuple[float, ...], mustrain: float) -> dict[str, float]:
+    """Stephens coefficients equivalent to an isotropic microstrain ``mustrain`` (1e-6) for the
+    cell (A, deg): sum_j S_j t_j(hkl) = mustrain^2 (1/d^2)^2 for every hkl (the square of the
+    reciprocal metric's quadratic form is a Laue-invariant quartic, so the fit is exact)."""
+    gs, _ = reciprocal_metric_and_derivatives(tuple(cell))
+    rng = np.arange(-3, 4)
+    h = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), axis=-1).reshape(-1, 3)
+    h = h[np.any(h != 0, axis=1)]
+    q = np.einsum("ni,ij,nj->n", h, gs, h)
+    coef, *_ = np.linalg.lstsq(stephens_terms(sg, h), mustrain**2 * q**2, rcond=None)
+    return dict(zip(stephens_names(sg), (float(c) for c in coef)))

@@ -23,7 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
-from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label
+from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
+                                        uniaxial_size_um)
+from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.profiles import fcj_extent_deg, fcj_node_count, fcj_nodes, peak_fwhm_eta, pseudo_voigt
 
 __all__ = [
@@ -93,6 +95,11 @@ class PhaseState:
         cell. Default: all reflections in the pattern range.
     areas : per-reflection peak areas overriding the structure-factor areas (Le Bail).
     f_sq : per-reflection |F|^2 (cached); computed from the structure when None.
+    mustrain_axial, mustrain_axis : uniaxial microstrain (GSAS-II): ``mustrain`` is then the
+        equatorial value and ``mustrain_axial`` the one along the reciprocal axis [h, k, l].
+    mustrain_S : generalized microstrain (Stephens 1999), {S400: ..., ...} in GSAS-II units for
+        the phase's Laue class (replaces ``mustrain``); see `insitu_xrd.core.broadening`.
+    size_axial_um, size_axis : uniaxial size: ``size_um`` equatorial, ``size_axial_um`` along the axis.
     """
 
     phase: Phase
@@ -104,10 +111,29 @@ class PhaseState:
     reflections: Reflections | None = None
     areas: np.ndarray | None = None
     f_sq: np.ndarray | None = None
+    mustrain_axial: float | None = None
+    mustrain_axis: tuple[int, int, int] = (0, 0, 1)
+    mustrain_S: dict[str, float] | None = None
+    size_axial_um: float | None = None
+    size_axis: tuple[int, int, int] = (0, 0, 1)
 
     @property
     def name(self) -> str:
         return self.phase.name
+
+    def effective_broadening(self, hkl: np.ndarray, d_A: np.ndarray) -> tuple:
+        """(microstrain, size_um) per reflection of ``hkl`` (scalars when isotropic)."""
+        mustrain, size = self.mustrain, self.size_um
+        if self.mustrain_S is not None:
+            sg = self.phase.spacegroup
+            mustrain = generalized_mustrain(sg, hkl, d_A, [self.mustrain_S.get(n, 0.0) for n in stephens_names(sg)])
+        elif self.mustrain_axial is not None:
+            cos_p = cos_angle_to_axis(hkl, self.mustrain_axis, reciprocal_metric(self.phase.cell))
+            mustrain = uniaxial_mustrain(cos_p, self.mustrain, self.mustrain_axial)
+        if self.size_axial_um is not None:
+            cos_s = cos_angle_to_axis(hkl, self.size_axis, reciprocal_metric(self.phase.cell))
+            size = uniaxial_size_um(cos_s, self.size_um, self.size_axial_um)
+        return mustrain, size
 
 
 @dataclass
@@ -207,9 +233,10 @@ def peak_table(
     d = state.phase.d_spacing(refl.hkl) if len(refl) else np.zeros(0)
     tth_bragg = two_theta_deg_from_d(d, instrument.wavelength_A)
     tth = tth_bragg + instrument.position_shift_deg(tth_bragg)
+    mustrain, size_um = state.effective_broadening(refl.hkl, d)
     fwhm, eta = peak_fwhm_eta(
         tth_bragg, instrument.wavelength_A, instrument.U, instrument.V, instrument.W, instrument.X, instrument.Y,
-        state.mustrain, state.size_um, state.mustrain_mix, state.size_mix,
+        mustrain, size_um, state.mustrain_mix, state.size_mix,
     )
     if state.areas is not None:
         area = np.asarray(state.areas, dtype=float)

@@ -62,13 +62,20 @@ def sample_broadening(
     """Sample contributions (sigma^2 in centideg^2, gamma in centideg) from microstrain and size.
 
     mustrain is GSAS-II's isotropic mu-strain (1e-6); size_um the isotropic crystallite size (um).
+    Either may be an array of one value per peak (anisotropic broadening: the effective values of
+    `insitu_xrd.core.broadening`); a size that is inf or <= 0 adds no broadening.
     """
     th = np.radians(np.asarray(two_theta_deg, dtype=float)) / 2.0
     strain_fwhm = mustrain * 1e-6 * np.tan(th) * _RAD_TO_CENTIDEG
-    if np.isfinite(size_um) and size_um > 0:
-        size_fwhm = wavelength_A / (size_um * 1e4 * np.cos(th)) * _RAD_TO_CENTIDEG
+    if np.ndim(size_um) == 0:
+        if np.isfinite(size_um) and size_um > 0:
+            size_fwhm = wavelength_A / (size_um * 1e4 * np.cos(th)) * _RAD_TO_CENTIDEG
+        else:
+            size_fwhm = np.zeros_like(th)
     else:
-        size_fwhm = np.zeros_like(th)
+        size = np.asarray(size_um, dtype=float)
+        ok = np.isfinite(size) & (size > 0)
+        size_fwhm = np.where(ok, wavelength_A / (np.where(ok, size, 1.0) * 1e4 * np.cos(th)) * _RAD_TO_CENTIDEG, 0.0)
     gamma = mustrain_mix * strain_fwhm + size_mix * size_fwhm
     sigma2 = ((1.0 - mustrain_mix) * strain_fwhm) ** 2 / EIGHT_LN2 + ((1.0 - size_mix) * size_fwhm) ** 2 / EIGHT_LN2
     return sigma2, gamma

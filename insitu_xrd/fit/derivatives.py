@@ -27,7 +27,7 @@ from insitu_xrd.core.pattern import lorentz_factor
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
 from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
-from insitu_xrd.fit.model import PhaseData, Problem, width_args
+from insitu_xrd.fit.model import PhaseData, Problem, sample_widths
 from insitu_xrd.fit.parameters import PROFILE_NAMES
 from insitu_xrd.fit.phase_model import cell_from_values
 
@@ -315,7 +315,9 @@ class ModelDerivatives:
         if hit is None:
             t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
             h = 1e-5  # deg
-            wargs = width_args(pd.name, vals)
+            # effective microstrain / size per reflection held at the point's (their dependence on
+            # the cell through d or the axis angle is not followed: below 1e-4 of the width's)
+            wargs = sample_widths(pd, vals, cell_from_values(pd.phase, vals), d)
             out = []
             for sign in (1.0, -1.0):
                 b = tthb + sign * h

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import lmfit
 import numpy as np
 
+from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
+                                        uniaxial_size_um)
 from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.pattern import d_from_two_theta_deg, lorentz_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
@@ -30,7 +32,7 @@ from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.fit.structures import StructureCache
 from insitu_xrd.fit.windows import GridProfiles
 
-__all__ = ["PhaseData", "Problem", "default_phase_spec", "width_args"]
+__all__ = ["PhaseData", "Problem", "default_phase_spec", "width_args", "sample_widths", "anisotropy_key"]
 
 
 @dataclass
@@ -57,11 +59,45 @@ def default_phase_spec(name: str) -> PhaseSpec:
 
 
 def width_args(p: str, vals: dict[str, float]) -> tuple:
-    """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``."""
+    """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``
+    (isotropic sample broadening; see `sample_widths` for the anisotropic models)."""
     size = vals.get(f"{p}_size_um", np.inf)
     return (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
             vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
             vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
+
+
+def anisotropy_key(pd: "PhaseData", vals: dict[str, float]) -> tuple:
+    """The values the anisotropic broadening of a phase depends on besides `width_args` (cache key)."""
+    spec, p = pd.spec, pd.name
+    key: tuple = ()
+    if spec.mustrain_model == "uniaxial":
+        key += (vals.get(f"{p}_mustrain_axial", 0.0),)
+    elif spec.mustrain_model == "generalized":
+        key += tuple(vals.get(f"{p}_mustrain_{n}", 0.0) for n in stephens_names(pd.phase.spacegroup))
+    if spec.size_model == "uniaxial":
+        key += (vals.get(f"{p}_size_axial_um", np.inf),)
+    return key
+
+
+def sample_widths(pd: "PhaseData", vals: dict[str, float], cell: tuple[float, ...], d: np.ndarray) -> tuple:
+    """`width_args` with the microstrain and size replaced by one effective value per reflection
+    where the phase's model is anisotropic (`insitu_xrd.core.broadening`, GSAS-II conventions)."""
+    args = list(width_args(pd.name, vals))
+    spec, p = pd.spec, pd.name
+    if spec.mustrain_model == "isotropic" and spec.size_model == "isotropic":
+        return tuple(args)
+    gs = reciprocal_metric(cell)
+    if spec.mustrain_model == "uniaxial":
+        cos_p = cos_angle_to_axis(pd.hkl, spec.mustrain_axis, gs)
+        args[5] = uniaxial_mustrain(cos_p, vals.get(f"{p}_mustrain", 0.0), vals.get(f"{p}_mustrain_axial", 0.0))
+    elif spec.mustrain_model == "generalized":
+        names = stephens_names(pd.phase.spacegroup)
+        args[5] = generalized_mustrain(pd.phase.spacegroup, pd.hkl, d, [vals.get(f"{p}_mustrain_{n}", 0.0) for n in names])
+    if spec.size_model == "uniaxial":
+        cos_s = cos_angle_to_axis(pd.hkl, spec.size_axis, gs)
+        args[6] = uniaxial_size_um(cos_s, vals.get(f"{p}_size_um", 1.0), vals.get(f"{p}_size_axial_um", 1.0))
+    return tuple(args)
 
 
 class Problem:
@@ -167,13 +203,12 @@ class Problem:
             geo = pd.geo[cell] = (d, tthb, np.sin(tth), np.cos(tth))
         d, tthb, sin_t, cos_t = geo
         t = tthb + self.shift(tthb, vals, (sin_t, cos_t))
-        wargs = width_args(p, vals)
-        wkey = (cell, wargs)
+        wkey = (cell, width_args(p, vals), anisotropy_key(pd, vals))
         widths = pd.widths.get(wkey)
         if widths is None:
             if len(pd.widths) > 64:
                 pd.widths.clear()
-            widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *wargs)
+            widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *sample_widths(pd, vals, cell, d))
         fwhm, eta = widths
         return t, fwhm, eta, tthb, d
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import lmfit
 import numpy as np
 
+from insitu_xrd.core.broadening import isotropic_stephens
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.core.pattern import Instrument
 from insitu_xrd.errors import InsituXRDError
@@ -43,7 +44,7 @@ def is_linear(name: str) -> bool:
 
 def is_reciprocal(name: str) -> bool:
     """Parameters the optimisers move as 1/value (crystallite size: broadening ~ 1/size)."""
-    return name.endswith("_size_um")
+    return name.endswith(("_size_um", "_size_axial_um"))
 
 
 def optimiser_space(params: lmfit.Parameters, free: Sequence[str], recip: np.ndarray):
@@ -197,9 +198,28 @@ class ParameterBuilder:
             # angles get the same relative range as the lengths (3 % of 110 deg: 3.3 deg)
             pars.add(f"{p}_{ln}", value=v, vary=ln in ps.refine, min=v * (1 - bound), max=v * (1 + bound))
         pars.add(f"{p}_scale", value=ps.scale or 1.0, vary="scale" in ps.refine)
-        pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=3e4)
-        if ps.size_um is not None or "size_um" in ps.refine:
+        generalized = ps.mustrain_model == "generalized"
+        # generalized (Stephens): the S_HKL terms replace the isotropic value (refined by
+        # "mustrain_S", or by "mustrain" as the default refine lists say)
+        if not generalized:  # (no single microstrain: reported NaN, not a start value)
+            pars.add(f"{p}_mustrain", value=ps.mustrain, vary="mustrain" in ps.refine, min=0.0, max=3e4)
+        if ps.mustrain_model == "uniaxial":
+            pars.add(f"{p}_mustrain_axial", value=ps.mustrain_axial if ps.mustrain_axial is not None else ps.mustrain,
+                     vary="mustrain_axial" in ps.refine, min=0.0, max=3e4)
+        elif generalized:
+            start = isotropic_stephens(ph.spacegroup, ph.cell, ps.mustrain)
+            unknown = sorted(set(ps.mustrain_S) - set(start))
+            if unknown:
+                raise InsituXRDError(f"phase {p}: mustrain_S names {unknown} are not terms of its Laue class "
+                                     f"({', '.join(start)})")
+            free = "mustrain_S" in ps.refine or "mustrain" in ps.refine
+            for name, value in start.items():
+                pars.add(f"{p}_mustrain_{name}", value=float(ps.mustrain_S.get(name, value)), vary=free)
+        if ps.size_um is not None or "size_um" in ps.refine or ps.size_model == "uniaxial":
             pars.add(f"{p}_size_um", value=ps.size_um or 1.0, vary="size_um" in ps.refine, min=1e-3, max=1e3)
+        if ps.size_model == "uniaxial":
+            axial = ps.size_axial_um if ps.size_axial_um is not None else (ps.size_um or 1.0)
+            pars.add(f"{p}_size_axial_um", value=axial, vary="size_axial_um" in ps.refine, min=1e-3, max=1e3)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
         pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
         # site parameters (template aliases, sites:, biso_groups, occupancy_sums): the phase model's

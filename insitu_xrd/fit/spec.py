@@ -51,6 +51,7 @@ __all__ = [
 ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l"]
 PhaseName = Literal[
     "a", "b", "c", "alpha", "beta", "gamma", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
+    "mustrain_axial", "mustrain_S", "size_axial_um",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
 ]
 DiffuseName = Literal["area", "fwhm_deg", "offset_deg", "eta"]
@@ -170,6 +171,18 @@ class PhaseSpec(_Strict):
     size_um: float | None = Field(None, gt=0, description="Isotropic crystallite size (um); none = no size broadening unless refined (then starts at 1 um).")
     mustrain_mix: float = Field(1.0, ge=0, le=1, description="Lorentzian fraction of the microstrain broadening (GSAS-II mx).")
     size_mix: float = Field(1.0, ge=0, le=1, description="Lorentzian fraction of the size broadening.")
+    mustrain_model: Literal["isotropic", "uniaxial", "generalized"] = Field(
+        "isotropic", description="Microstrain model (GSAS-II): isotropic; uniaxial (mustrain = equatorial, "
+        "mustrain_axial along mustrain_axis); generalized (Stephens 1999: the Laue class's S_HKL terms, "
+        "parameters <phase>_mustrain_S400 ...).")
+    mustrain_axis: tuple[int, int, int] = Field((0, 0, 1), description="Unique axis [h, k, l] (reciprocal lattice) of the uniaxial microstrain.")
+    mustrain_axial: float | None = Field(None, ge=0, description="Start microstrain along the axis (1e-6); default: mustrain.")
+    mustrain_S: dict[str, float] = Field(default_factory=dict, description=(
+        "Start Stephens coefficients {S400: ..., ...} (GSAS-II units); missing ones: the isotropic equivalent of mustrain."))
+    size_model: Literal["isotropic", "uniaxial"] = Field(
+        "isotropic", description="Size model (GSAS-II): isotropic; uniaxial (size_um = equatorial, size_axial_um along size_axis).")
+    size_axis: tuple[int, int, int] = Field((0, 0, 1), description="Unique axis [h, k, l] of the uniaxial size.")
+    size_axial_um: float | None = Field(None, gt=0, description="Start size along the axis (um); default: size_um (or 1).")
     scale: float | None = Field(None, gt=0, description="Start scale (solved linearly; only informational).")
     lattice_bound_pct: float = Field(3.0, gt=0, le=20, description="Lattice lengths are bounded to +/- this % of the start values.")
     refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description=(
@@ -188,6 +201,13 @@ class PhaseSpec(_Strict):
     def _source(self) -> "PhaseSpec":
         if (self.template is None) == (self.cif is None):
             raise ValueError(f"phase {self.name!r}: give exactly one of 'template' or 'cif'")
+        needs = {"mustrain_axial": ("mustrain_model", "uniaxial"), "mustrain_S": ("mustrain_model", "generalized"),
+                 "size_axial_um": ("size_model", "uniaxial")}
+        for name, (key, model) in needs.items():
+            if name in self.refine and getattr(self, key) != model:
+                raise ValueError(f"phase {self.name!r}: refine {name} needs {key}: {model} (it is {getattr(self, key)})")
+        if tuple(self.mustrain_axis) == (0, 0, 0) or tuple(self.size_axis) == (0, 0, 0):
+            raise ValueError(f"phase {self.name!r}: mustrain_axis / size_axis must not be [0, 0, 0]")
         if self.template is not None and self.template.lower() not in TEMPLATE_NAMES:
             raise ValueError(f"phase {self.name!r}: unknown template {self.template!r}; allowed: {', '.join(TEMPLATE_NAMES)}")
         is_nmc = self.template is not None and self.template.lower() == "nmc811"

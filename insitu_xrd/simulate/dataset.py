@@ -75,6 +75,7 @@ class DatasetSpec:
     geometry: GeometrySpec = FRAME_GEOMETRY
     cycler: CyclerSpec = CyclerSpec()
     workers: int | None = None
+    mustrain_axial_factor: float = 1.0  # 00l / hk0 microstrain of the layered phases (1: isotropic)
 
 
 # Worker state (set in the parent before the pool forks, inherited copy-on-write).
@@ -122,6 +123,10 @@ def _recipe(spec: DatasetSpec) -> dict[str, Any]:
         {"name": "H2", "template": "nmc811", "a": 2.87, "c": 14.21, "refine": ["a", "c", "mustrain", "scale"]},
         {"name": "H3", "template": "nmc811", "a": 2.82, "c": 14.00, "refine": ["a", "c", "mustrain", "scale"], "optional": True},
     ]
+    if spec.mustrain_axial_factor != 1.0:
+        # 00l broadened differently from hk0: the uniaxial microstrain model about c
+        for ph in phases:
+            ph.update(mustrain_model="uniaxial", mustrain_axis=[0, 0, 1], refine=ph["refine"] + ["mustrain_axial"])
     if spec.cell_lines:
         phases += [{"name": "Li", "template": "li_metal", "refine": ["a", "scale"]},
                    {"name": "Al", "template": "al", "refine": ["a", "scale"]}]
@@ -204,6 +209,9 @@ def simulate_dataset(
     ss = np.random.SeedSequence(spec.seed)
     seq_frames, seq_cycler, seq_ceo2, seq_ni = ss.spawn(4)
     scenario = ChargeScenario(coated=spec.coated)
+    if spec.mustrain_axial_factor != 1.0:
+        scenario = ChargeScenario(coated=spec.coated, params=replace(
+            scenario.p, mustrain_axial_factor=float(spec.mustrain_axial_factor)))
     instrument = Instrument(wavelength_A=spec.wavelength_A, zero_deg=spec.zero_deg, distance_mm=spec.geometry.distance_mm, **TRUE_INSTRUMENT)
     cell = CellModel(cell_lines=spec.cell_lines, diffuse=spec.diffuse)
     k = intensity_scale_for_peak_counts(scenario, instrument, cell)

@@ -100,6 +100,9 @@ class LatticeCurveParams:
     mustrain_0: float = 914.0
     mustrain_growth: float = 0.30
     mustrain_h3_factor: float = 1.3
+    #: microstrain along c (00l) / in the layers (hk0): 1 = isotropic; > 1 = the c-axis strain
+    #: distribution of a charged layered oxide (uniaxial model about [001], GSAS-II convention)
+    mustrain_axial_factor: float = 1.0
     size_um: float = 0.8
     ni_li_mixing: float = 0.03
     o_z: float = 0.2590
@@ -132,6 +135,7 @@ class PhaseTruth:
     li_occupancy: float | None
     ni_li_mixing: float
     o_z: float
+    mustrain_axial: float | None = None  # uniaxial microstrain along [001] (None: isotropic)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +207,10 @@ class ChargeScenario:
         mu = p.mustrain_0 * (1.0 + p.mustrain_growth * (1.0 - float(x)))
         return float(mu * (p.mustrain_h3_factor if phase == "H3" else 1.0))
 
+    def _axial(self, mustrain: float) -> float | None:
+        factor = self.p.mustrain_axial_factor
+        return None if factor == 1.0 else float(mustrain * factor)
+
     def state(self, x_li: float) -> ScenarioState:
         """True state at Li content x_li (0..1)."""
         p = self.p
@@ -218,6 +226,7 @@ class ChargeScenario:
             self.mustrain(x, "H2") if h2_present else None,
             p.size_um if h2_present else None,
             max(x, p.x_on) if h2_present else None, p.ni_li_mixing, p.o_z,
+            self._axial(self.mustrain(x, "H2")) if h2_present else None,
         )
         a3, c3 = p.a_h3, float(self.h3_c_A(x))
         h3 = PhaseTruth(
@@ -227,6 +236,7 @@ class ChargeScenario:
             self.mustrain(x, "H3") if h3_present else None,
             p.size_um if h3_present else None,
             min(x, p.x_h3) if f3 >= 1.0 else (p.x_h3 if h3_present else None), p.ni_li_mixing, p.o_z,
+            self._axial(self.mustrain(x, "H3")) if h3_present else None,
         )
         c_mean = (1 - f3) * c2 + f3 * c3 if h3_present else c2
         a_mean = (1 - f3) * a2 + f3 * a3 if h3_present else a2

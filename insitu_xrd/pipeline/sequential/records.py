@@ -38,7 +38,9 @@ PER_PHASE_VARS: dict[str, str] = {
     "gamma": "gamma",
     "volume": "volume_A3",
     "microstrain": "mustrain",
+    "microstrain_axial": "mustrain_axial",
     "size": "size_um",
+    "size_axial": "size_axial_um",
     "scale": "scale",
 }
 
@@ -55,7 +57,9 @@ UNITS: dict[str, str] = {
     "beta": "deg",
     "gamma": "deg",
     "volume": "A^3",
-    "microstrain": "1e-6 (GSAS-II mu-strain)",
+    "microstrain": "1e-6 (GSAS-II mu-strain; uniaxial model: equatorial)",
+    "microstrain_axial": "1e-6 (uniaxial model: along the axis)",
+    "size_axial": "um (uniaxial model: along the axis)",
     "size": "um",
     "scale": "1 (Rietveld scale)",
     "phase_fraction": "1 (weight fraction of all refined phases)",
