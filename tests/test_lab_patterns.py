@@ -9,14 +9,10 @@ import pytest
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.pattern_files import read_pattern_1d
+from lab_files import (START, STEP, truth_pattern, write_chi_q, write_gsas, write_powbase, write_ras, write_uxd,
+                       write_xrdml)
 
-START, STEP, N = 10.0, 0.02, 400  # 10.00 .. 17.98 deg
-
-
-def _truth():
-    tth = START + STEP * np.arange(N)
-    y = 100 + 5000 * np.exp(-0.5 * ((tth - 12.3) / 0.05) ** 2) + 2000 * np.exp(-0.5 * ((tth - 15.1) / 0.06) ** 2)
-    return tth, np.round(y)
+_truth = truth_pattern
 
 
 def _check(pat, tth, y, sigma_source="none"):
@@ -29,10 +25,7 @@ def _check(pat, tth, y, sigma_source="none"):
 def test_powbase_dat_start_step_stop_then_counts(tmp_path, per_line):
     """The issue's case: counts filling whole lines of 2 looked like 2 columns (x = counts)."""
     tth, y = _truth()
-    lines = [f"{START:.2f} {STEP:.2f} {tth[-1]:.2f}"]
-    lines += [" ".join(f"{v:.0f}" for v in y[i:i + per_line]) for i in range(0, N, per_line)]
-    p = tmp_path / "lab.dat"
-    p.write_text("\n".join(lines) + "\n")
+    p = write_powbase(tmp_path / "lab.dat", tth, y, per_line)
     pat = read_pattern_1d(p)
     _check(pat, tth, y)
     assert pat.metadata["format"] == "powbase_dat"
@@ -57,14 +50,7 @@ def test_three_column_xye_is_not_taken_for_powbase(tmp_path):
 @pytest.mark.parametrize("layout", ["counts", "2thetacounts"])
 def test_bruker_uxd(tmp_path, layout):
     tth, y = _truth()
-    head = ["; Bruker UXD test file", "_FILEVERSION=1", "_WL1=1.540600", "_WL2=1.544390", "_DRIVE='COUPLED'",
-            f"_STEPSIZE={STEP}", "_STEPTIME=1.0", f"_START={START}"]
-    if layout == "counts":
-        body = ["_COUNTS"] + [" ".join(f"{v:.0f}" for v in y[i:i + 8]) for i in range(0, N, 8)]
-    else:
-        body = ["_2THETACOUNTS"] + [f"{t:.4f} {v:.0f}" for t, v in zip(tth, y)]
-    p = tmp_path / "scan.uxd"
-    p.write_text("\n".join(head + body) + "\n")
+    p = write_uxd(tmp_path / "scan.uxd", tth, y, layout)
     pat = read_pattern_1d(p)
     _check(pat, tth, y)
     assert pat.wavelength_A == pytest.approx(1.5406)
@@ -72,23 +58,7 @@ def test_bruker_uxd(tmp_path, layout):
 
 def test_xrdml(tmp_path):
     tth, y = _truth()
-    p = tmp_path / "scan.xrdml"
-    p.write_text(f"""<?xml version="1.0" encoding="UTF-8"?>
-<xrdMeasurements xmlns="http://www.xrdml.com/XRDMeasurement/1.5" status="Completed">
- <xrdMeasurement measurementType="Scan" status="Completed">
-  <usedWavelength intended="K-Alpha 1"><kAlpha1 unit="Angstrom">1.5405980</kAlpha1>
-   <kAlpha2 unit="Angstrom">1.5444260</kAlpha2><ratioKAlpha2KAlpha1>0.5000</ratioKAlpha2KAlpha1></usedWavelength>
-  <scan appendNumber="0" mode="Continuous" scanAxis="Gonio" status="Completed">
-   <dataPoints>
-    <positions axis="2Theta" unit="deg"><startPosition>{START}</startPosition><endPosition>{tth[-1]:.2f}</endPosition></positions>
-    <positions axis="Omega" unit="deg"><startPosition>5</startPosition><endPosition>8.99</endPosition></positions>
-    <commonCountingTime unit="seconds">1.0</commonCountingTime>
-    <intensities unit="counts">{" ".join(f"{v:.0f}" for v in y)}</intensities>
-   </dataPoints>
-  </scan>
- </xrdMeasurement>
-</xrdMeasurements>
-""")
+    p = write_xrdml(tmp_path / "scan.xrdml", tth, y)
     pat = read_pattern_1d(p)
     _check(pat, tth, y)
     assert pat.wavelength_A == pytest.approx(1.540598)
@@ -99,12 +69,7 @@ def test_xrdml(tmp_path):
 
 def test_rigaku_ras_applies_the_attenuator_factor(tmp_path):
     tth, y = _truth()
-    factor = np.where(y > 3000, 10.0, 1.0)  # an attenuator in for the strong peak
-    rows = [f"{t:.4f} {v / f:.1f} {f:.1f}" for t, v, f in zip(tth, y, factor)]
-    p = tmp_path / "scan.ras"
-    p.write_text("*RAS_DATA_START\n*RAS_HEADER_START\n*HW_XG_WAVE_LENGTH_ALPHA1 \"1.540593\"\n"
-                 "*MEAS_SCAN_AXIS_X \"TwoThetaTheta\"\n*MEAS_SCAN_UNIT_X \"deg\"\n*RAS_HEADER_END\n*RAS_INT_START\n"
-                 + "\n".join(rows) + "\n*RAS_INT_END\n*RAS_DATA_END\n")
+    p = write_ras(tmp_path / "scan.ras", tth, y)
     pat = read_pattern_1d(p)
     _check(pat, tth, y)
     assert pat.wavelength_A == pytest.approx(1.540593)
@@ -114,18 +79,7 @@ def test_rigaku_ras_applies_the_attenuator_factor(tmp_path):
 def test_gsas(tmp_path, fmt):
     tth, y = _truth()
     e = np.sqrt(y)
-    head = ["test pattern", "Instrument parameter      test.instprm"]
-    if fmt == "FXYE":
-        body = [f"BANK 1 {N} {N} CONS {START * 100:.1f} {STEP * 100:.2f} 0 0 FXYE"]
-        body += [f"{100 * t:.3f} {v:.1f} {s:.3f}" for t, v, s in zip(tth, y, e)]
-    elif fmt == "ESD":
-        body = [f"BANK 1 {N} {N // 5} CONST {START * 100:.1f} {STEP * 100:.2f} 0 0 ESD"]
-        body += ["".join(f"{v:8.0f}{s:8.2f}" for v, s in zip(y[i:i + 5], e[i:i + 5])) for i in range(0, N, 5)]
-    else:
-        body = [f"BANK 1 {N} {N // 10} CONST {START * 100:.1f} {STEP * 100:.2f} 0 0 STD"]
-        body += ["".join(f"{1:2d}{v:6.0f}" for v in y[i:i + 10]) for i in range(0, N, 10)]
-    p = tmp_path / ("scan.fxye" if fmt == "FXYE" else "scan.gsa")
-    p.write_text("\n".join(head + body) + "\n")
+    p = write_gsas(tmp_path / ("scan.fxye" if fmt == "FXYE" else "scan.gsa"), tth, y, fmt)
     pat = read_pattern_1d(p)
     _check(pat, tth, y, "none" if fmt == "STD" else "file")
     if fmt != "STD":
@@ -141,10 +95,7 @@ def test_bruker_raw_is_refused_with_advice(tmp_path):
 
 def test_chi_in_q_and_2theta(tmp_path):
     tth, y = _truth()
-    wl = 0.5
-    q = 4 * np.pi * np.sin(np.radians(tth) / 2) / wl
-    p = tmp_path / "q.chi"
-    p.write_text("# Wavelength: 5.0e-11 m\n# q_A^-1 I\n" + "\n".join(f"{a:.12g} {b:.0f}" for a, b in zip(q, y)))
+    p = write_chi_q(tmp_path / "q.chi", tth, y, 0.5)
     _check(read_pattern_1d(p), tth, y)
     p2 = tmp_path / "t.chi"
     p2.write_text("# 2th_deg I\n" + "\n".join(f"{a:.4f} {b:.0f}" for a, b in zip(tth, y)))
