@@ -189,8 +189,14 @@ def _read_frames(path: Path) -> list[np.ndarray]:
 @example(m=Mutation("flip", a=0.0857, data=b"\x10"))  # ... and on a damaged CIF-BINARY line
 @example(m=Mutation("flip", a=0.7, data=b"\x01"))  # a CBF pixel byte changed: refused by Content-MD5
 @example(m=Mutation("flip", a=0.90625, data=b"\x00\x00"))  # h5py RuntimeError on a damaged master
+@example(m=Mutation("flip", a=0.18359375, data=b"\x00\x00"))  # CBF: Content-MD5 key and a pixel damaged
+@example(m=Mutation("flip", a=0.6328125, data=bytes(4)))  # EDF 'Dim_2 =!24': fabio read 32 x 32
+@example(m=Mutation("flip", a=0.62890625, data=bytes(4)))  # EDF: fabio read a 24 x 0 image
 def test_frame_readers(name, m):
-    raw, truth, extra = FRAMES[name]
+    raw, written, extra = FRAMES[name]
+    # a CBF's pixels are checksummed only while its Content-MD5 line survives the mutation
+    md5_line = raw[raw.find(b"Content-MD5:"):].split(b"\r\n", 1)[0] if name.endswith(".cbf") else None
+    truth = {**written, "checksummed": bool(md5_line) and md5_line in m.apply(raw, False)}
     problems = frames_problems
 
     def reader(path: Path) -> list[np.ndarray]:
@@ -239,6 +245,7 @@ CYCLER = _cycler()
 @example(m=Mutation("none"))
 @example(m=Mutation("scale_column", b=0.4, factor=1000.0))  # voltage in mV labelled V: was read
 @example(m=Mutation("truncate", a=0.5))  # galvani's error message had several lines
+@example(m=Mutation("scale_column", b=0.0, factor=0.0))  # a constant time column: one row left
 def test_cycler_log_readers(name, m):
     from insitu_xrd.io.echem import read_cycler_log
 
@@ -255,7 +262,8 @@ def _poni_problems(ai: Any, truth: Any, m: Mutation) -> list[str]:
         out.append(f"distance {ai.dist}")
     if ai.wavelength is not None and not (1e-12 < ai.wavelength < 1e-8):
         out.append(f"wavelength {ai.wavelength}")
-    if not (ai.detector.pixel1 > 0 and ai.detector.pixel2 > 0):
+    if not (ai.detector.pixel1 is not None and ai.detector.pixel2 is not None
+            and ai.detector.pixel1 > 0 and ai.detector.pixel2 > 0):
         out.append("pixel size <= 0")
     if not all(np.isfinite(v) for v in (ai.poni1, ai.poni2, ai.rot1, ai.rot2, ai.rot3)):
         out.append("non-finite geometry")
@@ -335,6 +343,7 @@ TEXTS = _text_inputs()
 @example(m=Mutation("none"))
 @example(m=Mutation("dup_line", a=0.875))  # a repeated CIF atom line made a Ni occupancy of 2
 @example(m=Mutation("flip", a=0.0, data=b"\x80"))  # a recipe not UTF-8: UnicodeDecodeError
+@example(m=Mutation("flip", a=0.0, data=b"\x00\x00\x00"))  # PONI: Detector_config key damaged, no pixel size
 def test_text_input_readers(name, m):
     raw, reader, problems = TEXTS[name]
     _fuzz(raw, name, True, m, reader, problems, None)

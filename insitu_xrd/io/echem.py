@@ -302,6 +302,9 @@ def _build_log(
     keep = np.ones(t_sorted.size, bool)
     keep[:-1] = np.diff(t_sorted) > 0  # of equal times keep the last (cycler writes step ends twice)
     if not keep.all():
+        if keep.sum() < max(2, keep.size // 2):  # a constant or coarse column, not the log's clock
+            raise InsituXRDError(f"{source}: time column {chosen['time_s']!r} has {int(keep.sum())} distinct values "
+                                 f"in {keep.size} rows: not the log's time (map another with columns: {{time_s: <name>}})")
         notes.append(f"{int((~keep).sum())} duplicate time stamp(s) merged (last kept)")
         data = {k: v[keep] for k, v in data.items()}
 

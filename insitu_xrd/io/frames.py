@@ -442,6 +442,7 @@ def read_frame(ref: FrameRef) -> Frame:
             raise FrameError(f"frame {ref.name}: fabio returned no pixel data (truncated or unknown format)")
         if getattr(img, "incomplete_file", False):  # fabio pads a short EDF/... with zeros
             raise FrameError(f"frame {ref.name}: file is shorter than its header says (truncated or still being written)")
+        _check_edf_header(ref, header, np.asarray(data))
         desc = header.get("imageDescription")
         if desc:
             for k, v in _parse_key_values(desc).items():
@@ -449,8 +450,8 @@ def read_frame(ref: FrameRef) -> Frame:
         for k, v in _qxrd_sidecar(ref.path).items():
             header.setdefault("qxrd." + k, v)
         data = np.asarray(data)
-    if data.ndim != 2:
-        raise FrameError(f"frame {ref.name}: pixel data has shape {data.shape}, expected a 2D image")
+    if data.ndim != 2 or min(data.shape) == 0:
+        raise FrameError(f"frame {ref.name}: pixel data has shape {data.shape}, expected a non-empty 2D image")
     return Frame(ref=ref, data=data, header=header)
 
 
@@ -489,6 +490,24 @@ def _check_cbf(ref: FrameRef) -> None:
         digest = base64.b64encode(hashlib.md5(body[:int(size.group(1))]).digest()).decode("ascii")
         if digest != md5.group(1).strip():
             raise FrameError(f"frame {ref.name}: CBF pixel data fail their Content-MD5 (damaged file)")
+
+
+def _check_edf_header(ref: FrameRef, header: dict[str, Any], data: np.ndarray) -> None:
+    """An EDF's pixels must be what its header says: Dim_2 x Dim_1 pixels of Size bytes in all
+    (fabio falls back to other dimensions when a damaged header cannot be parsed)."""
+    if "Dim_1" not in header or "EDF_DataBlockID" not in header and ref.path.suffix.lower() != ".edf":
+        return
+    if str(header.get("Compression", "none")).strip().lower() not in ("none", "", "no"):
+        return  # the compressed size says nothing of the pixels
+    try:
+        dims = (int(str(header["Dim_2"]).strip()), int(str(header["Dim_1"]).strip())) if "Dim_2" in header else None
+        size = int(str(header["Size"]).strip()) if "Size" in header else None
+    except ValueError:
+        raise FrameError(f"frame {ref.name}: EDF header dimensions unreadable (Dim_1 {header.get('Dim_1')!r}, "
+                         f"Dim_2 {header.get('Dim_2')!r}, Size {header.get('Size')!r}): damaged header") from None
+    if (dims is not None and dims != data.shape) or (size is not None and size != data.nbytes):
+        raise FrameError(f"frame {ref.name}: EDF header says {dims} pixels of {size} bytes, fabio read "
+                         f"{data.shape} ({data.nbytes} bytes): damaged header")
 
 
 def read_frame_header(ref: FrameRef) -> dict[str, Any]:
