@@ -123,6 +123,7 @@ PATTERNS = _patterns()
 @example(m=Mutation("repeat", a=0.5))  # a duplicated body: repeated axis
 @example(m=Mutation("scale_column", b=0.0, factor=60.0))  # 2theta x 60: beyond 180 deg
 @example(m=Mutation("swap_lines", a=0.3, b=0.7))  # unsorted axis
+@example(m=Mutation("token", a=0.0, b=0.0, token="-inf"))  # '# Wavelength: -inf m': ValueError
 def test_pattern_readers(name, m):
     from insitu_xrd.io.pattern_files import read_pattern_1d
 
@@ -192,6 +193,7 @@ def _read_frames(path: Path) -> list[np.ndarray]:
 @example(m=Mutation("flip", a=0.18359375, data=b"\x00\x00"))  # CBF: Content-MD5 key and a pixel damaged
 @example(m=Mutation("flip", a=0.6328125, data=bytes(4)))  # EDF 'Dim_2 =!24': fabio read 32 x 32
 @example(m=Mutation("flip", a=0.62890625, data=bytes(4)))  # EDF: fabio read a 24 x 0 image
+@example(m=Mutation("flip", a=0.87109375, data=b"\x00\x02"))  # TIFF ImageLength 196612: PIL padded zeros
 def test_frame_readers(name, m):
     raw, written, extra = FRAMES[name]
     # a CBF's pixels are checksummed only while its Content-MD5 line survives the mutation

@@ -443,6 +443,7 @@ def read_frame(ref: FrameRef) -> Frame:
         if getattr(img, "incomplete_file", False):  # fabio pads a short EDF/... with zeros
             raise FrameError(f"frame {ref.name}: file is shorter than its header says (truncated or still being written)")
         _check_edf_header(ref, header, np.asarray(data))
+        _check_tiff_strips(ref, header, np.asarray(data))
         desc = header.get("imageDescription")
         if desc:
             for k, v in _parse_key_values(desc).items():
@@ -508,6 +509,21 @@ def _check_edf_header(ref: FrameRef, header: dict[str, Any], data: np.ndarray) -
     if (dims is not None and dims != data.shape) or (size is not None and size != data.nbytes):
         raise FrameError(f"frame {ref.name}: EDF header says {dims} pixels of {size} bytes, fabio read "
                          f"{data.shape} ({data.nbytes} bytes): damaged header")
+
+
+def _check_tiff_strips(ref: FrameRef, header: dict[str, Any], data: np.ndarray) -> None:
+    """An uncompressed TIFF's strips must hold exactly the pixels read (a damaged ImageLength tag
+    makes PIL, fabio's fallback, return an image padded with zeros to the size it claims)."""
+    counts = header.get("stripByteCounts")
+    if counts is None or header.get("compression") not in (False, 1, "1", None):
+        return
+    try:
+        total = int(np.sum(np.asarray(counts, dtype=np.int64)))
+    except (TypeError, ValueError):
+        return
+    if total != data.nbytes:
+        raise FrameError(f"frame {ref.name}: TIFF strips hold {total} bytes but the image read is {data.shape} "
+                         f"({data.nbytes} bytes): damaged header")
 
 
 def read_frame_header(ref: FrameRef) -> dict[str, Any]:

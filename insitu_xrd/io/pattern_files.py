@@ -187,13 +187,25 @@ def _detect_unit(header: list[str]) -> str | None:
     return None
 
 
+def _header_float(text: str) -> float | None:
+    """A finite number of a header field, or None (damaged or not a number)."""
+    try:
+        val = float(text)
+    except ValueError:
+        return None
+    return val if math.isfinite(val) else None
+
+
 def _parse_pyfai_header(header: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for raw in header:
         line = raw.lstrip("#!;% \t")
-        m = re.match(r"Wavelength\s*[:=]\s*([-+0-9.eE]+)\s*(m|A|nm|angstrom)?", line, re.I)
+        m = re.match(r"Wavelength\s*[:=]\s*(\S+)\s*(m|A|nm|angstrom)?", line, re.I)
         if m:
-            val = float(m.group(1))
+            val = _header_float(m.group(1))
+            if val is None:
+                meta["wavelength_unreadable"] = m.group(1)
+                continue
             unit = (m.group(2) or "").lower()
             if unit == "m" or (not unit and val < 1e-6):
                 val *= 1e10
@@ -208,9 +220,9 @@ def _parse_pyfai_header(header: list[str]) -> dict[str, Any]:
             except ValueError:
                 meta["polarization_factor"] = None
             continue
-        m = re.match(r"Distance Sample to Detector\s*:\s*([-+0-9.eE]+)\s*m", line, re.I)
+        m = re.match(r"Distance Sample to Detector\s*:\s*(\S+)\s*m", line, re.I)
         if m:
-            meta["distance_m"] = float(m.group(1))
+            meta["distance_m"] = _header_float(m.group(1))
             continue
         m = re.match(r"(Mask applied|Dark current applied|Flat field applied|Normalization factor)\s*:\s*(.*)", line, re.I)
         if m:
@@ -307,6 +319,8 @@ def _read_columns(path: Path, text: str, unit: str | None) -> tuple[RawColumns, 
     arr = np.array(rows, dtype=float)
     meta: dict[str, Any] = {"header": header, "format": "columns", "columns_in_file": ncol}
     meta.update({k: v for k, v in _parse_pyfai_header(header).items() if k != "wavelength_A"})
+    if "wavelength_unreadable" in meta:
+        raise InsituXRDError(f"pattern file {path}: header Wavelength {meta['wavelength_unreadable']!r} is not a number")
     # the column-name line (last header line) is the most reliable place for the unit
     x_unit = unit or (_detect_unit(header[-1:]) if header else None) or _detect_unit(header)
     if x_unit is None:
