@@ -10,7 +10,9 @@ lattice growing 0.01 % per frame, times in the TIFF headers) land in a watched f
 with random delays (0-60 ms); a share is written slowly (a third, a pause longer than
 ``--settle-s``, the rest) and a share is truncated and never completed (bad frames). The watch
 runs as a separate process and is killed (SIGKILL, a crash) at ``--kills`` random moments while
-frames land, and restarted each time; a last session runs until idle. Then the batch pipeline
+frames land (each once the session has fitted a frame, plus a random 0-1 s: the kill lands while
+it integrates, fits or writes), and restarted each time; after the last frame the session is
+stopped with Ctrl-C and a last session runs until idle. Then the batch pipeline
 (``insitu-xrd run``) is run on the good frames alone, and the two are compared.
 
 Printed, like a benchmark: frames written, good, bad, slow; kills; frames lost (a good frame
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import signal
 import subprocess
@@ -105,7 +108,27 @@ outputs: {{dir: {out_dir}, figures: false}}
 def _start_watch(incoming: Path, recipe: Path, log: Path, extra: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-c", "from insitu_xrd.cli.main import app; app()", "watch", str(incoming),
            "--recipe", str(recipe), *WATCH_OPTS, *extra]
-    return subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=recipe.parent)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the log shows each frame as it is done
+    return subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, cwd=recipe.parent, env=env)
+
+
+def _frames_logged(log: Path) -> int:
+    """Frames the watch sessions reported done so far (lines 'frame N name: status')."""
+    try:
+        return sum(1 for line in log.read_text().splitlines() if line.startswith("frame "))
+    except OSError:
+        return 0
+
+
+def _kill_while_busy(proc: subprocess.Popen, log: Path, since: int, rng: np.random.Generator) -> None:
+    """SIGKILL ``proc`` at a random moment once it has fitted a frame in this session (so the kill
+    lands while it integrates, fits or writes, not while it starts up)."""
+    t0 = time.monotonic()
+    while _frames_logged(log) <= since and proc.poll() is None and time.monotonic() - t0 < 300:
+        time.sleep(0.05)
+    time.sleep(float(rng.uniform(0.0, 1.0)))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def land_frames(src: Path, incoming: Path, recipe: Path, logs: Path, bad: set[int], slow: set[int], kills: int,
@@ -114,7 +137,9 @@ def land_frames(src: Path, incoming: Path, recipe: Path, logs: Path, bad: set[in
     the watch ``kills`` times at random frames; returns the number of kills done."""
     frames = sorted(src.glob("frame_*.tif"))
     kill_at = sorted(rng.choice(np.arange(len(frames) // 6, len(frames) - len(frames) // 6), size=kills, replace=False))
-    proc = _start_watch(incoming, recipe, logs / "session.log", [])
+    log = logs / "session.log"
+    proc = _start_watch(incoming, recipe, log, [])
+    since = 0
     done = 0
     try:
         for i, f in enumerate(frames):
@@ -131,15 +156,14 @@ def land_frames(src: Path, incoming: Path, recipe: Path, logs: Path, bad: set[in
                 shutil.copy2(f, incoming / f.name)
             time.sleep(float(rng.uniform(0.0, 0.06)))
             if done < len(kill_at) and i == kill_at[done]:
-                time.sleep(float(rng.uniform(0.0, 1.5)))  # a random moment: integrating, fitting or writing
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=60)
+                _kill_while_busy(proc, log, since, rng)  # a crash while integrating, fitting or writing
                 done += 1
-                proc = _start_watch(incoming, recipe, logs / "session.log", [])
+                since = _frames_logged(log)
+                proc = _start_watch(incoming, recipe, log, [])
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the watch stops cleanly (a last session finishes the frames)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
     return done
@@ -147,7 +171,7 @@ def land_frames(src: Path, incoming: Path, recipe: Path, logs: Path, bad: set[in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=240)
+    ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--bad-share", type=float, default=0.08)
     ap.add_argument("--slow-share", type=float, default=0.08)
     ap.add_argument("--kills", type=int, default=2)
@@ -224,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                 if d > 1e-3:
                     mismatches.append(f"{n}: {var} differs by {d:.2g} esd")
     print(f"soak: frames {args.frames} written ({len(good_names)} good, {len(bad)} bad, {len(slow)} slow), "
-          f"kills {kills}, watch {t_watch:.0f} s, batch {t_batch:.0f} s, total {time.monotonic() - t0:.0f} s")
+          f"kills {kills} (and a Ctrl-C), watch {t_watch:.0f} s, batch {t_batch:.0f} s, total {time.monotonic() - t0:.0f} s")
+    session_log = (logs / "session.log").read_text() + (logs / "last_session.log").read_text()
+    exact = session_log.count("continuing the chain of the previous session")
+    print(f"soak: restarts that continued the exact chain state {exact}, frames logged by the killed sessions "
+          f"{_frames_logged(logs / 'session.log')}")
     print(f"soak: lost {len(lost)}, duplicated {duplicated}, bad not recorded as bad {len(bad_not_flagged) + len(bad_missing)}, "
           f"good not fitted {len(unfitted)}, mismatches vs batch {len(mismatches)} (largest {worst:.2g} esd)")
     for line in (lost + bad_not_flagged + bad_missing + unfitted + mismatches)[:20]:
