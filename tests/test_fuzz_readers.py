@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fuzz_readers import (COLUMN_FACTORS, TALLY, TEXT_TOKENS, Mutation, Scratch, cycler_problems, frames_problems,
+from fuzz_readers import (COLUMN_FACTORS, TEXT_TOKENS, Mutation, Scratch, cycler_problems, frames_problems,
                           pattern_problems, run_one, tally_line)
 from lab_files import (truth_pattern, write_chi_q, write_gsas, write_powbase, write_ras, write_uxd, write_xrdml)
 
