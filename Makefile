@@ -8,7 +8,7 @@ DEMO_OUT ?= demo_out
 # (by its message only: every other warning still shows)
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
-.PHONY: demo test test-opencl venv dev clean bench versions
+.PHONY: demo test test-opencl venv dev clean bench versions fuzz soak
 
 $(BIN)/insitu-xrd: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,17 @@ bench: venv
 	$(BIN)/python benchmarks/bench_fea.py
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_watch.py
+
+# the reader fuzz suite with many random inputs per reader (make test runs a seeded 20 per reader);
+# prints inputs tried, read, refused, crashes, silent misreads. FUZZ_EXAMPLES=N per reader.
+FUZZ_EXAMPLES ?= 500
+fuzz: dev
+	INSITU_XRD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_fuzz_readers.py
+
+# watch mode under a few hundred frames landing at random, a share truncated or slow, two kills and
+# restarts (minutes); prints frames, kills, bad frames, lost, duplicated, mismatches vs the batch run
+soak: dev
+	$(BIN)/python benchmarks/soak_watch.py
 
 versions: venv
 	$(BIN)/insitu-xrd --version

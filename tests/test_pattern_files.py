@@ -27,7 +27,7 @@ def test_xye_round_trip_keeps_values_and_wavelength(tmp_path):
     assert "nan" not in text.lower()
     pat = read_pattern_1d(path)
     assert pat.wavelength_A == pytest.approx(0.1173, rel=1e-9)
-    assert pat.metadata["sigma_source"] == "file"
+    assert pat.metadata["sigma_source"] == "file" and pat.sigma_source == "file"
     assert len(pat) == tth.size - 1
     keep = np.isfinite(inten)
     np.testing.assert_allclose(pat.two_theta_deg, tth[keep], atol=1e-6)
@@ -37,19 +37,20 @@ def test_xye_round_trip_keeps_values_and_wavelength(tmp_path):
 
 def test_two_column_file_gets_poisson_sigma_and_noted(tmp_path):
     p = tmp_path / "b.xy"
-    p.write_text("# 2theta I\n1.0 0.25\n2.0, 100\n3.0 400\n")
+    p.write_text("# 2theta I\n1.0 0.25\n2.0, 100\n3.0 400\n" + "".join(f"{x} 9\n" for x in range(4, 11)))
     pat = read_pattern_1d(p)
-    np.testing.assert_allclose(pat.sigma, [1.0, 10.0, 20.0])
+    np.testing.assert_allclose(pat.sigma, [1.0, 10.0, 20.0] + [3.0] * 7)
     assert "poisson" in pat.metadata["sigma_source"]
+    assert pat.sigma_source == "none"
     assert pat.wavelength_A is None
 
 
 def test_q_nm_header_converted_with_header_wavelength(tmp_path):
     wl = 0.5
-    tth = np.array([5.0, 10.0, 20.0])
+    tth = np.linspace(5.0, 50.0, 12)
     q_nm = two_theta_deg_to_q_invA(tth, wl) * 10.0
     p = tmp_path / "c.dat"
-    p.write_text("# Wavelength: 5e-11 m\n# q_nm^-1 I sigma\n" + "\n".join(f"{q} 10 1" for q in q_nm))
+    p.write_text("# Wavelength: 5e-11 m\n# q_nm^-1 I sigma\n" + "\n".join(f"{q:.17g} {10 + i} 1" for i, q in enumerate(q_nm)))
     pat = read_pattern_1d(p, wavelength_A=0.9)  # header wins over the argument
     np.testing.assert_allclose(pat.two_theta_deg, tth, atol=1e-9)
     assert pat.metadata["wavelength_argument_ignored_A"] == 0.9
@@ -57,7 +58,7 @@ def test_q_nm_header_converted_with_header_wavelength(tmp_path):
 
 def test_q_file_without_wavelength_is_a_clear_error(tmp_path):
     p = tmp_path / "d.chi"
-    p.write_text("# q_A^-1 I\n1.0 5\n2.0 6\n")
+    p.write_text("# q_A^-1 I\n" + "".join(f"{q} {5 + q}\n" for q in range(1, 13)))
     with pytest.raises(InsituXRDError, match=r"d\.chi.*wavelength"):
         read_pattern_1d(p)
 

@@ -75,6 +75,10 @@ def _from_structure(st: gemmi.SmallStructure, name: str, where: str, default_bis
     cell = st.cell
     if not (cell.a > 0 and cell.b > 0 and cell.c > 0):
         raise InsituXRDError(f"{where}: cell lengths missing or zero (_cell_length_a/b/c)")
+    if not all(np.isfinite(v) and v < 1000 for v in (cell.a, cell.b, cell.c)) or not all(
+            0 < v < 180 for v in (cell.alpha, cell.beta, cell.gamma)):
+        raise InsituXRDError(f"{where}: cell ({cell.a:g}, {cell.b:g}, {cell.c:g} A, {cell.alpha:g}, {cell.beta:g}, "
+                             f"{cell.gamma:g} deg) is not a crystal cell")
     if len(st.sites) == 0:
         raise InsituXRDError(f"{where}: no atom sites (_atom_site_ loop with fract_x/y/z)")
     # group rows by position (mixed-occupancy sites)
@@ -112,8 +116,13 @@ def _from_structure(st: gemmi.SmallStructure, name: str, where: str, default_bis
                 b = default_biso_A2
             b_weighted += occ * b
             occ_total += occ
-        biso = b_weighted / occ_total if occ_total > 0 else default_biso_A2
         label = members[0].label if len(members) == 1 else "/".join(m.label for m in members)
+        if occ_total > 1.0 + 1e-3:  # rows sharing one position (a mixed site) must share it
+            raise InsituXRDError(f"{where}: site {label!r}: occupancies at ({', '.join(f'{v:g}' for v in pos)}) sum "
+                                 f"to {occ_total:g} > 1 (a repeated atom line?)")
+        if occ_total <= 0.0:
+            raise InsituXRDError(f"{where}: site {label!r}: occupancy 0 (an empty site)")
+        biso = b_weighted / occ_total
         sites.append(Site(label, tuple(float(v) for v in pos), occupancy, float(biso)))  # type: ignore[arg-type]
     return Phase(
         name=name,

@@ -46,6 +46,7 @@ __all__ = ["CyclerLog", "read_cycler_log", "ECHEM_FORMATS", "QUANTITIES"]
 
 ECHEM_FORMATS = ("auto", "csv", "tsv", "txt", "mpr", "mpt", "nda", "ndax")
 QUANTITIES = ("time_s", "voltage_V", "current_mA", "capacity_mAh")
+MAX_CELL_VOLTAGE_V = 50.0  # beyond any cell or small stack; a larger value is a unit mistake (mV)
 
 # Scale factors to the canonical unit of each quantity.
 _UNITS: dict[str, dict[str, float]] = {
@@ -301,6 +302,9 @@ def _build_log(
     keep = np.ones(t_sorted.size, bool)
     keep[:-1] = np.diff(t_sorted) > 0  # of equal times keep the last (cycler writes step ends twice)
     if not keep.all():
+        if keep.sum() < max(2, keep.size // 2):  # a constant or coarse column, not the log's clock
+            raise InsituXRDError(f"{source}: time column {chosen['time_s']!r} has {int(keep.sum())} distinct values "
+                                 f"in {keep.size} rows: not the log's time (map another with columns: {{time_s: <name>}})")
         notes.append(f"{int((~keep).sum())} duplicate time stamp(s) merged (last kept)")
         data = {k: v[keep] for k, v in data.items()}
 
@@ -323,6 +327,13 @@ def _build_log(
     else:
         capacity = integrate_capacity_mAh(data["time_s"], data["current_mA"])
         cap_source = f"integrated current column {chosen['current_mA']!r} over time (trapezoid rule)"
+    v_max = float(np.max(np.abs(data["voltage_V"])))
+    if v_max > MAX_CELL_VOLTAGE_V:
+        raise InsituXRDError(f"{source}: voltage column {chosen['voltage_V']!r} reaches {v_max:.4g} V, not a cell "
+                             f"voltage (beyond {MAX_CELL_VOLTAGE_V:g} V): mV read as V? set columns: {{voltage_unit: mV}}")
+    if not (np.all(np.isfinite(capacity)) and np.all(np.isfinite(data["time_s"]))):
+        raise InsituXRDError(f"{source}: times or capacities overflow (values beyond floating point); check the "
+                             "time and current/capacity columns and their units")
     return CyclerLog(
         time_s=data["time_s"],
         voltage_V=data["voltage_V"],

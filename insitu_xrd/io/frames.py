@@ -186,66 +186,82 @@ def _hdf5_stack_datasets(path: Path, dataset: str | None) -> list[tuple[str, int
         fh = h5py.File(path, "r")
     except OSError as exc:
         raise FrameError(f"frame file {path}: cannot be opened as HDF5 ({exc})") from None
-    with fh:
-        def shape_of(name: str) -> tuple[int, ...] | None:
-            try:
-                obj = fh[name]
-            except (KeyError, OSError):  # broken external link (missing Eiger data file)
-                return None
-            return obj.shape if isinstance(obj, h5py.Dataset) else None
+    try:
+        with fh:
+            return _stack_datasets_in(fh, path, dataset)
+    except FrameError:
+        raise
+    except Exception as exc:  # a damaged file: h5py raises RuntimeError, KeyError, ValueError, ...
+        raise FrameError(f"frame file {path}: damaged HDF5 ({type(exc).__name__}: {_first_line(exc)})") from None
 
-        if dataset is not None:
-            shp = shape_of(dataset)
-            if shp is None:
-                raise FrameError(f"frame file {path}: dataset {dataset!r} not found")
-            if len(shp) == 2:
-                return [(dataset, 0)]
-            if len(shp) != 3:
-                raise FrameError(f"frame file {path}: dataset {dataset!r} has shape {shp}, need (n, ny, nx)")
-            return [(dataset, shp[0])]
-        # Eiger master: /entry/data/data_000001, data_000002 ... (external links)
-        if "entry/data" in fh and isinstance(fh["entry/data"], h5py.Group):
-            names = sorted(k for k in fh["entry/data"].keys() if re.fullmatch(r"data_\d+", k))
-            parts = []
-            for k in names:
-                shp = shape_of(f"entry/data/{k}")
-                if shp is not None and len(shp) == 3:
-                    parts.append((f"/entry/data/{k}", shp[0]))
-                elif shp is None:
-                    raise FrameError(f"frame file {path}: /entry/data/{k} cannot be opened "
-                                     "(missing Eiger data file next to the master?)")
-            if parts:
-                return parts
-        # NeXus default plot signal, then the conventional names, then any 3D dataset
-        candidates: list[str] = []
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
+
+
+def _stack_datasets_in(fh: Any, path: Path, dataset: str | None) -> list[tuple[str, int]]:
+    import h5py
+
+    def shape_of(name: str) -> tuple[int, ...] | None:
         try:
-            entry = fh.attrs.get("default")
-            entry = entry.decode() if isinstance(entry, bytes) else entry
-            if entry and entry in fh:
-                grp = fh[entry]
-                nxdata = grp.attrs.get("default")
-                nxdata = nxdata.decode() if isinstance(nxdata, bytes) else nxdata
-                if nxdata and nxdata in grp:
-                    sig = grp[nxdata].attrs.get("signal")
-                    sig = sig.decode() if isinstance(sig, bytes) else sig
-                    if sig:
-                        candidates.append(f"/{entry}/{nxdata}/{sig}")
-        except (KeyError, OSError, AttributeError):
-            pass
-        candidates += ["/entry/data/data", "/entry/instrument/detector/data", "/data", "/images"]
-        for cand in candidates:
-            shp = shape_of(cand)
+            obj = fh[name]
+        except (KeyError, OSError):  # broken external link (missing Eiger data file)
+            return None
+        return obj.shape if isinstance(obj, h5py.Dataset) else None
+
+    if dataset is not None:
+        shp = shape_of(dataset)
+        if shp is None:
+            raise FrameError(f"frame file {path}: dataset {dataset!r} not found")
+        if len(shp) == 2:
+            return [(dataset, 0)]
+        if len(shp) != 3:
+            raise FrameError(f"frame file {path}: dataset {dataset!r} has shape {shp}, need (n, ny, nx)")
+        return [(dataset, shp[0])]
+    # Eiger master: /entry/data/data_000001, data_000002 ... (external links)
+    if "entry/data" in fh and isinstance(fh["entry/data"], h5py.Group):
+        names = sorted(k for k in fh["entry/data"].keys() if re.fullmatch(r"data_\d+", k))
+        parts = []
+        for k in names:
+            shp = shape_of(f"entry/data/{k}")
             if shp is not None and len(shp) == 3:
-                return [(cand, shp[0])]
-        found: list[tuple[str, int]] = []
+                parts.append((f"/entry/data/{k}", shp[0]))
+            elif shp is None:
+                raise FrameError(f"frame file {path}: /entry/data/{k} cannot be opened "
+                                 "(missing Eiger data file next to the master?)")
+        if parts:
+            return parts
+    # NeXus default plot signal, then the conventional names, then any 3D dataset
+    candidates: list[str] = []
+    try:
+        entry = fh.attrs.get("default")
+        entry = entry.decode() if isinstance(entry, bytes) else entry
+        if entry and entry in fh:
+            grp = fh[entry]
+            nxdata = grp.attrs.get("default")
+            nxdata = nxdata.decode() if isinstance(nxdata, bytes) else nxdata
+            if nxdata and nxdata in grp:
+                sig = grp[nxdata].attrs.get("signal")
+                sig = sig.decode() if isinstance(sig, bytes) else sig
+                if sig:
+                    candidates.append(f"/{entry}/{nxdata}/{sig}")
+    except (KeyError, OSError, AttributeError):
+        pass
+    candidates += ["/entry/data/data", "/entry/instrument/detector/data", "/data", "/images"]
+    for cand in candidates:
+        shp = shape_of(cand)
+        if shp is not None and len(shp) == 3:
+            return [(cand, shp[0])]
+    found: list[tuple[str, int]] = []
 
-        def visit(name: str, obj: Any) -> None:
-            if not found and isinstance(obj, h5py.Dataset) and obj.ndim == 3 and min(obj.shape[1:]) >= 8:
-                found.append(("/" + name, obj.shape[0]))
+    def visit(name: str, obj: Any) -> None:
+        if not found and isinstance(obj, h5py.Dataset) and obj.ndim == 3 and min(obj.shape[1:]) >= 8:
+            found.append(("/" + name, obj.shape[0]))
 
-        fh.visititems(visit)
-        if found:
-            return found
+    fh.visititems(visit)
+    if found:
+        return found
     raise FrameError(f"frame file {path}: no 3D image stack found (give the dataset path)")
 
 
@@ -355,8 +371,8 @@ def _read_hdf5_frame(ref: FrameRef) -> tuple[np.ndarray, dict[str, Any]]:
             dset = fh[ref.dataset]
             data = dset[()] if dset.ndim == 2 else dset[ref.local_index]
             header = _hdf5_time_header(fh, ref)
-    except (OSError, KeyError, ValueError) as exc:
-        raise FrameError(f"frame {ref.name}: cannot read {ref.dataset} ({exc})") from None
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError, RuntimeError... for damaged files
+        raise FrameError(f"frame {ref.name}: cannot read {ref.dataset} ({type(exc).__name__}: {_first_line(exc)})") from None
     return np.asarray(data), header
 
 
@@ -414,6 +430,7 @@ def read_frame(ref: FrameRef) -> Frame:
     else:
         import fabio
 
+        _check_cbf(ref)
         try:
             # a frame of a multi-frame file is read alone (fabio seeks to it)
             img = fabio.open(str(ref.path)) if ref.index is None else fabio.open(str(ref.path), frame=ref.index)
@@ -423,6 +440,10 @@ def read_frame(ref: FrameRef) -> Frame:
             raise FrameError(f"frame {ref.name}: cannot be read by fabio ({type(exc).__name__}: {exc})") from None
         if data is None:
             raise FrameError(f"frame {ref.name}: fabio returned no pixel data (truncated or unknown format)")
+        if getattr(img, "incomplete_file", False):  # fabio pads a short EDF/... with zeros
+            raise FrameError(f"frame {ref.name}: file is shorter than its header says (truncated or still being written)")
+        _check_edf_header(ref, header, np.asarray(data))
+        _check_tiff_strips(ref, header, np.asarray(data))
         desc = header.get("imageDescription")
         if desc:
             for k, v in _parse_key_values(desc).items():
@@ -430,9 +451,79 @@ def read_frame(ref: FrameRef) -> Frame:
         for k, v in _qxrd_sidecar(ref.path).items():
             header.setdefault("qxrd." + k, v)
         data = np.asarray(data)
-    if data.ndim != 2:
-        raise FrameError(f"frame {ref.name}: pixel data has shape {data.shape}, expected a 2D image")
+    if data.ndim != 2 or min(data.shape) == 0:
+        raise FrameError(f"frame {ref.name}: pixel data has shape {data.shape}, expected a non-empty 2D image")
     return Frame(ref=ref, data=data, header=header)
+
+
+_CBF_STARTER = b"\x0c\x1a\x04\xd5"  # start of a CBF binary section (after its MIME header)
+
+
+def _check_cbf(ref: FrameRef) -> None:
+    """Refuse a CBF whose binary section is missing, short or fails its Content-MD5 before fabio
+    sees it: fabio 2026.6 loops forever on a CBF without the binary starter or the
+    ``--CIF-BINARY-FORMAT-SECTION--`` line (a file cut in its header, e.g. still being written),
+    pads a short one, and does not check the MD5."""
+    import base64
+    import hashlib
+
+    try:
+        with open(ref.path, "rb") as fh:
+            head = fh.read(6)
+            if ref.path.suffix.lower() != ".cbf" and head != b"###CBF":
+                return
+            raw = head + fh.read()
+    except OSError as exc:
+        raise FrameError(f"frame {ref.name}: cannot be read ({exc})") from None
+    start = raw.find(_CBF_STARTER)
+    if start < 0:
+        raise FrameError(f"frame {ref.name}: CBF without a binary section (truncated or still being written)")
+    section = raw.find(b"--CIF-BINARY-FORMAT-SECTION--", 0, start)
+    if section < 0 or section > 8000:  # fabio looks for it in the first 8 kB only (else loops)
+        raise FrameError(f"frame {ref.name}: CBF without its --CIF-BINARY-FORMAT-SECTION-- line in the first 8 kB (damaged)")
+    mime = raw[section:start].decode("ascii", errors="replace")
+    size = re.search(r"X-Binary-Size\s*:\s*(\d+)", mime)
+    body = raw[start + len(_CBF_STARTER):]
+    if size is not None and len(body) < int(size.group(1)):
+        raise FrameError(f"frame {ref.name}: CBF binary section has {len(body)} of its {size.group(1)} bytes (truncated)")
+    md5 = re.search(r"Content-MD5\s*:\s*(\S+)", mime)
+    if size is not None and md5 is not None:
+        digest = base64.b64encode(hashlib.md5(body[:int(size.group(1))]).digest()).decode("ascii")
+        if digest != md5.group(1).strip():
+            raise FrameError(f"frame {ref.name}: CBF pixel data fail their Content-MD5 (damaged file)")
+
+
+def _check_edf_header(ref: FrameRef, header: dict[str, Any], data: np.ndarray) -> None:
+    """An EDF's pixels must be what its header says: Dim_2 x Dim_1 pixels of Size bytes in all
+    (fabio falls back to other dimensions when a damaged header cannot be parsed)."""
+    if "Dim_1" not in header or "EDF_DataBlockID" not in header and ref.path.suffix.lower() != ".edf":
+        return
+    if str(header.get("Compression", "none")).strip().lower() not in ("none", "", "no"):
+        return  # the compressed size says nothing of the pixels
+    try:
+        dims = (int(str(header["Dim_2"]).strip()), int(str(header["Dim_1"]).strip())) if "Dim_2" in header else None
+        size = int(str(header["Size"]).strip()) if "Size" in header else None
+    except ValueError:
+        raise FrameError(f"frame {ref.name}: EDF header dimensions unreadable (Dim_1 {header.get('Dim_1')!r}, "
+                         f"Dim_2 {header.get('Dim_2')!r}, Size {header.get('Size')!r}): damaged header") from None
+    if (dims is not None and dims != data.shape) or (size is not None and size != data.nbytes):
+        raise FrameError(f"frame {ref.name}: EDF header says {dims} pixels of {size} bytes, fabio read "
+                         f"{data.shape} ({data.nbytes} bytes): damaged header")
+
+
+def _check_tiff_strips(ref: FrameRef, header: dict[str, Any], data: np.ndarray) -> None:
+    """An uncompressed TIFF's strips must hold exactly the pixels read (a damaged ImageLength tag
+    makes PIL, fabio's fallback, return an image padded with zeros to the size it claims)."""
+    counts = header.get("stripByteCounts")
+    if counts is None or header.get("compression") not in (False, 1, "1", None):
+        return
+    try:
+        total = int(np.sum(np.asarray(counts, dtype=np.int64)))
+    except (TypeError, ValueError):
+        return
+    if total != data.nbytes:
+        raise FrameError(f"frame {ref.name}: TIFF strips hold {total} bytes but the image read is {data.shape} "
+                         f"({data.nbytes} bytes): damaged header")
 
 
 def read_frame_header(ref: FrameRef) -> dict[str, Any]:

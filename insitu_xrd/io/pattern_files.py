@@ -9,11 +9,21 @@ Formats understood by :func:`read_pattern_1d`:
 * Fit2D / xPDFsuite-style ``.chi`` with free-text header lines without ``#`` (e.g. the PDFstream
   ``Ni.chi``): header lines are every line before the first purely numeric line; the x unit is
   taken from the header text ("2-Theta", "Q", "q_A^-1", ...).
+* PowBase / Rietveld ``.dat``: a first data line ``start step stop`` (deg) then the counts, any
+  number per line (recognised by the number of counts matching ``start step stop``).
+* Lab formats by suffix or content: Bruker ``.uxd``, PANalytical ``.xrdml``, Rigaku ``.ras``,
+  GSAS ``.gsa``/``.fxye`` (:mod:`insitu_xrd.io.lab_patterns`); Bruker binary ``.raw`` is refused
+  with advice.
+
+Every file is checked after reading: the axis strictly monotonic (a descending one is reversed)
+and inside 0 < 2theta < 180 deg (a q axis inside 0 < q < 4 pi / lambda), at least ``MIN_POINTS``
+finite points, intensities finite, below 1e20 and not all equal, a file esd column > 0.
+docs/readers.md lists what each format accepts and refuses.
 
 The x axis is always returned as 2theta in degrees; q is converted with the wavelength (from the
 header if present, else the ``wavelength_A`` argument). When the file has no sigma column,
-``sigma = sqrt(max(I, 1))`` (Poisson on the counts, floored at 1 count) and
-``metadata["sigma_source"]`` says so.
+``sigma = sqrt(max(I, 1))`` (Poisson on the counts, floored at 1 count), ``Pattern1D.sigma_source``
+is "none" (else "file") and ``metadata["sigma_source"]`` says so in words.
 
 :func:`write_xye` writes 3 columns (2theta deg, intensity, sigma) with ``#`` comment lines, read by
 GSAS-II ("xye" importer), TOPAS (``xye`` keyword), FullProf (format 10 after stripping the header)
@@ -31,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from insitu_xrd.errors import InsituXRDError
+from insitu_xrd.io.lab_patterns import RawColumns, lab_format_of, powbase_columns, read_lab_pattern
 
 __all__ = [
     "Pattern1D",
@@ -41,6 +52,8 @@ __all__ = [
 ]
 
 _COMMENT_CHARS = ("#", "!", ";", "%")
+MIN_POINTS = 10  # fewer points than this is not a powder pattern (a refinement has ~10 parameters)
+MAX_ABS_INTENSITY = 1e20  # beyond any count rate; squares and sums of squares stay finite
 _NUMBER_LINE = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eEdD][-+]?\d+)?([\s,;]+[-+]?(\d+\.?\d*|\.\d+|nan|inf)([eEdD][-+]?\d+)?)*\s*$", re.I)
 
 
@@ -59,6 +72,8 @@ class Pattern1D:
             "q_A^-1", "q_nm^-1"), ``sigma_source`` ("file" or "poisson sqrt(max(I,1))"),
             ``wavelength_source`` ("header", "argument"), ``header`` (list of header lines),
             plus parsed pyFAI header fields (``polarization_factor``, ``distance_m``, ...).
+        sigma_source: "file" when ``sigma`` is the file's esd column, "none" when the file has
+            none (then ``sigma = sqrt(max(I, 1))``, Poisson on counts: say so downstream).
     """
 
     two_theta_deg: np.ndarray
@@ -67,6 +82,7 @@ class Pattern1D:
     wavelength_A: float | None = None
     source: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    sigma_source: str = "none"
 
     @property
     def q_invA(self) -> np.ndarray:
@@ -171,13 +187,25 @@ def _detect_unit(header: list[str]) -> str | None:
     return None
 
 
+def _header_float(text: str) -> float | None:
+    """A finite number of a header field, or None (damaged or not a number)."""
+    try:
+        val = float(text)
+    except ValueError:
+        return None
+    return val if math.isfinite(val) else None
+
+
 def _parse_pyfai_header(header: list[str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for raw in header:
         line = raw.lstrip("#!;% \t")
-        m = re.match(r"Wavelength\s*[:=]\s*([-+0-9.eE]+)\s*(m|A|nm|angstrom)?", line, re.I)
+        m = re.match(r"Wavelength\s*[:=]\s*(\S+)\s*(m|A|nm|angstrom)?", line, re.I)
         if m:
-            val = float(m.group(1))
+            val = _header_float(m.group(1))
+            if val is None:
+                meta["wavelength_unreadable"] = m.group(1)
+                continue
             unit = (m.group(2) or "").lower()
             if unit == "m" or (not unit and val < 1e-6):
                 val *= 1e10
@@ -192,9 +220,9 @@ def _parse_pyfai_header(header: list[str]) -> dict[str, Any]:
             except ValueError:
                 meta["polarization_factor"] = None
             continue
-        m = re.match(r"Distance Sample to Detector\s*:\s*([-+0-9.eE]+)\s*m", line, re.I)
+        m = re.match(r"Distance Sample to Detector\s*:\s*(\S+)\s*m", line, re.I)
         if m:
-            meta["distance_m"] = float(m.group(1))
+            meta["distance_m"] = _header_float(m.group(1))
             continue
         m = re.match(r"(Mask applied|Dark current applied|Flat field applied|Normalization factor)\s*:\s*(.*)", line, re.I)
         if m:
@@ -210,31 +238,50 @@ def read_pattern_1d(
     """Read a 1D pattern file and return it on a 2theta (deg) axis.
 
     Args:
-        path: .xye, .xy, .dat, .txt or .chi file (see module docstring for the layouts).
-        wavelength_A: wavelength in Angstrom; used when the header has none, required to convert
-            a q axis. A header value wins (the mismatch, if any, is noted in metadata).
-        unit: force the x unit ("2th_deg", "q_A^-1", "q_nm^-1") when the header does not state
-            it; default: from the header, else 2th_deg.
+        path: a column file (.xye, .xy, .dat, .txt, .chi, PowBase .dat) or a lab format (.uxd,
+            .xrdml, .ras, .gsa/.fxye; see :mod:`insitu_xrd.io.lab_patterns`).
+        wavelength_A: wavelength in Angstrom; used when the file states none, required to convert
+            a q axis. A file's value wins (the mismatch, if any, is noted in metadata).
+        unit: force the x unit ("2th_deg", "q_A^-1", "q_nm^-1") of a column file whose header
+            does not state it; default: from the header, else 2th_deg.
 
     Returns:
-        Pattern1D sorted by ascending 2theta, with non-finite rows removed.
+        Pattern1D on ascending 2theta (a descending file is reversed, noted in metadata), with
+        non-finite rows removed (their count noted); ``sigma_source`` says whether the esds came
+        from the file ("file") or not ("none": Poisson ``sqrt(max(I, 1))``).
 
     Raises:
-        InsituXRDError: file missing/unreadable, no numeric columns, fewer than 2 columns,
-            q axis without any wavelength, unsupported unit.
+        InsituXRDError (one line naming the file and the problem): file missing/unreadable/
+            binary, no numeric data, rows of different widths, fewer than 2 columns, q axis
+            without a wavelength or beyond 4 pi / wavelength, an axis that is not strictly
+            monotonic (repeated or unsorted values) or not inside 0 < 2theta < 180 deg, fewer
+            than ``MIN_POINTS`` finite points, intensities all equal or beyond 1e20, an esd
+            column with values <= 0.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InsituXRDError(f"pattern file {path}: does not exist") from None
-    except (OSError, UnicodeError) as exc:
+    except OSError as exc:
         raise InsituXRDError(f"pattern file {path}: cannot be read ({exc})") from None
-    if "\x00" in text[:4096]:
-        raise InsituXRDError(f"pattern file {path}: is binary, not a text pattern (.xye/.xy/.chi)")
+    text_head = data[:4096].decode("utf-8", errors="replace")
+    fmt = lab_format_of(path, text_head)
+    if fmt is not None:
+        raw = read_lab_pattern(path, fmt, data)
+        header: list[str] = []
+    else:
+        if "\x00" in text_head:
+            raise InsituXRDError(f"pattern file {path}: is binary, not a text pattern (.xye/.xy/.chi)")
+        raw, header = _read_columns(path, data.decode("utf-8", errors="replace"), unit)
+    return _checked_pattern(path, raw, header, wavelength_A)
 
+
+def _read_columns(path: Path, text: str, unit: str | None) -> tuple[RawColumns, list[str]]:
+    """A column file (or a PowBase ``start step stop`` + counts file) as RawColumns + header lines."""
     header: list[str] = []
     rows: list[list[float]] = []
+    row_lines: list[int] = []
     data_started = False
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -251,23 +298,46 @@ def read_pattern_1d(
                 rows.append([float(p) for p in parts if p])
             except ValueError:
                 raise InsituXRDError(f"pattern file {path}: line {lineno} is not numeric: {line[:60]!r}") from None
+            row_lines.append(lineno)
         elif not data_started:
             header.append(line)  # free-text header (Fit2D/xPDFsuite .chi)
         else:
             raise InsituXRDError(f"pattern file {path}: line {lineno} is not numeric data: {line[:60]!r}")
     if not rows:
         raise InsituXRDError(f"pattern file {path}: contains no numeric data columns")
-    ncol = min(len(r) for r in rows)
+    if unit is None:
+        powbase = powbase_columns(path, rows)
+        if powbase is not None:
+            return powbase, header
+    ncol = len(rows[0])
     if ncol < 2:
         raise InsituXRDError(f"pattern file {path}: needs at least 2 columns (x, intensity), found {ncol}")
-    data = np.array([r[:ncol] for r in rows], dtype=float)
-
-    meta: dict[str, Any] = {"header": header}
+    odd = next((i for i, r in enumerate(rows) if len(r) != ncol), None)
+    if odd is not None:
+        raise InsituXRDError(f"pattern file {path}: line {row_lines[odd]} has {len(rows[odd])} values, the lines "
+                             f"before it {ncol} (truncated or mixed layout)")
+    arr = np.array(rows, dtype=float)
+    meta: dict[str, Any] = {"header": header, "format": "columns", "columns_in_file": ncol}
     meta.update({k: v for k, v in _parse_pyfai_header(header).items() if k != "wavelength_A"})
-    header_wl = _parse_pyfai_header(header).get("wavelength_A")
+    if "wavelength_unreadable" in meta:
+        raise InsituXRDError(f"pattern file {path}: header Wavelength {meta['wavelength_unreadable']!r} is not a number")
+    # the column-name line (last header line) is the most reliable place for the unit
+    x_unit = unit or (_detect_unit(header[-1:]) if header else None) or _detect_unit(header)
+    if x_unit is None:
+        x_unit = "2th_deg"
+        meta["x_unit_assumed"] = True
+    return RawColumns(arr[:, 0], arr[:, 1], arr[:, 2].copy() if ncol >= 3 else None, x_unit,
+                      _parse_pyfai_header(header).get("wavelength_A"), meta), header
+
+
+def _checked_pattern(path: Path, raw: RawColumns, header: list[str], wavelength_A: float | None) -> Pattern1D:
+    """Convert ``raw`` to 2theta and check it (see :func:`read_pattern_1d` for what is refused)."""
+    meta: dict[str, Any] = {"header": header, **raw.metadata}
     wl: float | None
-    if header_wl is not None:
-        wl = float(header_wl)
+    if raw.wavelength_A is not None:
+        wl = float(raw.wavelength_A)
+        if not (0.01 < wl < 10.0):
+            raise InsituXRDError(f"pattern file {path}: header wavelength {wl:g} A is outside 0.01-10 A")
         meta["wavelength_source"] = "header"
         if wavelength_A is not None and abs(wavelength_A - wl) > 1e-6 * wl:
             meta["wavelength_argument_ignored_A"] = float(wavelength_A)
@@ -276,14 +346,9 @@ def read_pattern_1d(
         meta["wavelength_source"] = "argument"
     else:
         wl = None
-
-    # the column-name line (last header line) is the most reliable place for the unit
-    x_unit = unit or (_detect_unit(header[-1:]) if header else None) or _detect_unit(header)
-    if x_unit is None:
-        x_unit = "2th_deg"
-        meta["x_unit_assumed"] = True
+    x_unit = raw.x_unit
     meta["x_unit_in_file"] = x_unit
-    x = data[:, 0]
+    x = np.asarray(raw.x, dtype=float)
     if x_unit == "2th_deg":
         tth = x
     elif x_unit == "2th_rad":
@@ -295,27 +360,67 @@ def read_pattern_1d(
                 "give the wavelength (wavelength_A / --wavelength-a)"
             )
         q = x if x_unit == "q_A^-1" else x / 10.0
+        q_max = 4.0 * math.pi / wl
+        bad = np.isfinite(q) & ((q <= 0) | (q >= q_max))
+        if bad.any():
+            raise InsituXRDError(
+                f"pattern file {path}: q from {np.nanmin(q):.4g} to {np.nanmax(q):.4g} 1/A is outside 0 < q < "
+                f"4 pi / lambda = {q_max:.4g} 1/A (wavelength {wl:g} A; wrong unit or wavelength?)")
         tth = q_invA_to_two_theta_deg(q, wl)
     else:
         raise InsituXRDError(f"pattern file {path}: x unit {x_unit!r} is not supported (need 2theta or q)")
 
-    intensity = data[:, 1]
-    if ncol >= 3:
-        sigma = data[:, 2].copy()
+    intensity = np.asarray(raw.intensity, dtype=float)
+    if tth.size != intensity.size:
+        raise InsituXRDError(f"pattern file {path}: {tth.size} x values for {intensity.size} intensities")
+    if raw.sigma is not None:
+        sigma = np.asarray(raw.sigma, dtype=float)
+        sigma_source = "file"
         meta["sigma_source"] = "file"
     else:
         sigma = np.sqrt(np.maximum(intensity, 1.0))
+        sigma_source = "none"
         meta["sigma_source"] = "poisson sqrt(max(I,1)) (no sigma column in file)"
 
     good = np.isfinite(tth) & np.isfinite(intensity) & np.isfinite(sigma)
-    if good.sum() < 2:
-        raise InsituXRDError(f"pattern file {path}: fewer than 2 finite data points")
-    order = np.argsort(tth[good], kind="stable")
-    return Pattern1D(
-        two_theta_deg=tth[good][order],
-        intensity=intensity[good][order],
-        sigma=sigma[good][order],
-        wavelength_A=wl,
-        source=path,
-        metadata=meta,
-    )
+    if good.sum() < MIN_POINTS:
+        raise InsituXRDError(f"pattern file {path}: {int(good.sum())} finite data points, a pattern needs at least {MIN_POINTS}")
+    if (~good).sum() > good.sum():
+        raise InsituXRDError(f"pattern file {path}: {int((~good).sum())} of {good.size} points are NaN/inf")
+    if (~good).any():
+        meta["dropped_nonfinite_points"] = int((~good).sum())
+    tth, intensity, sigma = tth[good], intensity[good], sigma[good]
+    tth, intensity, sigma = _monotonic(path, tth, intensity, sigma, x_unit, meta)
+    lo, hi = float(tth[0]), float(tth[-1])
+    if not (lo > 0.0 and hi < 180.0):
+        hint = " (no unit in the header: if the axis is not 2theta in degrees, give the unit)" if meta.get("x_unit_assumed") else ""
+        raise InsituXRDError(f"pattern file {path}: 2theta runs from {lo:.6g} to {hi:.6g} deg, outside 0 < 2theta < 180{hint}")
+    if float(np.max(np.abs(intensity))) > MAX_ABS_INTENSITY:
+        raise InsituXRDError(f"pattern file {path}: intensity up to {float(np.max(np.abs(intensity))):.3g}, beyond "
+                             f"{MAX_ABS_INTENSITY:.0e} (not counts)")
+    if float(np.ptp(intensity)) == 0.0:
+        raise InsituXRDError(f"pattern file {path}: all {intensity.size} intensities equal {intensity[0]:g} (no pattern)")
+    if sigma_source == "file":
+        nonpos = int((sigma <= 0).sum())
+        if nonpos:
+            raise InsituXRDError(f"pattern file {path}: the esd column has {nonpos} values <= 0 (first at 2theta "
+                                 f"{float(tth[np.argmax(sigma <= 0)]):.6g} deg)")
+    return Pattern1D(two_theta_deg=tth, intensity=intensity, sigma=sigma, wavelength_A=wl, source=path,
+                     metadata=meta, sigma_source=sigma_source)
+
+
+def _monotonic(path: Path, tth: np.ndarray, y: np.ndarray, s: np.ndarray, x_unit: str,
+               meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The points on a strictly increasing axis: a strictly decreasing file is reversed (noted);
+    a repeated or unsorted axis is refused, saying where."""
+    d = np.diff(tth)
+    if np.all(d > 0):
+        return tth, y, s
+    if np.all(d < 0):
+        meta["axis_descending_in_file"] = True
+        return tth[::-1].copy(), y[::-1].copy(), s[::-1].copy()
+    i = int(np.flatnonzero(d == 0)[0]) if np.any(d == 0) else int(np.flatnonzero(np.sign(d) != np.sign(d[0]))[0])
+    what = "repeats" if d[i] == 0 else "turns back"
+    raise InsituXRDError(f"pattern file {path}: the x axis ({x_unit}) {what} at point {i + 1} (2theta {tth[i]:.6g} "
+                         f"then {tth[i + 1]:.6g} deg); it must be strictly monotonic (an unsorted, repeated or "
+                         "wrongly read column)")

@@ -132,6 +132,11 @@ def load_poni(path: str | Path, orientation: int | None = None) -> Any:
             ai.set_config(cfg)
         except Exception as exc:
             raise InsituXRDError(f"PONI file {path}: cannot set orientation {orientation} ({exc})") from None
+    det = ai.detector
+    sizes = (getattr(det, "pixel1", None), getattr(det, "pixel2", None))
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sizes):
+        raise InsituXRDError(f"PONI file {path}: detector {fields.get('Detector')!r} has no pixel size "
+                             f"(pixel1, pixel2 = {sizes}); give Detector_config or PixelSize1/PixelSize2")
     return ai
 
 

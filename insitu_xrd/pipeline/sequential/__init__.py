@@ -22,7 +22,7 @@ the previous good result. Around that loop:
   otherwise the chunk is refit serially, seeded from the previous chunk's last frame.
 * **Checkpoints.** Results are written to the output NetCDF as frames finish (at most every
   ``checkpoint_interval_s``), with the chain's state (the last FitResult with its Le Bail
-  intensities, the optional-phase counters) pickled beside it; an interrupted run restarted with
+  intensities, the optional-phase counters) saved as JSON data beside it; an interrupted run restarted with
   the same inputs keeps the finished frames and continues from the last one exactly as if it had
   not stopped (without a usable state file: seeded from the stored values of the last frame).
 * **Label continuity.** A fit in which the optional phase took over the lattice that continues the

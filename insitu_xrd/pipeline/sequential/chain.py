@@ -11,7 +11,7 @@ Every frame is fitted seeded from the previous good result; the refiner decides,
   last good frame and from a fresh lattice search (``"refit"``, or ``"diverged"``).
 * **Label continuity**: a fit in which the optional phase took over the main phase's lattice
   (names exchanged) counts as diverged and is refit.
-* **Exact resume**: the whole state pickles (:meth:`SequentialRefiner.state_bytes`).
+* **Exact resume**: the whole state is saved as data (:meth:`SequentialRefiner.state_bytes`).
 
 :func:`run_chain` fits an order of frames in one refiner; :func:`seam_fits_agree` is the seam test of two
 fits of the same frame (used where independently started segments meet); :func:`refit_frame`
@@ -91,32 +91,30 @@ class SequentialRefiner:
 
     def state_bytes(self) -> bytes:
         """The chain's whole state after the last step (previous FitResult with its Le Bail
-        intensities, optional-phase counters, Rwp history, cached refinements), pickled, so an
-        interrupted run restored with :meth:`restore_state` continues exactly as if it had not
-        stopped. (The stored per-frame values alone give a re-seeded start: the same minimum
-        only within the optimizer's tolerance.)"""
-        import pickle
+        intensities, optional-phase counters, Rwp history), as versioned JSON data (no pickle:
+        :mod:`insitu_xrd.io.chain_state`), so an interrupted run restored with
+        :meth:`restore_state` continues exactly as if it had not stopped. Cached refinements are
+        not saved: they are rebuilt from the specs. (The stored per-frame values alone give a
+        re-seeded start: the same minimum only within the optimizer's tolerance.)"""
+        from insitu_xrd.io.chain_state import encode_chain_state
 
-        state = {k: getattr(self, k) for k in self._STATE_FIELDS}
-        try:
-            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # refinements from an unpicklable factory: rebuilt from the specs on restore
-            state["_cache"] = []
-            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return encode_chain_state({k: getattr(self, k) for k in self._STATE_FIELDS if k != "_cache"}, [FrameRecord])
 
-    def restore_state(self, blob: bytes) -> bool:
+    def restore_state(self, blob: bytes, source: str = "chain state") -> bool:
         """Load a state written by :meth:`state_bytes` of a refiner with the same spec and options;
-        False (state unchanged) when it cannot be read."""
-        import pickle
+        False (state unchanged, a ChainStateWarning says why) when it cannot be read."""
+        import warnings
+
+        from insitu_xrd.io.chain_state import ChainStateWarning, decode_chain_state
 
         try:
-            st = pickle.loads(blob)
-            if not isinstance(st, dict) or set(st) != set(self._STATE_FIELDS):
-                return False
-        except Exception:  # written by another version: fall back to the stored values
+            st = decode_chain_state(blob, [k for k in self._STATE_FIELDS if k != "_cache"], [FrameRecord], source)
+        except InsituXRDError as exc:  # another version, edited or damaged: resume from the stored values
+            warnings.warn(f"{exc}; resuming from the stored results", ChainStateWarning, stacklevel=2)
             return False
         for k, v in st.items():
             setattr(self, k, v)
+        self._cache = []
         return True
 
     # -- helpers ---------------------------------------------------------------------------
@@ -613,7 +611,7 @@ class SequentialRefiner:
             self.active, self.below_count = out["active"], out["below"]
             self.frames_since_test = 0 if out["tested"] else self.frames_since_test + 1
             self.before_last, self.last_good = self.last_good, rec
-            # only the last RWP_WINDOW values are used: the chain state (pickled after every frame
+            # only the last RWP_WINDOW values are used: the chain state (saved after every frame
             # in watch mode) must not grow with the series
             self.rwp_history = self.rwp_history[-(RWP_WINDOW - 1):] + [float(fit.rwp)]
             held = [n for n in out["active"] if n in self.optional_phases and self._lattice_held(fit, n)]

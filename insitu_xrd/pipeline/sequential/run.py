@@ -22,6 +22,7 @@ import xarray as xr
 
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.io.chain_state import read_chain_state_file, write_chain_state_file
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
 from insitu_xrd.pipeline.sequential.records import (FrameRecord, frame_arrays, records_to_dataset, site_parameter_dataset,
@@ -33,37 +34,21 @@ __all__ = ["refine_sequence", "chain_state_path", "read_chain_state", "write_cha
 
 
 def chain_state_path(checkpoint: Path) -> Path:
-    """Where the exact-resume state of a checkpoint lives (``<checkpoint>.state``, a pickle)."""
+    """Where the exact-resume state of a checkpoint lives (``<checkpoint>.state``, JSON data)."""
     return Path(checkpoint).with_name(Path(checkpoint).name + ".state")
 
 
 def read_chain_state(path: Path, cache_key: str | None, after: str) -> bytes | None:
-    """The pickled chain state in ``path`` if it was written with ``cache_key`` right after the
-    frame ``after`` (index or frame key, as a string); else None."""
-    import pickle
-
-    try:
-        with open(path, "rb") as fh:
-            st = pickle.load(fh)
-    except Exception:
-        return None
-    if not isinstance(st, dict) or st.get("cache_key") != (cache_key or "") or str(st.get("after")) != str(after):
-        return None
-    blob = st.get("state")
-    return blob if isinstance(blob, bytes) else None
+    """The chain state in ``path`` if it was written with ``cache_key`` right after the frame
+    ``after`` (index or frame key, as a string); else None (see :mod:`insitu_xrd.io.chain_state`)."""
+    return read_chain_state_file(path, cache_key, after)
 
 
 def write_chain_state(path: Path, cache_key: str | None, after: str, refiner: SequentialRefiner) -> bool:
     """Write the chain state (atomically) next to a checkpoint; see :func:`read_chain_state`.
     Never raises: without the state a resume is seeded from the stored values (returns False)."""
-    import pickle
-
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        blob = pickle.dumps({"cache_key": cache_key or "", "after": str(after), "state": refiner.state_bytes()},
-                            protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        write_chain_state_file(path, cache_key, after, refiner.state_bytes())
         return True
     except Exception:
         try:
@@ -71,7 +56,6 @@ def write_chain_state(path: Path, cache_key: str | None, after: str, refiner: Se
         except OSError:
             pass
         return False
-
 
 
 def refine_sequence(
