@@ -298,22 +298,6 @@ class PhaseModel:
             out[n] = f"{self.name}/{sites}/{quantity}"
         return out
 
-    def describe(self) -> dict[str, str]:
-        """{parameter: what it changes}, for documentation and reports."""
-        out = {}
-        for n, par in self.params.items():
-            parts = []
-            for ch in par.changes:
-                lab = self.phase.sites[ch.site].label
-                if ch.kind == "xyz":
-                    parts.append(f"{lab} xyz += {ch.coef:g}*{tuple(round(v, 6) for v in ch.vector)}")
-                elif ch.kind == "occ":
-                    parts.append(f"{lab} occ({ch.element}) {'+' if ch.coef >= 0 else '-'}= {abs(ch.coef):g}")
-                else:
-                    parts.append(f"{lab} B")
-            out[n] = "; ".join(parts)
-        return out
-
 
 def _copy_sites(phase: Phase) -> Phase:
     """A copy of ``phase`` whose sites (and their occupancy dicts) can be changed freely."""
