@@ -77,7 +77,7 @@ def assemble_result(prob: Problem, out: dict, mode: str, warnings: list[str], el
             areas = pd.areas
             fsq = pd.fsq
         else:
-            areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb)
+            areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb, vals)
             fsq = pd.fsq
         phase_curves[name] = prob.curve(blocks, areas)[prob.fitmask]
         keep = (t >= lo) & (t <= hi)

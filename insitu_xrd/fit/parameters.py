@@ -29,10 +29,14 @@ from insitu_xrd.fit.phase_model import PhaseModel
 from insitu_xrd.fit.result import FitResult
 from insitu_xrd.fit.spec import PhaseSpec, RefinementSpec
 
-__all__ = ["PROFILE_NAMES", "ParameterBuilder", "is_linear", "is_reciprocal", "optimiser_space", "split_free",
+__all__ = ["PROFILE_NAMES", "GEOMETRY_NAMES", "ParameterBuilder", "is_linear", "is_reciprocal", "optimiser_space", "split_free",
            "store_linear", "held_phases"]
 
 PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
+#: Parameters of the geometry (absorption, transparency), present in a fit only where its geometry has
+#: them and the recipe gives or refines them: name -> (geometry, lower bound, upper bound).
+GEOMETRY_NAMES = {"absorption_muR": ("debye_scherrer", 0.0, 10.0), "absorption_mut": ("transmission", 0.0, 10.0),
+                  "transparency_mm": ("bragg_brentano", 0.0, 10.0)}
 
 
 def is_linear(name: str) -> bool:
@@ -124,6 +128,9 @@ class ParameterBuilder:
             if n == "zero_deg":
                 p.set(min=-1.0, max=1.0)
             pars.add(p)
+        for n, (geometry, lo, hi) in GEOMETRY_NAMES.items():
+            if spec.profile.geometry == geometry and (getattr(spec.profile, n) is not None or n in prof_refine):
+                pars.add(n, value=float(getattr(inst, n)), vary=n in prof_refine, min=lo, max=hi)
         for i in range(spec.background.chebyshev):
             pars.add(f"bkg_{i}", value=0.0, vary=True)
         for i, h in enumerate(spec.background.humps):
@@ -220,6 +227,8 @@ class ParameterBuilder:
         if ps.size_model == "uniaxial":
             axial = ps.size_axial_um if ps.size_axial_um is not None else (ps.size_um or 1.0)
             pars.add(f"{p}_size_axial_um", value=axial, vary="size_axial_um" in ps.refine, min=1e-3, max=1e3)
+        if ps.texture is not None and ps.texture.march_dollase is not None:
+            pars.add(f"{p}_md_ratio", value=ps.texture.march_dollase.ratio, vary="md_ratio" in ps.refine, min=0.1, max=10.0)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
         pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
         # site parameters (template aliases, sites:, biso_groups, occupancy_sums): the phase model's
