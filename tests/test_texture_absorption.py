@@ -185,3 +185,30 @@ def test_geometry_keys_are_checked() -> None:
     with pytest.raises(ValueError, match="rietveld mode only"):
         RefinementSpec(mode="lebail", phases=[dict(name="H2", template="nmc811", refine=["a", "md_ratio"],
                                                    texture={"march_dollase": {"axis": [0, 0, 1]}})])
+
+
+def test_simulator_switches_on_texture_and_absorption() -> None:
+    """`insitu-xrd simulate --texture-ratio / --absorption-mut`: the scenario's ratio reaches the
+    pattern (003 relative to 101 scaled by the March-Dollase factors) and the truth, the plate
+    absorption the instrument; the written recipe names both and validates."""
+    import dataclasses
+
+    from insitu_xrd.simulate.dataset import DatasetSpec, _recipe
+    from insitu_xrd.simulate.pattern1d import simulate_pattern_1d
+    from insitu_xrd.simulate.scenario import BARE_PARAMS, ChargeScenario
+
+    x = np.linspace(1.2, 11.8, 2750)
+    plain = simulate_pattern_1d(0.8, x, scenario=ChargeScenario(), seed=None)
+    tex = simulate_pattern_1d(0.8, x, scenario=ChargeScenario(params=dataclasses.replace(BARE_PARAMS, texture_ratio=0.7)),
+                              seed=None)
+    assert tex.truth["phases"]["H2"]["md_ratio"] == 0.7
+    p, t = plain.components.peaks["H2"], tex.components.peaks["H2"]
+    labels = [tuple(h) for h in p.hkl]
+    i003, i110 = labels.index((0, 0, 3)), labels.index((1, 1, 0))
+    ratio = (t.area[i003] / t.area[i110]) / (p.area[i003] / p.area[i110])
+    assert ratio == pytest.approx(0.7**-3 / 0.7**1.5, rel=1e-9)
+    recipe = _recipe(DatasetSpec(texture_ratio=0.7, absorption_mut=0.6))
+    ref = RefinementSpec(**recipe["refinement"])
+    assert ref.phases[0].texture.march_dollase.ratio == 0.7
+    assert ref.profile.geometry == "transmission" and ref.profile.absorption_mut == 0.6
+    assert "texture" not in _recipe(DatasetSpec())["refinement"]["phases"][0]
