@@ -41,6 +41,7 @@ PER_PHASE_VARS: dict[str, str] = {
     "microstrain_axial": "mustrain_axial",
     "size": "size_um",
     "size_axial": "size_axial_um",
+    "texture_ratio": "md_ratio",
     "scale": "scale",
 }
 
@@ -60,6 +61,7 @@ UNITS: dict[str, str] = {
     "microstrain": "1e-6 (GSAS-II mu-strain; uniaxial model: equatorial)",
     "microstrain_axial": "1e-6 (uniaxial model: along the axis)",
     "size_axial": "um (uniaxial model: along the axis)",
+    "texture_ratio": "1 (March-Dollase ratio; NaN: no texture model)",
     "size": "um",
     "scale": "1 (Rietveld scale)",
     "phase_fraction": "1 (weight fraction of all refined phases)",
