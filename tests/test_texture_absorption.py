@@ -212,3 +212,49 @@ def test_simulator_switches_on_texture_and_absorption() -> None:
     assert ref.phases[0].texture.march_dollase.ratio == 0.7
     assert ref.profile.geometry == "transmission" and ref.profile.absorption_mut == 0.6
     assert "texture" not in _recipe(DatasetSpec())["refinement"]["phases"][0]
+
+
+# ----- spherical-harmonics texture ------------------------------------------------------------------
+def test_invariant_harmonics_counts_orthonormality_and_invariance() -> None:
+    """Counts of Laue-invariant harmonics (cubic: 0, 1, 1, 1 for l = 2..8; -3m: 1, 2, 3, 3), the
+    real harmonics orthonormal on the sphere, the texture factor equal on equivalent reflections
+    and averaging to 1 over directions."""
+    from insitu_xrd.core.crystal import reciprocal_metric
+    from insitu_xrd.core.texture import invariant_harmonics, real_spherical_harmonics, sh_texture_factor, texture_index
+
+    cub = gemmi.find_spacegroup_by_name("F m -3 m")
+    assert [invariant_harmonics(cub, np.eye(3) / 16.0, l).shape[1] for l in (2, 4, 6, 8)] == [0, 1, 1, 1]
+    ph = make_template("nmc811", **H2)
+    gs = reciprocal_metric(ph.cell)
+    assert [invariant_harmonics(ph.spacegroup, gs, l).shape[1] for l in (2, 4, 6, 8)] == [1, 2, 3, 3]
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(200000, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    y = real_spherical_harmonics(4, u)
+    np.testing.assert_allclose(y.T @ y * 4 * np.pi / len(u), np.eye(9), atol=0.02)
+    bases = {l: invariant_harmonics(ph.spacegroup, gs, l) for l in (2, 4)}
+    coeffs = {2: np.array([0.4]), 4: np.array([0.2, -0.15])}
+    eq = laue_equivalents(ph.spacegroup, np.array([[1, 0, 4]]))[0]
+    f = sh_texture_factor(eq, gs, bases, coeffs)
+    np.testing.assert_allclose(f, f[0], rtol=1e-10)
+    assert abs(f[0] - 1.0) > 0.01
+    # mean over directions (as reciprocal vectors: h = u L^-1) is 1
+    hk = u[:20000] @ np.linalg.inv(np.linalg.cholesky(gs))
+    assert sh_texture_factor(hk, gs, bases, coeffs).mean() == pytest.approx(1.0, abs=0.01)
+    assert texture_index(coeffs) == pytest.approx(1 + 0.16 / 5 + (0.04 + 0.0225) / 9)
+
+
+def test_spherical_harmonics_texture_recovered() -> None:
+    """Order-4 cylindrical SH texture (3 coefficients for -3m) in Bragg-Brentano: the coefficients
+    and the lattice within 2 esd, the texture index reported with its esd."""
+    truth = {"C2_1": 0.35, "C4_1": -0.2, "C4_2": 0.1}
+    x = np.arange(15.0, 100.0, 0.02)
+    geo = dict(geometry="bragg_brentano", polarization=0.5)
+    x, y, s = pattern(35, CU, x, dict(LAB, **geo), k=50.0, sh_coefficients=truth)
+    prof = dict(LAB, **geo, refine=["zero_deg"])
+    res = Refinement(spec([15, 100], ["sh_texture"], prof, texture={"spherical_harmonics": {"order": 4}}), CU).fit(x, y, s)
+    for n, v in truth.items():
+        within(res, f"H2_sh_{n}", v)
+    within(res, "H2_c", H2["c"])
+    j_true = 1 + 0.35**2 / 5 + (0.2**2 + 0.1**2) / 9
+    within(res, "H2_texture_index", j_true)

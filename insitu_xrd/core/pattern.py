@@ -35,7 +35,7 @@ from insitu_xrd.core.absorption import (bragg_brentano_shift_deg, cylinder_trans
 from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
                                         uniaxial_size_um)
 from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label, reciprocal_metric
-from insitu_xrd.core.texture import laue_equivalents, march_dollase_factor
+from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march_dollase_factor, sh_texture_factor
 from insitu_xrd.core.profiles import fcj_extent_deg, fcj_node_count, fcj_nodes, peak_fwhm_eta, pseudo_voigt
 
 __all__ = [
@@ -136,6 +136,8 @@ class PhaseState:
     size_axial_um, size_axis : uniaxial size: ``size_um`` equatorial, ``size_axial_um`` along the axis.
     md_ratio, md_axis : March-Dollase preferred orientation (ratio r, reciprocal axis [h, k, l]);
         None = random powder (`insitu_xrd.core.texture`).
+    sh_coefficients : spherical-harmonics texture (cylindrical sample symmetry), {"C2_1": ..., "C4_1": ...}
+        (the names of `insitu_xrd.core.texture.sh_texture_terms`); None = none.
     """
 
     phase: Phase
@@ -154,6 +156,7 @@ class PhaseState:
     size_axis: tuple[int, int, int] = (0, 0, 1)
     md_ratio: float | None = None
     md_axis: tuple[int, int, int] = (0, 0, 1)
+    sh_coefficients: dict[str, float] | None = None
 
     @property
     def name(self) -> str:
@@ -161,10 +164,19 @@ class PhaseState:
 
     def texture_factor(self, hkl: np.ndarray) -> np.ndarray | None:
         """March-Dollase factor per reflection of ``hkl`` at the phase's cell; None without texture."""
-        if self.md_ratio is None:
+        if self.md_ratio is None and not self.sh_coefficients:
             return None
-        return march_dollase_factor(laue_equivalents(self.phase.spacegroup, hkl), self.md_axis, self.md_ratio,
-                                    reciprocal_metric(self.phase.cell))
+        gs = reciprocal_metric(self.phase.cell)
+        out = np.ones(len(np.asarray(hkl).reshape(-1, 3)))
+        if self.md_ratio is not None:
+            out = out * march_dollase_factor(laue_equivalents(self.phase.spacegroup, hkl), self.md_axis, self.md_ratio, gs)
+        if self.sh_coefficients:
+            orders = {int(n[1:].split("_")[0]) for n in self.sh_coefficients}
+            bases = {l: invariant_harmonics(self.phase.spacegroup, gs, l) for l in orders}
+            coeffs = {l: np.array([self.sh_coefficients.get(f"C{l}_{j + 1}", 0.0) for j in range(bases[l].shape[1])])
+                      for l in orders}
+            out = out * sh_texture_factor(hkl, gs, bases, coeffs)
+        return out
 
     def effective_broadening(self, hkl: np.ndarray, d_A: np.ndarray) -> tuple:
         """(microstrain, size_um) per reflection of ``hkl`` (scalars when isotropic)."""

@@ -194,7 +194,7 @@ class ModelDerivatives:
                     if lebail:
                         continue
                     any_area = True
-                    if tex is not None and n == f"{name}_md_ratio":
+                    if tex is not None and (n == f"{name}_md_ratio" or n.startswith(f"{name}_sh_C")):
                         c_a[:, j] = (k * pd.mult * pd.fsq * prob.intensity_factor(tthb, vals) *
                                      (prob.texture(pd, vp) - prob.texture(pd, vm)) / (2 * h))
                         continue

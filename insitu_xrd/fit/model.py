@@ -28,7 +28,7 @@ from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain,
 from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.pattern import Instrument, d_from_two_theta_deg, intensity_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
-from insitu_xrd.core.texture import laue_equivalents, march_dollase_factor
+from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march_dollase_factor, sh_texture_factor
 from insitu_xrd.fit.phase_model import cell_from_values
 from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.fit.structures import StructureCache
@@ -54,6 +54,7 @@ class PhaseData:
     geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `Problem.peak_params`)
     widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
     equivalents: np.ndarray | None = None  # Laue-equivalent hkl of every reflection (texture)
+    sh_bases: dict | None = None  # l -> invariant harmonics (spherical-harmonics texture)
 
 
 def default_phase_spec(name: str) -> PhaseSpec:
@@ -248,10 +249,19 @@ class Problem:
                                 self.polarization)
 
     def texture(self, pd: PhaseData, vals: dict[str, float]) -> np.ndarray | None:
-        """March-Dollase factor of a phase's reflections (None: no texture model)."""
+        """Texture factor of a phase's reflections (March-Dollase or spherical harmonics; None: no
+        texture model)."""
         tex = pd.spec.texture
-        if tex is None or tex.march_dollase is None:
+        if tex is None:
             return None
+        if tex.spherical_harmonics is not None:
+            gs = reciprocal_metric(cell_from_values(pd.phase, vals))
+            if pd.sh_bases is None:
+                pd.sh_bases = {l: invariant_harmonics(pd.phase.spacegroup, gs, l)
+                               for l in range(2, tex.spherical_harmonics.order + 1, 2)}
+            coeffs = {l: np.array([vals[f"{pd.name}_sh_C{l}_{j + 1}"] for j in range(b.shape[1])])
+                      for l, b in pd.sh_bases.items()}
+            return sh_texture_factor(pd.hkl, gs, pd.sh_bases, coeffs)
         if pd.equivalents is None:
             pd.equivalents = laue_equivalents(pd.phase.spacegroup, pd.hkl)
         gs = reciprocal_metric(cell_from_values(pd.phase, vals))

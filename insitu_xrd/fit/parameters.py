@@ -22,6 +22,8 @@ import lmfit
 import numpy as np
 
 from insitu_xrd.core.broadening import isotropic_stephens
+from insitu_xrd.core.crystal import reciprocal_metric
+from insitu_xrd.core.texture import sh_texture_terms
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.core.pattern import Instrument
 from insitu_xrd.errors import InsituXRDError
@@ -229,6 +231,15 @@ class ParameterBuilder:
             pars.add(f"{p}_size_axial_um", value=axial, vary="size_axial_um" in ps.refine, min=1e-3, max=1e3)
         if ps.texture is not None and ps.texture.march_dollase is not None:
             pars.add(f"{p}_md_ratio", value=ps.texture.march_dollase.ratio, vary="md_ratio" in ps.refine, min=0.1, max=10.0)
+        if ps.texture is not None and ps.texture.spherical_harmonics is not None:
+            sh = ps.texture.spherical_harmonics
+            names = [f"C{l}_{j}" for l, j in sh_texture_terms(ph.spacegroup, reciprocal_metric(ph.cell), sh.order)]
+            unknown = sorted(set(sh.coefficients) - set(names))
+            if unknown:
+                raise InsituXRDError(f"phase {p}: texture coefficients {unknown} are not terms of order {sh.order} for its "
+                                     f"Laue class ({', '.join(names)})")
+            for n in names:
+                pars.add(f"{p}_sh_{n}", value=float(sh.coefficients.get(n, 0.0)), vary="sh_texture" in ps.refine)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
         pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
         # site parameters (template aliases, sites:, biso_groups, occupancy_sums): the phase model's

@@ -38,6 +38,7 @@ __all__ = [
     "SiteSpec",
     "OccupancySumSpec",
     "MarchDollaseSpec",
+    "SphericalHarmonicsSpec",
     "TextureSpec",
     "ProfileSpec",
     "BackgroundSpec",
@@ -54,7 +55,7 @@ ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "s
                       "absorption_muR", "absorption_mut", "transparency_mm"]
 PhaseName = Literal[
     "a", "b", "c", "alpha", "beta", "gamma", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
-    "mustrain_axial", "mustrain_S", "size_axial_um", "md_ratio",
+    "mustrain_axial", "mustrain_S", "size_axial_um", "md_ratio", "sh_texture",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
 ]
 DiffuseName = Literal["area", "fwhm_deg", "offset_deg", "eta"]
@@ -187,10 +188,34 @@ class MarchDollaseSpec(_Strict):
         return v
 
 
+class SphericalHarmonicsSpec(_Strict):
+    """Spherical-harmonics texture with cylindrical sample symmetry (GSAS-II SH, cylindrical):
+    ``{order: 4}``; coefficients ``<phase>_sh_C<l>_<j>`` (refine ``sh_texture``), the texture
+    index ``<phase>_texture_index`` reported (see `insitu_xrd.core.texture`)."""
+
+    order: int = Field(..., ge=2, le=12, description="Highest (even) harmonic order l.")
+    coefficients: dict[str, float] = Field(default_factory=dict, description="Start coefficients {C2_1: ..., C4_1: ...} (0).")
+
+    @field_validator("order")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"spherical_harmonics.order must be even (2, 4, ..., 12), got {v}")
+        return v
+
+
 class TextureSpec(_Strict):
-    """Preferred orientation of a phase (multiplies its structure-factor intensities)."""
+    """Preferred orientation of a phase (multiplies its structure-factor intensities): one model."""
 
     march_dollase: MarchDollaseSpec | None = Field(None, description="March-Dollase model: {axis: [h, k, l], ratio: r}.")
+    spherical_harmonics: SphericalHarmonicsSpec | None = Field(
+        None, description="Spherical harmonics, cylindrical sample symmetry: {order: N} (even N).")
+
+    @model_validator(mode="after")
+    def _one(self) -> "TextureSpec":
+        if (self.march_dollase is None) == (self.spherical_harmonics is None):
+            raise ValueError("texture: give exactly one of march_dollase or spherical_harmonics")
+        return self
 
 
 class PhaseSpec(_Strict):
@@ -230,7 +255,9 @@ class PhaseSpec(_Strict):
         "isotropic", description="Size model (GSAS-II): isotropic; uniaxial (size_um = equatorial, size_axial_um along size_axis).")
     size_axis: tuple[int, int, int] = Field((0, 0, 1), description="Unique axis [h, k, l] of the uniaxial size.")
     size_axial_um: float | None = Field(None, gt=0, description="Start size along the axis (um); default: size_um (or 1).")
-    texture: TextureSpec | None = Field(None, description="Preferred orientation: {march_dollase: {axis: [0, 0, 1], ratio: 1.0}} (refine md_ratio).")
+    texture: TextureSpec | None = Field(None, description=(
+        "Preferred orientation: {march_dollase: {axis: [0, 0, 1], ratio: 1.0}} (refine md_ratio) or "
+        "{spherical_harmonics: {order: 4}} (refine sh_texture)."))
     scale: float | None = Field(None, gt=0, description="Start scale (solved linearly; only informational).")
     lattice_bound_pct: float = Field(3.0, gt=0, le=20, description="Lattice lengths are bounded to +/- this % of the start values.")
     refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description=(
@@ -256,6 +283,8 @@ class PhaseSpec(_Strict):
                 raise ValueError(f"phase {self.name!r}: refine {name} needs {key}: {model} (it is {getattr(self, key)})")
         if "md_ratio" in self.refine and (self.texture is None or self.texture.march_dollase is None):
             raise ValueError(f"phase {self.name!r}: refine md_ratio needs texture: {{march_dollase: {{axis: [h, k, l]}}}}")
+        if "sh_texture" in self.refine and (self.texture is None or self.texture.spherical_harmonics is None):
+            raise ValueError(f"phase {self.name!r}: refine sh_texture needs texture: {{spherical_harmonics: {{order: N}}}}")
         if tuple(self.mustrain_axis) == (0, 0, 0) or tuple(self.size_axis) == (0, 0, 0):
             raise ValueError(f"phase {self.name!r}: mustrain_axis / size_axis must not be [0, 0, 0]")
         if self.template is not None and self.template.lower() not in TEMPLATE_NAMES:
@@ -368,7 +397,7 @@ class RefinementSpec(_Strict):
         if self.mode == "lebail":
             # Le Bail intensities absorb texture and absorption: they enter only the phase-fraction step
             bad = [n for n in ("absorption_muR", "absorption_mut") if n in self.profile.refine]
-            bad += [f"{p.name}.md_ratio" for p in self.phases if "md_ratio" in p.refine]
+            bad += [f"{p.name}.{n}" for p in self.phases for n in ("md_ratio", "sh_texture") if n in p.refine]
             if bad:
                 raise ValueError(f"{bad} are refined in rietveld mode only (in lebail mode the extracted intensities "
                                  "absorb them; their fixed values enter the phase-fraction step)")
