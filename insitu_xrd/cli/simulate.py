@@ -23,6 +23,12 @@ def simulate(
     mustrain_axial_factor: float = typer.Option(
         1.0, "--mustrain-axial-factor", min=0.1, max=10.0,
         help="Microstrain along c (00l) / in the layers (hk0) of H2 and H3 (1 = isotropic); the recipe then uses the uniaxial model."),
+    texture_ratio: float = typer.Option(
+        1.0, "--texture-ratio", min=0.2, max=5.0,
+        help="March-Dollase ratio of H2 and H3 about [001] (1 = random powder, < 1 = platelets lying flat); the recipe names it."),
+    absorption_mut: float = typer.Option(
+        0.0, "--absorption-mut", min=0.0, max=5.0,
+        help="mu*t of the cell as a flat plate normal to the beam (0 = none); the recipe then uses geometry: transmission."),
 ) -> None:
     """Write a synthetic in-situ dataset (first charge of NMC811) whose every true value is in truth.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,7 +41,7 @@ def simulate(
             truth = simulate_dataset(
                 out_dir, frames=frames, seed=seed, coated=coated, wavelength_A=wavelength_a, binning=binning,
                 cell_lines=not no_cell_lines, diffuse=not no_diffuse, workers=workers,
-                mustrain_axial_factor=mustrain_axial_factor,
+                mustrain_axial_factor=mustrain_axial_factor, texture_ratio=texture_ratio, absorption_mut=absorption_mut,
                 progress=lambda done, total: bar.update(task, completed=done),
             )
     except InsituXRDError as exc:

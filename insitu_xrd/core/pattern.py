@@ -3,12 +3,19 @@
 y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 2theta_k, H_k, eta_k)
           + diffuse (broad pseudo-Voigt) components.
 
-- Peak area (integrated intensity, in intensity x degrees): scale * multiplicity * |F|^2 * Lorentz,
-  Lorentz = 1 / (sin^2(theta) cos(theta)) (Debye-Scherrer powder). Polarization is NOT applied:
-  the integration stage divides it out (pyFAI polarization_factor), as it does the solid angle.
-- Peak positions: 2theta_obs = 2theta_Bragg(d, lambda) + zero_deg + displacement shift, with the
-  displacement shift of a sample moved by `displacement_um` towards a flat detector at
-  `distance_mm` (transmission): d(2theta) = -(delta/D) sin(2theta) cos(2theta) (rad).
+- Peak area (integrated intensity, in intensity x degrees): scale * multiplicity * |F|^2 * Lorentz
+  * texture * polarization * absorption, Lorentz = 1 / (sin^2(theta) cos(theta)) (powder).
+  Polarization is applied only when `Instrument.polarization` is set (1D laboratory data): by
+  default the integration stage has divided it out (pyFAI polarization_factor), as it does the
+  solid angle. Absorption by the geometry (`Instrument.geometry`, `insitu_xrd.core.absorption`):
+  cylinder (muR) for debye_scherrer, flat plate (mu t) for transmission, none (constant) for
+  bragg_brentano. Texture: March-Dollase per phase (`insitu_xrd.core.texture`).
+- Peak positions: 2theta_obs = 2theta_Bragg(d, lambda) + zero_deg + displacement shift. Geometries
+  debye_scherrer and transmission (flat area detector at `distance_mm`, the default): a sample
+  moved by `displacement_um` towards the detector, d(2theta) = -(delta/D) sin(2theta) cos(2theta)
+  (rad). bragg_brentano: specimen displacement `displacement_um` (GSAS-II Shift) and transparency
+  `transparency_mm` (1/mu_eff) on a goniometer of radius `goniometer_radius_mm`:
+  d(2theta) = -2 s cos(theta)/R - sin(2theta)/(2 mu_eff R) (rad).
 - Widths: GSAS-II CW U,V,W,X,Y plus microstrain/size (see `insitu_xrd.core.profiles`), evaluated
   with the Lorentz factor at the Bragg angle; optional GSAS-II SH/L (Finger-Cox-Jephcoat)
   low-angle asymmetry of the Bragg peaks, about the observed position.
@@ -23,9 +30,12 @@ from typing import Sequence
 
 import numpy as np
 
+from insitu_xrd.core.absorption import (bragg_brentano_shift_deg, cylinder_transmission, plate_transmission,
+                                        polarization_factor)
 from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
                                         uniaxial_size_um)
 from insitu_xrd.core.crystal import Phase, Reflections, parse_hkl_label, reciprocal_metric
+from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march_dollase_factor, sh_texture_factor
 from insitu_xrd.core.profiles import fcj_extent_deg, fcj_node_count, fcj_nodes, peak_fwhm_eta, pseudo_voigt
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "PeakTable",
     "PatternComponents",
     "lorentz_factor",
+    "intensity_factor",
     "two_theta_deg_from_d",
     "d_from_two_theta_deg",
     "peak_table",
@@ -63,6 +74,13 @@ class Instrument:
     distance_mm : sample-detector distance used by the displacement term (mm).
     sh_l : GSAS-II SH/L = S/L + H/L, Finger-Cox-Jephcoat axial-divergence asymmetry (0: symmetric
         peaks; see `insitu_xrd.core.profiles.fcj_nodes`).
+
+    Geometry, absorption and polarization (`insitu_xrd.core.absorption`):
+    geometry : debye_scherrer (default) | bragg_brentano | transmission.
+    absorption_muR : cylinder mu*R (debye_scherrer); absorption_mut : plate mu*t (transmission).
+    transparency_mm : 1/mu_eff (mm), goniometer_radius_mm : R (mm) (bragg_brentano).
+    polarization : GSAS-II Polariz. applied to the intensities; None = already divided out.
+    With bragg_brentano ``displacement_um`` is the specimen displacement (GSAS-II Shift).
     """
 
     wavelength_A: float
@@ -75,9 +93,25 @@ class Instrument:
     displacement_um: float = 0.0
     distance_mm: float = 1000.0
     sh_l: float = 0.0
+    # geometry, absorption, polarization (issue 18)
+    geometry: str = "debye_scherrer"
+    absorption_muR: float = 0.0
+    absorption_mut: float = 0.0
+    transparency_mm: float = 0.0
+    goniometer_radius_mm: float = 240.0
+    polarization: float | None = None
+
+    def intensity_factor(self, two_theta_deg: np.ndarray) -> np.ndarray:
+        """Lorentz x polarization x absorption at Bragg angles 2theta (deg) (see `intensity_factor`)."""
+        return intensity_factor(two_theta_deg, self.geometry, self.absorption_muR, self.absorption_mut,
+                                self.polarization)
 
     def position_shift_deg(self, two_theta_deg: np.ndarray) -> np.ndarray:
-        """Shift (deg) added to Bragg positions by zero and sample displacement."""
+        """Shift (deg) added to Bragg positions by zero and sample displacement (and, in
+        Bragg-Brentano geometry, transparency)."""
+        if self.geometry == "bragg_brentano":
+            return self.zero_deg + bragg_brentano_shift_deg(two_theta_deg, self.displacement_um, self.transparency_mm,
+                                                            self.goniometer_radius_mm)
         tth = np.radians(np.asarray(two_theta_deg, dtype=float))
         disp = -(self.displacement_um * 1e-3 / self.distance_mm) * np.sin(tth) * np.cos(tth)
         return self.zero_deg + np.degrees(disp)
@@ -100,6 +134,10 @@ class PhaseState:
     mustrain_S : generalized microstrain (Stephens 1999), {S400: ..., ...} in GSAS-II units for
         the phase's Laue class (replaces ``mustrain``); see `insitu_xrd.core.broadening`.
     size_axial_um, size_axis : uniaxial size: ``size_um`` equatorial, ``size_axial_um`` along the axis.
+    md_ratio, md_axis : March-Dollase preferred orientation (ratio r, reciprocal axis [h, k, l]);
+        None = random powder (`insitu_xrd.core.texture`).
+    sh_coefficients : spherical-harmonics texture (cylindrical sample symmetry), {"C2_1": ..., "C4_1": ...}
+        (the names of `insitu_xrd.core.texture.sh_texture_terms`); None = none.
     """
 
     phase: Phase
@@ -116,10 +154,29 @@ class PhaseState:
     mustrain_S: dict[str, float] | None = None
     size_axial_um: float | None = None
     size_axis: tuple[int, int, int] = (0, 0, 1)
+    md_ratio: float | None = None
+    md_axis: tuple[int, int, int] = (0, 0, 1)
+    sh_coefficients: dict[str, float] | None = None
 
     @property
     def name(self) -> str:
         return self.phase.name
+
+    def texture_factor(self, hkl: np.ndarray) -> np.ndarray | None:
+        """March-Dollase factor per reflection of ``hkl`` at the phase's cell; None without texture."""
+        if self.md_ratio is None and not self.sh_coefficients:
+            return None
+        gs = reciprocal_metric(self.phase.cell)
+        out = np.ones(len(np.asarray(hkl).reshape(-1, 3)))
+        if self.md_ratio is not None:
+            out = out * march_dollase_factor(laue_equivalents(self.phase.spacegroup, hkl), self.md_axis, self.md_ratio, gs)
+        if self.sh_coefficients:
+            orders = {int(n[1:].split("_")[0]) for n in self.sh_coefficients}
+            bases = {l: invariant_harmonics(self.phase.spacegroup, gs, l) for l in orders}
+            coeffs = {l: np.array([self.sh_coefficients.get(f"C{l}_{j + 1}", 0.0) for j in range(bases[l].shape[1])])
+                      for l in orders}
+            out = out * sh_texture_factor(hkl, gs, bases, coeffs)
+        return out
 
     def effective_broadening(self, hkl: np.ndarray, d_A: np.ndarray) -> tuple:
         """(microstrain, size_um) per reflection of ``hkl`` (scalars when isotropic)."""
@@ -202,6 +259,21 @@ def lorentz_factor(two_theta_deg: np.ndarray) -> np.ndarray:
     return 1.0 / (np.sin(th) ** 2 * np.cos(th))
 
 
+def intensity_factor(two_theta_deg: np.ndarray, geometry: str = "debye_scherrer", absorption_muR: float = 0.0,
+                     absorption_mut: float = 0.0, polarization: float | None = None) -> np.ndarray:
+    """Lorentz factor x polarization (when given) x the geometry's absorption at Bragg angles 2theta
+    (deg): cylinder transmission (debye_scherrer, muR), plate transmission (transmission, mu t),
+    none (bragg_brentano: 1/(2 mu) at every angle, in the scale). The defaults give `lorentz_factor`."""
+    out = lorentz_factor(two_theta_deg)
+    if polarization is not None:
+        out = out * polarization_factor(two_theta_deg, polarization)
+    if geometry == "debye_scherrer" and absorption_muR:
+        out = out * cylinder_transmission(two_theta_deg, absorption_muR)
+    elif geometry == "transmission" and absorption_mut:
+        out = out * plate_transmission(two_theta_deg, absorption_mut)
+    return out
+
+
 def two_theta_deg_from_d(d_A: np.ndarray, wavelength_A: float) -> np.ndarray:
     """Bragg angle 2theta (deg) for spacings d (A); NaN where lambda/(2d) > 1."""
     ratio = wavelength_A / (2.0 * np.asarray(d_A, dtype=float))
@@ -243,7 +315,10 @@ def peak_table(
         f_sq = state.f_sq if state.f_sq is not None else np.full(len(refl), np.nan)
     else:
         f_sq = state.f_sq if state.f_sq is not None else state.phase.structure_factor_sq(refl.hkl)
-        area = state.scale * refl.multiplicity * f_sq * lorentz_factor(tth_bragg)
+        area = state.scale * refl.multiplicity * f_sq * instrument.intensity_factor(tth_bragg)
+        texture = state.texture_factor(refl.hkl)
+        if texture is not None:
+            area = area * texture
     margin = 0.5 + 5.0 * float(np.nanmax(fwhm)) if len(refl) else 0.0
     keep = np.isfinite(tth) & (tth > lo - margin) & (tth < hi + margin)
     return PeakTable(

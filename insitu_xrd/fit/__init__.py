@@ -36,10 +36,11 @@ diffuse; one scalar per refined value with an ``_esd`` twin, ``<P>_phase_fractio
 ``<P>_volume_A3[_esd]``, ``correlation``; attrs rwp, rp, rexp, gof, durbin_watson, mode,
 wavelength_A, polarization note, software_versions).
 
-Parameter names: profile ``U V W X Y zero_deg displacement_um sh_l`` (``sh_l``: GSAS-II SH/L); background ``bkg_0..``,
+Parameter names: profile ``U V W X Y zero_deg displacement_um sh_l`` (``sh_l``: GSAS-II SH/L) and, by
+geometry, ``absorption_muR absorption_mut transparency_mm``; background ``bkg_0..``,
 ``bkg_hump<i>_area|center_deg|fwhm_deg|eta``; phase ``<P>_a|b|c|alpha|beta|gamma`` (the free ones of
 its crystal system; results carry all six and ``<P>_volume_A3``), ``<P>_scale|mustrain|size_um|
-mustrain_mix|size_mix|biso_A2``; site parameters of any phase ``<P>_<SITE>_x|y|z|occ|occ_<El>|biso_A2``
+mustrain_mix|size_mix|biso_A2|md_ratio|sh_C<l>_<j>`` (and the derived ``<P>_texture_index``); site parameters of any phase ``<P>_<SITE>_x|y|z|occ|occ_<El>|biso_A2``
 and the nmc811 aliases ``<P>_o_z|li_occupancy|ni_li_mixing|biso_tm_A2|biso_li_A2|biso_o_A2``
 (``insitu_xrd.fit.phase_model``; ``FitResult.site_parameters`` labels them); diffuse
 ``diff_<P>_<hkl>[_<hkl>]_area|fwhm_deg|offset_deg|eta`` (e.g. ``diff_H2_108_110_area``).

@@ -16,6 +16,7 @@ import numpy as np
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.core.pattern import PeakTable
 from insitu_xrd.core.profiles import pseudo_voigt
+from insitu_xrd.core.texture import texture_index
 from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.covariance import esd_factor
 from insitu_xrd.fit.derivatives import fd_step
@@ -77,7 +78,7 @@ def assemble_result(prob: Problem, out: dict, mode: str, warnings: list[str], el
             areas = pd.areas
             fsq = pd.fsq
         else:
-            areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb)
+            areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb, vals)
             fsq = pd.fsq
         phase_curves[name] = prob.curve(blocks, areas)[prob.fitmask]
         keep = (t >= lo) & (t <= hi)
@@ -155,6 +156,18 @@ def assemble_result(prob: Problem, out: dict, mode: str, warnings: list[str], el
             esds[f"{name}_volume_A3"] = float(np.sqrt(max(g @ sub @ g, 0.0)))
         else:
             esds[f"{name}_volume_A3"] = np.nan
+        # texture index J = 1 + sum C^2/(2l+1) of a spherical-harmonics texture, esd propagated
+        sh_names = [n for n in vals if n.startswith(f"{name}_sh_C")]
+        if sh_names:
+            orders = np.array([int(n[len(name) + 5:].split("_")[0]) for n in sh_names], dtype=float)
+            coef = np.array([vals[n] for n in sh_names])
+            values[f"{name}_texture_index"] = texture_index({int(l): coef[orders == l] for l in set(orders)})
+            idx = [cov_names.index(n) for n in sh_names if n in cov_names]
+            if idx:
+                g = np.array([2 * vals[cov_names[i]] / (2 * orders[sh_names.index(cov_names[i])] + 1) for i in idx])
+                esds[f"{name}_texture_index"] = float(np.sqrt(max(g @ cov[np.ix_(idx, idx)] @ g, 0.0)))
+            else:
+                esds[f"{name}_texture_index"] = np.nan
         # the whole cell for every phase (results schema a, b, c, alpha, beta, gamma): a tied
         # parameter carries the value and esd of the free one it follows, a fixed angle NaN esd
         lat = ph.lattice

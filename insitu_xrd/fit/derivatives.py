@@ -23,12 +23,11 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse
 
-from insitu_xrd.core.pattern import lorentz_factor
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
 from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
 from insitu_xrd.fit.model import PhaseData, Problem, sample_widths
-from insitu_xrd.fit.parameters import PROFILE_NAMES
+from insitu_xrd.fit.parameters import GEOMETRY_NAMES, PROFILE_NAMES
 from insitu_xrd.fit.phase_model import cell_from_values
 
 __all__ = ["LazyTransposed", "ModelDerivatives", "fd_step"]
@@ -98,7 +97,7 @@ class ModelDerivatives:
         return hit
 
     def _affects_phase(self, param: str, phase: str) -> bool:
-        return param in PROFILE_NAMES or param.startswith(f"{phase}_")
+        return param in PROFILE_NAMES or param in GEOMETRY_NAMES or param.startswith(f"{phase}_")
 
     def _fd_cache(self, vals: dict[str, float]) -> dict:
         """Finite differences of per-reflection quantities and single-peak curves at `vals`, kept
@@ -151,7 +150,8 @@ class ModelDerivatives:
             if relevant:
                 mats, t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
                 rows = mats.rows
-                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb)
+                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb, vals)
+                tex = None if lebail else prob.texture(pd, vals)
                 q = len(relevant)
                 c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
                 any_area = False
@@ -172,12 +172,16 @@ class ModelDerivatives:
                         if not lebail:
                             any_area = True
                             c_a[:, j] = k * pd.mult * pd.fsq * dl_b * g
+                            if tex is not None:  # (its dependence on the cell is not followed)
+                                c_a[:, j] *= tex
                         continue
                     if n in sites:
                         # |F|^2 only: positions and widths do not depend on site parameters
                         if not lebail:
                             any_area = True
-                            c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * lorentz_factor(tthb)
+                            c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * prob.intensity_factor(tthb, vals)
+                            if tex is not None:
+                                c_a[:, j] *= tex
                         continue
                     h = fd_step(n, vals[n])
                     vp, vm = dict(vals), dict(vals)
@@ -190,7 +194,13 @@ class ModelDerivatives:
                     if lebail:
                         continue
                     any_area = True
-                    c_a[:, j] = k * pd.mult * pd.fsq * (lorentz_factor(bp) - lorentz_factor(bm)) / (2 * h)
+                    if tex is not None and (n == f"{name}_md_ratio" or n.startswith(f"{name}_sh_C")):
+                        c_a[:, j] = (k * pd.mult * pd.fsq * prob.intensity_factor(tthb, vals) *
+                                     (prob.texture(pd, vp) - prob.texture(pd, vm)) / (2 * h))
+                        continue
+                    c_a[:, j] = k * pd.mult * pd.fsq * (prob.intensity_factor(bp, vp) - prob.intensity_factor(bm, vm)) / (2 * h)
+                    if tex is not None:
+                        c_a[:, j] *= tex
                 block = mats.T(3) @ c_t[rows] + mats.T(4) @ c_h[rows] + mats.T(5) @ c_e[rows]
                 if any_area:
                     block += mats.T(2) @ c_a[rows]
@@ -199,7 +209,7 @@ class ModelDerivatives:
             if "sh_l" in out:
                 h = fd_step("sh_l", vals["sh_l"])
                 t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
-                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb)
+                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb, vals)
                 lo = max(vals["sh_l"] - h, 0.0)
                 hi = vals["sh_l"] + h
                 yp = prob.curve(prob.profiles.blocks(t, fwhm, eta, hi), areas)
@@ -209,7 +219,7 @@ class ModelDerivatives:
             pre = f"diff_{dspec.label}"
             amp = coef(f"{pre}_area")
             for n in free_nl:
-                if not (n in ("zero_deg", "displacement_um") or n.startswith(pre + "_") or
+                if not (n in ("zero_deg", "displacement_um", "transparency_mm") or n.startswith(pre + "_") or
                         (n.startswith(f"{dspec.phase}_") and n.split("_", 1)[1] in LATTICE_NAMES)):
                     continue
                 h = fd_step(n, vals[n])
@@ -322,7 +332,7 @@ class ModelDerivatives:
             for sign in (1.0, -1.0):
                 b = tthb + sign * h
                 fw, et = peak_fwhm_eta(b, prob.lam, *wargs)
-                out.append((b + prob.shift(b, vals), fw, et, lorentz_factor(b)))
+                out.append((b + prob.shift(b, vals), fw, et, prob.intensity_factor(b, vals)))
             hit = fd[(pd.name, "bragg_angle")] = tuple((p - m) / (2 * h) for p, m in zip(*out))
         return hit
 

@@ -76,6 +76,7 @@ How a fit flows (insitu_xrd.fit; objects composed, each module one job)
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Sequence
 
@@ -137,6 +138,15 @@ class Refinement:
             distance_mm=prof.distance_mm if prof.distance_mm is not None else base.distance_mm,
             sh_l=prof.sh_l if prof.sh_l is not None else base.sh_l,
         )
+        # geometry, absorption, polarization (issue 18): the recipe's, else the given instrument's
+        self.instrument = dataclasses.replace(
+            self.instrument, geometry=prof.geometry,
+            absorption_muR=prof.absorption_muR if prof.absorption_muR is not None else base.absorption_muR,
+            absorption_mut=prof.absorption_mut if prof.absorption_mut is not None else base.absorption_mut,
+            transparency_mm=prof.transparency_mm if prof.transparency_mm is not None else base.transparency_mm,
+            goniometer_radius_mm=(prof.goniometer_radius_mm if prof.goniometer_radius_mm is not None
+                                  else base.goniometer_radius_mm),
+            polarization=prof.polarization if prof.polarization is not None else base.polarization)
         self.spec_names = [p.name for p in spec.phases]
         self.phases: dict[str, Phase] = {}
         self.models: dict[str, PhaseModel] = {}
@@ -244,7 +254,7 @@ class Refinement:
     def _problem(self, x, y, s, fitmask, active, params) -> Problem:
         """One fit's `Problem` on this refinement's structures."""
         return Problem(self.spec, self.structures, self.wavelength_A, self.instrument.distance_mm, x, y, s, fitmask,
-                       active, params)
+                       active, params, instrument=self.instrument)
 
 
 def prepare_data(spec: RefinementSpec, tth, inten, sigma):

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 import lmfit
 import numpy as np
 
+from insitu_xrd.core.absorption import bragg_brentano_shift_deg
 from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
                                         uniaxial_size_um)
 from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
-from insitu_xrd.core.pattern import d_from_two_theta_deg, lorentz_factor, two_theta_deg_from_d
+from insitu_xrd.core.pattern import Instrument, d_from_two_theta_deg, intensity_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march_dollase_factor, sh_texture_factor
 from insitu_xrd.fit.phase_model import cell_from_values
 from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.fit.structures import StructureCache
@@ -51,6 +53,8 @@ class PhaseData:
     hh: np.ndarray | None = None  # hkl products for 1/d^2 = hh @ (g11, g22, g33, g12, g13, g23)
     geo: dict = field(default_factory=dict)  # cell -> (d, Bragg 2theta, its sin and cos) (see `Problem.peak_params`)
     widths: dict = field(default_factory=dict)  # (cell, profile, sample) -> (FWHM, eta)
+    equivalents: np.ndarray | None = None  # Laue-equivalent hkl of every reflection (texture)
+    sh_bases: dict | None = None  # l -> invariant harmonics (spherical-harmonics texture)
 
 
 def default_phase_spec(name: str) -> PhaseSpec:
@@ -108,11 +112,17 @@ class Problem:
     displacement); x, y, sig: the sorted pattern (deg, counts, esds), fitmask: fitted points;
     active: phase names; params: lmfit Parameters (their ``vary_linear`` set by
     `insitu_xrd.fit.parameters.split_free`). ``base_vals``: the parameter values that
-    `values_from` completes (set by the stage that moves the parameters)."""
+    `values_from` completes (set by the stage that moves the parameters). instrument: its
+    geometry, goniometer radius and polarization (default: debye_scherrer, none applied); the
+    refinable absorption and transparency values come from the parameters."""
 
     def __init__(self, spec: RefinementSpec, structures: StructureCache, wavelength_A: float, distance_mm: float,
                  x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
-                 active: list[str], params: lmfit.Parameters):
+                 active: list[str], params: lmfit.Parameters, instrument: Instrument | None = None):
+        geometry = instrument if instrument is not None else Instrument(wavelength_A)
+        self.geometry = geometry.geometry
+        self.goniometer_radius_mm = geometry.goniometer_radius_mm
+        self.polarization = geometry.polarization
         self.spec = spec
         self.structures = structures
         self.lam = wavelength_A
@@ -179,7 +189,10 @@ class Problem:
     def shift(self, tthb: np.ndarray, vals: dict[str, float],
               sin_cos: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Zero and sample-displacement shift (deg) of Bragg angles ``tthb``; ``sin_cos``: their
-        sin and cos when already known."""
+        sin and cos when already known (see `insitu_xrd.core.pattern.Instrument.position_shift_deg`)."""
+        if self.geometry == "bragg_brentano":
+            return vals.get("zero_deg", 0.0) + bragg_brentano_shift_deg(
+                tthb, vals.get("displacement_um", 0.0), vals.get("transparency_mm", 0.0), self.goniometer_radius_mm)
         if sin_cos is None:
             tth = np.radians(tthb)
             sin_cos = (np.sin(tth), np.cos(tth))
@@ -230,8 +243,35 @@ class Problem:
             y += np.bincount(idx.ravel(), weights=(prof * areas[idx_pk, None]).ravel(), minlength=len(self.x))
         return y
 
-    def structure_areas(self, pd: PhaseData, tthb: np.ndarray) -> np.ndarray:
-        return pd.mult * pd.fsq * lorentz_factor(tthb)
+    def intensity_factor(self, tthb: np.ndarray, vals: dict[str, float]) -> np.ndarray:
+        """Lorentz x polarization x absorption at Bragg angles ``tthb`` (`core.pattern.intensity_factor`)."""
+        return intensity_factor(tthb, self.geometry, vals.get("absorption_muR", 0.0), vals.get("absorption_mut", 0.0),
+                                self.polarization)
+
+    def texture(self, pd: PhaseData, vals: dict[str, float]) -> np.ndarray | None:
+        """Texture factor of a phase's reflections (March-Dollase or spherical harmonics; None: no
+        texture model)."""
+        tex = pd.spec.texture
+        if tex is None:
+            return None
+        if tex.spherical_harmonics is not None:
+            gs = reciprocal_metric(cell_from_values(pd.phase, vals))
+            if pd.sh_bases is None:
+                pd.sh_bases = {l: invariant_harmonics(pd.phase.spacegroup, gs, l)
+                               for l in range(2, tex.spherical_harmonics.order + 1, 2)}
+            coeffs = {l: np.array([vals[f"{pd.name}_sh_C{l}_{j + 1}"] for j in range(b.shape[1])])
+                      for l, b in pd.sh_bases.items()}
+            return sh_texture_factor(pd.hkl, gs, pd.sh_bases, coeffs)
+        if pd.equivalents is None:
+            pd.equivalents = laue_equivalents(pd.phase.spacegroup, pd.hkl)
+        gs = reciprocal_metric(cell_from_values(pd.phase, vals))
+        return march_dollase_factor(pd.equivalents, tex.march_dollase.axis, vals[f"{pd.name}_md_ratio"], gs)
+
+    def structure_areas(self, pd: PhaseData, tthb: np.ndarray, vals: dict[str, float]) -> np.ndarray:
+        """m |F|^2 x Lorentz x polarization x absorption (x texture) of a phase's reflections (scale 1)."""
+        areas = pd.mult * pd.fsq * self.intensity_factor(tthb, vals)
+        tex = self.texture(pd, vals)
+        return areas if tex is None else areas * tex
 
     def pv_column(self, center: float, fwhm: float, eta: float) -> np.ndarray:
         """pseudo_voigt on the grid (read-only; the last few kept: columns and residuals at
@@ -250,7 +290,7 @@ class Problem:
     def diffuse_center(self, d: DiffuseSpec, vals: dict[str, float]) -> float:
         pd = self.pd[d.phase]
         cell = cell_from_values(pd.phase, vals)
-        key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0))
+        key = (d.label, cell, vals.get("zero_deg", 0.0), vals.get("displacement_um", 0.0), vals.get("transparency_mm", 0.0))
         base = self._center_cache.get(key)
         if base is None:
             dd = pd.phase.d_spacing(self.diffuse_hkl[d.label], cell)
@@ -291,7 +331,7 @@ class Problem:
                 areas = pd.areas if pd.areas is not None else np.zeros(len(t))
                 add(f"{name}_lebail_k", self.curve(blocks, areas), True)
             else:
-                col = self.curve(blocks, self.structure_areas(pd, tthb))
+                col = self.curve(blocks, self.structure_areas(pd, tthb, vals))
                 free = structure_scales or pars[f"{name}_scale"].vary_linear  # type: ignore[attr-defined]
                 add(f"{name}_scale", col, free)
         for dspec in self.diffuse:

@@ -22,6 +22,8 @@ import lmfit
 import numpy as np
 
 from insitu_xrd.core.broadening import isotropic_stephens
+from insitu_xrd.core.crystal import reciprocal_metric
+from insitu_xrd.core.texture import sh_texture_terms
 from insitu_xrd.core.crystal import Phase
 from insitu_xrd.core.pattern import Instrument
 from insitu_xrd.errors import InsituXRDError
@@ -29,10 +31,14 @@ from insitu_xrd.fit.phase_model import PhaseModel
 from insitu_xrd.fit.result import FitResult
 from insitu_xrd.fit.spec import PhaseSpec, RefinementSpec
 
-__all__ = ["PROFILE_NAMES", "ParameterBuilder", "is_linear", "is_reciprocal", "optimiser_space", "split_free",
+__all__ = ["PROFILE_NAMES", "GEOMETRY_NAMES", "ParameterBuilder", "is_linear", "is_reciprocal", "optimiser_space", "split_free",
            "store_linear", "held_phases"]
 
 PROFILE_NAMES = ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l")
+#: Parameters of the geometry (absorption, transparency), present in a fit only where its geometry has
+#: them and the recipe gives or refines them: name -> (geometry, lower bound, upper bound).
+GEOMETRY_NAMES = {"absorption_muR": ("debye_scherrer", 0.0, 10.0), "absorption_mut": ("transmission", 0.0, 10.0),
+                  "transparency_mm": ("bragg_brentano", 0.0, 10.0)}
 
 
 def is_linear(name: str) -> bool:
@@ -124,6 +130,9 @@ class ParameterBuilder:
             if n == "zero_deg":
                 p.set(min=-1.0, max=1.0)
             pars.add(p)
+        for n, (geometry, lo, hi) in GEOMETRY_NAMES.items():
+            if spec.profile.geometry == geometry and (getattr(spec.profile, n) is not None or n in prof_refine):
+                pars.add(n, value=float(getattr(inst, n)), vary=n in prof_refine, min=lo, max=hi)
         for i in range(spec.background.chebyshev):
             pars.add(f"bkg_{i}", value=0.0, vary=True)
         for i, h in enumerate(spec.background.humps):
@@ -220,6 +229,17 @@ class ParameterBuilder:
         if ps.size_model == "uniaxial":
             axial = ps.size_axial_um if ps.size_axial_um is not None else (ps.size_um or 1.0)
             pars.add(f"{p}_size_axial_um", value=axial, vary="size_axial_um" in ps.refine, min=1e-3, max=1e3)
+        if ps.texture is not None and ps.texture.march_dollase is not None:
+            pars.add(f"{p}_md_ratio", value=ps.texture.march_dollase.ratio, vary="md_ratio" in ps.refine, min=0.1, max=10.0)
+        if ps.texture is not None and ps.texture.spherical_harmonics is not None:
+            sh = ps.texture.spherical_harmonics
+            names = [f"C{l}_{j}" for l, j in sh_texture_terms(ph.spacegroup, reciprocal_metric(ph.cell), sh.order)]
+            unknown = sorted(set(sh.coefficients) - set(names))
+            if unknown:
+                raise InsituXRDError(f"phase {p}: texture coefficients {unknown} are not terms of order {sh.order} for its "
+                                     f"Laue class ({', '.join(names)})")
+            for n in names:
+                pars.add(f"{p}_sh_{n}", value=float(sh.coefficients.get(n, 0.0)), vary="sh_texture" in ps.refine)
         pars.add(f"{p}_mustrain_mix", value=ps.mustrain_mix, vary="mustrain_mix" in ps.refine, min=0.0, max=1.0)
         pars.add(f"{p}_size_mix", value=ps.size_mix, vary="size_mix" in ps.refine, min=0.0, max=1.0)
         # site parameters (template aliases, sites:, biso_groups, occupancy_sums): the phase model's

@@ -37,6 +37,9 @@ from insitu_xrd.core.crystal import TEMPLATE_NAMES
 __all__ = [
     "SiteSpec",
     "OccupancySumSpec",
+    "MarchDollaseSpec",
+    "SphericalHarmonicsSpec",
+    "TextureSpec",
     "ProfileSpec",
     "BackgroundSpec",
     "HumpSpec",
@@ -48,10 +51,11 @@ __all__ = [
     "DIFFUSE_REFINABLE",
 ]
 
-ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l"]
+ProfileName = Literal["U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "sh_l",
+                      "absorption_muR", "absorption_mut", "transparency_mm"]
 PhaseName = Literal[
     "a", "b", "c", "alpha", "beta", "gamma", "scale", "mustrain", "size_um", "mustrain_mix", "size_mix",
-    "mustrain_axial", "mustrain_S", "size_axial_um",
+    "mustrain_axial", "mustrain_S", "size_axial_um", "md_ratio", "sh_texture",
     "o_z", "li_occupancy", "ni_li_mixing", "biso_A2", "biso_tm_A2", "biso_li_A2", "biso_o_A2",
 ]
 DiffuseName = Literal["area", "fwhm_deg", "offset_deg", "eta"]
@@ -84,12 +88,35 @@ class ProfileSpec(_Strict):
     X: float | None = Field(None, description="Lorentzian X (centideg): gamma = X/cos(theta) + Y tan(theta).")
     Y: float | None = Field(None, description="Lorentzian Y (centideg).")
     zero_deg: float | None = Field(None, description="2theta zero shift (deg), added to calculated positions.")
-    displacement_um: float | None = Field(None, description="Sample displacement towards the detector (um).")
-    distance_mm: float | None = Field(None, description="Sample-detector distance for the displacement term (mm).")
+    displacement_um: float | None = Field(None, description=(
+        "Sample displacement (um). debye_scherrer/transmission: towards the flat area detector along the beam, "
+        "d2theta = -(s/D) sin 2theta cos 2theta; bragg_brentano: specimen displacement (GSAS-II Shift), "
+        "d2theta = -2 s cos(theta)/R."))
+    distance_mm: float | None = Field(None, description="Sample-detector distance for the displacement term (mm; debye_scherrer, transmission).")
     sh_l: float | None = Field(
         None, ge=0, le=0.1,
         description="GSAS-II SH/L = S/L + H/L: Finger-Cox-Jephcoat axial-divergence low-angle asymmetry (0 = symmetric peaks).")
+    geometry: Literal["debye_scherrer", "bragg_brentano", "transmission"] = Field(
+        "debye_scherrer", description="Diffraction geometry: debye_scherrer (capillary, area detector; the default), "
+        "bragg_brentano (laboratory reflection: displacement ~ cos(theta), transparency), transmission (flat "
+        "plate normal to the beam: pellets, coin and pouch cells).")
+    absorption_muR: float | None = Field(None, ge=0, le=10, description="debye_scherrer: cylinder mu*R (cylinder transmission factor); none = no absorption.")
+    absorption_mut: float | None = Field(None, ge=0, le=10, description="transmission: plate mu*t (flat-plate transmission factor, 2theta < 90 deg).")
+    transparency_mm: float | None = Field(None, ge=0, description="bragg_brentano: specimen transparency 1/mu_eff (mm), d2theta = -sin(2theta)/(2 mu_eff R).")
+    goniometer_radius_mm: float | None = Field(None, gt=0, description="bragg_brentano: goniometer radius R (mm); default 240.")
+    polarization: float | None = Field(None, ge=0, le=1, description=(
+        "GSAS-II Polariz. applied to the calculated intensities (P + (1-P) cos^2 2theta: 0.5 unpolarised tube, "
+        "1/(1+cos^2 2theta_m) behind a monochromator); none = already divided out (integrated 2D data)."))
     refine: list[ProfileName] = Field(default_factory=list, description="Profile parameters to refine.")
+
+    @model_validator(mode="after")
+    def _geometry_terms(self) -> "ProfileSpec":
+        belongs = {"absorption_muR": "debye_scherrer", "absorption_mut": "transmission",
+                   "transparency_mm": "bragg_brentano", "goniometer_radius_mm": "bragg_brentano"}
+        for key, geometry in belongs.items():
+            if self.geometry != geometry and (getattr(self, key) is not None or key in self.refine):
+                raise ValueError(f"profile.{key} belongs to geometry {geometry} (geometry is {self.geometry})")
+        return self
 
 
 class HumpSpec(_Strict):
@@ -146,6 +173,51 @@ class OccupancySumSpec(_Strict):
     total: float = Field(..., ge=0, description="The fixed sum of the occupancies.")
 
 
+class MarchDollaseSpec(_Strict):
+    """March-Dollase preferred orientation (GSAS-II MD): ``{axis: [0, 0, 1], ratio: 1.0}``; parameter
+    ``<phase>_md_ratio`` (refine ``md_ratio``). ratio < 1: platelets normal to the axis lying flat."""
+
+    axis: tuple[int, int, int] = Field((0, 0, 1), description="Preferred-orientation axis [h, k, l] (reciprocal lattice).")
+    ratio: float = Field(1.0, gt=0, description="Start March-Dollase ratio r (1 = random powder).")
+
+    @field_validator("axis")
+    @classmethod
+    def _axis(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if tuple(v) == (0, 0, 0):
+            raise ValueError("march_dollase.axis must not be [0, 0, 0]")
+        return v
+
+
+class SphericalHarmonicsSpec(_Strict):
+    """Spherical-harmonics texture with cylindrical sample symmetry (GSAS-II SH, cylindrical):
+    ``{order: 4}``; coefficients ``<phase>_sh_C<l>_<j>`` (refine ``sh_texture``), the texture
+    index ``<phase>_texture_index`` reported (see `insitu_xrd.core.texture`)."""
+
+    order: int = Field(..., ge=2, le=12, description="Highest (even) harmonic order l.")
+    coefficients: dict[str, float] = Field(default_factory=dict, description="Start coefficients {C2_1: ..., C4_1: ...} (0).")
+
+    @field_validator("order")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"spherical_harmonics.order must be even (2, 4, ..., 12), got {v}")
+        return v
+
+
+class TextureSpec(_Strict):
+    """Preferred orientation of a phase (multiplies its structure-factor intensities): one model."""
+
+    march_dollase: MarchDollaseSpec | None = Field(None, description="March-Dollase model: {axis: [h, k, l], ratio: r}.")
+    spherical_harmonics: SphericalHarmonicsSpec | None = Field(
+        None, description="Spherical harmonics, cylindrical sample symmetry: {order: N} (even N).")
+
+    @model_validator(mode="after")
+    def _one(self) -> "TextureSpec":
+        if (self.march_dollase is None) == (self.spherical_harmonics is None):
+            raise ValueError("texture: give exactly one of march_dollase or spherical_harmonics")
+        return self
+
+
 class PhaseSpec(_Strict):
     """One phase: built-in ``template`` or ``cif`` file (read by the caller), start values, refine list.
 
@@ -183,6 +255,9 @@ class PhaseSpec(_Strict):
         "isotropic", description="Size model (GSAS-II): isotropic; uniaxial (size_um = equatorial, size_axial_um along size_axis).")
     size_axis: tuple[int, int, int] = Field((0, 0, 1), description="Unique axis [h, k, l] of the uniaxial size.")
     size_axial_um: float | None = Field(None, gt=0, description="Start size along the axis (um); default: size_um (or 1).")
+    texture: TextureSpec | None = Field(None, description=(
+        "Preferred orientation: {march_dollase: {axis: [0, 0, 1], ratio: 1.0}} (refine md_ratio) or "
+        "{spherical_harmonics: {order: 4}} (refine sh_texture)."))
     scale: float | None = Field(None, gt=0, description="Start scale (solved linearly; only informational).")
     lattice_bound_pct: float = Field(3.0, gt=0, le=20, description="Lattice lengths are bounded to +/- this % of the start values.")
     refine: list[PhaseName] = Field(default_factory=lambda: ["a", "c", "scale"], description=(
@@ -206,6 +281,10 @@ class PhaseSpec(_Strict):
         for name, (key, model) in needs.items():
             if name in self.refine and getattr(self, key) != model:
                 raise ValueError(f"phase {self.name!r}: refine {name} needs {key}: {model} (it is {getattr(self, key)})")
+        if "md_ratio" in self.refine and (self.texture is None or self.texture.march_dollase is None):
+            raise ValueError(f"phase {self.name!r}: refine md_ratio needs texture: {{march_dollase: {{axis: [h, k, l]}}}}")
+        if "sh_texture" in self.refine and (self.texture is None or self.texture.spherical_harmonics is None):
+            raise ValueError(f"phase {self.name!r}: refine sh_texture needs texture: {{spherical_harmonics: {{order: N}}}}")
         if tuple(self.mustrain_axis) == (0, 0, 0) or tuple(self.size_axis) == (0, 0, 0):
             raise ValueError(f"phase {self.name!r}: mustrain_axis / size_axis must not be [0, 0, 0]")
         if self.template is not None and self.template.lower() not in TEMPLATE_NAMES:
@@ -315,6 +394,13 @@ class RefinementSpec(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"phase names must be unique; repeated: {dup}")
+        if self.mode == "lebail":
+            # Le Bail intensities absorb texture and absorption: they enter only the phase-fraction step
+            bad = [n for n in ("absorption_muR", "absorption_mut") if n in self.profile.refine]
+            bad += [f"{p.name}.{n}" for p in self.phases for n in ("md_ratio", "sh_texture") if n in p.refine]
+            if bad:
+                raise ValueError(f"{bad} are refined in rietveld mode only (in lebail mode the extracted intensities "
+                                 "absorb them; their fixed values enter the phase-fraction step)")
         for d in self.diffuse:
             if d.phase not in names:
                 raise ValueError(f"diffuse component refers to unknown phase {d.phase!r}; phases: {names}")

@@ -122,7 +122,7 @@ class FitStages:
                 if name in missing or pd.areas is None or released:
                     _, t, fwhm, eta, tthb, d = prob.phase_blocks(pd, vals)
                     pd.areas = max(lin.get(f"{name}_scale", params[f"{name}_scale"].value), 0.0) * \
-                        prob.structure_areas(pd, tthb)
+                        prob.structure_areas(pd, tthb, vals)
 
     def _rietveld(self, prob: Problem, derivs: ModelDerivatives, free_nl: list[str], warm: bool):
         """Stage B, Rietveld: the trust-region solver, then damped Gauss-Newton steps

@@ -76,6 +76,8 @@ class DatasetSpec:
     cycler: CyclerSpec = CyclerSpec()
     workers: int | None = None
     mustrain_axial_factor: float = 1.0  # 00l / hk0 microstrain of the layered phases (1: isotropic)
+    texture_ratio: float = 1.0  # March-Dollase ratio of the layered phases about [001] (1: random powder)
+    absorption_mut: float = 0.0  # mu t of the cell as a flat plate normal to the beam (0: no absorption)
 
 
 # Worker state (set in the parent before the pool forks, inherited copy-on-write).
@@ -127,6 +129,11 @@ def _recipe(spec: DatasetSpec) -> dict[str, Any]:
         # 00l broadened differently from hk0: the uniaxial microstrain model about c
         for ph in phases:
             ph.update(mustrain_model="uniaxial", mustrain_axis=[0, 0, 1], refine=ph["refine"] + ["mustrain_axial"])
+    if spec.texture_ratio != 1.0:
+        # the true ratio, held (Le Bail intensities absorb texture; it enters the phase fractions):
+        # a Rietveld recipe refines it with refine: [..., md_ratio]
+        for ph in phases:
+            ph["texture"] = {"march_dollase": {"axis": [0, 0, 1], "ratio": spec.texture_ratio}}
     if spec.cell_lines:
         phases += [{"name": "Li", "template": "li_metal", "refine": ["a", "scale"]},
                    {"name": "Al", "template": "al", "refine": ["a", "scale"]}]
@@ -137,6 +144,8 @@ def _recipe(spec: DatasetSpec) -> dict[str, Any]:
         "profile": {"U": 1.2, "V": -0.4, "W": 0.9, "X": 0.15, "Y": 0.3, "refine": ["W", "X", "Y"]},
         "phases": phases,
     }
+    if spec.absorption_mut:
+        refinement["profile"].update(geometry="transmission", absorption_mut=spec.absorption_mut)
     if spec.diffuse:
         refinement["diffuse"] = [{"phase": "H2", "reflections": ["104"]}, {"phase": "H2", "reflections": ["108", "110"]}]
     cyc = spec.cycler
@@ -212,7 +221,11 @@ def simulate_dataset(
     if spec.mustrain_axial_factor != 1.0:
         scenario = ChargeScenario(coated=spec.coated, params=replace(
             scenario.p, mustrain_axial_factor=float(spec.mustrain_axial_factor)))
+    if spec.texture_ratio != 1.0:
+        scenario = ChargeScenario(coated=spec.coated, params=replace(scenario.p, texture_ratio=float(spec.texture_ratio)))
     instrument = Instrument(wavelength_A=spec.wavelength_A, zero_deg=spec.zero_deg, distance_mm=spec.geometry.distance_mm, **TRUE_INSTRUMENT)
+    if spec.absorption_mut:
+        instrument = replace(instrument, geometry="transmission", absorption_mut=float(spec.absorption_mut))
     cell = CellModel(cell_lines=spec.cell_lines, diffuse=spec.diffuse)
     k = intensity_scale_for_peak_counts(scenario, instrument, cell)
     diffuse_areas = diffuse_reference_areas(scenario, instrument, cell, k)
@@ -291,6 +304,7 @@ def simulate_dataset(
             "ni": {"image": "calib/ni.tif", "poni_file": "calib/ni_true.poni", "wavelength_A": NI_WAVELENGTH_A, "a_A": 3.5238,
                    "geometry": _geometry_dict(ai_ni, NI_GEOMETRY, NI_WAVELENGTH_A, spec.binning)},
         },
+        "absorption_mut": spec.absorption_mut, "texture_ratio": spec.texture_ratio,
         "instrument": {"U": TRUE_INSTRUMENT["U"], "V": TRUE_INSTRUMENT["V"], "W": TRUE_INSTRUMENT["W"], "X": TRUE_INSTRUMENT["X"],
                        "Y": TRUE_INSTRUMENT["Y"], "zero_deg": spec.zero_deg, "units": "GSAS-II CW: U,V,W centideg^2; X,Y centideg",
                        "note": "profile of the 1D input; frames add pixel-area broadening (oversampling "

@@ -128,7 +128,8 @@ def _phase_states(state: ScenarioState, cell: CellModel, k: float, dmin_A: float
         w = wf["cathode"] * pt.cathode_fraction
         refl = _reflection_list("nmc811", dmin_A) if dmin_A else None
         out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=pt.mustrain, size_um=pt.size_um,  # type: ignore[arg-type]
-                              reflections=refl, mustrain_axial=pt.mustrain_axial, mustrain_axis=(0, 0, 1)))
+                              reflections=refl, mustrain_axial=pt.mustrain_axial, mustrain_axis=(0, 0, 1),
+                              md_ratio=pt.md_ratio, md_axis=(0, 0, 1)))
     if cell.cell_lines:
         for name, template, w, mu in (("Li", "li_metal", wf["Li"], cell.li_mustrain), ("Al", "al", wf["Al"], cell.al_mustrain)):
             ph = make_template(template, name=name)

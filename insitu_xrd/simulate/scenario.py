@@ -103,6 +103,9 @@ class LatticeCurveParams:
     #: microstrain along c (00l) / in the layers (hk0): 1 = isotropic; > 1 = the c-axis strain
     #: distribution of a charged layered oxide (uniaxial model about [001], GSAS-II convention)
     mustrain_axial_factor: float = 1.0
+    #: March-Dollase ratio of the layered phases about [001] (1 = random powder; < 1: platelets
+    #: lying flat in a cast electrode or pressed pellet; `insitu_xrd.core.texture`)
+    texture_ratio: float = 1.0
     size_um: float = 0.8
     ni_li_mixing: float = 0.03
     o_z: float = 0.2590
@@ -136,6 +139,7 @@ class PhaseTruth:
     ni_li_mixing: float
     o_z: float
     mustrain_axial: float | None = None  # uniaxial microstrain along [001] (None: isotropic)
+    md_ratio: float | None = None  # March-Dollase ratio about [001] (None: random powder)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +215,9 @@ class ChargeScenario:
         factor = self.p.mustrain_axial_factor
         return None if factor == 1.0 else float(mustrain * factor)
 
+    def _md_ratio(self) -> float | None:
+        return None if self.p.texture_ratio == 1.0 else float(self.p.texture_ratio)
+
     def state(self, x_li: float) -> ScenarioState:
         """True state at Li content x_li (0..1)."""
         p = self.p
@@ -227,6 +234,7 @@ class ChargeScenario:
             p.size_um if h2_present else None,
             max(x, p.x_on) if h2_present else None, p.ni_li_mixing, p.o_z,
             self._axial(self.mustrain(x, "H2")) if h2_present else None,
+            self._md_ratio() if h2_present else None,
         )
         a3, c3 = p.a_h3, float(self.h3_c_A(x))
         h3 = PhaseTruth(
@@ -237,6 +245,7 @@ class ChargeScenario:
             p.size_um if h3_present else None,
             min(x, p.x_h3) if f3 >= 1.0 else (p.x_h3 if h3_present else None), p.ni_li_mixing, p.o_z,
             self._axial(self.mustrain(x, "H3")) if h3_present else None,
+            self._md_ratio() if h3_present else None,
         )
         c_mean = (1 - f3) * c2 + f3 * c3 if h3_present else c2
         a_mean = (1 - f3) * a2 + f3 * a3 if h3_present else a2

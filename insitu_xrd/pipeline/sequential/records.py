@@ -41,6 +41,8 @@ PER_PHASE_VARS: dict[str, str] = {
     "microstrain_axial": "mustrain_axial",
     "size": "size_um",
     "size_axial": "size_axial_um",
+    "texture_ratio": "md_ratio",
+    "texture_index": "texture_index",
     "scale": "scale",
 }
 
@@ -60,6 +62,8 @@ UNITS: dict[str, str] = {
     "microstrain": "1e-6 (GSAS-II mu-strain; uniaxial model: equatorial)",
     "microstrain_axial": "1e-6 (uniaxial model: along the axis)",
     "size_axial": "um (uniaxial model: along the axis)",
+    "texture_ratio": "1 (March-Dollase ratio; NaN: no texture model)",
+    "texture_index": "1 (spherical-harmonics texture index J; NaN: no such model)",
     "size": "um",
     "scale": "1 (Rietveld scale)",
     "phase_fraction": "1 (weight fraction of all refined phases)",

@@ -282,9 +282,20 @@ def seeded_spec(spec: RefinementSpec, values: dict[str, float], phases: Iterable
                     if key in ("size_um",) and v <= 0:
                         continue
                     upd[key] = float(v)
+            md = values.get(f"{ph.name}_md_ratio")
+            if md is not None and np.isfinite(md) and ph.texture is not None and ph.texture.march_dollase is not None:
+                upd["texture"] = ph.texture.model_copy(update={"march_dollase": ph.texture.march_dollase.model_copy(
+                    update={"ratio": float(md)})})
+            sh = ph.texture.spherical_harmonics if ph.texture is not None else None
+            if sh is not None:
+                pre = f"{ph.name}_sh_"
+                start = {n[len(pre):]: float(v) for n, v in values.items() if n.startswith(pre) and np.isfinite(v)}
+                if start:
+                    upd["texture"] = ph.texture.model_copy(update={"spherical_harmonics": sh.model_copy(
+                        update={"coefficients": {**sh.coefficients, **start}})})
         new_phases.append(ph.model_copy(update=upd))
     prof_upd = {}
-    for key in ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um"):
+    for key in ("U", "V", "W", "X", "Y", "zero_deg", "displacement_um", "absorption_muR", "absorption_mut", "transparency_mm"):
         v = values.get(key)
         if v is not None and np.isfinite(v):
             prof_upd[key] = float(v)
