@@ -20,7 +20,8 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.cold_start import cold_start, recipe_name_order
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.refine_setup import make_refinement
-from insitu_xrd.pipeline.sequential import record_from_fit, records_to_dataset, refine_sequence
+from insitu_xrd.pipeline.report import automation_lines
+from insitu_xrd.pipeline.sequential import FrameRecord, record_from_fit, records_to_dataset, refine_sequence
 
 LAM = 0.1173
 INST = dict(U=1.0, V=-0.3, W=0.8, X=0.1, Y=0.2)
@@ -177,6 +178,8 @@ def test_main_phase_vanishing_ends_without_a_diverged_frame():
     np.testing.assert_allclose(out["a"].sel(phase="H3").values, H3_CELL[0], atol=3e-4)
     np.testing.assert_allclose(out["c"].sel(phase="H3").values, H3_CELL[1], atol=2e-3)
     np.testing.assert_allclose(out["phase_fraction"].sel(phase="H3").values, [0.4, 0.7, 0.9, 1.0, 1.0], atol=0.05)
+    text = "\n".join(automation_lines(out))
+    assert "H2 held" in text and "frames 3, 4" in text and "H2** is last present at frame 2 (f002.tif)" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,3 +219,31 @@ def test_recipe_name_order_within_a_family_only():
     right = SimpleNamespace(active_phases=["H2", "H3"], values={"H2_a": 2.82, "H2_c": 14.40, "H3_a": 2.815, "H3_c": 14.05})
     assert recipe_name_order(spec, right) == {}
     assert json.dumps(recipe_name_order(spec, right)) == "{}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. what the automation did, in the results and the report
+
+
+def test_automation_summary_names_unmoved_bound_and_unphysical_parameters():
+    """Three good frames: H2_c moves, H2_a and Li_a (refined) never do, H2_mustrain ends at a
+    bound on frame 1, W goes negative on frame 2: each is named in the attrs and the report."""
+    spec = _spec([dict(H2_SPEC, refine=["a", "c", "mustrain", "scale"]), dict(name="Li", template="li_metal", a=3.51,
+                                                                               refine=["a", "scale"])])
+    spec = spec.model_copy(update={"profile": spec.profile.model_copy(update={"refine": ["W", "zero_deg"]})})
+    recs = []
+    for i in range(3):
+        vals = {"H2_a": 2.85, "H2_c": 14.3 + 0.01 * i, "H2_mustrain": 900.0 + i, "Li_a": 3.51, "W": 0.8 - 0.5 * i,
+                "zero_deg": 0.001 * i}
+        rec = FrameRecord(index=i, status="ok", active=["H2", "Li"], values=vals,
+                          at_bounds=["H2_mustrain"] if i == 1 else [], held={"H2": "", "Li": ""})
+        rec.phases = {p: {"scale": 1.0, "scale_esd": 0.1, "a": vals[f"{p}_a"], "a_esd": 1e-4} for p in ("H2", "Li")}
+        recs.append(rec)
+    ds = records_to_dataset(recs, _dataset([np.ones(TTH.size)] * 3, [np.ones(TTH.size)] * 3), spec)
+    assert json.loads(ds.attrs["refined_never_moved"]) == {"H2_a": 2.85, "Li_a": 3.51}
+    assert json.loads(ds.attrs["parameters_at_bound"]) == {"H2_mustrain": [1]}
+    assert json.loads(ds.attrs["unphysical"]) == {"W": [2]}
+    assert str(ds["at_bounds"].values[1]) == "H2_mustrain"
+    text = "\n".join(automation_lines(ds))
+    assert "never moved" in text and "Li_a = 3.51" in text and "H2_mustrain on frames 1" in text
+    assert "W on frames 2" in text and "at bound" in text

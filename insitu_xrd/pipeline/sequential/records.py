@@ -25,7 +25,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = ["site_parameter_dataset", "FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
-           "cathode_phases", "phase_onset_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
+           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
            "CORR_WITH", "UNITS"]
 
 #: Per-phase output variables -> FitResult parameter suffix.
@@ -390,6 +390,7 @@ def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
     out: dict[str, Any] = {}
     phases = [str(p) for p in ds["phase"].values]
     out.update(_phase_end_attrs(ds, phases))
+    out.update(automation_attrs(ds))
     for name in json.loads(ds.attrs.get("optional_phases", "[]")):
         if name not in phases:
             continue
@@ -404,6 +405,67 @@ def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
                 if xc in ds.coords:
                     out[f"{name}_onset_{xc}"] = float(ds[xc].values[onset])
     return out
+
+
+def automation_attrs(ds: xr.Dataset) -> dict[str, str]:
+    """What the automatic decisions did over the series, as JSON attrs (the report lists them):
+
+    ``held_phases``: {phase: frames where the fit held it (scale not significant)};
+    ``refined_never_moved``: {parameter: value} of parameters the recipe refines that kept one
+    value on every good frame where their phase was fitted and not held (or, on one frame, their
+    recipe start value): refined in name only;
+    ``parameters_at_bound``: {parameter: frames where it ended at a bound} (no esd reported);
+    ``unphysical``: {parameter: frames} profile terms below zero (W, X, Y, U), negative diffuse or
+    hump areas and phase scales below zero by more than 2 esd."""
+    if "status" not in ds or "fit_values" not in ds:
+        return {}
+    try:
+        spec = RefinementSpec.model_validate_json(ds.attrs.get("refinement_spec", ""))
+    except Exception:  # no or an older spec: nothing to compare with
+        return {}
+    good = [i for i, st in enumerate(ds["status"].values) if str(st) in ("ok", "refit")]
+    values = {i: (json.loads(str(ds["fit_values"].values[i])) if str(ds["fit_values"].values[i]) else {}) for i in good}
+    phases = [str(p) for p in ds["phase"].values]
+    held = ds["held"].values if "held" in ds else np.zeros((ds.sizes["frame"], len(phases)), bool)
+    active = ds["active"].values
+    out_held = {p: [i for i in good if active[i, j] and held[i, j]] for j, p in enumerate(phases)}
+    refined: list[tuple[str, str | None, float | None]] = []  # (parameter, phase, recipe start)
+    for ph in spec.phases:
+        for k in ph.refine:
+            if k != "scale" and k in set(PER_PHASE_VARS.values()):
+                start = getattr(ph, k, None)
+                refined.append((f"{ph.name}_{k}", ph.name, float(start) if isinstance(start, (int, float)) else None))
+    for k in spec.profile.refine:
+        start = getattr(spec.profile, k, None)
+        refined.append((k, None, float(start) if start is not None else None))
+    never: dict[str, float] = {}
+    for name, phase, start in refined:
+        j = phases.index(phase) if phase in phases else None
+        vals = [values[i].get(name) for i in good
+                if j is None or (active[i, j] and not held[i, j])]
+        vals = [float(v) for v in vals if v is not None and np.isfinite(v)]
+        if not vals or any(v != vals[0] for v in vals):
+            continue
+        if len(vals) >= 2 or (start is not None and abs(vals[0] - start) <= 1e-12 * max(abs(start), 1.0)):
+            never[name] = vals[0]
+    bound: dict[str, list[int]] = {}
+    if "at_bounds" in ds:
+        for i in good:
+            for n in (x for x in str(ds["at_bounds"].values[i]).split(", ") if x):
+                bound.setdefault(n, []).append(i)
+    bad: dict[str, list[int]] = {}
+    for i in good:
+        for n, v in values[i].items():
+            neg = (n in ("U", "W", "X", "Y") or (n.startswith(("diff_", "bkg_hump")) and n.endswith("_area")))
+            if neg and np.isfinite(v) and v < 0:
+                bad.setdefault(n, []).append(i)
+        for j, p in enumerate(phases):
+            sc, e = float(ds["scale"].values[i, j]), float(ds["scale_esd"].values[i, j])
+            if active[i, j] and np.isfinite(sc) and sc < 0 and (not np.isfinite(e) or sc < -2 * e):
+                bad.setdefault(f"{p}_scale", []).append(i)
+    return {"held_phases": json.dumps({p: v for p, v in out_held.items() if v}),
+            "refined_never_moved": json.dumps(never), "parameters_at_bound": json.dumps(bound),
+            "unphysical": json.dumps(bad)}
 
 
 def _phase_end_attrs(ds: xr.Dataset, phases: list[str]) -> dict[str, Any]:
