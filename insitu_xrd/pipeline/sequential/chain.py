@@ -662,8 +662,8 @@ class SequentialRefiner:
         if failed:
             if best is not None:
                 return best, "refit", [f"suspect ({out['why']})", "refit from the last good frame / a lattice search"]
-            worst = min([out] + candidates, key=lambda c: c["fit"].rwp if np.isfinite(c["fit"].rwp) else np.inf)
-            return worst, "diverged", [f"diverged ({out['why']}); no refit from the last good frame or a lattice "
+            least_bad = min([out] + candidates, key=lambda c: c["fit"].rwp if np.isfinite(c["fit"].rwp) else np.inf)
+            return least_bad, "diverged", [f"diverged ({out['why']}); no refit from the last good frame or a lattice "
                                        "search is sound"]
         chi2 = float(chained_fit.chi2)
         gain = max(REFIT_CHI2_GAIN * chi2, 10.0 * max(1.0, float(chained_fit.gof)))
