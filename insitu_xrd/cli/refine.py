@@ -134,7 +134,8 @@ def _print_result(console, result, title: str) -> None:
         esd = result.esds.get(name, math.nan)
         if name.startswith("bkg_") and name[4:].isdigit():
             continue  # background coefficients: in the .nc, not worth a screen line each
-        table.add_row(name, f"{value:.6g}", "" if not np.isfinite(esd) else f"{esd:.2g}")
+        table.add_row(name, f"{value:.6g}", "at bound" if name in result.at_bounds else
+                      ("" if not np.isfinite(esd) else f"{esd:.2g}"))
     for name, (frac, esd) in result.phase_fraction.items():
         table.add_row(f"{name} weight fraction", f"{frac:.4f}", "" if not np.isfinite(esd) else f"{esd:.2g}")
     console.print(table)

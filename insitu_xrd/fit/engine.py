@@ -48,7 +48,8 @@ Algorithm
   Serial correlation: the Durbin-Watson statistic DW of the weighted residuals gives the lag-1
   autocorrelation rho = 1 - DW/2; for rho > 0 every esd is multiplied by sqrt((1 + rho)/(1 - rho))
   (AR(1) form of Berar & Lelann's 1991 correction).
-- A phase whose scale is not significant (|S| < 3 esd) in a multi-phase fit has its nonlinear
+- A phase whose scale is not significant (|S| < 3 statistical esd: without the serial-correlation
+  factor; `hold: never` phases excepted) in a multi-phase fit has its nonlinear
   parameters held at their start values and the fit is repeated, so an absent H3 is reported as
   a fraction ~0 +/- esd instead of a lattice wandering onto noise or another phase.
 - Degenerate combinations are avoided automatically (reported in ``warnings``): Y is held when a
@@ -88,11 +89,11 @@ from insitu_xrd.core.pattern import Instrument
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.assemble import assemble_result
 from insitu_xrd.fit.model import Problem
-from insitu_xrd.fit.parameters import ParameterBuilder, held_phases
+from insitu_xrd.fit.parameters import ParameterBuilder
 from insitu_xrd.fit.phase_model import PhaseModel
 from insitu_xrd.fit.result import FitResult
 from insitu_xrd.fit.spec import RefinementSpec
-from insitu_xrd.fit.stages import SIGNIFICANCE, FitStages
+from insitu_xrd.fit.stages import FitStages
 from insitu_xrd.fit.structures import StructureCache
 
 __all__ = ["Refinement", "prepare_data"]
@@ -235,17 +236,11 @@ class Refinement:
         warnings += outcome["warnings"]
         # A phase that became insignificant in a multi-phase fit: hold its nonlinear parameters, refit.
         if len(active) > 1:
-            weak = []
-            for name in active:
-                sc, esd = outcome["scales"].get(name, (np.nan, np.nan))
-                if name not in held_phases(held) and np.isfinite(esd) and esd > 0 and abs(sc) < SIGNIFICANCE * esd:
-                    weak.append(name)
+            weak = self.stages.weak_phases(outcome, active, held)
             if weak and len(weak) < len(active):
-                for name in weak:
+                for name, why in weak:
                     held += self.parameters.hold_phase(params, name, reset=True)
-                    warnings.append(
-                        f"phase {name}: scale not significant (|S| < {SIGNIFICANCE:g} esd); "
-                        "its lattice/profile parameters were held at their start values")
+                    warnings.append(f"{why}; its lattice/profile parameters were held at their start values")
                 prob = self._problem(x, y, s, fitmask, active, params)
                 outcome = self.stages.run(prob, mode, outcome["lebail_areas"], held)
                 warnings += outcome["warnings"]

@@ -223,8 +223,11 @@ def fit_instrument(
             result.warnings.append(
                 f"SH/L asymmetry refined: {res3.values['sh_l']:.4g} (chi2 lower by {gain:.4g}, > {threshold:.3g})")
         else:
+            # a negative gain is a higher chi2 with SH/L (a worse local minimum): said as such
+            change = f"chi2 lower by {gain:.3g}" if gain >= 0 else f"chi2 higher by {-gain:.3g}"
             result.warnings.append(
-                f"SH/L asymmetry not significant (chi2 lower by {gain:.3g}, < {threshold:.3g}): symmetric profile kept")
+                f"SH/L asymmetry not significant ({change} with it, < {threshold:.3g} lower needed): "
+                "symmetric profile kept")
     vals = result.params.valuesdict()
     instrument = Instrument(
         wavelength_A=float(wavelength_A),

@@ -268,6 +268,10 @@ class PhaseSpec(_Strict):
         "Sites sharing one refined B: [[TM, O], ...]; the parameter is <phase>_<first site>_biso_A2."))
     occupancy_sums: list[OccupancySumSpec] = Field(default_factory=list, description="Occupancies with a fixed sum (see OccupancySumSpec).")
     optional: bool = Field(False, description="Left out of fits unless activated by the caller (e.g. H3).")
+    hold: Literal["auto", "never"] = Field(
+        "auto", description="auto: the fit holds this phase's lattice/profile parameters at their start values on a "
+        "pattern where its scale is not significant (|S| < 3 statistical esd, not inflated by the serial-correlation "
+        "factor); never: they are always refined.")
     role: Literal["electrode"] | None = Field(
         None, description="'electrode': a phase of the electrode material (cathode_fraction, strain curves, the in-situ "
         "figures); none given in the recipe: the nmc811 template's phases.")

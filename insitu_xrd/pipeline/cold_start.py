@@ -48,7 +48,8 @@ import numpy as np
 from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["ColdStart", "searched_spec", "lattice_restart_spec", "cold_start", "DEFAULT_TOL_CHI2", "DEFAULT_RESTARTS"]
+__all__ = ["ColdStart", "searched_spec", "lattice_restart_spec", "cold_start", "recipe_name_order", "DEFAULT_TOL_CHI2",
+           "DEFAULT_RESTARTS"]
 
 #: A restart replaces the current fit when its chi2 is lower by more than this x max(1, GoF).
 DEFAULT_TOL_CHI2 = 0.5
@@ -182,6 +183,70 @@ def _diffuse_restart_spec(base: RefinementSpec, fit: Any) -> RefinementSpec:
     return _values_restart_spec(base.model_copy(update={"diffuse": narrow}), _Values())
 
 
+def _family(spec: RefinementSpec, name: str) -> str:
+    """Phases of one family share a structure: the same template or CIF file."""
+    ph = spec.phase(name)
+    return f"template:{ph.template.lower()}" if ph.template else f"cif:{ph.cif}"
+
+
+def _start_cell(spec: RefinementSpec, name: str) -> dict[str, float]:
+    """The recipe's start lengths of ``name`` (a template's own where the recipe gives none)."""
+    ph = spec.phase(name)
+    out = {k: float(getattr(ph, k)) for k in ("a", "b", "c") if getattr(ph, k) is not None}
+    if ph.template and not {"a", "c"} <= set(out):
+        from insitu_xrd.core.crystal import make_template
+
+        tp = make_template(ph.template)
+        out.setdefault("a", float(tp.a))
+        out.setdefault("c", float(tp.c))
+    return out
+
+
+def recipe_name_order(spec: RefinementSpec, fit: Any) -> dict[str, str]:
+    """{fitted name: recipe name} for the fitted phases whose names must be exchanged ({} when
+    none): within a family (same template or CIF), the fitted cells go to the recipe phases
+    whose start cells they are closest to (the assignment with the least summed relative
+    distance |dl/l| over a, b, c). A cold fit of a frame where one phase dominates can otherwise
+    put the main phase's name on the other lattice."""
+    import itertools
+
+    active = [n for n in getattr(fit, "active_phases", []) if n in [p.name for p in spec.phases]]
+    families: dict[str, list[str]] = {}
+    for n in active:
+        families.setdefault(_family(spec, n), []).append(n)
+    out: dict[str, str] = {}
+    for names in families.values():
+        if len(names) < 2 or len(names) > 5:
+            continue
+        starts = {n: _start_cell(spec, n) for n in names}
+
+        def dist(fitted: str, recipe: str) -> float:
+            terms = [abs(float(fit.values.get(f"{fitted}_{k}", math.nan)) / v0 - 1.0) for k, v0 in starts[recipe].items()]
+            terms = [t for t in terms if np.isfinite(t)]
+            return float(sum(terms)) if terms else math.nan
+
+        def total(perm: Sequence[str]) -> float:
+            return float(sum(dist(f, r) for f, r in zip(names, perm)))
+
+        same = total(names)
+        best = min(itertools.permutations(names), key=total)
+        if np.isfinite(same) and np.isfinite(total(best)) and total(best) < same - 1e-6:
+            out.update({f: r for f, r in zip(names, best) if f != r})
+    return out
+
+
+def _renamed_spec(base: RefinementSpec, fit: Any, names: dict[str, str]) -> RefinementSpec:
+    """``base`` with every refined value of ``fit`` as start, the phases' values moved to the
+    recipe names ``names`` ({fitted: recipe}) gives them."""
+    from insitu_xrd.pipeline.sequential.search import seeded_spec
+
+    values = {}
+    for k, v in fit.values.items():
+        ph, _, rest = k.partition("_")
+        values[f"{names[ph]}_{rest}" if ph in names and rest else k] = v
+    return seeded_spec(base, values, phases=list(getattr(fit, "active_phases", [])) or None)
+
+
 def _chi2(fit: Any) -> float:
     v = float(getattr(fit, "chi2", math.nan))
     return v if np.isfinite(v) and getattr(fit, "success", True) else math.inf
@@ -272,6 +337,25 @@ def cold_start(
         elif kind == "values":
             break  # a values restart that does not help: the minimum is stable
     notes: list[str] = []
+    # names follow the recipe: each fitted lattice keeps the name of the closest recipe start cell
+    rename = recipe_name_order(spec, best) if np.isfinite(_chi2(best)) else {}
+    if rename:
+        sp = _renamed_spec(spec, best, rename)
+        try:
+            fit = fit_spec(sp)
+        except Exception:  # the fit already made is kept (with its note)
+            fit = None
+        tol = tol_chi2 * max(1.0, float(best.gof) if np.isfinite(best.gof) else 1.0)
+        what = ", ".join(f"{f} -> {r}" for f, r in rename.items())
+        if fit is not None and _chi2(fit) <= _chi2(best) + tol and not recipe_name_order(spec, fit):
+            tried.append(("names", float(fit.chi2)))
+            best, best_spec, chosen = fit, sp, "names"
+            notes.append(f"cold start: the fitted lattices were exchanged ({what}) so that each keeps the name of the "
+                         "recipe phase whose start cell it is closest to")
+        else:
+            notes.append(f"cold start: the fitted lattices are closer to other recipe phases' start cells ({what}); the "
+                         "refit with the names exchanged did not reach the same chi2: names as fitted")
+        _add_warning(best, notes[-1])
     tol0 = tol_chi2 * max(1.0, float(fit0.gof) if np.isfinite(fit0.gof) else 1.0)
     false_min = bool(_chi2(best) < _chi2(fit0) - tol0)
     if false_min:

@@ -20,7 +20,8 @@ import xarray as xr
 
 from insitu_xrd.pipeline.recipe import Recipe
 
-__all__ = ["FigureWriter", "write_report", "write_fea_section", "summary_rows", "rietveld_frames", "broadening_lines"]
+__all__ = ["FigureWriter", "write_report", "write_fea_section", "summary_rows", "rietveld_frames", "broadening_lines",
+           "automation_lines"]
 
 #: ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``
 FigureWriter = Callable[[Recipe, xr.Dataset, xr.Dataset, "xr.Dataset | None"], "tuple[list[Path], list[str]]"]
@@ -111,6 +112,73 @@ def broadening_lines(recipe: Recipe, results: xr.Dataset) -> list[str]:
     return lines
 
 
+def _frames_text(frames: Sequence[int], most: int = 12) -> str:
+    frames = [int(f) for f in frames]
+    txt = ", ".join(str(f) for f in frames[:most])
+    return txt + (f" ... ({len(frames)} frames)" if len(frames) > most else "")
+
+
+def automation_lines(results: xr.Dataset) -> list[str]:
+    """The report's "What the automation decided" section, from the results' variables and attrs
+    (``held``/``held_reason``, ``<P>_last_frame``, ``held_phases``, ``refined_never_moved``,
+    ``parameters_at_bound``, ``unphysical``, the frames' messages): each automatic decision and
+    how to override it. [] when there is nothing to say."""
+    attrs = results.attrs
+    lines: list[str] = []
+
+    def load(key: str) -> dict:
+        try:
+            return json.loads(attrs.get(key, "{}") or "{}")
+        except (TypeError, ValueError):
+            return {}
+
+    phases = [str(p) for p in results["phase"].values]
+    for name, frames in load("held_phases").items():
+        reason = ""
+        if "held_reason" in results and name in phases:
+            reasons = [str(x) for x in results["held_reason"].sel(phase=name).values if str(x)]
+            reason = f" ({reasons[0]})" if reasons else ""
+        lines.append(f"- **{name} held** at its start lattice/profile on frames {_frames_text(frames)}{reason}: its scale "
+                     f"is below 3 statistical esds there (`held`, `held_reason` in the results; `hold: never` in the "
+                     f"recipe's phase refines it anyway).")
+    for name in phases:
+        last = attrs.get(f"{name}_last_frame")
+        if last is not None:
+            where = [f"frame {int(last)} ({attrs.get(f'{name}_last_frame_name', '')})"]
+            for k, lab in (("x_li", "x"), ("soc", "SoC"), ("voltage_V", "V"), ("time_s", "t (s)")):
+                v = attrs.get(f"{name}_last_{k}")
+                if v is not None and np.isfinite(float(v)):
+                    where.append(f"{lab} = {float(v):.4g}")
+            lines.append(f"- **{name}** is last present at " + ", ".join(where) + "; gone after it (a result: the end "
+                         "of its reaction, not a failure).")
+    msgs = [str(m) for m in results["message"].values] if "message" in results else []
+    real = [i for i, m in enumerate(msgs) if "not a divergence" in m]
+    if real:
+        lines.append(f"- Rwp rose beyond `sequential.divergence.rwp_jump_factor` on frames {_frames_text(real)}; refits "
+                     "from the last good frame and a lattice search reached no clearly lower chi2, so the chained fits "
+                     "were kept (a real change of the sample, not a divergence).")
+    names = [i for i, m in enumerate(msgs) if "exchanged" in m]
+    if names:
+        lines.append(f"- Phase names were exchanged back to follow the recipe on frames {_frames_text(names)} "
+                     "(each lattice keeps the name of the recipe phase it continues or whose start cell is closest).")
+    if attrs.get("cold_start_warning"):
+        lines.append(f"- Cold start: {attrs['cold_start_warning']}")
+    never = load("refined_never_moved")
+    if never:
+        lines.append("- **Refined but never moved** (the same value on every frame: refined in name only; check its "
+                     "start, bounds and whether the data carry it): "
+                     + ", ".join(f"{k} = {float(v):.6g}" for k, v in never.items()) + ".")
+    bound = load("parameters_at_bound")
+    if bound:
+        lines.append("- **At a bound** (no estimate; its esd is reported as 'at bound', NaN in the results): "
+                     + "; ".join(f"{k} on frames {_frames_text(v)}" for k, v in bound.items()) + ".")
+    bad = load("unphysical")
+    if bad:
+        lines.append("- **Unphysical values** (a profile term below zero, a negative area or scale): "
+                     + "; ".join(f"{k} on frames {_frames_text(v)}" for k, v in bad.items()) + ".")
+    return ["## What the automation decided", ""] + lines + [""] if lines else []
+
+
 def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[Any], figures: Sequence[Path],
                  strain_outputs: Sequence[str] = (), extra: str = "", figure_errors: Sequence[str] = ()) -> Path:
     """``<outputs>/report.md``: stages (ran/reused), the H3 onset, a per-frame table, figures."""
@@ -157,6 +225,7 @@ def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[An
                      "phase_fraction, cathode_fraction, scale with _esd twins; microstrain_correlation, "
                      "size_correlation; rwp, gof, zero_shift, status).")
         lines.append("")
+        lines += automation_lines(results)
         lines += broadening_lines(recipe, results)
     if strain_outputs:
         lines += ["## Strain", ""] + [f"- `{Path(p).relative_to(recipe.output_dir) if Path(p).is_relative_to(recipe.output_dir) else p}`"

@@ -108,11 +108,15 @@ def fit_to_dataset(fit: Any, spec: RefinementSpec, *, frame: int = 0, time_s: fl
         curves["phase_curve"] = (("phase", "two_theta"), pc)
     names = [str(n) for n in curves["param"].values] if "param" in curves.coords else []
     curves["param_value"] = (("param",), np.array([float(fit.values.get(n, np.nan)) for n in names], dtype=float))
-    curves["param_value_esd"] = (("param",), np.array([float(fit.esds.get(n, np.nan)) for n in names], dtype=float))
+    # a parameter that ended at a bound is no estimate: no esd ("at bound", listed in at_bounds)
+    bounded = set(getattr(fit, "at_bounds", None) or [])
+    curves["param_value_esd"] = (("param",), np.array([np.nan if n in bounded else float(fit.esds.get(n, np.nan))
+                                                       for n in names], dtype=float))
     out = xr.merge([series, curves.assign_coords(phase=series["phase"])], compat="override", combine_attrs="override")
     out.attrs = {**fit.to_dataset().attrs, **series.attrs, **(attrs or {})}
     if "phase_curve" in out:
         out["phase_curve"].attrs["long_name"] = "calculated pattern of the phase (NaN: not fitted)"
     out["param_value"].attrs["long_name"] = "refined value (every parameter of the correlation matrix)"
+    out["param_value_esd"].attrs["long_name"] = "its esd (NaN: held, or at a bound: see at_bounds)"
     out.attrs["schema"] = "insitu-xrd results, one-frame series: the variables and dims of sequential.nc/results.nc"
     return out

@@ -11,10 +11,13 @@ the previous good result. Around that loop:
   distinct from the phase it splits from (so a single-phase collapse stays single-phase). It is
   dropped again when its fraction stays below ``drop_fraction_sigma`` esds or ``drop_fraction`` for
   ``drop_after_frames`` frames. The frame and x where it first appears are reported.
-* **Divergence.** A fit that fails, has a lattice parameter at its bound, or whose Rwp jumps above
-  ``rwp_jump_factor`` x the running median is refit from the last good frame and from a fresh
-  lattice search; the best is kept and flagged (``status = "refit"``), or ``"diverged"`` if no
-  attempt is acceptable. A frame whose pattern has status != "ok" is skipped (``"skipped: ..."``).
+* **Divergence by evidence.** A fit that fails, has a lattice parameter at its bound, or where
+  no phase is significant is refit from the last good frame and from a fresh lattice search; the
+  sound refit with the lowest chi2 is kept and flagged (``status = "refit"``), or ``"diverged"``
+  if none is sound (its held values are then NaN, never another frame's). A fit whose Rwp only
+  jumps above ``rwp_jump_factor`` x the running median is refit the same way and replaced only
+  by a clearly lower chi2; otherwise it stays ``"ok"`` (a real change). A phase that fades out,
+  the main one included, is held and its last frame reported (``<P>_last_frame`` attrs). A frame whose pattern has status != "ok" is skipped (``"skipped: ..."``).
   The run never stops on one frame.
 * **Chunks.** With ``chunks > 1`` the frame order is split into contiguous chunks fitted in
   parallel processes; a chunk after the first is cold-started (grid search of the lattice on its
@@ -38,7 +41,9 @@ the previous good result. Around that loop:
 
 Output Dataset (see :func:`records_to_dataset`): dims ``frame``, ``phase`` (and ``two_theta`` for
 the fitted curves); ``a, c, volume, microstrain, size, phase_fraction, scale`` (+ ``_esd``);
-``rwp, gof, zero_shift(_esd), status, active, optional_phase_p``; ``calc, background``;
+``rwp, gof, zero_shift(_esd), status, active, held, held_reason, at_bounds, optional_phase_p``;
+``calc, background``; attrs on what the automation did (``held_phases``, ``refined_never_moved``,
+``parameters_at_bound``, ``unphysical``, ``<P>_onset_frame``, ``<P>_last_frame``);
 ``microstrain_correlation, size_correlation`` (frame x phase x ``corr_with``: correlation with
 microstrain, size and the instrument terms U..Y). ``insitu-xrd refine`` writes the same schema for
 one fit (:mod:`insitu_xrd.pipeline.single_fit`).
@@ -71,6 +76,7 @@ from insitu_xrd.pipeline.sequential.records import (
     dataset_to_records,
     frame_arrays,
     phase_onset_attrs,
+    automation_attrs,
     record_from_fit,
     records_to_dataset,
     site_parameter_dataset,
@@ -92,6 +98,7 @@ __all__ = [
     "record_from_fit",
     "refit_frame",
     "phase_onset_attrs",
+    "automation_attrs",
     "dataset_to_records",
     "frame_arrays",
     "broadening_correlations",

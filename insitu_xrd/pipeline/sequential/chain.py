@@ -7,8 +7,12 @@ Every frame is fitted seeded from the previous good result; the refiner decides,
   chi2 improvement, its fraction's significance and its distinct lattice justify it, dropped when
   its fraction stays small for ``drop_after_frames`` frames; an onset frame whose new lattice stayed
   held is fitted again from the next frame (:meth:`SequentialRefiner._look_back`).
-* **Divergence**: a failed fit, a lattice parameter at its bound or an Rwp jump is refit from the
-  last good frame and from a fresh lattice search (``"refit"``, or ``"diverged"``).
+* **Divergence by evidence**: a failed fit, a base phase's lattice at its bound or a fit where no
+  phase is significant is refit from the last good frame and from a fresh lattice search
+  (``"refit"``, or ``"diverged"`` when no refit is sound); an Rwp jump (``rwp_jump_factor``) is
+  only a suspicion: the frame is refit too, and the chained fit stays (``"ok"``, with a note)
+  unless a refit reaches a clearly lower chi2. A phase that fades out (the main one included)
+  is a result, not a failure.
 * **Label continuity**: a fit in which the optional phase took over the main phase's lattice
   (names exchanged) counts as diverged and is refit.
 * **Exact resume**: the whole state is saved as data (:meth:`SequentialRefiner.state_bytes`).
@@ -32,6 +36,7 @@ from scipy import stats
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.fit.stages import SIGNIFICANCE
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, frame_arrays, param_value, record_from_fit
 from insitu_xrd.pipeline.sequential.search import phase_object, search_lattice, seeded_spec, with_lattice
@@ -40,6 +45,10 @@ __all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame", "run_chain",
 
 RefinementFactory = Callable[[RefinementSpec], Any]
 RWP_WINDOW = 7  # the divergence check compares a fit's Rwp with the median of the last 7 good fits
+#: a refit replaces the chained fit of a suspect frame only when its chi2 is lower by more than
+#: this fraction (and by more than 10 x the reduced chi2): "clearly lower", far above the
+#: optimizer's convergence noise, below any false minimum seen (15-30 %)
+REFIT_CHI2_GAIN = 0.01
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +149,23 @@ class SequentialRefiner:
         return ref.fit(tth, y, s, start=start, phases=list(phases))
 
     def _suspect(self, fit: Any) -> str:
-        """Why a fit looks diverged ('' if it looks fine)."""
+        """Why a fit looks diverged ('' if it looks fine): a failure (:meth:`_failure`) or an Rwp
+        jump. An Rwp jump alone is only a suspicion (the sample may really change): :meth:`_step`
+        refits the frame and calls it diverged only on evidence."""
+        why = self._failure(fit)
+        if why:
+            return why
+        if len(self.rwp_history) >= 2:
+            ref = float(np.median(self.rwp_history[-RWP_WINDOW:]))
+            if fit.rwp > self.opt.divergence.rwp_jump_factor * ref:
+                return f"Rwp jump {fit.rwp:.4f} > {self.opt.divergence.rwp_jump_factor} x median {ref:.4f}"
+        return ""
+
+    def _failure(self, fit: Any) -> str:
+        """Why a fit failed ('' if it did not): no result, the optimizer failed, Rwp not finite, a
+        base phase's lattice at its bound, or no phase significant (|S| < 3 statistical esd for
+        every phase: no diffraction pattern of the recipe's phases). One phase fading out while
+        another remains (the end of a two-phase reaction, the main phase included) is a result."""
         if fit is None:
             return "no result"
         if not getattr(fit, "success", True):
@@ -154,14 +179,15 @@ class SequentialRefiner:
             lattice = [p for p in lattice if p.split("_", 1)[0] in self.base_phases]
             if lattice:
                 return f"at bound: {', '.join(lattice)}"
-        for name in self.base_phases[:1]:  # the main phase; minor phases (cell lines) may be weak
+        factor = float(getattr(fit, "esd_factor", 1.0) or 1.0)
+        weak = []
+        for name in fit.active_phases:
             sc, esd = param_value(fit, f"{name}_scale")
-            if np.isfinite(esd) and esd > 0 and not sc > 3 * esd:
-                return f"phase {name} not significant (scale {sc:.4g} +/- {esd:.2g})"
-        if len(self.rwp_history) >= 2:
-            ref = float(np.median(self.rwp_history[-RWP_WINDOW:]))
-            if fit.rwp > self.opt.divergence.rwp_jump_factor * ref:
-                return f"Rwp jump {fit.rwp:.4f} > {self.opt.divergence.rwp_jump_factor} x median {ref:.4f}"
+            esd = esd / factor if np.isfinite(factor) and factor > 0 else esd  # statistical esd
+            if np.isfinite(esd) and esd > 0 and not sc > SIGNIFICANCE * esd:
+                weak.append(f"{name} {sc:.4g} +/- {esd:.2g}")
+        if weak and len(weak) == len(fit.active_phases):
+            return f"no phase significant (scale {', '.join(weak)})"
         return ""
 
     def _swapped(self, fit: Any) -> str:
@@ -584,24 +610,7 @@ class SequentialRefiner:
             # the optional phase may explain the jump: then it is a detection, not a divergence
             out = self._rescue(out) or out
         if out["why"]:
-            notes.append(f"diverged ({out['why']})")
-            # refit from the last good frame's values and from a fresh lattice search
-            candidates = [out]
-            seeded = seeded_spec(self.spec, self.last_good.values) if self.last_good is not None else None
-            if seeded is not None:
-                candidates.append(self._attempt(seeded, None, tth, y, s))
-            # the lattice search is centred on the last good lattice (other phases start there too)
-            candidates.append(self._attempt(self._cold_spec(tth, y, seeded), None, tth, y, s,
-                                            cold_base=seeded if seeded is not None else self.spec))
-            candidates = candidates[:1] + [(self._rescue(c) or c) if c["why"] else c for c in candidates[1:]]
-            acceptable = [c for c in candidates[1:] if not c["why"]]
-            if acceptable:
-                out = min(acceptable, key=lambda c: c["fit"].rwp)
-                status = "refit"
-                notes.append("refit from the last good frame / a lattice search")
-            else:
-                out = min(candidates, key=lambda c: c["fit"].rwp if np.isfinite(c["fit"].rwp) else np.inf)
-                status = "diverged"
+            out, status, notes = self._by_evidence(out, tth, y, s)
         fit = out["fit"]
         rec = record_from_fit(index, fit, self.spec, status=status, message="; ".join(out["notes"] + notes),
                               optional_p=out["optional_p"])
@@ -621,6 +630,47 @@ class SequentialRefiner:
         else:
             self.prev_fit = None  # the next frame starts from the last good values
         return rec
+
+    def _sound(self, c: dict) -> bool:
+        """An attempt that did not fail (:meth:`_failure`) and kept the phase labels."""
+        return not (self._failure(c["fit"]) or self._swapped(c["fit"]))
+
+    def _by_evidence(self, out: dict, tth: np.ndarray, y: np.ndarray, s: np.ndarray) -> tuple[dict, str, list[str]]:
+        """Decide a suspect frame by evidence: (attempt kept, status, notes).
+
+        The frame is fitted again from the last good frame's values and from a fresh lattice
+        search. A chained fit that failed (:meth:`_failure`) or exchanged the labels is replaced
+        by the sound refit with the lowest chi2 ("refit"), or the frame is "diverged" when no
+        refit is sound. A chained fit that is only suspect (its Rwp rose by more than
+        ``rwp_jump_factor``) stays ("ok") unless a sound refit reaches a chi2 clearly lower
+        (:data:`REFIT_CHI2_GAIN`): an Rwp that rises with a real change of the sample is no
+        divergence, and every refit then ends at the same chi2."""
+        chained_fit = out["fit"]
+        failed = not self._sound(out)
+        candidates = []
+        seeded = seeded_spec(self.spec, self.last_good.values) if self.last_good is not None else None
+        if seeded is not None:
+            candidates.append(self._attempt(seeded, None, tth, y, s))
+        # the lattice search is centred on the last good lattice (other phases start there too)
+        candidates.append(self._attempt(self._cold_spec(tth, y, seeded), None, tth, y, s,
+                                        cold_base=seeded if seeded is not None else self.spec))
+        candidates = [(self._rescue(c) or c) if c["why"] else c for c in candidates]
+        sound = [c for c in candidates if self._sound(c) and np.isfinite(c["fit"].chi2)]
+        best = min(sound, key=lambda c: float(c["fit"].chi2)) if sound else None
+        if failed:
+            if best is not None:
+                return best, "refit", [f"suspect ({out['why']})", "refit from the last good frame / a lattice search"]
+            least_bad = min([out] + candidates, key=lambda c: c["fit"].rwp if np.isfinite(c["fit"].rwp) else np.inf)
+            return least_bad, "diverged", [f"diverged ({out['why']}); no refit from the last good frame or a lattice "
+                                       "search is sound"]
+        chi2 = float(chained_fit.chi2)
+        gain = max(REFIT_CHI2_GAIN * chi2, 10.0 * max(1.0, float(chained_fit.gof)))
+        if best is not None and float(best["fit"].chi2) < chi2 - gain:
+            return best, "refit", [f"suspect ({out['why']}); a refit reached chi2 {float(best['fit'].chi2):.1f} < "
+                                   f"{chi2:.1f} of the chained fit: refit from the last good frame / a lattice search"]
+        best_txt = f"{float(best['fit'].chi2):.1f}" if best is not None else "none sound"
+        return out, "ok", [f"{out['why']}: refits from the last good frame and a lattice search reach no clearly lower "
+                           f"chi2 ({best_txt} vs {chi2:.1f}): a real change, not a divergence"]
 
     def pop_revised(self) -> list[FrameRecord]:
         """Records of earlier frames fitted again by a look-back since the last call."""

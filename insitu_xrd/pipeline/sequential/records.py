@@ -25,7 +25,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = ["site_parameter_dataset", "FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
-           "cathode_phases", "phase_onset_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
+           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
            "CORR_WITH", "UNITS"]
 
 #: Per-phase output variables -> FitResult parameter suffix.
@@ -104,6 +104,8 @@ class FrameRecord:
     correlations: dict[str, float] | None = None  # "<P>_mustrain|W" -> correlation (see broadening_correlations)
     site_labels: dict[str, str] = field(default_factory=dict)  # refined site parameter -> "phase/site/quantity"
     site_esds: dict[str, float] = field(default_factory=dict)  # their esds (values: in ``values``)
+    held: dict[str, str] = field(default_factory=dict)  # active phase -> why its parameters were held ('' = refined)
+    at_bounds: list[str] = field(default_factory=list)  # refined parameters that ended at a bound (no esd reported)
 
     @property
     def good(self) -> bool:
@@ -122,17 +124,55 @@ def param_value(fit: Any, name: str) -> tuple[float, float]:
     return math.nan, math.nan
 
 
+#: refined per-phase parameters whose missing esd means the fit held the phase
+HOLDABLE = ("a", "b", "c", "alpha", "beta", "gamma", "mustrain", "size_um")
+
+
+def held_phase_reasons(fit: Any, spec: RefinementSpec) -> dict[str, str]:
+    """{active phase: why its refined lattice/profile parameters were held ('' = refined)}.
+
+    A phase is held when the fit says so (its warning "phase P: scale not significant ...") or
+    when a lattice length or width the recipe refines has no esd in the fit."""
+    warnings = [str(w) for w in (getattr(fit, "warnings", None) or [])]
+    out: dict[str, str] = {}
+    for name in fit.active_phases:
+        why = next((w for w in warnings if w.startswith(f"phase {name}: ") and "held" in w), "")
+        if not why:
+            try:
+                refine = spec.phase(name).refine
+            except KeyError:
+                refine = []
+            nolesd = [k for k in HOLDABLE if k in refine and np.isfinite(param_value(fit, f"{name}_{k}")[0])
+                      and not np.isfinite(param_value(fit, f"{name}_{k}")[1])]
+            if nolesd:
+                why = f"phase {name}: {', '.join(nolesd)} not refined on this frame (no esd)"
+        out[name] = why
+    return out
+
+
 def record_from_fit(index: int, fit: Any, spec: RefinementSpec, status: str = "ok", message: str = "",
                     optional_p: float = math.nan) -> FrameRecord:
-    """Flatten a FitResult into a FrameRecord (absent phases: NaN values, fraction 0)."""
+    """Flatten a FitResult into a FrameRecord (absent phases: NaN values, fraction 0).
+
+    A parameter that ended at a bound is no estimate: its esd is NaN here and its name is in
+    ``at_bounds`` (the report shows "at bound"). On a ``diverged`` frame the parameters the fit
+    held (no esd) are NaN: they would be another frame's values."""
     rec = FrameRecord(index=index, status=status, rwp=float(fit.rwp), gof=float(fit.gof), message=message,
                       optional_p=optional_p, active=list(fit.active_phases))
+    rec.at_bounds = [str(n) for n in (getattr(fit, "at_bounds", None) or [])]
+    rec.held = held_phase_reasons(fit, spec)
     rec.zero_shift, rec.zero_shift_esd = param_value(fit, "zero_deg")
+    if "zero_deg" in rec.at_bounds:
+        rec.zero_shift_esd = math.nan
     for ph in spec.phases:
         d: dict[str, float] = {}
         active = ph.name in fit.active_phases
         for var, suffix in PER_PHASE_VARS.items():
             v, e = param_value(fit, f"{ph.name}_{suffix}") if active else (math.nan, math.nan)
+            if f"{ph.name}_{suffix}" in rec.at_bounds:
+                e = math.nan
+            if status == "diverged" and suffix in HOLDABLE and suffix in ph.refine and not np.isfinite(e):
+                v = math.nan
             d[var], d[f"{var}_esd"] = v, e
         frac, frac_esd = fit.phase_fraction.get(ph.name, (0.0, math.nan)) if active else (0.0, math.nan)
         d["phase_fraction"], d["phase_fraction_esd"] = float(frac), float(frac_esd)
@@ -206,6 +246,9 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     calc = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     bkg = np.full((nf, len(tth_grid)), np.nan, dtype=np.float32)
     values_json = np.array([""] * nf, dtype=object)
+    held = np.zeros((nf, npn), dtype=bool)
+    held_reason = np.full((nf, npn), "", dtype=object)
+    at_bounds = np.array([""] * nf, dtype=object)
     sites_json = np.array([""] * nf, dtype=object)
     terms = list(CORR_WITH)
     corr_vars = {"microstrain_correlation": np.full((nf, npn, len(terms)), np.nan),
@@ -222,9 +265,12 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
         status[i] = rec.status
         message[i] = rec.message
         rwp[i], gof[i], zero[i], zero_esd[i], opt_p[i] = rec.rwp, rec.gof, rec.zero_shift, rec.zero_shift_esd, rec.optional_p
+        at_bounds[i] = ", ".join(rec.at_bounds)
         for j, name in enumerate(phases):
             d = rec.phases.get(name)
             active[i, j] = name in rec.active and rec.good
+            why = rec.held.get(name, "") if name in rec.active else ""
+            held[i, j], held_reason[i, j] = bool(why), why
             if d:
                 for k in per:
                     per[k][i, j] = d.get(k, np.nan)
@@ -267,6 +313,9 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
     for var, arr in corr_vars.items():
         data[var] = (("frame", "phase", "corr_with"), arr)
     data["active"] = (dims2, active)
+    data["held"] = (dims2, held)
+    data["held_reason"] = (dims2, held_reason.astype(str))
+    data["at_bounds"] = (("frame",), at_bounds.astype(str))
     data["rwp"] = (("frame",), rwp)
     data["gof"] = (("frame",), gof)
     data["zero_shift"] = (("frame",), zero)
@@ -294,6 +343,10 @@ def records_to_dataset(records: Sequence[FrameRecord | None], patterns: xr.Datas
             ds[k].attrs["units"] = UNITS[base]
     ds["optional_phase_p"].attrs["long_name"] = "F-test p-value of the optional phase (NaN: not tested)"
     ds["active"].attrs["long_name"] = "phase present in this frame's fit"
+    ds["held"].attrs["long_name"] = ("the fit held the phase's lattice/profile parameters (scale not significant: "
+                                     "|S| < 3 statistical esd; recipe key hold: never turns this off)")
+    ds["held_reason"].attrs["long_name"] = "why the phase was held on this frame ('' = refined)"
+    ds["at_bounds"].attrs["long_name"] = "refined parameters that ended at a bound (no esd reported for them)"
     for var, what in (("microstrain_correlation", "microstrain"), ("size_correlation", "size")):
         ds[var].attrs["long_name"] = (f"correlation of the phase's {what} with its microstrain/size and the instrument "
                                       "terms U..Y (NaN: a parameter not refined)")
@@ -334,9 +387,14 @@ def cathode_phases(spec: RefinementSpec) -> list[str]:
 
 
 def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    """Frame (index and name) where each optional phase first appears and stays (attrs)."""
+    """Frame (index and name) where each optional phase first appears and stays, and for every
+    phase that is gone before the series ends the last frame where it is present (attrs
+    ``<P>_last_frame``, ``_name``, ``_time_s``...; the end of a two-phase reaction is a result).
+    Present: in the fit and not held for a scale below significance."""
     out: dict[str, Any] = {}
     phases = [str(p) for p in ds["phase"].values]
+    out.update(_phase_end_attrs(ds, phases))
+    out.update(automation_attrs(ds))
     for name in json.loads(ds.attrs.get("optional_phases", "[]")):
         if name not in phases:
             continue
@@ -350,6 +408,91 @@ def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
             for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
                 if xc in ds.coords:
                     out[f"{name}_onset_{xc}"] = float(ds[xc].values[onset])
+    return out
+
+
+def automation_attrs(ds: xr.Dataset) -> dict[str, str]:
+    """What the automatic decisions did over the series, as JSON attrs (the report lists them):
+
+    ``held_phases``: {phase: frames where the fit held it (scale not significant)};
+    ``refined_never_moved``: {parameter: value} of parameters the recipe refines that kept one
+    value on every good frame where their phase was fitted and not held (or, on one frame, their
+    recipe start value): refined in name only;
+    ``parameters_at_bound``: {parameter: frames where it ended at a bound} (no esd reported);
+    ``unphysical``: {parameter: frames} profile terms below zero (W, X, Y, U), negative diffuse or
+    hump areas and phase scales below zero by more than 2 esd."""
+    if "status" not in ds or "fit_values" not in ds:
+        return {}
+    try:
+        spec = RefinementSpec.model_validate_json(ds.attrs.get("refinement_spec", ""))
+    except Exception:  # no or an older spec: nothing to compare with
+        return {}
+    good = [i for i, st in enumerate(ds["status"].values) if str(st) in ("ok", "refit")]
+    values = {i: (json.loads(str(ds["fit_values"].values[i])) if str(ds["fit_values"].values[i]) else {}) for i in good}
+    phases = [str(p) for p in ds["phase"].values]
+    held = ds["held"].values if "held" in ds else np.zeros((ds.sizes["frame"], len(phases)), bool)
+    active = ds["active"].values
+    out_held = {p: [i for i in good if active[i, j] and held[i, j]] for j, p in enumerate(phases)}
+    refined: list[tuple[str, str | None, float | None]] = []  # (parameter, phase, recipe start)
+    for ph in spec.phases:
+        for k in ph.refine:
+            if k != "scale" and k in set(PER_PHASE_VARS.values()):
+                start = getattr(ph, k, None)
+                refined.append((f"{ph.name}_{k}", ph.name, float(start) if isinstance(start, (int, float)) else None))
+    for k in spec.profile.refine:
+        start = getattr(spec.profile, k, None)
+        refined.append((k, None, float(start) if start is not None else None))
+    never: dict[str, float] = {}
+    for name, phase, start in refined:
+        j = phases.index(phase) if phase in phases else None
+        vals = [values[i].get(name) for i in good
+                if j is None or (active[i, j] and not held[i, j])]
+        vals = [float(v) for v in vals if v is not None and np.isfinite(v)]
+        if not vals or any(v != vals[0] for v in vals):
+            continue
+        if len(vals) >= 2 or (start is not None and abs(vals[0] - start) <= 1e-12 * max(abs(start), 1.0)):
+            never[name] = vals[0]
+    bound: dict[str, list[int]] = {}
+    if "at_bounds" in ds:
+        for i in good:
+            for n in (x for x in str(ds["at_bounds"].values[i]).split(", ") if x):
+                bound.setdefault(n, []).append(i)
+    bad: dict[str, list[int]] = {}
+    for i in good:
+        for n, v in values[i].items():
+            neg = (n in ("U", "W", "X", "Y") or (n.startswith(("diff_", "bkg_hump")) and n.endswith("_area")))
+            if neg and np.isfinite(v) and v < 0:
+                bad.setdefault(n, []).append(i)
+        for j, p in enumerate(phases):
+            sc, e = float(ds["scale"].values[i, j]), float(ds["scale_esd"].values[i, j])
+            if active[i, j] and np.isfinite(sc) and sc < 0 and (not np.isfinite(e) or sc < -2 * e):
+                bad.setdefault(f"{p}_scale", []).append(i)
+    return {"held_phases": json.dumps({p: v for p, v in out_held.items() if v}),
+            "refined_never_moved": json.dumps(never), "parameters_at_bound": json.dumps(bound),
+            "unphysical": json.dumps(bad)}
+
+
+def _phase_end_attrs(ds: xr.Dataset, phases: list[str]) -> dict[str, Any]:
+    good = np.array([str(s) in ("ok", "refit") for s in ds["status"].values])
+    if not good.any() or "active" not in ds:
+        return {}
+    out: dict[str, Any] = {}
+    last_good = int(np.flatnonzero(good)[-1])
+    for j, name in enumerate(phases):
+        present = ds["active"].values[:, j].astype(bool) & good
+        if "held_reason" in ds:
+            present &= np.array(["not significant" not in str(w) for w in ds["held_reason"].values[:, j]])
+        idx = np.flatnonzero(present)
+        if idx.size == 0 or int(idx[-1]) == last_good:
+            continue  # never present, or present to the end
+        last = int(idx[-1])
+        out[f"{name}_last_frame"] = last
+        out[f"{name}_last_frame_name"] = str(ds["frame_name"].values[last]) if "frame_name" in ds.coords else str(last)
+        if "time_s" in ds.coords:
+            out[f"{name}_last_time_s"] = float(ds["time_s"].values[last])
+        for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
+            if xc in ds.coords:
+                out[f"{name}_last_{xc}"] = float(ds[xc].values[last])
     return out
 
 
@@ -381,6 +524,10 @@ def dataset_to_records(ds: xr.Dataset) -> list[FrameRecord | None]:
                           optional_p=float(ds["optional_phase_p"].values[i]), message=str(ds["message"].values[i]),
                           time_s=_frame_time_s(ds, i))
         rec.active = [p for j, p in enumerate(phases) if bool(ds["active"].values[i, j])]
+        if "held_reason" in ds:
+            rec.held = {p: str(ds["held_reason"].values[i, j]) for j, p in enumerate(phases) if p in rec.active}
+        if "at_bounds" in ds:
+            rec.at_bounds = [n for n in str(ds["at_bounds"].values[i]).split(", ") if n]
         for j, p in enumerate(phases):
             d = {}
             for var in list(PER_PHASE_VARS) + ["phase_fraction"]:
