@@ -6,6 +6,9 @@ y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 
 - Peak area (integrated intensity, in intensity x degrees): scale * multiplicity * |F|^2 * Lorentz,
   Lorentz = 1 / (sin^2(theta) cos(theta)) (Debye-Scherrer powder). Polarization is NOT applied:
   the integration stage divides it out (pyFAI polarization_factor), as it does the solid angle.
+- Laboratory Ka doublet (`Instrument.kalpha2_wavelength_A`, `kalpha2_ratio`): every reflection
+  also at the Ka2 wavelength, from the same d, with its width at its own angle and the Ka1
+  area times the ratio (GSAS-II's I(L2)/I(L1): the pair shares one intensity).
 - Peak positions: 2theta_obs = 2theta_Bragg(d, lambda) + zero_deg + displacement shift, with the
   displacement shift of a sample moved by `displacement_um` towards a flat detector at
   `distance_mm` (transmission): d(2theta) = -(delta/D) sin(2theta) cos(2theta) (rad).
@@ -40,15 +43,36 @@ __all__ = [
     "d_from_two_theta_deg",
     "peak_table",
     "sum_peaks",
+    "kalpha2_peaks",
     "chebyshev_background",
     "diffuse_center_deg",
     "calc_pattern",
     "WINDOW_FWHM",
+    "LAB_ANODE_KA1_A",
+    "lab_anode_warning",
 ]
 
 #: Peaks are evaluated within +/- WINDOW_FWHM * FWHM of their centre (a Lorentzian loses
 #: 1/(pi * WINDOW_FWHM) of its area outside, 0.6 % here, absorbed by the background).
 WINDOW_FWHM = 50.0
+
+#: Ka1 wavelengths (A) of laboratory anodes (Hoelzer et al. 1997 / International Tables C, rounded
+#: as GSAS-II and instrument software write them); Ka2 / Ka1 intensity 0.5 for all of them.
+LAB_ANODE_KA1_A: dict[str, float] = {"Cu": 1.5406, "Co": 1.7890, "Mo": 0.7093, "Ag": 0.5594, "Cr": 2.2897,
+                                     "Fe": 1.9360}
+
+
+def lab_anode_warning(wavelength_A: float, kalpha2_wavelength_A: float | None) -> str:
+    """One line when a single wavelength is a laboratory anode's Ka1 (within 2e-4 A) and no Ka2 is
+    given (the fitted lattice would be biased by the unmodelled doublet); '' otherwise."""
+    if kalpha2_wavelength_A is not None:
+        return ""
+    for anode, ka1 in LAB_ANODE_KA1_A.items():
+        if abs(float(wavelength_A) - ka1) <= 2e-4:
+            return (f"wavelength_A {wavelength_A} is the {anode} Ka1 line but no kalpha2 is given: a laboratory "
+                    f"{anode} tube also emits Ka2 (fit it with kalpha2: {{wavelength_A: ..., ratio: 0.5}} or an "
+                    ".instprm with Lam1/Lam2), else the lattice comes out biased low")
+    return ""
 
 
 @dataclass
@@ -63,6 +87,8 @@ class Instrument:
     distance_mm : sample-detector distance used by the displacement term (mm).
     sh_l : GSAS-II SH/L = S/L + H/L, Finger-Cox-Jephcoat axial-divergence asymmetry (0: symmetric
         peaks; see `insitu_xrd.core.profiles.fcj_nodes`).
+    kalpha2_wavelength_A, kalpha2_ratio : laboratory Ka doublet (GSAS-II Lam2, I(L2)/I(L1)):
+        ``wavelength_A`` is then Ka1; None or a ratio of 0: a single wavelength.
     """
 
     wavelength_A: float
@@ -75,6 +101,15 @@ class Instrument:
     displacement_um: float = 0.0
     distance_mm: float = 1000.0
     sh_l: float = 0.0
+    kalpha2_wavelength_A: float | None = None
+    kalpha2_ratio: float = 0.0
+
+    @property
+    def kalpha2(self) -> tuple[float, float] | None:
+        """(Ka2 wavelength (A), Ka2/Ka1 intensity ratio), None for a single wavelength."""
+        if self.kalpha2_wavelength_A is None or not self.kalpha2_ratio > 0:
+            return None
+        return float(self.kalpha2_wavelength_A), float(self.kalpha2_ratio)
 
     def position_shift_deg(self, two_theta_deg: np.ndarray) -> np.ndarray:
         """Shift (deg) added to Bragg positions by zero and sample displacement."""
@@ -252,6 +287,24 @@ def peak_table(
     )
 
 
+def kalpha2_peaks(state: PhaseState, instrument: Instrument, table: PeakTable) -> tuple[np.ndarray, ...]:
+    """(2theta (deg), FWHM (deg), eta, area) of the Ka2 copies of the reflections of ``table``
+    (same d; width at the Ka2 angle; area x ratio); empty arrays for a single wavelength."""
+    doublet = instrument.kalpha2
+    if doublet is None or not len(table):
+        return tuple(np.zeros(0) for _ in range(4))
+    lam2, ratio = doublet
+    tth_bragg = two_theta_deg_from_d(table.d_A, lam2)  # NaN where lam2 / 2d > 1
+    mustrain, size_um = state.effective_broadening(table.hkl, table.d_A)
+    fwhm, eta = peak_fwhm_eta(
+        tth_bragg, lam2, instrument.U, instrument.V, instrument.W, instrument.X, instrument.Y,
+        mustrain, size_um, state.mustrain_mix, state.size_mix,
+    )
+    ok = np.isfinite(tth_bragg)
+    tth = tth_bragg[ok] + instrument.position_shift_deg(tth_bragg[ok])
+    return tth, fwhm[ok], eta[ok], ratio * np.asarray(table.area, dtype=float)[ok]
+
+
 def sum_peaks(
     x: np.ndarray,
     centers: np.ndarray,
@@ -322,6 +375,8 @@ def calc_pattern(
     for state in phases:
         table = peak_table(state, instrument, rng)
         y = sum_peaks(x, table.two_theta_deg, table.fwhm_deg, table.eta, table.area, sh_l=instrument.sh_l)
+        if instrument.kalpha2 is not None:
+            y = y + sum_peaks(x, *kalpha2_peaks(state, instrument, table), sh_l=instrument.sh_l)
         comps.phases[state.name] = y
         comps.peaks[state.name] = table
         total += y
