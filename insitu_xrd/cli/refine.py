@@ -26,7 +26,7 @@ class LoadedPattern:
 
     two_theta_deg: np.ndarray
     intensity: np.ndarray
-    sigma: np.ndarray
+    sigma: np.ndarray | None
     wavelength_A: float | None
     description: str
     wavelength_source: str
@@ -91,14 +91,14 @@ def load_pattern(
                 t_s = float(ds["time_s"].values[i])
         x = np.asarray(ds[xdim].values, dtype=float)
         y = np.asarray(da.values, dtype=float)
-        s = np.asarray(sig.values, dtype=float) if sig is not None else np.sqrt(np.maximum(y, 1.0))
+        s = np.asarray(sig.values, dtype=float) if sig is not None else None
         wl, src = _choose_wavelength(wavelength_a, file_wl, fallback_wavelength_A, path)
         if xdim == "q":
             if wl is None:
                 raise InsituXRDError(f"patterns file {path}: q axis and no wavelength known; give --wavelength-a")
             x = q_invA_to_two_theta_deg(x, wl)
-        good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
-        return LoadedPattern(x[good], y[good], s[good], wl, desc, src, name, t_s)
+        good = np.isfinite(x) & np.isfinite(y) & (np.isfinite(s) if s is not None else True)
+        return LoadedPattern(x[good], y[good], s[good] if s is not None else None, wl, desc, src, name, t_s)
 
     pat = read_pattern_1d(path, wavelength_A=wavelength_a if wavelength_a is not None else fallback_wavelength_A)
     header_wl = pat.wavelength_A if pat.metadata.get("wavelength_source") == "header" else None
@@ -108,7 +108,10 @@ def load_pattern(
     if unit in ("q_A^-1", "q_nm^-1") and header_wl is not None and wl is not None and not _close(wl, header_wl):
         # the reader converted q with the header wavelength; redo it with the one chosen
         x = q_invA_to_two_theta_deg(two_theta_deg_to_q_invA(x, header_wl), wl)
-    return LoadedPattern(x, pat.intensity, pat.sigma, wl, str(path), src, path.name)
+    # a file without an esd column: no sigma (the engine's refinement.sigma decides and says so)
+    source = getattr(pat, "sigma_source", None) or pat.metadata.get("sigma_source", "file")
+    sigma = pat.sigma if str(source).startswith("file") else None
+    return LoadedPattern(x, pat.intensity, sigma, wl, str(path), src, path.name)
 
 
 def _choose_wavelength(option: float | None, from_file: float | None, recipe: float | None, path: Path) -> tuple[float | None, str]:
@@ -142,6 +145,8 @@ def _print_result(console, result, title: str) -> None:
         f"Rwp {result.rwp:.2%}   Rp {result.rp:.2%}   Rexp {result.rexp:.2%}   GoF(chi2_red) {result.gof:.3f}   "
         f"Durbin-Watson {result.durbin_watson:.2f}   points {result.nobs}   refined {result.nvarys}"
     )
+    if getattr(result, "sigma_source", ""):
+        console.print(f"weights (sigma): {result.sigma_source} (refinement.sigma)")
     if result.at_bounds:
         console.print(f"[yellow]at bounds:[/] {', '.join(result.at_bounds)}")
     for w in result.warnings:
@@ -185,7 +190,7 @@ def refine(
     try:
         from insitu_xrd.pipeline.cold_start import cold_start
         from insitu_xrd.pipeline.refine_instrument import calibrant_instrument
-        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
+        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement, wavelength_warning
         from insitu_xrd.pipeline.single_fit import fit_to_dataset, microstrain_warning
         from insitu_xrd.provenance import software_versions_json
 
@@ -230,6 +235,7 @@ def refine(
         elapsed = _time.perf_counter() - t0
         result = cs.fit
         warning = microstrain_warning(spec, rr.calibrant_profile)
+        lab_warning = wavelength_warning(spec, wl, rr.base_dir)
         attrs = {
             "source_pattern": pat.description,
             "recipe": str(recipe),
@@ -244,6 +250,8 @@ def refine(
             attrs["instrument_note"] = rr.instrument_note
         if warning:
             attrs["microstrain_warning"] = warning
+        if lab_warning:
+            attrs["wavelength_warning"] = lab_warning
         ds = fit_to_dataset(result, spec, frame=int(frame) if frame is not None else 0, time_s=pat.time_s,
                             frame_name=pat.frame_name, attrs=attrs)
         if frame is not None:
@@ -262,6 +270,8 @@ def refine(
     typer.echo(f"cold start           {len(cs.tried)} fits in {elapsed:.1f} s (chi2: {tried}; kept: {cs.chosen})")
     if warning:
         console.print(f"[yellow]microstrain warning:[/] {warning}")
+    if lab_warning:
+        console.print(f"[yellow]wavelength warning:[/] {lab_warning}")
     typer.echo(f"fit_file             {output}")
     if plot is not None:
         typer.echo(f"plot                 {plot}")
