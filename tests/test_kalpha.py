@@ -292,3 +292,55 @@ def test_background_subtracted_data_get_honest_weights() -> None:
         assert abs(res.values[f"H2_{n}"] - TRUE[n]) < 2 * res.esds[f"H2_{n}"]
     old = np.sqrt(np.maximum(net, 1.0))
     assert np.median(old[low]) < 0.2 * np.median(sig[low])  # the weight of 1 per point it replaces
+
+
+def test_instrument_profile_of_a_lab_calibrant_with_the_doublet(tmp_path) -> None:
+    """`fit_instrument` with kalpha2 recovers U..Y of a Cu Ka LaB6 pattern and writes Lam1/Lam2."""
+    from insitu_xrd.fit.instrument import fit_instrument
+    from insitu_xrd.io.instprm import read_instrument, write_instrument
+
+    lab6 = make_template("lab6")
+    inst = lab_instrument()
+    y = np.random.default_rng(3).poisson(calc_pattern(X, [PhaseState(lab6, scale=2e-3, mustrain=0.0)], inst,
+                                                      background_coeffs=(100.0,)).total).astype(float)
+    fit = fit_instrument(X, y, None, "LaB6", LAM1, refine=("U", "V", "W", "X", "Y", "zero_deg"), kalpha2=(LAM2, RATIO))
+    r = fit.result
+    assert 0.8 < r.gof < 1.25 and fit.instrument.kalpha2 == (LAM2, RATIO)
+    for n, true in (("W", PROFILE["W"]), ("Y", PROFILE["Y"]), ("zero_deg", ZERO)):
+        assert abs(r.values[n] - true) < 3 * r.esds[n], (n, r.values[n], r.esds[n])
+    write_instrument(tmp_path / "cu.instprm", fit.instrument)
+    assert read_instrument(tmp_path / "cu.instprm", wavelength_A=LAM1).kalpha2 == (LAM2, RATIO)
+
+
+def test_refine_cli_reports_weights_and_warns_on_a_single_cu_line(tmp_path) -> None:
+    """`insitu-xrd refine` of a 2-column Cu file: the weights are named (poisson, no esd column)
+    in the output and the fit file, and a recipe without kalpha2 is warned about; with kalpha2
+    the doublet is fitted and there is no warning."""
+    import xarray as xr
+    import yaml
+    from typer.testing import CliRunner
+
+    from insitu_xrd.cli.main import app
+
+    x, y, _s = cu_pattern()
+    np.savetxt(tmp_path / "cu.xy", np.column_stack([x, y]), header="2theta intensity")
+    refinement = {"mode": "rietveld", "background": {"chebyshev": 6}, "profile": dict(**PROFILE, refine=["zero_deg"]),
+                  "phases": [dict(name="H2", template="nmc811", a=TRUE["a"] * 1.001, c=TRUE["c"] * 0.999,
+                                  mustrain=600.0, refine=["a", "c", "scale", "mustrain"])]}
+    outputs = {}
+    for label, extra in (("single", {}), ("doublet", {"kalpha2": {"wavelength_A": LAM2, "ratio": RATIO}})):
+        recipe = tmp_path / f"{label}.yaml"
+        recipe.write_text(yaml.safe_dump({"wavelength_A": LAM1, "refinement": refinement, **extra}))
+        out = tmp_path / f"{label}.nc"
+        res = CliRunner().invoke(app, ["refine", str(tmp_path / "cu.xy"), "--recipe", str(recipe), "-o", str(out),
+                                       "--no-lattice-search", "--restarts", "0"])
+        assert res.exit_code == 0, res.output
+        assert "weights (sigma): poisson" in res.output
+        outputs[label] = (res.output, xr.load_dataset(out, engine="h5netcdf").attrs)
+    text, attrs = outputs["single"]
+    assert "wavelength warning" in text and "Cu Ka1" in attrs["wavelength_warning"]
+    assert attrs["sigma_source"] == "poisson"
+    text, attrs = outputs["doublet"]
+    assert "wavelength warning" not in text and "wavelength_warning" not in attrs
+    assert attrs["kalpha2_wavelength_A"] == LAM2 and attrs["sigma_source"] == "poisson"
+    assert outputs["doublet"][1]["gof"] < 0.5 * outputs["single"][1]["gof"]

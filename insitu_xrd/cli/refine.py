@@ -295,6 +295,17 @@ def _print_broadening(console, ds) -> None:
             console.print(f"{name} {var} {v:.6g} +/- {e:.2g} {unit}; correlation with " + (", ".join(rs) or "nothing refined"))
 
 
+def _parse_kalpha2(text: str) -> tuple[float, float]:
+    """``LAM2:RATIO`` of --kalpha2 as (Ka2 wavelength (A), ratio)."""
+    try:
+        lam2, ratio = (float(v) for v in text.split(":", 1))
+    except ValueError:
+        raise InsituXRDError(f"--kalpha2 {text!r}: give LAM2:RATIO, e.g. 1.5444:0.5") from None
+    if not (lam2 > 0 and 0 < ratio <= 1):
+        raise InsituXRDError(f"--kalpha2 {text!r}: the wavelength must be > 0 A and the ratio in (0, 1]")
+    return lam2, ratio
+
+
 def _parse_zooms(items: list[str]) -> list:
     out: list = []
     for item in items:
@@ -323,6 +334,8 @@ def instrument(
     asymmetry: bool = typer.Option(True, "--asymmetry/--no-asymmetry", help="Try the GSAS-II SH/L (Finger-Cox-Jephcoat) low-angle asymmetry; it is kept only when it improves the fit significantly (3 esd)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot of the calibrant fit."),
     fit_nc: Optional[Path] = typer.Option(None, "--fit-nc", help="Also write the full fit as NetCDF."),
+    kalpha2: Optional[str] = typer.Option(None, "--kalpha2", help="Laboratory Ka doublet LAM2:RATIO (e.g. 1.5444:0.5 for Cu; "
+                                          "the wavelength is then Ka1); written as Lam1/Lam2/I(L2)/I(L1)."),
 ) -> None:
     """Fit U, V, W, X, Y (zero, SH/L asymmetry) to a calibrant pattern with its lattice fixed; write a
     GSAS-II .instprm file for `profile: {instrument: FILE}` in sample recipes."""
@@ -338,10 +351,17 @@ def instrument(
         if pat.wavelength_A is None:
             raise InsituXRDError(f"no wavelength for {pattern}: give --wavelength-a")
         refine_names = [p for p in INSTRUMENT_PARAMS if refine_zero or p != "zero_deg"] + (["sh_l"] if asymmetry else [])
+        doublet = _parse_kalpha2(kalpha2) if kalpha2 else None
+        if doublet is None:
+            from insitu_xrd.core.pattern import lab_anode_warning
+
+            lab = lab_anode_warning(pat.wavelength_A, None)
+            if lab:
+                err.print(f"[yellow]wavelength warning:[/] {lab} (here: --kalpha2 LAM2:RATIO)")
         with err.status(f"fitting the instrument profile to {pat.description} ..."):
             fit = fit_instrument(pat.two_theta_deg, pat.intensity, pat.sigma, calibrant, pat.wavelength_A,
                                  mode=mode.value, range_2theta_deg=range_2theta_deg, chebyshev=chebyshev,
-                                 refine=refine_names)
+                                 refine=refine_names, kalpha2=doublet)
         comments = [f"source pattern: {pat.description}"] + fit.summary_lines()
         write_instrument(output, fit.instrument, comments=comments)
         ds = fit.result.to_dataset()
