@@ -13,7 +13,9 @@ with sparse matrices (`LazyTransposed`); single-peak components (humps, diffuse)
 central differences of their curves (`model_derivatives`); lmfit expressions by the chain rule
 (`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
 (`projected_jacobian`, Kaufman's form) for the trust-region solver. The finite differences at one
-point are kept: the Le Bail Jacobian and the phase-fraction step share them.
+point are kept: the Le Bail Jacobian and the phase-fraction step share them. With a Ka doublet
+the position/width columns run over both peaks of every reflection (d(2theta)/dQ at each
+wavelength), the area columns over the reflections, their Ka2 copy x ratio (`Problem.peak_areas`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Model (identical to `insitu_xrd.core.pattern.calc_pattern`): Chebyshev background + humps +
 per-phase sums of area-normalised TCH pseudo-Voigts (GSAS-II CW U,V,W,X,Y plus isotropic
 microstrain and size; optional GSAS-II SH/L Finger-Cox-Jephcoat asymmetry) + diffuse
-pseudo-Voigts tied to reflections of a phase.
+pseudo-Voigts tied to reflections of a phase. A laboratory Ka doublet (``profile.kalpha2`` or the
+instrument's Lam2) puts every reflection at both wavelengths, the Ka2 copy with the Ka1 area times
+the ratio (`Problem.peak_areas`). Weights 1/sigma per ``refinement.sigma`` (`weights`), their
+source in ``FitResult.sigma_source``.
 
 Algorithm
 ---------
