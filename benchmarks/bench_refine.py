@@ -26,7 +26,13 @@ Six-phase case (issue 17): a Rietveld fit of H2 + a monoclinic C2/m phase (Li2Mn
 refined) + LiMn2O4 + NiO + Li + Al, cold and warm-started over drifting frames, timed against the
 H2-alone fit of the same pattern type in the same run; the monoclinic lattice's worst error in esd.
 
+Laboratory Ka-doublet case (issue 18): Cu Ka1/Ka2 patterns of NMC811 (H2, a drifting) with Al
+lines, 15-100 deg at 0.02 deg, Rietveld, cold and warm-started; the doublet fit of doublet data
+timed against the single-wavelength fit of single-wavelength data of the same pattern type in the
+same run (target: < 2x), with the worst lattice error in esd and the bias of a Ka1-only fit.
+
 Run: .venv/bin/python benchmarks/bench_refine.py [--frames N] [--repeats R] [--spread-grid N] [--six-phase-only]
+     [--lab-doublet-only]
 Target: < 0.3 s per warm-started fit on a 2-core machine.
 """
 
@@ -274,6 +280,71 @@ def six_phase_case(repeats: int, n_frames: int = 6) -> None:
     print("ratio = median time / median time of the 1-phase fit with the same start (measured in this run)")
 
 
+def lab_doublet_case(repeats: int, n_frames: int = 6) -> None:
+    """Rietveld fits of Cu Ka patterns (H2 + Al) with the Ka doublet, timed against the
+    single-wavelength fit of single-wavelength patterns (same grid, profile and phases)."""
+    from insitu_xrd.core.crystal import make_template
+    from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern, scale_for_weight_fraction
+
+    lam1, lam2, ratio = 1.5406, 1.5444, 0.5
+    x = np.arange(15.0, 100.0, 0.02)
+    profile = {"U": 3.0, "V": -2.0, "W": 4.0, "X": 0.5, "Y": 3.0}
+    print(f"\nlab Ka-doublet case: Cu Ka1/Ka2 ({lam1}/{lam2} A, ratio {ratio}), H2 (nmc811) + Al, Rietveld, "
+          f"{x.size} points, {n_frames} frames, {platform.processor() or platform.machine()}")
+    print("fit                       start  median_s  ratio  worst |a,c err|/esd")
+
+    def truth_of(i: int) -> dict[str, float]:
+        return {"a": 2.8650 - 0.002 * i, "c": 14.310 + 0.004 * i}
+
+    def pattern(i: int, doublet: bool) -> tuple[np.ndarray, np.ndarray]:
+        t = truth_of(i)
+        h2 = make_template("nmc811", name="H2", **t)
+        al = make_template("al", name="Al")
+        states = [PhaseState(h2, scale=scale_for_weight_fraction(0.8, h2, 20.0), mustrain=500.0),
+                  PhaseState(al, scale=scale_for_weight_fraction(0.2, al, 20.0), mustrain=300.0)]
+        k2 = {"kalpha2_wavelength_A": lam2, "kalpha2_ratio": ratio} if doublet else {}
+        comp = calc_pattern(x, states, Instrument(lam1, zero_deg=0.01, **profile, **k2), background_coeffs=(200.0, -30.0, 10.0))
+        y = np.random.default_rng(700 + i).poisson(comp.total).astype(float)
+        return y, np.sqrt(np.maximum(y, 1.0))
+
+    def spec(doublet: bool) -> RefinementSpec:
+        prof = {**profile, "refine": ["zero_deg"]}
+        if doublet:
+            prof["kalpha2"] = {"wavelength_A": lam2, "ratio": ratio}
+        t = truth_of(0)
+        return RefinementSpec.model_validate({
+            "mode": "rietveld", "background": {"chebyshev": 6}, "profile": prof,
+            "phases": [{"name": "H2", "template": "nmc811", "a": t["a"] * 1.001, "c": t["c"] * 0.999, "mustrain": 600.0,
+                        "refine": ["a", "c", "scale", "mustrain"]},
+                       {"name": "Al", "template": "al", "mustrain": 300.0, "refine": ["a", "scale"]}]})
+
+    base: dict[str, float] = {}
+    for label, data_doublet, model_doublet in (("single line", False, False), ("Ka doublet", True, True),
+                                              ("doublet data, Ka1 model", True, False)):
+        data = [pattern(i, data_doublet) for i in range(n_frames)]
+        ref = Refinement(spec(model_doublet), lam1)
+        ref.fit(x, data[0][0], data[0][1])  # warm up caches
+        times: dict[str, list[float]] = {"cold": [], "warm": []}
+        worst = 0.0
+        for _ in range(repeats):
+            prev = None
+            for i, (y, s) in enumerate(data):
+                for start in ("cold", "warm"):
+                    t0 = time.perf_counter()
+                    res = ref.fit(x, y, s, start=prev if start == "warm" else None)
+                    if start == "cold" or prev is not None:
+                        times[start].append(time.perf_counter() - t0)
+                    for ln in ("a", "c"):
+                        worst = max(worst, abs(res.values[f"H2_{ln}"] - truth_of(i)[ln]) / res.esds[f"H2_{ln}"])
+                    if start == "warm":
+                        prev = res
+        for start in ("cold", "warm"):
+            med = statistics.median(times[start])
+            base.setdefault(start, med)
+            print(f"{label:25s} {start:5s} {med:9.3f} {med / base[start]:6.2f}  {worst:.1f}")
+    print("ratio = median time / median time of the single-line fit with the same start (measured in this run)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=12, help="number of simulated frames")
@@ -281,7 +352,11 @@ if __name__ == "__main__":
     parser.add_argument("--spread-grid", type=int, default=3,
                         help="n: cold-start spread over n x n start lattices within +/- 2 %% (0 = skip)")
     parser.add_argument("--six-phase-only", action="store_true", help="run only the six-phase (monoclinic) case")
+    parser.add_argument("--lab-doublet-only", action="store_true", help="run only the laboratory Ka-doublet case")
     args = parser.parse_args()
-    if not args.six_phase_only:
+    if not (args.six_phase_only or args.lab_doublet_only):
         run(args.frames, args.repeats, args.spread_grid)
-    six_phase_case(args.repeats)
+    if not args.lab_doublet_only:
+        six_phase_case(args.repeats)
+    if not args.six_phase_only:
+        lab_doublet_case(args.repeats)

@@ -39,7 +39,7 @@ JOBS = {
     "covariance": ["full_jacobian", "covariance", "covariance_from_jacobian", "esd_factor", "linear_scale_esds"],
     "stages": ["FitStages", "SIGNIFICANCE", "VERIFY_STEPS", "GN_STEPS"],
     "assemble": ["assemble_result", "weight_fractions"],
-    "engine": ["Refinement", "prepare_data"],
+    "engine": ["Refinement", "prepare_data", "weights"],
 }
 
 

@@ -97,7 +97,7 @@ def test_multibank_file():
         ("#GSAS-II x\nType:PXC\nLam 0.5\n", "not of the form name:value"),
         ("#GSAS-II x\nType:PXC\nLam:0.5\nZero:0\nU:1\nV:0\nW:x\nX:0\nY:0\n", "non-numeric items \\['W'\\]"),
         ("#GSAS-II x\nType:PNT\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\n", "not constant-wavelength X-ray"),
-        ("#GSAS-II x\nType:PXC\nLam1:1.5405;Lam2:1.5443;I(L2)/I(L1):0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\n", "Kalpha doublet"),
+        ("#GSAS-II x\nType:PXC\nLam1:1.5405;Lam2:1.5443;I(L2)/I(L1):1.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\n", "outside \\(0, 1\\]"),
         ("#GSAS-II x\nType:PXC\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\nZ:0.3\n", "Z = 0.3"),
         ("#GSAS-II x\nType:PXC\nLam:0.5\nZero:0\nU:1\nV:0\nW:1\nX:0\nY:0\nSH/L:-0.01\n", "SH/L = -0.01"),
     ],

@@ -26,7 +26,7 @@ class LoadedPattern:
 
     two_theta_deg: np.ndarray
     intensity: np.ndarray
-    sigma: np.ndarray
+    sigma: np.ndarray | None
     wavelength_A: float | None
     description: str
     wavelength_source: str
@@ -91,14 +91,14 @@ def load_pattern(
                 t_s = float(ds["time_s"].values[i])
         x = np.asarray(ds[xdim].values, dtype=float)
         y = np.asarray(da.values, dtype=float)
-        s = np.asarray(sig.values, dtype=float) if sig is not None else np.sqrt(np.maximum(y, 1.0))
+        s = np.asarray(sig.values, dtype=float) if sig is not None else None
         wl, src = _choose_wavelength(wavelength_a, file_wl, fallback_wavelength_A, path)
         if xdim == "q":
             if wl is None:
                 raise InsituXRDError(f"patterns file {path}: q axis and no wavelength known; give --wavelength-a")
             x = q_invA_to_two_theta_deg(x, wl)
-        good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
-        return LoadedPattern(x[good], y[good], s[good], wl, desc, src, name, t_s)
+        good = np.isfinite(x) & np.isfinite(y) & (np.isfinite(s) if s is not None else True)
+        return LoadedPattern(x[good], y[good], s[good] if s is not None else None, wl, desc, src, name, t_s)
 
     pat = read_pattern_1d(path, wavelength_A=wavelength_a if wavelength_a is not None else fallback_wavelength_A)
     header_wl = pat.wavelength_A if pat.metadata.get("wavelength_source") == "header" else None
@@ -108,7 +108,10 @@ def load_pattern(
     if unit in ("q_A^-1", "q_nm^-1") and header_wl is not None and wl is not None and not _close(wl, header_wl):
         # the reader converted q with the header wavelength; redo it with the one chosen
         x = q_invA_to_two_theta_deg(two_theta_deg_to_q_invA(x, header_wl), wl)
-    return LoadedPattern(x, pat.intensity, pat.sigma, wl, str(path), src, path.name)
+    # a file without an esd column: no sigma (the engine's refinement.sigma decides and says so)
+    source = getattr(pat, "sigma_source", None) or pat.metadata.get("sigma_source", "file")
+    sigma = pat.sigma if str(source).startswith("file") else None
+    return LoadedPattern(x, pat.intensity, sigma, wl, str(path), src, path.name)
 
 
 def _choose_wavelength(option: float | None, from_file: float | None, recipe: float | None, path: Path) -> tuple[float | None, str]:
@@ -143,6 +146,8 @@ def _print_result(console, result, title: str) -> None:
         f"Rwp {result.rwp:.2%}   Rp {result.rp:.2%}   Rexp {result.rexp:.2%}   GoF(chi2_red) {result.gof:.3f}   "
         f"Durbin-Watson {result.durbin_watson:.2f}   points {result.nobs}   refined {result.nvarys}"
     )
+    if getattr(result, "sigma_source", ""):
+        console.print(f"weights (sigma): {result.sigma_source} (refinement.sigma)")
     if result.at_bounds:
         console.print(f"[yellow]at bounds:[/] {', '.join(result.at_bounds)}")
     for w in result.warnings:
@@ -186,7 +191,7 @@ def refine(
     try:
         from insitu_xrd.pipeline.cold_start import cold_start
         from insitu_xrd.pipeline.refine_instrument import calibrant_instrument
-        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement
+        from insitu_xrd.pipeline.refine_setup import load_recipe_refinement, make_refinement, wavelength_warning
         from insitu_xrd.pipeline.single_fit import fit_to_dataset, microstrain_warning
         from insitu_xrd.provenance import software_versions_json
 
@@ -231,6 +236,7 @@ def refine(
         elapsed = _time.perf_counter() - t0
         result = cs.fit
         warning = microstrain_warning(spec, rr.calibrant_profile)
+        lab_warning = wavelength_warning(spec, wl, rr.base_dir)
         attrs = {
             "source_pattern": pat.description,
             "recipe": str(recipe),
@@ -245,6 +251,8 @@ def refine(
             attrs["instrument_note"] = rr.instrument_note
         if warning:
             attrs["microstrain_warning"] = warning
+        if lab_warning:
+            attrs["wavelength_warning"] = lab_warning
         ds = fit_to_dataset(result, spec, frame=int(frame) if frame is not None else 0, time_s=pat.time_s,
                             frame_name=pat.frame_name, attrs=attrs)
         if frame is not None:
@@ -263,6 +271,8 @@ def refine(
     typer.echo(f"cold start           {len(cs.tried)} fits in {elapsed:.1f} s (chi2: {tried}; kept: {cs.chosen})")
     if warning:
         console.print(f"[yellow]microstrain warning:[/] {warning}")
+    if lab_warning:
+        console.print(f"[yellow]wavelength warning:[/] {lab_warning}")
     typer.echo(f"fit_file             {output}")
     if plot is not None:
         typer.echo(f"plot                 {plot}")
@@ -284,6 +294,17 @@ def _print_broadening(console, ds) -> None:
                   if t != own and np.isfinite(float(ds[corr].values[0, j, k]))]
             unit = "x 1e-6" if var == "microstrain" else "um"
             console.print(f"{name} {var} {v:.6g} +/- {e:.2g} {unit}; correlation with " + (", ".join(rs) or "nothing refined"))
+
+
+def _parse_kalpha2(text: str) -> tuple[float, float]:
+    """``LAM2:RATIO`` of --kalpha2 as (Ka2 wavelength (A), ratio)."""
+    try:
+        lam2, ratio = (float(v) for v in text.split(":", 1))
+    except ValueError:
+        raise InsituXRDError(f"--kalpha2 {text!r}: give LAM2:RATIO, e.g. 1.5444:0.5") from None
+    if not (lam2 > 0 and 0 < ratio <= 1):
+        raise InsituXRDError(f"--kalpha2 {text!r}: the wavelength must be > 0 A and the ratio in (0, 1]")
+    return lam2, ratio
 
 
 def _parse_zooms(items: list[str]) -> list:
@@ -314,6 +335,8 @@ def instrument(
     asymmetry: bool = typer.Option(True, "--asymmetry/--no-asymmetry", help="Try the GSAS-II SH/L (Finger-Cox-Jephcoat) low-angle asymmetry; it is kept only when it improves the fit significantly (3 esd)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Rietveld plot of the calibrant fit."),
     fit_nc: Optional[Path] = typer.Option(None, "--fit-nc", help="Also write the full fit as NetCDF."),
+    kalpha2: Optional[str] = typer.Option(None, "--kalpha2", help="Laboratory Ka doublet LAM2:RATIO (e.g. 1.5444:0.5 for Cu; "
+                                          "the wavelength is then Ka1); written as Lam1/Lam2/I(L2)/I(L1)."),
 ) -> None:
     """Fit U, V, W, X, Y (zero, SH/L asymmetry) to a calibrant pattern with its lattice fixed; write a
     GSAS-II .instprm file for `profile: {instrument: FILE}` in sample recipes."""
@@ -329,10 +352,17 @@ def instrument(
         if pat.wavelength_A is None:
             raise InsituXRDError(f"no wavelength for {pattern}: give --wavelength-a")
         refine_names = [p for p in INSTRUMENT_PARAMS if refine_zero or p != "zero_deg"] + (["sh_l"] if asymmetry else [])
+        doublet = _parse_kalpha2(kalpha2) if kalpha2 else None
+        if doublet is None:
+            from insitu_xrd.core.pattern import lab_anode_warning
+
+            lab = lab_anode_warning(pat.wavelength_A, None)
+            if lab:
+                err.print(f"[yellow]wavelength warning:[/] {lab} (here: --kalpha2 LAM2:RATIO)")
         with err.status(f"fitting the instrument profile to {pat.description} ..."):
             fit = fit_instrument(pat.two_theta_deg, pat.intensity, pat.sigma, calibrant, pat.wavelength_A,
                                  mode=mode.value, range_2theta_deg=range_2theta_deg, chebyshev=chebyshev,
-                                 refine=refine_names)
+                                 refine=refine_names, kalpha2=doublet)
         comments = [f"source pattern: {pat.description}"] + fit.summary_lines()
         write_instrument(output, fit.instrument, comments=comments)
         ds = fit.result.to_dataset()

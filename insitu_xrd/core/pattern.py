@@ -16,6 +16,9 @@ y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 
   (rad). bragg_brentano: specimen displacement `displacement_um` (GSAS-II Shift) and transparency
   `transparency_mm` (1/mu_eff) on a goniometer of radius `goniometer_radius_mm`:
   d(2theta) = -2 s cos(theta)/R - sin(2theta)/(2 mu_eff R) (rad).
+- Laboratory Ka doublet (`Instrument.kalpha2_wavelength_A`, `kalpha2_ratio`): every reflection
+  also at the Ka2 wavelength, from the same d, with its width at its own angle and the Ka1
+  area times the ratio (GSAS-II's I(L2)/I(L1): the pair shares one intensity).
 - Widths: GSAS-II CW U,V,W,X,Y plus microstrain/size (see `insitu_xrd.core.profiles`), evaluated
   with the Lorentz factor at the Bragg angle; optional GSAS-II SH/L (Finger-Cox-Jephcoat)
   low-angle asymmetry of the Bragg peaks, about the observed position.
@@ -51,15 +54,36 @@ __all__ = [
     "d_from_two_theta_deg",
     "peak_table",
     "sum_peaks",
+    "kalpha2_peaks",
     "chebyshev_background",
     "diffuse_center_deg",
     "calc_pattern",
     "WINDOW_FWHM",
+    "LAB_ANODE_KA1_A",
+    "lab_anode_warning",
 ]
 
 #: Peaks are evaluated within +/- WINDOW_FWHM * FWHM of their centre (a Lorentzian loses
 #: 1/(pi * WINDOW_FWHM) of its area outside, 0.6 % here, absorbed by the background).
 WINDOW_FWHM = 50.0
+
+#: Ka1 wavelengths (A) of laboratory anodes (Hoelzer et al. 1997 / International Tables C, rounded
+#: as GSAS-II and instrument software write them); Ka2 / Ka1 intensity 0.5 for all of them.
+LAB_ANODE_KA1_A: dict[str, float] = {"Cu": 1.5406, "Co": 1.7890, "Mo": 0.7093, "Ag": 0.5594, "Cr": 2.2897,
+                                     "Fe": 1.9360}
+
+
+def lab_anode_warning(wavelength_A: float, kalpha2_wavelength_A: float | None) -> str:
+    """One line when a single wavelength is a laboratory anode's Ka1 (within 2e-4 A) and no Ka2 is
+    given (the fitted lattice would be biased by the unmodelled doublet); '' otherwise."""
+    if kalpha2_wavelength_A is not None:
+        return ""
+    for anode, ka1 in LAB_ANODE_KA1_A.items():
+        if abs(float(wavelength_A) - ka1) <= 2e-4:
+            return (f"wavelength_A {wavelength_A} is the {anode} Ka1 line but no kalpha2 is given: a laboratory "
+                    f"{anode} tube also emits Ka2 (fit it with kalpha2: {{wavelength_A: ..., ratio: 0.5}} or an "
+                    ".instprm with Lam1/Lam2), else the lattice comes out biased low")
+    return ""
 
 
 @dataclass
@@ -81,6 +105,8 @@ class Instrument:
     transparency_mm : 1/mu_eff (mm), goniometer_radius_mm : R (mm) (bragg_brentano).
     polarization : GSAS-II Polariz. applied to the intensities; None = already divided out.
     With bragg_brentano ``displacement_um`` is the specimen displacement (GSAS-II Shift).
+    kalpha2_wavelength_A, kalpha2_ratio : laboratory Ka doublet (GSAS-II Lam2, I(L2)/I(L1)):
+        ``wavelength_A`` is then Ka1; None or a ratio of 0: a single wavelength.
     """
 
     wavelength_A: float
@@ -105,6 +131,15 @@ class Instrument:
         """Lorentz x polarization x absorption at Bragg angles 2theta (deg) (see `intensity_factor`)."""
         return intensity_factor(two_theta_deg, self.geometry, self.absorption_muR, self.absorption_mut,
                                 self.polarization)
+    kalpha2_wavelength_A: float | None = None
+    kalpha2_ratio: float = 0.0
+
+    @property
+    def kalpha2(self) -> tuple[float, float] | None:
+        """(Ka2 wavelength (A), Ka2/Ka1 intensity ratio), None for a single wavelength."""
+        if self.kalpha2_wavelength_A is None or not self.kalpha2_ratio > 0:
+            return None
+        return float(self.kalpha2_wavelength_A), float(self.kalpha2_ratio)
 
     def position_shift_deg(self, two_theta_deg: np.ndarray) -> np.ndarray:
         """Shift (deg) added to Bragg positions by zero and sample displacement (and, in
@@ -327,6 +362,24 @@ def peak_table(
     )
 
 
+def kalpha2_peaks(state: PhaseState, instrument: Instrument, table: PeakTable) -> tuple[np.ndarray, ...]:
+    """(2theta (deg), FWHM (deg), eta, area) of the Ka2 copies of the reflections of ``table``
+    (same d; width at the Ka2 angle; area x ratio); empty arrays for a single wavelength."""
+    doublet = instrument.kalpha2
+    if doublet is None or not len(table):
+        return tuple(np.zeros(0) for _ in range(4))
+    lam2, ratio = doublet
+    tth_bragg = two_theta_deg_from_d(table.d_A, lam2)  # NaN where lam2 / 2d > 1
+    mustrain, size_um = state.effective_broadening(table.hkl, table.d_A)
+    fwhm, eta = peak_fwhm_eta(
+        tth_bragg, lam2, instrument.U, instrument.V, instrument.W, instrument.X, instrument.Y,
+        mustrain, size_um, state.mustrain_mix, state.size_mix,
+    )
+    ok = np.isfinite(tth_bragg)
+    tth = tth_bragg[ok] + instrument.position_shift_deg(tth_bragg[ok])
+    return tth, fwhm[ok], eta[ok], ratio * np.asarray(table.area, dtype=float)[ok]
+
+
 def sum_peaks(
     x: np.ndarray,
     centers: np.ndarray,
@@ -397,6 +450,8 @@ def calc_pattern(
     for state in phases:
         table = peak_table(state, instrument, rng)
         y = sum_peaks(x, table.two_theta_deg, table.fwhm_deg, table.eta, table.area, sh_l=instrument.sh_l)
+        if instrument.kalpha2 is not None:
+            y = y + sum_peaks(x, *kalpha2_peaks(state, instrument, table), sh_l=instrument.sh_l)
         comps.phases[state.name] = y
         comps.peaks[state.name] = table
         total += y

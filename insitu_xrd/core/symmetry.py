@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from insitu_xrd.errors import InsituXRDError
 
 __all__ = [
     "LATTICE_NAMES",

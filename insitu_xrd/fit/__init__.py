@@ -34,7 +34,8 @@ positions, hkl, d, areas), ``lebail_areas``, ``warnings``, ``esd_factor``, ``ela
 ``active_phases``, ``to_dataset()`` -> xarray Dataset (dims two_theta, peak, param, param2, phase,
 diffuse; one scalar per refined value with an ``_esd`` twin, ``<P>_phase_fraction[_esd]``,
 ``<P>_volume_A3[_esd]``, ``correlation``; attrs rwp, rp, rexp, gof, durbin_watson, mode,
-wavelength_A, polarization note, software_versions).
+wavelength_A, sigma_source, kalpha2_wavelength_A and kalpha2_ratio (a Ka doublet), polarization note,
+software_versions).
 
 Parameter names: profile ``U V W X Y zero_deg displacement_um sh_l`` (``sh_l``: GSAS-II SH/L) and, by
 geometry, ``absorption_muR absorption_mut transparency_mm``; background ``bkg_0..``,

@@ -80,7 +80,10 @@ def assemble_result(prob: Problem, out: dict, mode: str, warnings: list[str], el
         else:
             areas = vals[f"{name}_scale"] * prob.structure_areas(pd, tthb, vals)
             fsq = pd.fsq
-        phase_curves[name] = prob.curve(blocks, areas)[prob.fitmask]
+        phase_curves[name] = prob.curve(blocks, prob.peak_areas(areas))[prob.fitmask]
+        # the peak table lists the reflections (with a Ka doublet: their Ka1 peaks)
+        n_refl = len(pd.hkl)
+        t, fwhm, eta, d = t[:n_refl], fwhm[:n_refl], eta[:n_refl], d[:n_refl]
         keep = (t >= lo) & (t <= hi)
         peaks[name] = PeakTable(name, pd.hkl[keep], pd.mult[keep], d[keep], t[keep], fwhm[keep], eta[keep],
                                 np.asarray(areas)[keep], np.asarray(fsq)[keep])

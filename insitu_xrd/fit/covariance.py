@@ -59,11 +59,14 @@ def full_jacobian(prob: Problem, derivs: ModelDerivatives, vals: dict[str, float
             if not blocks:
                 continue
             k = max(lin.get(f"{name}_lebail_k", 1.0), 0.0)
-            # groups of coincident reflections (same position within 1e-3 FWHM)
-            order = np.argsort(t)
-            new_group = np.ones(len(t), bool)
-            new_group[1:] = np.abs(np.diff(t[order])) >= 1e-3 * fwhm[order][1:]
-            gid = np.empty(len(t), int)
+            # groups of coincident reflections (same position within 1e-3 FWHM); with a Ka
+            # doublet by their Ka1 peaks, a reflection's column being Ka1 + ratio x Ka2
+            n_refl = len(pd.hkl)
+            t1, fwhm1 = t[:n_refl], fwhm[:n_refl]
+            order = np.argsort(t1)
+            new_group = np.ones(n_refl, bool)
+            new_group[1:] = np.abs(np.diff(t1[order])) >= 1e-3 * fwhm1[order][1:]
+            gid = np.empty(n_refl, int)
             gid[order] = np.cumsum(new_group) - 1
             ng = int(gid.max()) + 1
             # a group's column is the profile of its members weighted by their share of the
@@ -72,17 +75,21 @@ def full_jacobian(prob: Problem, derivs: ModelDerivatives, vals: dict[str, float
             tot = np.bincount(gid, weights=areas, minlength=ng)
             cnt = np.bincount(gid, minlength=ng)
             share = np.where(tot[gid] > 0, areas / np.where(tot[gid] > 0, tot[gid], 1.0), 1.0 / cnt[gid])
-            if np.all(share == 1.0):  # single-member groups (the usual case): P * 1 = P
+            share_pk = prob.peak_areas(share)  # per peak (Ka2 copies: x ratio)
+            gid_pk = gid if prob.lam2 is None else np.concatenate([gid, gid])
+            if np.all(share_pk == 1.0):  # single-member groups (the usual case): P * 1 = P
                 wts = np.concatenate([prof.ravel() for _k, _i, prof in blocks])
             else:
-                wts = np.concatenate([(prof * share[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
+                wts = np.concatenate([(prof * share_pk[idx_pk][:, None]).ravel() for idx_pk, _i, prof in blocks])
             # only reflections with most of their profile on fitted points get a column
             fitted = np.zeros(len(t))
             for idx_pk, idx, prof in blocks:
                 fitted[idx_pk] = np.sum(prof * prob.dxf[idx], axis=1)
-            inside = np.bincount(gid, weights=fitted, minlength=ng) / np.maximum(cnt, 1)
+            inside = np.bincount(gid, weights=prob.fold(fitted), minlength=ng) / np.maximum(cnt, 1)
+            if prob.lam2 is not None:
+                inside = inside / (1.0 + prob.ratio2)
             pos = np.concatenate([fitpos[idx].ravel() for _k, idx, _p in blocks])
-            gent = np.concatenate([np.broadcast_to(gid[idx_pk][:, None], idx.shape).ravel()
+            gent = np.concatenate([np.broadcast_to(gid_pk[idx_pk][:, None], idx.shape).ravel()
                                    for idx_pk, idx, _p in blocks])
             if wts.size and wts.min() >= 0.0 and np.all(share > 0.0):
                 # profiles >= 0, every member sharing: more than half of a group's profile on

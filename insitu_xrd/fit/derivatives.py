@@ -13,7 +13,9 @@ with sparse matrices (`LazyTransposed`); single-peak components (humps, diffuse)
 central differences of their curves (`model_derivatives`); lmfit expressions by the chain rule
 (`total_derivatives`); the Jacobian of the residual with the linear parameters projected out
 (`projected_jacobian`, Kaufman's form) for the trust-region solver. The finite differences at one
-point are kept: the Le Bail Jacobian and the phase-fraction step share them.
+point are kept: the Le Bail Jacobian and the phase-fraction step share them. With a Ka doublet
+the position/width columns run over both peaks of every reflection (d(2theta)/dQ at each
+wavelength), the area columns over the reflections, their Ka2 copy x ratio (`Problem.peak_areas`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse
 
-from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
+from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
 from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
 from insitu_xrd.fit.model import PhaseData, Problem, sample_widths
@@ -150,10 +152,14 @@ class ModelDerivatives:
             if relevant:
                 mats, t, fwhm, eta, tthb, d = self.deriv_blocks(pd, vals)
                 rows = mats.rows
-                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb, vals)
+                areas = prob.peak_areas(base_areas if lebail else k * prob.structure_areas(pd, tthb, vals))
                 tex = None if lebail else prob.texture(pd, vals)
                 q = len(relevant)
-                c_t, c_h, c_e, c_a = (np.zeros((len(t), q)) for _ in range(4))
+                n_refl = len(pd.hkl)
+                # position/width columns per peak (Ka2 copies included), area columns per
+                # reflection (the Ka2 area follows the Ka1 one: `Problem.peak_areas`)
+                c_t, c_h, c_e = (np.zeros((len(t), q)) for _ in range(3))
+                c_a = np.zeros((n_refl, q))
                 any_area = False
                 model = prob.structures.models.get(name)
                 lattice = [n for n in relevant if model is not None and n[len(name) + 1:] in model.lattice_names]
@@ -171,7 +177,7 @@ class ModelDerivatives:
                         c_e[:, j] = areas * de_b * g
                         if not lebail:
                             any_area = True
-                            c_a[:, j] = k * pd.mult * pd.fsq * dl_b * g
+                            c_a[:, j] = k * pd.mult * pd.fsq * dl_b[:n_refl] * g[:n_refl]
                             if tex is not None:  # (its dependence on the cell is not followed)
                                 c_a[:, j] *= tex
                         continue
@@ -179,7 +185,7 @@ class ModelDerivatives:
                         # |F|^2 only: positions and widths do not depend on site parameters
                         if not lebail:
                             any_area = True
-                            c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * prob.intensity_factor(tthb, vals)
+                            c_a[:, j] = k * pd.mult * dfsq[:, sites.index(n)] * prob.intensity_factor(tthb[:n_refl], vals)
                             if tex is not None:
                                 c_a[:, j] *= tex
                         continue
@@ -195,21 +201,21 @@ class ModelDerivatives:
                         continue
                     any_area = True
                     if tex is not None and (n == f"{name}_md_ratio" or n.startswith(f"{name}_sh_C")):
-                        c_a[:, j] = (k * pd.mult * pd.fsq * prob.intensity_factor(tthb, vals) *
+                        c_a[:, j] = (k * pd.mult * pd.fsq * prob.intensity_factor(tthb[:n_refl], vals) *
                                      (prob.texture(pd, vp) - prob.texture(pd, vm)) / (2 * h))
                         continue
-                    c_a[:, j] = k * pd.mult * pd.fsq * (prob.intensity_factor(bp, vp) - prob.intensity_factor(bm, vm)) / (2 * h)
+                    c_a[:, j] = k * pd.mult * pd.fsq * (prob.intensity_factor(bp[:n_refl], vp) - prob.intensity_factor(bm[:n_refl], vm)) / (2 * h)
                     if tex is not None:
                         c_a[:, j] *= tex
                 block = mats.T(3) @ c_t[rows] + mats.T(4) @ c_h[rows] + mats.T(5) @ c_e[rows]
                 if any_area:
-                    block += mats.T(2) @ c_a[rows]
+                    block += mats.T(2) @ prob.peak_areas(c_a)[rows]
                 for j, n in enumerate(relevant):
                     out[n] += block[:, j]
             if "sh_l" in out:
                 h = fd_step("sh_l", vals["sh_l"])
                 t, fwhm, eta, tthb, d = prob.peak_params(pd, vals)
-                areas = base_areas if lebail else k * prob.structure_areas(pd, tthb, vals)
+                areas = prob.peak_areas(base_areas if lebail else k * prob.structure_areas(pd, tthb, vals))
                 lo = max(vals["sh_l"] - h, 0.0)
                 hi = vals["sh_l"] + h
                 yp = prob.curve(prob.profiles.blocks(t, fwhm, eta, hi), areas)
@@ -310,11 +316,14 @@ class ModelDerivatives:
         sin_t = np.minimum(prob.lam * np.sqrt(q) / 2.0, 1.0 - 1e-15)
         # 2theta = 2 asin(lam sqrt(Q)/2): d(2theta)/dQ = lam / (2 sqrt(Q) cos(theta)), in degrees
         dtth_dq = np.degrees(prob.lam / (2.0 * np.sqrt(q) * np.sqrt(1.0 - sin_t**2)))
-        out = np.zeros((len(q), len(names)))
+        if prob.lam2 is not None:  # the Ka2 copies: the same Q at the Ka2 wavelength
+            sin_2 = np.minimum(prob.lam2 * np.sqrt(q) / 2.0, 1.0 - 1e-15)
+            dtth_dq = np.concatenate([dtth_dq, np.degrees(prob.lam2 / (2.0 * np.sqrt(q) * np.sqrt(1.0 - sin_2**2)))])
+        out = np.zeros((len(dtth_dq), len(names)))
         for j, ln in enumerate(names):
             dg = np.einsum("i,ijk->jk", m[:, free.index(ln)], dgs)
             dq = pd.hh @ np.array([dg[0, 0], dg[1, 1], dg[2, 2], dg[0, 1], dg[0, 2], dg[1, 2]])
-            out[:, j] = dtth_dq * dq
+            out[:, j] = dtth_dq * (dq if prob.lam2 is None else np.concatenate([dq, dq]))
         return out
 
     def _bragg_angle_sensitivities(self, fd: dict, pd: PhaseData, vals: dict[str, float]):
@@ -327,11 +336,11 @@ class ModelDerivatives:
             h = 1e-5  # deg
             # effective microstrain / size per reflection held at the point's (their dependence on
             # the cell through d or the axis angle is not followed: below 1e-4 of the width's)
-            wargs = sample_widths(pd, vals, cell_from_values(pd.phase, vals), d)
+            wargs = sample_widths(pd, vals, cell_from_values(pd.phase, vals), d[:len(pd.hkl)])
             out = []
             for sign in (1.0, -1.0):
                 b = tthb + sign * h
-                fw, et = peak_fwhm_eta(b, prob.lam, *wargs)
+                fw, et = prob.fwhm_eta(pd, b, wargs)
                 out.append((b + prob.shift(b, vals), fw, et, prob.intensity_factor(b, vals)))
             hit = fd[(pd.name, "bragg_angle")] = tuple((p - m) / (2 * h) for p, m in zip(*out))
         return hit

@@ -3,7 +3,10 @@
 Model (identical to `insitu_xrd.core.pattern.calc_pattern`): Chebyshev background + humps +
 per-phase sums of area-normalised TCH pseudo-Voigts (GSAS-II CW U,V,W,X,Y plus isotropic
 microstrain and size; optional GSAS-II SH/L Finger-Cox-Jephcoat asymmetry) + diffuse
-pseudo-Voigts tied to reflections of a phase.
+pseudo-Voigts tied to reflections of a phase. A laboratory Ka doublet (``profile.kalpha2`` or the
+instrument's Lam2) puts every reflection at both wavelengths, the Ka2 copy with the Ka1 area times
+the ratio (`Problem.peak_areas`). Weights 1/sigma per ``refinement.sigma`` (`weights`), their
+source in ``FitResult.sigma_source``.
 
 Algorithm
 ---------
@@ -96,7 +99,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.fit.stages import FitStages
 from insitu_xrd.fit.structures import StructureCache
 
-__all__ = ["Refinement", "prepare_data"]
+__all__ = ["Refinement", "prepare_data", "weights"]
 
 
 def _single_thread_blas():
@@ -138,6 +141,8 @@ class Refinement:
             displacement_um=prof.displacement_um if prof.displacement_um is not None else base.displacement_um,
             distance_mm=prof.distance_mm if prof.distance_mm is not None else base.distance_mm,
             sh_l=prof.sh_l if prof.sh_l is not None else base.sh_l,
+            kalpha2_wavelength_A=prof.kalpha2.wavelength_A if prof.kalpha2 is not None else base.kalpha2_wavelength_A,
+            kalpha2_ratio=prof.kalpha2.ratio if prof.kalpha2 is not None else base.kalpha2_ratio,
         )
         # geometry, absorption, polarization (issue 18): the recipe's, else the given instrument's
         self.instrument = dataclasses.replace(
@@ -220,8 +225,11 @@ class Refinement:
             raise InsituXRDError(f"unknown phase(s) {unknown}; recipe phases: {self.spec_names}")
         if not active:
             raise InsituXRDError("no active phase to refine")
-        x, y, s, fitmask = prepare_data(self.spec, two_theta_deg, intensity, sigma)
+        x, y, s, fitmask, sigma_source = prepare_data(self.spec, two_theta_deg, intensity, sigma)
         params, warnings = self.parameters.start_params(active, start, given)
+        if sigma_source == "poisson_background_subtracted":
+            warnings.append("data have negative intensities (background-subtracted) and no esds: sigma = "
+                            "sqrt(max(I, 0) + s0^2), s0 the rms of the points below zero (refinement.sigma)")
         prob = self._problem(x, y, s, fitmask, active, params)
         lebail_start = start.lebail_areas if (start is not None and mode == "lebail") else {}
         held: list[str] = []
@@ -244,28 +252,31 @@ class Refinement:
                 prob = self._problem(x, y, s, fitmask, active, params)
                 outcome = self.stages.run(prob, mode, outcome["lebail_areas"], held)
                 warnings += outcome["warnings"]
-        return assemble_result(prob, outcome, mode, warnings, time.perf_counter() - t0)
+        result = assemble_result(prob, outcome, mode, warnings, time.perf_counter() - t0)
+        result.sigma_source = sigma_source
+        result.kalpha2 = self.instrument.kalpha2
+        return result
 
     def _problem(self, x, y, s, fitmask, active, params) -> Problem:
         """One fit's `Problem` on this refinement's structures."""
         return Problem(self.spec, self.structures, self.wavelength_A, self.instrument.distance_mm, x, y, s, fitmask,
-                       active, params, instrument=self.instrument)
+                       active, params, instrument=self.instrument, kalpha2=self.instrument.kalpha2)
 
 
 def prepare_data(spec: RefinementSpec, tth, inten, sigma):
-    """The fitted pattern: (2theta (deg), intensity, sigma, fitted-point mask), sorted by 2theta,
-    non-finite points and points outside ``spec.range_2theta_deg`` dropped; excluded regions
-    and sigma <= 0 are not fitted (sigma None: sqrt(max(I, 1)))."""
+    """The fitted pattern: (2theta (deg), intensity, sigma, fitted-point mask, sigma source),
+    sorted by 2theta, non-finite points and points outside ``spec.range_2theta_deg`` dropped;
+    excluded regions and sigma <= 0 are not fitted. The weights follow ``spec.sigma``
+    (`weights`)."""
     x = np.asarray(tth, dtype=float)
     y = np.asarray(inten, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise InsituXRDError(f"two_theta_deg and intensity must be 1D arrays of one length, got {x.shape}, {y.shape}")
-    if sigma is None:
-        s = np.sqrt(np.maximum(y, 1.0))
-    else:
-        s = np.asarray(sigma, dtype=float)
-        if s.shape != y.shape:
-            raise InsituXRDError(f"sigma has shape {s.shape}, intensity {y.shape}")
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=float)
+        if sigma.shape != y.shape:
+            raise InsituXRDError(f"sigma has shape {sigma.shape}, intensity {y.shape}")
+    s, source = weights(spec.sigma, y, sigma)
     order = np.argsort(x)
     x, y, s = x[order], y[order], s[order]
     good = np.isfinite(x) & np.isfinite(y) & np.isfinite(s)
@@ -279,5 +290,32 @@ def prepare_data(spec: RefinementSpec, tth, inten, sigma):
     if fitmask.sum() < 20:
         raise InsituXRDError(f"only {int(fitmask.sum())} usable points in the refinement range {rng}")
     s = np.where(s > 0, s, 1.0)
-    return x, y, s, fitmask
+    return x, y, s, fitmask, source
 
+
+def weights(mode: str, y: np.ndarray, sigma: np.ndarray | None) -> tuple[np.ndarray, str]:
+    """(sigma per point, its source) for ``refinement.sigma`` ``mode`` and the data's esds
+    ``sigma`` (None: the file has none).
+
+    - ``from_file``: the esds as given (an error without them); ``auto`` uses them when present.
+    - ``poisson`` (``auto`` without esds): sqrt(max(I, 1)) for counts. Data with negative points
+      (background subtracted) get sqrt(max(I, 0) + s0^2), s0^2 the mean square of the points
+      below zero: their background was Poisson noise about zero, whose variance the negative
+      excursions measure (half of a zero-mean normal: E[I^2 | I < 0] = s0^2). sqrt(max(I, 1))
+      would give the whole background a weight of 1 per point, far above that of the peaks on
+      scaled data (GoF ~ 0.07); source ``poisson_background_subtracted``.
+    - ``unit``: 1 everywhere (GoF then has no absolute meaning; esds are still scaled by it).
+    """
+    if mode in ("auto", "from_file") and sigma is not None:
+        return sigma, "from_file"
+    if mode == "from_file":
+        raise InsituXRDError("refinement.sigma is from_file but the data have no esd column "
+                             "(use poisson or unit, or a file with esds)")
+    if mode == "unit":
+        return np.ones_like(y), "unit"
+    finite = y[np.isfinite(y)]
+    negative = finite[finite < 0]
+    if negative.size == 0:
+        return np.sqrt(np.maximum(y, 1.0)), "poisson"
+    s0_sq = max(float(np.mean(negative * negative)), np.finfo(float).tiny)
+    return np.sqrt(np.maximum(y, 0.0) + s0_sq), "poisson_background_subtracted"

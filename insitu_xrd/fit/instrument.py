@@ -137,8 +137,10 @@ def instrument_spec(
     refine: Sequence[str] = INSTRUMENT_PARAMS,
     start: dict[str, float] | None = None,
     exclude_2theta_deg: Sequence[tuple[float, float]] = (),
+    kalpha2: tuple[float, float] | None = None,
 ) -> RefinementSpec:
-    """The refinement spec of a calibrant fit: lattice fixed, no sample broadening."""
+    """The refinement spec of a calibrant fit: lattice fixed, no sample broadening; ``kalpha2``:
+    (Ka2 wavelength (A), ratio) of a laboratory doublet."""
     tpl = calibrant_template(calibrant)
     name = {"ceo2": "CeO2", "ni": "Ni", "lab6": "LaB6", "si": "Si", "al": "Al"}[tpl]
     start = dict(start or {})
@@ -148,6 +150,8 @@ def instrument_spec(
     profile.setdefault("W", 1.0)
     profile.setdefault("X", 0.0)
     profile.setdefault("Y", 0.0)
+    if kalpha2 is not None:
+        profile["kalpha2"] = {"wavelength_A": float(kalpha2[0]), "ratio": float(kalpha2[1])}
     phase_refine = ["scale", "biso_A2"] if mode == "rietveld" else ["scale"]
     try:
         return RefinementSpec.model_validate(
@@ -178,12 +182,15 @@ def fit_instrument(
     refine: Sequence[str] = INSTRUMENT_PARAMS,
     start: Instrument | None = None,
     exclude_2theta_deg: Sequence[tuple[float, float]] = (),
+    kalpha2: tuple[float, float] | None = None,
 ) -> InstrumentFit:
     """Fit the instrumental profile to a calibrant pattern (see the module docstring).
 
     two_theta_deg, intensity, sigma: the pattern (deg, counts); sigma None -> sqrt(max(I, 1)).
     calibrant: CeO2, Ni, LaB6, Si or Al; its lattice parameter is fixed at the certified value.
-    wavelength_A: X-ray wavelength (A), fixed.
+    wavelength_A: X-ray wavelength (A), fixed (Ka1 with ``kalpha2``).
+    kalpha2: (Ka2 wavelength (A), Ka2/Ka1 ratio) of a laboratory tube; the instrument returned
+    carries it (written as GSAS-II Lam1/Lam2/I(L2)/I(L1)).
     mode: "rietveld" (scale + one B refined) or "lebail" (intensities free).
     start: start values of the profile (default: estimated from the data).
     refine: profile parameters to refine (any of ``INSTRUMENT_REFINABLE``). With ``sh_l`` the GSAS-II
@@ -206,15 +213,16 @@ def fit_instrument(
             x, y = x[sel], y[sel]
         first = estimate_start(x, y, tpl, wavelength_A)
     stage1_refine = [p for p in ("W", "zero_deg") if p in refine]
-    spec1 = instrument_spec(tpl, "rietveld", range_2theta_deg, chebyshev, stage1_refine or ["W"], first, exclude_2theta_deg)
+    spec1 = instrument_spec(tpl, "rietveld", range_2theta_deg, chebyshev, stage1_refine or ["W"], first, exclude_2theta_deg,
+                            kalpha2)
     res1 = Refinement(spec1, wavelength_A).fit(two_theta_deg, intensity, sigma)
     symmetric = [p for p in refine if p != "sh_l"]
-    spec2 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, symmetric, first, exclude_2theta_deg)
+    spec2 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, symmetric, first, exclude_2theta_deg, kalpha2)
     result = Refinement(spec2, wavelength_A).fit(two_theta_deg, intensity, sigma, start=res1)
     if "sh_l" in refine:
         # SH/L is kept only when it improves the fit significantly: chi2 drop > 9 x (gof x esd
         # factor^2), a 3-esd test of one extra parameter (with the serial-correlation correction)
-        spec3 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, list(refine), first, exclude_2theta_deg)
+        spec3 = instrument_spec(tpl, mode, range_2theta_deg, chebyshev, list(refine), first, exclude_2theta_deg, kalpha2)
         res3 = Refinement(spec3, wavelength_A).fit(two_theta_deg, intensity, sigma, start=result)
         gain = result.chi2 - res3.chi2
         threshold = 9.0 * res3.gof * res3.esd_factor**2
@@ -235,5 +243,7 @@ def fit_instrument(
         zero_deg=float(vals["zero_deg"]),
         displacement_um=float(vals.get("displacement_um", 0.0)),
         sh_l=float(vals.get("sh_l", 0.0)),
+        kalpha2_wavelength_A=float(kalpha2[0]) if kalpha2 is not None else None,
+        kalpha2_ratio=float(kalpha2[1]) if kalpha2 is not None else 0.0,
     )
     return InstrumentFit(instrument, result, calibrant, CALIBRANT_LATTICE_A[tpl])

@@ -69,18 +69,35 @@ def extract(prob: Problem, vals: dict[str, float], passes: int) -> None:
             new = pd.areas * max(k, 0.0)
             # a small floor lets reflections at zero (or negative after a Pawley step) revive
             new = np.maximum(new, 1e-4 * max(float(new.max(initial=0.0)), 0.0))
-            for ib, (idx_pk, idx, prof) in enumerate(blocks):
-                num = np.sum(prof * ratio[idx], axis=1)
-                prof_den = dens.get((name, ib))
-                if prof_den is None or prof_den[0] is not prof:  # profiles changed: recompute
-                    prof_den = dens[(name, ib)] = (prof, np.sum(prof * prob.dxf[idx], axis=1))
-                den = prof_den[1]
-                # reflections with less than half of their profile on fitted points (outside
-                # the range or in an excluded region) keep their intensity: tails alone do not
-                # determine it
-                upd = np.where(den > 0.5, num / np.where(den > 0, den, 1.0), 1.0)
-                new[idx_pk] = new[idx_pk] * upd
+            if prob.lam2 is None:
+                for ib, (idx_pk, idx, prof) in enumerate(blocks):
+                    num = np.sum(prof * ratio[idx], axis=1)
+                    den = _profile_integrals(dens, name, ib, prof, prob.dxf[idx])
+                    # reflections with less than half of their profile on fitted points (outside
+                    # the range or in an excluded region) keep their intensity: tails alone do not
+                    # determine it
+                    upd = np.where(den > 0.5, num / np.where(den > 0, den, 1.0), 1.0)
+                    new[idx_pk] = new[idx_pk] * upd
+            else:
+                # Ka doublet: a reflection's profile is its Ka1 peak + ratio x its Ka2 peak
+                num_pk = np.zeros(2 * len(new))
+                den_pk = np.zeros(2 * len(new))
+                for ib, (idx_pk, idx, prof) in enumerate(blocks):
+                    num_pk[idx_pk] = np.sum(prof * ratio[idx], axis=1)
+                    den_pk[idx_pk] = _profile_integrals(dens, name, ib, prof, prob.dxf[idx])
+                num, den = prob.fold(num_pk), prob.fold(den_pk)
+                upd = np.where(den > 0.5 * (1.0 + prob.ratio2), num / np.where(den > 0, den, 1.0), 1.0)
+                new = new * upd
             pd.areas = new
+
+
+def _profile_integrals(dens: dict, name: str, ib: int, prof: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Integrals of the profiles of block ``ib`` over the fitted points (kept in ``dens`` while the
+    profiles are the same objects)."""
+    prof_den = dens.get((name, ib))
+    if prof_den is None or prof_den[0] is not prof:  # profiles changed: recompute
+        prof_den = dens[(name, ib)] = (prof, np.sum(prof * dx, axis=1))
+    return prof_den[1]
 
 def fraction_step(prob: Problem, derivs: ModelDerivatives, vals: dict[str, float], esd_correction: str,
                   free_nl: Sequence[str] = ()):

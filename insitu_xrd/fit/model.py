@@ -114,11 +114,15 @@ class Problem:
     `insitu_xrd.fit.parameters.split_free`). ``base_vals``: the parameter values that
     `values_from` completes (set by the stage that moves the parameters). instrument: its
     geometry, goniometer radius and polarization (default: debye_scherrer, none applied); the
-    refinable absorption and transparency values come from the parameters."""
+    refinable absorption and transparency values come from the parameters. kalpha2: (Ka2
+    wavelength (A), Ka2/Ka1 ratio) of a laboratory doublet: every reflection is then two peaks,
+    the per-peak arrays of `peak_params` and the profile blocks are [Ka1 peaks, Ka2 peaks] (2n),
+    the per-reflection ones (intensities, |F|^2) stay n (`peak_areas`, `fold`)."""
 
     def __init__(self, spec: RefinementSpec, structures: StructureCache, wavelength_A: float, distance_mm: float,
                  x: np.ndarray, y: np.ndarray, sig: np.ndarray, fitmask: np.ndarray,
-                 active: list[str], params: lmfit.Parameters, instrument: Instrument | None = None):
+                 active: list[str], params: lmfit.Parameters, instrument: Instrument | None = None,
+                 kalpha2: tuple[float, float] | None = None):
         geometry = instrument if instrument is not None else Instrument(wavelength_A)
         self.geometry = geometry.geometry
         self.goniometer_radius_mm = geometry.goniometer_radius_mm
@@ -126,6 +130,8 @@ class Problem:
         self.spec = spec
         self.structures = structures
         self.lam = wavelength_A
+        # Ka doublet: (Ka2 wavelength, ratio); the per-peak arrays are then [Ka1 peaks, Ka2 peaks]
+        self.lam2, self.ratio2 = kalpha2 if kalpha2 is not None else (None, 0.0)
         self.x, self.y, self.sig = x, y, sig
         self.fitmask = fitmask
         self.w = 1.0 / sig
@@ -210,6 +216,9 @@ class Problem:
             g = reciprocal_metric(cell)
             d = 1.0 / np.sqrt(pd.hh @ np.array([g[0, 0], g[1, 1], g[2, 2], g[0, 1], g[0, 2], g[1, 2]]))
             tthb = 2.0 * np.degrees(np.arcsin(np.minimum(self.lam / (2.0 * d), 1.0)))
+            if self.lam2 is not None:  # the Ka2 copies from the same d (none beyond 180 deg: NaN)
+                d = np.concatenate([d, d])
+                tthb = np.concatenate([tthb, two_theta_deg_from_d(d[len(tthb):], self.lam2)])
             if len(pd.geo) > 64:
                 pd.geo.clear()
             tth = np.radians(tthb)
@@ -221,9 +230,34 @@ class Problem:
         if widths is None:
             if len(pd.widths) > 64:
                 pd.widths.clear()
-            widths = pd.widths[wkey] = peak_fwhm_eta(tthb, self.lam, *sample_widths(pd, vals, cell, d))
+            widths = pd.widths[wkey] = self.fwhm_eta(pd, tthb, sample_widths(pd, vals, cell, d[:len(pd.hkl)]))
         fwhm, eta = widths
         return t, fwhm, eta, tthb, d
+
+    def fwhm_eta(self, pd: PhaseData, tthb: np.ndarray, wargs: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """FWHM (deg) and eta of a phase's peaks at Bragg angles ``tthb`` (per peak) for the
+        `sample_widths` arguments ``wargs`` (per reflection): each peak at its own wavelength."""
+        if self.lam2 is None:
+            return peak_fwhm_eta(tthb, self.lam, *wargs)
+        n = len(pd.hkl)
+        f1, e1 = peak_fwhm_eta(tthb[:n], self.lam, *wargs)
+        with np.errstate(invalid="ignore"):
+            f2, e2 = peak_fwhm_eta(tthb[n:], self.lam2, *wargs)
+        return np.concatenate([f1, f2]), np.concatenate([e1, e2])
+
+    def peak_areas(self, areas: np.ndarray) -> np.ndarray:
+        """Per-peak areas from per-reflection ones (rows): with a Ka doublet the Ka2 copy is the
+        Ka1 area times the ratio (one intensity shared by the pair)."""
+        if self.lam2 is None:
+            return areas
+        return np.concatenate([areas, self.ratio2 * areas])
+
+    def fold(self, per_peak: np.ndarray) -> np.ndarray:
+        """The transpose of `peak_areas`: per-reflection sums Ka1 + ratio x Ka2 of per-peak values."""
+        if self.lam2 is None:
+            return per_peak
+        n = len(per_peak) // 2
+        return per_peak[:n] + self.ratio2 * per_peak[n:]
 
     def phase_blocks(self, pd: PhaseData, vals: dict[str, float]):
         t, fwhm, eta, tthb, d = self.peak_params(pd, vals)
@@ -268,8 +302,9 @@ class Problem:
         return march_dollase_factor(pd.equivalents, tex.march_dollase.axis, vals[f"{pd.name}_md_ratio"], gs)
 
     def structure_areas(self, pd: PhaseData, tthb: np.ndarray, vals: dict[str, float]) -> np.ndarray:
-        """m |F|^2 x Lorentz x polarization x absorption (x texture) of a phase's reflections (scale 1)."""
-        areas = pd.mult * pd.fsq * self.intensity_factor(tthb, vals)
+        """m |F|^2 x Lorentz x polarization x absorption (x texture) of a phase's reflections at
+        unit scale, the angle factors at the Ka1 angle (a Ka2 copy shares the intensity: `peak_areas`)."""
+        areas = pd.mult * pd.fsq * self.intensity_factor(tthb[:len(pd.mult)], vals)
         tex = self.texture(pd, vals)
         return areas if tex is None else areas * tex
 
@@ -328,10 +363,10 @@ class Problem:
             blocks, t, fwhm, eta, tthb, d = self.phase_blocks(pd, vals)
             info[name] = (blocks, t, fwhm, eta, tthb, d)
             if lebail and not structure_scales:
-                areas = pd.areas if pd.areas is not None else np.zeros(len(t))
-                add(f"{name}_lebail_k", self.curve(blocks, areas), True)
+                areas = pd.areas if pd.areas is not None else np.zeros(len(pd.hkl))
+                add(f"{name}_lebail_k", self.curve(blocks, self.peak_areas(areas)), True)
             else:
-                col = self.curve(blocks, self.structure_areas(pd, tthb, vals))
+                col = self.curve(blocks, self.peak_areas(self.structure_areas(pd, tthb, vals)))
                 free = structure_scales or pars[f"{name}_scale"].vary_linear  # type: ignore[attr-defined]
                 add(f"{name}_scale", col, free)
         for dspec in self.diffuse:

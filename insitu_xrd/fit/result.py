@@ -32,6 +32,11 @@ class FitResult:
     phase_fraction : {phase: (weight fraction, esd)}.
     correlation, correlation_names : correlation matrix of the refined parameters and its order.
     peaks : {phase: PeakTable} reflections inside the range (tick marks, hkl, d, areas).
+    sigma_source : where the weights came from: ``from_file`` (the data's esds), ``poisson``
+        (sqrt of the counts), ``poisson_background_subtracted`` (negative points present:
+        sqrt(max(I, 0) + s0^2)), ``unit`` (see `insitu_xrd.fit.engine.prepare_data`).
+    kalpha2 : (Ka2 wavelength (A), Ka2/Ka1 ratio) of a laboratory doublet, None for one wavelength
+        (``wavelength_A`` is then Ka1).
     site_parameters : {refined site parameter: "<phase>/<site>/<quantity>"} (e.g. "M_O1_x":
         "M/O1/x"; a B group "M/O1+O2/biso_A2"), the parameters of `insitu_xrd.fit.phase_model`.
     """
@@ -69,6 +74,8 @@ class FitResult:
     warnings: list[str] = field(default_factory=list)
     lebail_areas: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     site_parameters: dict[str, str] = field(default_factory=dict)
+    sigma_source: str = ""
+    kalpha2: tuple[float, float] | None = None
 
     @property
     def diff(self) -> np.ndarray:
@@ -142,6 +149,9 @@ class FitResult:
             "mode": self.mode,
             "active_phases": json.dumps(self.active_phases),
             "wavelength_A": float(self.wavelength_A),
+            "sigma_source": self.sigma_source,
+            **({"kalpha2_wavelength_A": float(self.kalpha2[0]), "kalpha2_ratio": float(self.kalpha2[1])}
+               if self.kalpha2 is not None else {}),
             "polarization": "polarization removed by integration (not applied in the model)",
             "elapsed_s": float(self.elapsed_s),
             "software_versions": software_versions_json(),

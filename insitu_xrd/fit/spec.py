@@ -41,6 +41,7 @@ __all__ = [
     "SphericalHarmonicsSpec",
     "TextureSpec",
     "ProfileSpec",
+    "KAlpha2Spec",
     "BackgroundSpec",
     "HumpSpec",
     "PhaseSpec",
@@ -71,6 +72,14 @@ NMC_SITE_PARAMS = ("o_z", "li_occupancy", "ni_li_mixing", "biso_tm_A2", "biso_li
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class KAlpha2Spec(_Strict):
+    """The Ka2 line of a laboratory tube (GSAS-II ``Lam2`` and ``I(L2)/I(L1)``); the recipe's
+    ``wavelength_A`` is then Ka1. Cu: ``{wavelength_A: 1.5444, ratio: 0.5}``."""
+
+    wavelength_A: float = Field(..., gt=0, description="Ka2 wavelength (A), e.g. 1.5444 for Cu, 0.7136 for Mo.")
+    ratio: float = Field(0.5, gt=0, le=1, description="Ka2/Ka1 intensity ratio (GSAS-II I(L2)/I(L1)), about 0.5.")
 
 
 class ProfileSpec(_Strict):
@@ -107,6 +116,9 @@ class ProfileSpec(_Strict):
     polarization: float | None = Field(None, ge=0, le=1, description=(
         "GSAS-II Polariz. applied to the calculated intensities (P + (1-P) cos^2 2theta: 0.5 unpolarised tube, "
         "1/(1+cos^2 2theta_m) behind a monochromator); none = already divided out (integrated 2D data)."))
+    kalpha2: KAlpha2Spec | None = Field(
+        None, description="Laboratory Ka doublet: every reflection also at the Ka2 wavelength, sharing its intensity "
+        "(x ratio); set from the recipe's top-level kalpha2 or an .instprm with Lam1/Lam2.")
     refine: list[ProfileName] = Field(default_factory=list, description="Profile parameters to refine.")
 
     @model_validator(mode="after")
@@ -372,6 +384,12 @@ class RefinementSpec(_Strict):
     limits: dict[str, tuple[float | None, float | None]] = Field(
         default_factory=dict,
         description="Bounds [min, max] (null = unbounded side) overriding the defaults, e.g. {H2_mustrain: [0, 4000]}.")
+    sigma: Literal["auto", "poisson", "unit", "from_file"] = Field(
+        "auto",
+        description="Weights 1/sigma^2: from_file (the data's esds; an error without them), poisson (sqrt of the "
+        "counts; background-subtracted data with negative points: sqrt(max(I, 0) + s0^2), s0 the noise of the "
+        "points below zero), unit (1 everywhere), auto (from_file when the data have esds, else poisson). The "
+        "choice is reported (FitResult.sigma_source, results attrs sigma_source).")
     esd_correction: Literal["durbin_watson", "none"] = Field(
         "durbin_watson",
         description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",

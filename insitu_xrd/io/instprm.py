@@ -21,8 +21,10 @@ insitu-xrd's flat-detector sample displacement, so ``displacement_um`` travels i
 ``#insitu-xrd displacement_um: <value>`` that GSAS-II skips. ``SH/L`` -> sh_l, the
 Finger-Cox-Jephcoat axial-divergence asymmetry of the same (GSAS-II) profile function. ``Z`` (a
 Gaussian term in 1/cos^2(theta)) is not part of the insitu-xrd profile model:
-:func:`instrument_from_instprm` refuses a non-zero ``Z`` (the profile would be wrong) and a non-zero
-Kalpha2 intensity (the model is single-wavelength).
+:func:`instrument_from_instprm` refuses a non-zero ``Z`` (the profile would be wrong). A Kalpha
+doublet (``Lam1``, ``Lam2``, ``I(L2)/I(L1)`` > 0) -> wavelength_A = Lam1, kalpha2_wavelength_A =
+Lam2, kalpha2_ratio = I(L2)/I(L1) (every reflection computed at both wavelengths); a file written
+for such an Instrument has those three items instead of ``Lam``.
 """
 
 from __future__ import annotations
@@ -197,11 +199,14 @@ def instrument_from_instprm(
     missing = [k for k in _NUMERIC_REQUIRED if not isinstance(prm.items.get(k), float)]
     if missing:
         raise InsituXRDError(f"{where}: missing or non-numeric items {missing}")
+    doublet: dict[str, float] = {}
     if prm.is_doublet:
-        raise InsituXRDError(
-            f"{where}: Kalpha doublet (Lam1/Lam2 with I(L2)/I(L1) > 0) is not supported; the insitu-xrd "
-            "profile model is single-wavelength (synchrotron). Use a file with Lam."
-        )
+        lam1, lam2, ratio = (prm.items.get(k) for k in ("Lam1", "Lam2", "I(L2)/I(L1)"))
+        if not (isinstance(lam1, float) and isinstance(lam2, float) and lam1 > 0 and lam2 > 0):
+            raise InsituXRDError(f"{where}: a Kalpha doublet needs numeric Lam1 and Lam2 > 0 (got {lam1!r}, {lam2!r})")
+        if not 0.0 < ratio <= 1.0:  # type: ignore[operator]
+            raise InsituXRDError(f"{where}: I(L2)/I(L1) = {ratio} is outside (0, 1] (about 0.5 for a Kalpha doublet)")
+        doublet = {"kalpha2_wavelength_A": lam2, "kalpha2_ratio": float(ratio)}  # type: ignore[arg-type]
     z = prm.items.get("Z", 0.0)
     if isinstance(z, float) and z != 0.0:
         raise InsituXRDError(f"{where}: Z = {z} is not supported by the insitu-xrd profile model (set Z:0.0 and refine W)")
@@ -227,7 +232,7 @@ def instrument_from_instprm(
     return Instrument(
         wavelength_A=wl,
         U=prm.items["U"], V=prm.items["V"], W=prm.items["W"], X=prm.items["X"], Y=prm.items["Y"],
-        zero_deg=prm.items["Zero"], displacement_um=float(prm.displacement_um), **kwargs,
+        zero_deg=prm.items["Zero"], displacement_um=float(prm.displacement_um), **kwargs, **doublet,
     )
 
 
@@ -280,6 +285,11 @@ def format_instprm(
         "SH/L": float(instrument.sh_l if sh_l is None else sh_l),
     }
     tail: dict[str, Any] = {"Diff-type": "Debye-Scherrer", "Gonio.radius": float(instrument.distance_mm)}
+    if instrument.kalpha2 is not None:  # GSAS-II's doublet items replace Lam
+        lam2, ratio = instrument.kalpha2
+        rest = {k: v for k, v in items.items() if k not in ("Type", "Bank", "Lam")}
+        items = {"Type": "PXC", "Bank": 1.0, "Lam1": float(instrument.wavelength_A), "Lam2": lam2,
+                 "I(L2)/I(L1)": ratio, **rest}
     for key, value in (extra or {}).items():
         (items if key in _CW_ORDER else tail)[key] = value
     lines = [HEADER]

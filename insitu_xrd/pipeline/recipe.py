@@ -35,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from insitu_xrd.errors import RecipeError
-from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.fit.spec import KAlpha2Spec, RefinementSpec
 
 __all__ = [
     "CalibrationSection",
@@ -369,7 +369,10 @@ class Recipe(_Strict):
     """A whole recipe. ``base_dir`` (not a key) is the recipe file's folder."""
 
     name: str = Field("insitu-xrd", description="Name of the experiment (report title).")
-    wavelength_A: float = Field(..., gt=0, description="X-ray wavelength (A).")
+    wavelength_A: float = Field(..., gt=0, description="X-ray wavelength (A); Ka1 when kalpha2 is given.")
+    kalpha2: KAlpha2Spec | None = Field(
+        None, description="Laboratory Ka doublet: {wavelength_A: <Ka2, A>, ratio: <I(Ka2)/I(Ka1)>}, e.g. Cu {wavelength_A: "
+        "1.5444, ratio: 0.5}; every reflection is also fitted at Ka2 (refinement.profile.kalpha2).")
     calibration: CalibrationSection | None = Field(None, description="Detector geometry; required with frames, not allowed with patterns.")
     frames: FramesSection | None = Field(None, description="Frames to integrate; none = a calibration-only recipe (or one with patterns).")
     patterns: PatternsSection | None = Field(None, description="1D patterns integrated elsewhere, instead of frames + calibration + integration.")
@@ -397,6 +400,18 @@ class Recipe(_Strict):
         elif self.calibration is None:
             raise ValueError("missing required key 'calibration' (the detector geometry of the frames); a recipe "
                              "over 1D patterns integrated elsewhere gives 'patterns' instead")
+        return self
+
+    @model_validator(mode="after")
+    def _kalpha2_to_refinement(self) -> "Recipe":
+        """The top-level ``kalpha2`` is the refinement's doublet (``refinement.profile.kalpha2``)."""
+        ref = self.refinement
+        if self.kalpha2 is None or ref is None:
+            return self
+        if ref.profile.kalpha2 is not None and ref.profile.kalpha2 != self.kalpha2:
+            raise ValueError("kalpha2 and refinement.profile.kalpha2 differ; give the doublet once (top-level kalpha2)")
+        prof = ref.profile.model_copy(update={"kalpha2": self.kalpha2})
+        self.refinement = ref.model_copy(update={"profile": prof})
         return self
 
     @model_validator(mode="after")

@@ -15,9 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from insitu_xrd.core.crystal import Phase
-from insitu_xrd.core.pattern import Instrument
+from insitu_xrd.core.pattern import Instrument, lab_anode_warning
 from insitu_xrd.errors import InsituXRDError, RecipeError
-from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.fit.spec import KAlpha2Spec, RefinementSpec
 
 __all__ = [
     "RecipeRefinement",
@@ -28,6 +28,7 @@ __all__ = [
     "load_instrument",
     "load_cif_phases",
     "make_refinement",
+    "wavelength_warning",
 ]
 
 
@@ -97,6 +98,12 @@ def load_recipe_refinement(path: str | Path) -> RecipeRefinement:
     if "refinement" not in data:
         raise RecipeError(f"recipe {path}: has no 'refinement' section (keys: {sorted(map(str, data))})")
     spec = parse_refinement_spec(data["refinement"], where=f"recipe {path}")
+    if data.get("kalpha2") is not None:  # the top-level doublet is the refinement's (as in the full recipe)
+        try:
+            k2 = KAlpha2Spec.model_validate(data["kalpha2"])
+        except ValidationError as exc:
+            raise RecipeError(format_validation_error(exc, f"recipe {path}", prefix="kalpha2")) from None
+        spec = spec.model_copy(update={"profile": spec.profile.model_copy(update={"kalpha2": k2})})
     wl = data.get("wavelength_A")
     if wl is not None:
         try:
@@ -161,3 +168,22 @@ def make_refinement(spec: RefinementSpec, wavelength_A: float, base_dir: str | P
     except (KeyError, ValueError) as exc:
         # the engine checks the spec against the structures (e.g. a refine name a CIF phase lacks)
         raise RecipeError(f"refinement setup: {exc}") from None
+
+
+def wavelength_warning(spec: RefinementSpec, wavelength_A: float, base_dir: str | Path = ".") -> str:
+    """One line when ``wavelength_A`` is a laboratory anode's Ka1 and neither the spec
+    (``profile.kalpha2``) nor its instrument file (``Lam2``) gives the Ka2 line; '' otherwise
+    (`insitu_xrd.core.pattern.lab_anode_warning`). An instrument file that cannot be read is
+    left to `make_refinement` to report."""
+    if spec.profile.kalpha2 is not None:
+        return ""
+    if spec.profile.instrument:
+        from insitu_xrd.io.instprm import read_instprm
+
+        try:
+            path = resolve_path(spec.profile.instrument, base_dir, "instrument file")
+            if read_instprm(path).is_doublet:
+                return ""
+        except InsituXRDError:
+            pass
+    return lab_anode_warning(wavelength_A, None)

@@ -501,7 +501,20 @@ def instrument_attrs(recipe: Recipe) -> dict[str, str]:
     warning = microstrain_warning(ref, path is not None)
     if warning:
         out["microstrain_warning"] = warning
+    from insitu_xrd.pipeline.refine_setup import wavelength_warning
+
+    lab = wavelength_warning(ref, recipe.wavelength_A, recipe.base_dir)
+    if lab:
+        out["wavelength_warning"] = lab
     return out
+
+
+def sequential_sigma_source(mode: str, patterns: xr.Dataset) -> str:
+    """The results attr ``sigma_source`` of a sequential run: ``refinement.sigma`` and, when the
+    patterns' esds are used, where they came from (the Patterns Dataset's ``sigma_source``)."""
+    if mode in ("poisson", "unit"):
+        return f"{mode} (refinement.sigma)"
+    return f"from_file ({patterns.attrs.get('sigma_source', 'the patterns file sigma')})"
 
 
 def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
@@ -549,7 +562,8 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
     ds = refine_sequence(patterns, recipe.refinement, make_factory(recipe, wl), recipe.sequential, checkpoint=out,
                          cache_key=key, progress=progress, base_dir=recipe.base_dir,
                          attrs={"patterns_file": str(patterns_path), "recipe": str(recipe.source),
-                                "recipe_name": recipe.name, **instrument_attrs(recipe)},
+                                "recipe_name": recipe.name, **instrument_attrs(recipe),
+                                "sigma_source": sequential_sigma_source(recipe.refinement.sigma, patterns)},
                          executor=executor, patterns_path=patterns_path)
     cache.store("refine", key, [out])
     st = [str(s) for s in ds["status"].values]

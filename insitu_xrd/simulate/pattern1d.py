@@ -259,6 +259,7 @@ def simulate_pattern_1d(
     two_theta_deg: sorted grid (deg); default 0.5-12 deg in 0.004 deg steps.
     scenario: lattice curves (default bare `ChargeScenario()`).
     wavelength_A: used when `instrument` is None (then `TRUE_INSTRUMENT` widths, zero 0).
+    instrument: the instrument (a laboratory Ka doublet: its ``kalpha2_wavelength_A``/``kalpha2_ratio``).
     cell: cell lines / diffuse / intensity levels (default `CellModel()`).
     k: intensity scale (counts); default from `cell.peak_counts` (`intensity_scale_for_peak_counts`).
     diffuse_areas: areas of the two diffuse components; default from `diffuse_reference_areas`.
@@ -289,4 +290,6 @@ def simulate_pattern_1d(
     truth = _truth(state, phases, diffuse, humps, comps, instrument, cell, k)
     truth["instrument"] = {"wavelength_A": instrument.wavelength_A, "U": instrument.U, "V": instrument.V, "W": instrument.W,
                            "X": instrument.X, "Y": instrument.Y, "zero_deg": instrument.zero_deg}
+    if instrument.kalpha2 is not None:  # a laboratory Ka doublet (calc_pattern puts both lines in)
+        truth["instrument"].update(kalpha2_wavelength_A=instrument.kalpha2[0], kalpha2_ratio=instrument.kalpha2[1])
     return Simulated1D(x, observed, expected, comps, truth)
