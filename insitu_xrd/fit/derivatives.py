@@ -28,7 +28,8 @@ import scipy.sparse
 from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.core.structure_factor import structure_factor_sq_derivatives
 from insitu_xrd.core.symmetry import LATTICE_NAMES, reciprocal_metric_and_derivatives, site_orbit
-from insitu_xrd.fit.model import PhaseData, Problem, sample_widths
+from insitu_xrd.fit.model import PhaseData, Problem
+from insitu_xrd.fit.widths import sample_widths
 from insitu_xrd.fit.parameters import GEOMETRY_NAMES, PROFILE_NAMES
 from insitu_xrd.fit.phase_model import cell_from_values
 

@@ -23,8 +23,6 @@ import lmfit
 import numpy as np
 
 from insitu_xrd.core.absorption import bragg_brentano_shift_deg
-from insitu_xrd.core.broadening import (cos_angle_to_axis, generalized_mustrain, stephens_names, uniaxial_mustrain,
-                                        uniaxial_size_um)
 from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.pattern import Instrument, d_from_two_theta_deg, intensity_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
@@ -32,9 +30,10 @@ from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march
 from insitu_xrd.fit.phase_model import cell_from_values
 from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.fit.structures import StructureCache
+from insitu_xrd.fit.widths import anisotropy_key, sample_widths, width_args
 from insitu_xrd.fit.windows import GridProfiles
 
-__all__ = ["PhaseData", "Problem", "default_phase_spec", "width_args", "sample_widths", "anisotropy_key"]
+__all__ = ["PhaseData", "Problem", "default_phase_spec"]
 
 
 @dataclass
@@ -60,48 +59,6 @@ class PhaseData:
 def default_phase_spec(name: str) -> PhaseSpec:
     """The spec of a phase the recipe does not name (a plain template phase)."""
     return PhaseSpec(name=name, template="ni")
-
-
-def width_args(p: str, vals: dict[str, float]) -> tuple:
-    """Arguments of `peak_fwhm_eta` after the Bragg angles and wavelength for phase ``p``
-    (isotropic sample broadening; see `sample_widths` for the anisotropic models)."""
-    size = vals.get(f"{p}_size_um", np.inf)
-    return (vals["U"], vals["V"], vals["W"], vals["X"], vals["Y"],
-            vals.get(f"{p}_mustrain", 0.0), size if size > 0 else np.inf,
-            vals.get(f"{p}_mustrain_mix", 1.0), vals.get(f"{p}_size_mix", 1.0))
-
-
-def anisotropy_key(pd: "PhaseData", vals: dict[str, float]) -> tuple:
-    """The values the anisotropic broadening of a phase depends on besides `width_args` (cache key)."""
-    spec, p = pd.spec, pd.name
-    key: tuple = ()
-    if spec.mustrain_model == "uniaxial":
-        key += (vals.get(f"{p}_mustrain_axial", 0.0),)
-    elif spec.mustrain_model == "generalized":
-        key += tuple(vals.get(f"{p}_mustrain_{n}", 0.0) for n in stephens_names(pd.phase.spacegroup))
-    if spec.size_model == "uniaxial":
-        key += (vals.get(f"{p}_size_axial_um", np.inf),)
-    return key
-
-
-def sample_widths(pd: "PhaseData", vals: dict[str, float], cell: tuple[float, ...], d: np.ndarray) -> tuple:
-    """`width_args` with the microstrain and size replaced by one effective value per reflection
-    where the phase's model is anisotropic (`insitu_xrd.core.broadening`, GSAS-II conventions)."""
-    args = list(width_args(pd.name, vals))
-    spec, p = pd.spec, pd.name
-    if spec.mustrain_model == "isotropic" and spec.size_model == "isotropic":
-        return tuple(args)
-    gs = reciprocal_metric(cell)
-    if spec.mustrain_model == "uniaxial":
-        cos_p = cos_angle_to_axis(pd.hkl, spec.mustrain_axis, gs)
-        args[5] = uniaxial_mustrain(cos_p, vals.get(f"{p}_mustrain", 0.0), vals.get(f"{p}_mustrain_axial", 0.0))
-    elif spec.mustrain_model == "generalized":
-        names = stephens_names(pd.phase.spacegroup)
-        args[5] = generalized_mustrain(pd.phase.spacegroup, pd.hkl, d, [vals.get(f"{p}_mustrain_{n}", 0.0) for n in names])
-    if spec.size_model == "uniaxial":
-        cos_s = cos_angle_to_axis(pd.hkl, spec.size_axis, gs)
-        args[6] = uniaxial_size_um(cos_s, vals.get(f"{p}_size_um", 1.0), vals.get(f"{p}_size_axial_um", 1.0))
-    return tuple(args)
 
 
 class Problem:
