@@ -184,6 +184,9 @@ class _CountingRefinement:
     def __init__(self, ref):
         self.ref = ref
 
+    def __getattr__(self, name):  # otherwise a Refinement (its reflection lists: exact resume)
+        return getattr(self.ref, name)
+
     def fit(self, *args, **kw):
         _FITS["n"] += 1
         if _FITS["limit"] is not None and _FITS["n"] > _FITS["limit"]:

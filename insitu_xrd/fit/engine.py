@@ -190,6 +190,14 @@ class Refinement:
         """lmfit Parameters from the spec (all non-optional phases, or only `active`)."""
         return self.parameters.initial_params(active)
 
+    def reflection_lists(self) -> dict[str, dict]:
+        """Cached reflection lists as plain data (`StructureCache.reflection_lists`: exact resume)."""
+        return self.structures.reflection_lists()
+
+    def seed_reflection_lists(self, lists: dict[str, dict]) -> None:
+        """Restore lists saved by `reflection_lists`."""
+        self.structures.seed_reflection_lists(lists)
+
     def structure(self, name: str, vals: dict[str, float]) -> Phase:
         """Phase `name` with its site parameters set from `vals` (cell as in the start phase)."""
         return self.structures.structure(name, vals)

@@ -79,6 +79,21 @@ class StructureCache:
         self._refl_cache[name] = (dmin_used, tuple(cell), refl)
         return refl
 
+    def reflection_lists(self) -> dict[str, dict]:
+        """The cached reflection lists as plain data ({phase: {dmin_A, cell, hkl, multiplicity,
+        d_A}}): which list a fit uses depends on the cell that filled the cache, so a resumed
+        sequential run restores them (`seed_reflection_lists`) to continue bit for bit."""
+        return {name: {"dmin_A": float(dmin), "cell": [float(v) for v in cell], "hkl": refl.hkl,
+                       "multiplicity": refl.multiplicity, "d_A": refl.d_A}
+                for name, (dmin, cell, refl) in self._refl_cache.items()}
+
+    def seed_reflection_lists(self, lists: dict[str, dict]) -> None:
+        """Restore reflection lists saved by `reflection_lists`."""
+        for name, e in lists.items():
+            refl = Reflections(np.asarray(e["hkl"], dtype=int).reshape(-1, 3), np.asarray(e["multiplicity"], dtype=int),
+                               np.asarray(e["d_A"], dtype=float))
+            self._refl_cache[name] = (float(e["dmin_A"]), tuple(float(v) for v in e["cell"]), refl)
+
     def fsq(self, name: str, phase: Phase, hkl: np.ndarray, cell: tuple[float, ...], site_key: tuple) -> np.ndarray:
         """|F|^2 of `hkl` at the cell rounded to 1e-4 A (the form factors and Debye-Waller terms
         change |F|^2 by < 1e-4 relative within that: 4.5e-5 for NMC811 reflections to d = 0.7 A

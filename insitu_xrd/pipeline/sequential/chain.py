@@ -103,11 +103,17 @@ class SequentialRefiner:
         intensities, optional-phase counters, Rwp history), as versioned JSON data (no pickle:
         :mod:`insitu_xrd.io.chain_state`), so an interrupted run restored with
         :meth:`restore_state` continues exactly as if it had not stopped. Cached refinements are
-        not saved: they are rebuilt from the specs. (The stored per-frame values alone give a
+        rebuilt from their specs with their reflection lists (saved as data). (The stored per-frame values alone give a
         re-seeded start: the same minimum only within the optimizer's tolerance.)"""
         from insitu_xrd.io.chain_state import encode_chain_state
 
-        return encode_chain_state({k: getattr(self, k) for k in self._STATE_FIELDS if k != "_cache"}, [FrameRecord])
+        state = {k: getattr(self, k) for k in self._STATE_FIELDS if k != "_cache"}
+        # the cached refinements' reflection lists: a list depends on the cell that filled the
+        # cache, so rebuilt refinements would sum the peaks of a list made at another cell
+        # (results then differ in the last bits); refinements are rebuilt from their specs
+        state["refinement_reflections"] = [{"spec": sp, "lists": ref.reflection_lists()}
+                                           for sp, ref in self._cache if hasattr(ref, "reflection_lists")]
+        return encode_chain_state(state, [FrameRecord])
 
     def restore_state(self, blob: bytes, source: str = "chain state") -> bool:
         """Load a state written by :meth:`state_bytes` of a refiner with the same spec and options;
@@ -117,13 +123,21 @@ class SequentialRefiner:
         from insitu_xrd.io.chain_state import ChainStateWarning, decode_chain_state
 
         try:
-            st = decode_chain_state(blob, [k for k in self._STATE_FIELDS if k != "_cache"], [FrameRecord], source)
+            keys = [k for k in self._STATE_FIELDS if k != "_cache"] + ["refinement_reflections"]
+            st = decode_chain_state(blob, keys, [FrameRecord], source)
         except InsituXRDError as exc:  # another version, edited or damaged: resume from the stored values
             warnings.warn(f"{exc}; resuming from the stored results", ChainStateWarning, stacklevel=2)
             return False
+        saved = st.pop("refinement_reflections")
         for k, v in st.items():
             setattr(self, k, v)
         self._cache = []
+        for entry in saved:
+            spec = self.cur_spec if entry["spec"] == self.cur_spec else entry["spec"]
+            ref = self.factory(spec)
+            if hasattr(ref, "seed_reflection_lists"):
+                ref.seed_reflection_lists(entry["lists"])
+            self._cache.append((spec, ref))
         return True
 
     # -- helpers ---------------------------------------------------------------------------
