@@ -402,12 +402,19 @@ def phase_onset_attrs(ds: xr.Dataset) -> dict[str, Any]:
         onset = _onset_index(act, ds["status"].values)
         out[f"{name}_onset_frame"] = int(onset) if onset is not None else -1
         if onset is not None:
-            out[f"{name}_onset_frame_name"] = str(ds["frame_name"].values[onset]) if "frame_name" in ds.coords else str(onset)
-            if "time_s" in ds.coords:
-                out[f"{name}_onset_time_s"] = float(ds["time_s"].values[onset])
-            for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
-                if xc in ds.coords:
-                    out[f"{name}_onset_{xc}"] = float(ds[xc].values[onset])
+            out.update(_frame_attrs(ds, onset, f"{name}_onset"))
+    return out
+
+
+def _frame_attrs(ds: xr.Dataset, i: int, prefix: str) -> dict[str, Any]:
+    """Name, time and the echem coordinates of frame ``i`` as attrs ``<prefix>_frame_name``,
+    ``<prefix>_time_s``, ``<prefix>_x_li`` ... (those the Dataset has)."""
+    out: dict[str, Any] = {f"{prefix}_frame_name": str(ds["frame_name"].values[i]) if "frame_name" in ds.coords else str(i)}
+    if "time_s" in ds.coords:
+        out[f"{prefix}_time_s"] = float(ds["time_s"].values[i])
+    for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
+        if xc in ds.coords:
+            out[f"{prefix}_{xc}"] = float(ds[xc].values[i])
     return out
 
 
@@ -487,12 +494,7 @@ def _phase_end_attrs(ds: xr.Dataset, phases: list[str]) -> dict[str, Any]:
             continue  # never present, or present to the end
         last = int(idx[-1])
         out[f"{name}_last_frame"] = last
-        out[f"{name}_last_frame_name"] = str(ds["frame_name"].values[last]) if "frame_name" in ds.coords else str(last)
-        if "time_s" in ds.coords:
-            out[f"{name}_last_time_s"] = float(ds["time_s"].values[last])
-        for xc in ("x_li", "soc", "voltage_V", "capacity_mAh_g"):
-            if xc in ds.coords:
-                out[f"{name}_last_{xc}"] = float(ds[xc].values[last])
+        out.update(_frame_attrs(ds, last, f"{name}_last"))
     return out
 
 
