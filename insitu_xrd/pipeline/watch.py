@@ -213,6 +213,7 @@ class _Session:
         self.series: Any = None  # SeriesIntegration, opened with the first frames
         self.integration_key = ""
         self.seq: SequentialStore | None = None
+        self._stepping = False
         self.factory: Any = None
         self.refiner: SequentialRefiner | None = None
         self.chain_after: str | None = None  # key of the last frame the chain fitted
@@ -335,7 +336,9 @@ class _Session:
                     blob = read_chain_state(self.state_path, self.key, after) if after is not None else None
                     if blob is not None and self.refiner.restore_state(blob):
                         self.say(f"continuing the chain of the previous session after {Path(after).name}")
+                self._stepping = True  # an interruption now leaves the refiner part-way through a frame
                 r = self.refiner.step(i, tth, y, s, st, time_s=t_s, key=k)
+                self._stepping = False
                 if not r.status.startswith("skipped: "):
                     # a frame without a usable pattern leaves the chain as it was: the state stays
                     # keyed to the last frame it fitted (a corrupt file that sorts earlier may be
@@ -401,6 +404,11 @@ class _Session:
         self.cache.store("patterns" if self.rec.patterns is not None else "integrate", self.integration_key,
                          [self.series.output])
         if self.seq is not None:
+            if not self._stepping:
+                # the frames refined since the last flush, then the chain state after them (a
+                # Ctrl-C between frames: the next session continues the chain exactly; inside a
+                # frame the refiner is part-way, so the state stays at the last flush)
+                self._flush()
             self.seq.close()
 
 
