@@ -212,3 +212,28 @@ def test_a_pattern_off_the_series_axis_or_at_another_wavelength_is_flagged(tmp_p
     np.testing.assert_allclose(ds["time_s"].values[:2], [10.0, 20.0])
     row = ds["intensity"].values[1]  # the file without every other point: NaN there, its values elsewhere
     assert np.isnan(row[1::2]).all() and np.allclose(row[::2], y[::2], rtol=1e-7)
+
+
+def test_files_without_esds_are_said_to_be_poisson(tmp_path):
+    """A series of 1D files without an esd column says where its weights come from."""
+    from insitu_xrd.io.frames import FrameRef
+    from insitu_xrd.pipeline.pattern_series import NO_ESD_SIGMA, PatternSeries
+    from insitu_xrd.pipeline.stages import sequential_sigma_source
+
+    tth = np.linspace(2.0, 10.0, 401)
+    y = 100 + 50 * np.exp(-((tth - 5) / 0.05) ** 2)
+    paths = []
+    for i, with_esd in enumerate((True, False)):
+        path = tmp_path / f"p{i}.xy"
+        cols = np.column_stack([tth, y, np.sqrt(y)] if with_esd else [tth, y])
+        np.savetxt(path, cols)
+        paths.append(path)
+    refs = [FrameRef(p.resolve()) for p in paths]
+    series = PatternSeries(tmp_path / "patterns.nc", refs[:1], 0.1173, None, "none", "k")
+    series.add(refs[:1])
+    assert series.store.attrs["sigma_source"] == "the files' esd column"
+    series.add(refs[1:])
+    series.close()
+    ds = read_patterns(tmp_path / "patterns.nc")
+    assert ds.attrs["sigma_source"] == NO_ESD_SIGMA
+    assert sequential_sigma_source("auto", ds) == NO_ESD_SIGMA

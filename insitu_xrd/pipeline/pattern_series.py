@@ -40,7 +40,7 @@ from insitu_xrd.pipeline.stages import StageCache, StageInfo, file_digest, time_
 from insitu_xrd.provenance import software_versions, utc_now_iso
 
 __all__ = ["PatternSeries", "PatternsReport", "discover_pattern_files", "header_mapping", "pattern_readable",
-           "patterns_key", "open_pattern_series", "patterns_stage"]
+           "patterns_key", "open_pattern_series", "patterns_stage", "NO_ESD_SIGMA"]
 
 # files a writer has not finished (renamed when complete) and hidden files are never patterns
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
@@ -49,6 +49,9 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial")
 AXIS_TOLERANCE_STEPS = 0.01
 # a header wavelength that differs from the recipe's by more than this (relative) flags the file
 WAVELENGTH_RTOL = 1e-5
+
+#: the Patterns Dataset's ``sigma_source`` when a file had no esd column (the reader's estimate)
+NO_ESD_SIGMA = "poisson: sqrt(max(I, 1)) from the 1D reader (a file had no esd column)"
 
 
 @dataclass
@@ -227,6 +230,11 @@ class PatternSeries:
                         y, s = np.full(n, np.nan), np.full(n, np.nan)
                         y[rows], s[rows] = got.intensity, got.sigma
                         rec.update(status="ok", intensity=y, sigma=s)
+                        if getattr(got, "sigma_source", "file") == "none":
+                            # never silent: the series' weights are the reader's Poisson estimate
+                            store.attrs["sigma_source"] = NO_ESD_SIGMA
+                        elif "sigma_source" not in store.attrs:
+                            store.attrs["sigma_source"] = "the files' esd column"
                         rep.n_ok += 1
                 if isinstance(got, str):
                     rec["status"] = f"error: {got}".replace("\n", " ")

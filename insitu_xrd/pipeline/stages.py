@@ -514,7 +514,10 @@ def sequential_sigma_source(mode: str, patterns: xr.Dataset) -> str:
     patterns' esds are used, where they came from (the Patterns Dataset's ``sigma_source``)."""
     if mode in ("poisson", "unit"):
         return f"{mode} (refinement.sigma)"
-    return f"from_file ({patterns.attrs.get('sigma_source', 'the patterns file sigma')})"
+    source = str(patterns.attrs.get("sigma_source", "the patterns file sigma"))
+    if source.startswith("poisson"):  # 1D files without esds (patterns: route)
+        return source
+    return f"from_file ({source})"
 
 
 def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
