@@ -188,7 +188,6 @@ def search_lattice(
     h = refl.hkl.astype(float)
     hh = np.stack([h[:, 0] ** 2, h[:, 1] ** 2, h[:, 2] ** 2, 2 * h[:, 0] * h[:, 1], 2 * h[:, 0] * h[:, 2],
                    2 * h[:, 1] * h[:, 2]], axis=1)
-    step_deg = float(np.median(np.diff(tth)))
     # search in the reciprocal metric: 1/d^2 = hh . g*, linear in its components, and each free
     # component moves its own set of reflections (a, c and beta of a monoclinic cell are strongly
     # correlated; g*11, g*33, g*13 far less): directions = the free components (row-echelon basis
@@ -209,20 +208,16 @@ def search_lattice(
         val = np.interp(t, tth, signal, left=0.0, right=0.0)
         return np.sum(val * weight * ((t >= lo) & (t <= hi)), axis=-1)
 
-    # 1/d^2 changes by twice the relative change of a length: reciprocal steps of 2x the lengths'
-    span = 2 * bound_pct / 100
-    mid = 0.5 * (lo + hi)
-    stages = ((_smooth_signal(tth, y, max(1.0, 0.0005 * mid / step_deg)), np.arange(-span, span + 1e-12, 0.001)),
-              (_smooth_signal(tth, y, 1.0), np.arange(-0.0016, 0.0016 + 1e-12, 0.0001)))
-    # the fine stage only: a local polish of each free component around the isotropic scale (a
+    # a local polish of each free component around the isotropic scale, +/- 0.16 % in 1/d^2 (a
     # global search of several free components is an indexing problem: grids and sweeps from a
     # start a few % off in several directions ended on side maxima of the score for Cmcm and P-1
     # cells, while the refinement's own cold start converged from there)
-    for signal, rel in stages[1:]:
-        for _ in range(sweeps):
-            for j in range(len(basis)):
-                trial = v[None, :] + np.outer(rel * steps[j], basis[j])
-                v = trial[int(np.argmax(scores(trial, signal)))]
+    signal = _smooth_signal(tth, y, 1.0)
+    rel = np.arange(-0.0016, 0.0016 + 1e-12, 0.0001)
+    for _ in range(sweeps):
+        for j in range(len(basis)):
+            trial = v[None, :] + np.outer(rel * steps[j], basis[j])
+            v = trial[int(np.argmax(scores(trial, signal)))]
     g = np.linalg.inv(np.array([[v[0], v[3], v[4]], [v[3], v[1], v[5]], [v[4], v[5], v[2]]]))
     lengths = np.sqrt(np.diag(g))
     angles = np.degrees(np.arccos([g[1, 2] / (lengths[1] * lengths[2]), g[0, 2] / (lengths[0] * lengths[2]),
@@ -314,6 +309,6 @@ def seeded_spec(spec: RefinementSpec, values: dict[str, float], phases: Iterable
 def with_lattice(spec: RefinementSpec, name: str, a: float, c: float, **more: float) -> RefinementSpec:
     """``spec`` with phase ``name`` starting from the lattice a, c (A) and any other cell
     parameters given (b in A, alpha, beta, gamma in deg)."""
-    update = {"a": a, "c": c, **{k: float(v) for k, v in more.items() if k in _CELL_INDEX and k not in ("a", "c")}}
+    update = {"a": a, "c": c, **{k: float(v) for k, v in more.items() if k in _CELL_INDEX}}
     phases = [p.model_copy(update=update) if p.name == name else p for p in spec.phases]
     return spec.model_copy(update={"phases": phases})
