@@ -413,7 +413,7 @@ def _li_spot_map(spec: DatasetSpec, ai: Any, renderer: FrameRenderer, scenario: 
     rings = np.unique(np.round(peak_table(li, instrument, (0.0, renderer.tth_max_deg)).two_theta_deg, 6))
     shape = renderer.shape
     tth = np.degrees(ai.center_array(shape, unit="2th_rad", scale=False))
-    chi = np.degrees(ai.chiArray(shape))
+    chi = np.degrees(ai.center_array(shape, unit="chi_rad", scale=False))
     return spotty_ring_map(tth, chi, rings, rng)
 
 
