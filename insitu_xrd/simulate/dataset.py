@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from insitu_xrd.core.pattern import Instrument
+from insitu_xrd.core.pattern import Instrument, peak_table
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.poni import write_poni
 from insitu_xrd.provenance import software_versions
@@ -40,6 +40,7 @@ from insitu_xrd.simulate.frames import FrameRenderer, GeometrySpec, make_integra
 from insitu_xrd.simulate.pattern1d import (
     TRUE_INSTRUMENT,
     CellModel,
+    build_model,
     cell_parts_reference_area,
     diffuse_reference_areas,
     intensity_scale_for_peak_counts,
@@ -81,7 +82,7 @@ class DatasetSpec:
     mustrain_axial_factor: float = 1.0  # 00l / hk0 microstrain of the layered phases (1: isotropic)
     texture_ratio: float = 1.0  # March-Dollase ratio of the layered phases about [001] (1: random powder)
     absorption_mut: float = 0.0  # mu t of the cell as a flat plate normal to the beam (0: no absorption)
-    # --- a real operando cell (docs/simulator.md "A real cell"); all off by default
+    # --- a real operando cell (docs/simulator.md "A real operando cell"); all off by default
     binder_carbon: bool = False  # PTFE binder and carbon-black lines (simulate.cell_parts)
     graphite: bool = False  # graphite lines (sharp 002 at 3.354 A)
     size_sigma: float = 0.0  # log-normal crystallite-size distribution of H2/H3 (sigma of ln L; 0: one size)
@@ -405,9 +406,6 @@ def _li_spot_map(spec: DatasetSpec, ai: Any, renderer: FrameRenderer, scenario: 
     """Per-pixel factor of the Li-metal rings (None without spotty Li) and its spots."""
     if not (spec.spotty_li and spec.cell_lines):
         return None, []
-    from insitu_xrd.core.pattern import peak_table
-    from insitu_xrd.simulate.pattern1d import build_model
-
     phases, _, _ = build_model(scenario.state(1.0), scenario, instrument, cell, 1.0)
     li = next(p for p in phases if p.name == "Li")
     rings = np.unique(np.round(peak_table(li, instrument, (0.0, renderer.tth_max_deg)).two_theta_deg, 6))
