@@ -135,10 +135,20 @@ def test_flux_and_zero_drift_recorded_and_applied(real_cell: Path) -> None:
 
 
 def test_frame_intensity_follows_flux(tmp_path: Path) -> None:
-    # same seed with and without drift: the total counts of each frame scale by its flux factor
+    # same seed with and without drift: the total counts of each frame scale by its flux factor.
+    # The drifting set is --real-cell with every other effect switched off by its own option, so
+    # any option that failed to override the real-cell value would change the counts too.
     plain = simulate_dataset(tmp_path / "plain", frames=2, binning=8, seed=2, workers=1)
-    drifting = simulate_dataset(tmp_path / "drift", frames=2, binning=8, seed=2, workers=1, flux_drift_pct=20.0)
-    flux = [fr["flux_factor"] for fr in json.loads(drifting.read_text())["frames"]]
+    res = CliRunner().invoke(app, [
+        "simulate", str(tmp_path / "drift"), "--frames", "2", "--binning", "8", "--seed", "2", "--workers", "1",
+        "--real-cell", "--flux-drift-pct", "20", "--zero-drift-mdeg", "0", "--no-binder-carbon", "--no-size-tails",
+        "--no-spotty-li", "--no-detector-defects", "--texture-ratio", "1", "--mustrain-axial-factor", "1"])
+    assert res.exit_code == 0, res.output
+    drifting = tmp_path / "drift" / "truth.json"
+    truth = json.loads(drifting.read_text())
+    assert truth["real_cell"]["plain_recipe"] and not truth["real_cell"]["binder_carbon"]
+    assert all(fr["zero_deg"] == 0.0 for fr in truth["frames"])
+    flux = [fr["flux_factor"] for fr in truth["frames"]]
     assert flux[0] > 0.99 and flux[1] < 0.97
     for i, (a, b) in enumerate(zip(_frames(plain.parent), _frames(drifting.parent))):
         ratio = b.sum(dtype=np.float64) / a.sum(dtype=np.float64)
