@@ -29,12 +29,20 @@ def simulate(
     absorption_mut: float = typer.Option(
         0.0, "--absorption-mut", min=0.0, max=5.0,
         help="mu*t of the cell as a flat plate normal to the beam (0 = none); the recipe then uses geometry: transmission."),
+    lab_cu: bool = typer.Option(
+        False, "--lab-cu",
+        help="Laboratory scenario instead: Cu Ka1/Ka2 Bragg-Brentano scans of a coin cell through a Be window "
+             "(texture about 001, 0.8 unless --texture-ratio is given; Al and Be lines), 2-column .xy files, a GSAS-II "
+             ".instprm and a patterns: recipe; --frames scans, --seed (docs/simulator.md)."),
 ) -> None:
     """Write a synthetic in-situ dataset (first charge of NMC811) whose every true value is in truth.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from insitu_xrd.simulate.dataset import simulate_dataset
 
+    if lab_cu:
+        _simulate_lab(out_dir, frames, seed, texture_ratio)
+        return
     try:
         with Progress(TextColumn("[bold]simulating frames"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False) as bar:
             task = bar.add_task("frames", total=frames)
@@ -48,6 +56,24 @@ def simulate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"wrote {frames} frames, calibrants, cycler.csv, recipe.yaml and {truth}")
+
+
+def _simulate_lab(out_dir: Path, scans: int, seed: int, texture_ratio: float) -> None:
+    """The laboratory Cu Ka scenario (`insitu_xrd.simulate.lab_dataset`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from insitu_xrd.simulate.lab_dataset import LabSpec, simulate_lab_dataset
+
+    ratio = texture_ratio if texture_ratio != 1.0 else LabSpec().texture_ratio
+    try:
+        with Progress(TextColumn("[bold]simulating lab scans"), BarColumn(), MofNCompleteColumn()) as bar:
+            task = bar.add_task("scans", total=scans)
+            truth = simulate_lab_dataset(out_dir, patterns=scans, seed=seed, texture_ratio=ratio,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+    except InsituXRDError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {scans} Cu Ka scans (patterns/*.xy), cu_kalpha_bb.instprm, be.cif, cycler.csv, recipe.yaml and {truth}")
 
 
 def register(app: typer.Typer) -> None:

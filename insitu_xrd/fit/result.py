@@ -76,6 +76,7 @@ class FitResult:
     site_parameters: dict[str, str] = field(default_factory=dict)
     sigma_source: str = ""
     kalpha2: tuple[float, float] | None = None
+    polarization: str = "polarization removed by integration (not applied in the model)"
 
     @property
     def diff(self) -> np.ndarray:
@@ -152,7 +153,7 @@ class FitResult:
             "sigma_source": self.sigma_source,
             **({"kalpha2_wavelength_A": float(self.kalpha2[0]), "kalpha2_ratio": float(self.kalpha2[1])}
                if self.kalpha2 is not None else {}),
-            "polarization": "polarization removed by integration (not applied in the model)",
+            "polarization": self.polarization,
             "elapsed_s": float(self.elapsed_s),
             "software_versions": software_versions_json(),
             "created_utc": utc_now_iso(),

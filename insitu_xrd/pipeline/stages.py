@@ -507,7 +507,27 @@ def instrument_attrs(recipe: Recipe) -> dict[str, str]:
     lab = wavelength_warning(ref, recipe.wavelength_A, recipe.base_dir)
     if lab:
         out["wavelength_warning"] = lab
+    out["polarization"] = polarization_attr(recipe)
     return out
+
+
+def polarization_attr(recipe: Recipe) -> str:
+    """The results attr ``polarization``: what the fits apply (the recipe's
+    ``profile.polarization``, the instrument file's ``Polariz.`` for Bragg-Brentano 1D data) or
+    that the integration divided it out."""
+    from insitu_xrd.fit.engine import polarization_note
+    from insitu_xrd.pipeline.refine_setup import load_instrument
+
+    ref = recipe.refinement
+    assert ref is not None
+    applied = ref.profile.polarization
+    if applied is None and ref.profile.instrument:
+        try:
+            instrument = load_instrument(ref, recipe.wavelength_A, recipe.base_dir)
+            applied = instrument.polarization if instrument is not None else None
+        except InsituXRDError:  # an unreadable file is reported by the refinement itself
+            applied = None
+    return polarization_note(ref.profile.polarization, applied) or "polarization removed by integration (not applied in the model)"
 
 
 def sequential_sigma_source(mode: str, patterns: xr.Dataset, where: str = "") -> str:
