@@ -251,3 +251,8 @@ def test_files_without_esds_keep_no_esds_and_are_weighed_by_the_refinement(tmp_p
     assert sequential_sigma_source("unit", ds) == "unit (refinement.sigma); 1 of 2 files had no esd column"
     with pytest.raises(RecipeError, match=r"key 'refinement.sigma' is from_file, but 1 of the 2 patterns have no esds"):
         sequential_sigma_source("from_file", ds)
+    # insitu-xrd refine on a frame of that patterns.nc: no esds passed (refinement.sigma decides)
+    from insitu_xrd.cli.refine import load_pattern
+
+    assert load_pattern(tmp_path / "patterns.nc", 1, None).sigma is None
+    np.testing.assert_array_equal(load_pattern(tmp_path / "patterns.nc", 0, None).sigma, 0.5 * np.sqrt(y))
