@@ -13,7 +13,11 @@ import xarray as xr
 from insitu_xrd.core.pattern import PeakTable
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
-__all__ = ["FitResult"]
+__all__ = ["FitResult", "NOT_APPLIED_POLARIZATION"]
+
+
+#: ``FitResult.polarization`` when the model applies none (integrated data: divided out)
+NOT_APPLIED_POLARIZATION = "polarization removed by integration (not applied in the model)"
 
 
 @dataclass
@@ -76,7 +80,7 @@ class FitResult:
     site_parameters: dict[str, str] = field(default_factory=dict)
     sigma_source: str = ""
     kalpha2: tuple[float, float] | None = None
-    polarization: str = "polarization removed by integration (not applied in the model)"
+    polarization: str = NOT_APPLIED_POLARIZATION
 
     @property
     def diff(self) -> np.ndarray:

@@ -527,7 +527,7 @@ def polarization_attr(recipe: Recipe) -> str:
             applied = instrument.polarization if instrument is not None else None
         except InsituXRDError:  # an unreadable file is reported by the refinement itself
             applied = None
-    return polarization_note(ref.profile.polarization, applied) or "polarization removed by integration (not applied in the model)"
+    return polarization_note(ref.profile.polarization, applied)
 
 
 def sequential_sigma_source(mode: str, patterns: xr.Dataset, where: str = "") -> str:
