@@ -49,12 +49,20 @@ def simulate(
     spotty_li: Optional[bool] = typer.Option(None, "--spotty-li/--no-spotty-li", help="Li-metal rings as a few spots (large grains)."),
     detector_defects: Optional[bool] = typer.Option(
         None, "--detector-defects/--no-detector-defects", help="Dead rows/columns (0) and hot (saturated) pixels in the frames."),
+    lab_cu: bool = typer.Option(
+        False, "--lab-cu",
+        help="Laboratory scenario instead: Cu Ka1/Ka2 Bragg-Brentano scans of a coin cell through a Be window "
+             "(texture about 001, 0.8 unless --texture-ratio is given, 1 = random powder; Al and Be lines), 2-column .xy files, a GSAS-II "
+             ".instprm and a patterns: recipe; --frames scans, --seed (docs/simulator.md)."),
 ) -> None:
     """Write a synthetic in-situ dataset (first charge of NMC811) whose every true value is in truth.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from insitu_xrd.simulate.dataset import REAL_CELL, simulate_dataset
 
+    if lab_cu:
+        _simulate_lab(out_dir, frames, seed, texture_ratio)
+        return
     effects = dict(REAL_CELL) if real_cell else {}
     given = dict(binder_carbon=binder_carbon, graphite=graphite, flux_drift_pct=flux_drift_pct, zero_drift_mdeg=zero_drift_mdeg,
                  spotty_li=spotty_li, detector_defects=detector_defects, texture_ratio=texture_ratio,
@@ -75,6 +83,24 @@ def simulate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"wrote {frames} frames, calibrants, cycler.csv, recipe.yaml and {truth}")
+
+
+def _simulate_lab(out_dir: Path, scans: int, seed: int, texture_ratio: float | None) -> None:
+    """The laboratory Cu Ka scenario (`insitu_xrd.simulate.lab_dataset`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from insitu_xrd.simulate.lab_dataset import LabSpec, simulate_lab_dataset
+
+    ratio = texture_ratio if texture_ratio is not None else LabSpec().texture_ratio
+    try:
+        with Progress(TextColumn("[bold]simulating lab scans"), BarColumn(), MofNCompleteColumn()) as bar:
+            task = bar.add_task("scans", total=scans)
+            truth = simulate_lab_dataset(out_dir, patterns=scans, seed=seed, texture_ratio=ratio,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+    except InsituXRDError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {scans} Cu Ka scans (patterns/*.xy), cu_kalpha_bb.instprm, be.cif, cycler.csv, recipe.yaml and {truth}")
 
 
 def register(app: typer.Typer) -> None:
