@@ -178,6 +178,8 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             delta = _bounded_step(N, g, norms, hold, totals)
             trial = dict(vals)
             u1 = np.clip(u0 + delta[:nnl], ulo, uhi)
+            if _attempt == 0:
+                first_shift = np.abs(u1 - u0)
             for j, n in enumerate(free_nl):
                 trial[n] = float(1.0 / u1[j] if recip[j] else u1[j])
             if prob.has_expr:
@@ -209,6 +211,17 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             if chord:  # the kept Jacobian no longer describes the problem: take a fresh one
                 chord_ok = False
                 continue
+            # no step lowers chi^2: at the optimum when the least-damped step would have moved
+            # every nonlinear parameter by < POLISH_STEP_ESD esd (chi^2 there is flat to
+            # rounding; without this a warm fit at its optimum fell back to the trust-region
+            # solver, 2-3x its cost)
+            if nnl:
+                try:
+                    esd_diag = _esd_diag(N0, npar, ngrp, nnl) if esd_diag is None else esd_diag
+                    esd_u = np.sqrt(np.maximum(esd_diag, 0.0) * chi0 / max(len(r) - npar, 1)) / norms[:nnl]
+                    converged = bool(np.all((first_shift <= POLISH_STEP_ESD * esd_u) | hold[:nnl]))
+                except (np.linalg.LinAlgError, ValueError):
+                    pass
             break
         taken += 1
         current = (last_cols, [1.0 if n.endswith("_lebail_k") else lin1[n] for n in last_cols[0]], r1)
@@ -218,8 +231,7 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
         if nnl:
             try:
                 if esd_diag is None:
-                    cf = scipy.linalg.cho_factor(N0 + np.diag(np.where(np.arange(npar) >= npar - ngrp, PAWLEY_RIDGE, 1e-12)))
-                    esd_diag = np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
+                    esd_diag = _esd_diag(N0, npar, ngrp, nnl)
                 esd_u = np.sqrt(np.maximum(esd_diag, 0.0) * chi1 / max(len(r1) - npar, 1)) / norms[:nnl]
                 shift = np.abs(u1 - u0)
                 if np.all((shift <= POLISH_STEP_ESD * esd_u) | hold[:nnl]):
@@ -235,6 +247,13 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             break
     prob.base_vals = params.valuesdict()
     return taken, converged, current
+
+def _esd_diag(N0: np.ndarray, npar: int, ngrp: int, nnl: int) -> np.ndarray:
+    """Diagonal of the inverse normal matrix (unit-normalised columns, the intensity ridge
+    added) for the nonlinear parameters: their variances up to the reduced chi^2."""
+    cf = scipy.linalg.cho_factor(N0 + np.diag(np.where(np.arange(npar) >= npar - ngrp, PAWLEY_RIDGE, 1e-12)))
+    return np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
+
 
 def _solve_step(N: np.ndarray, g: np.ndarray, fixed: np.ndarray, z_fixed: np.ndarray) -> np.ndarray:
     """Solution z of the damped normal equations N z = g (unit-normalised columns) with the
