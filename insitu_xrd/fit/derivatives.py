@@ -63,31 +63,13 @@ class LazyTransposed:
         else:
             self.rows = np.zeros(0, int)
 
-    def _stacked(self, component: int) -> np.ndarray | None:
-        """The row of `insitu_xrd.fit.windows.pv_blocks`' (4, total) array holding this component
-        of every block in block order (what concatenating them gives), or None when the blocks
-        are not laid out that way (FCJ profiles)."""
-        first = self.blocks[0][component]
-        flat = first.base
-        if not (isinstance(flat, np.ndarray) and flat.ndim == 2 and flat.shape[0] == 4 and flat.flags.c_contiguous
-                and flat.shape[1] == len(self._indices)):
-            return None
-        row = flat[component - 2]
-        if first.__array_interface__["data"][0] != row.__array_interface__["data"][0]:
-            return None
-        if not all(b[component].base is flat for b in self.blocks):
-            return None
-        return row
-
     def T(self, component: int):
         mat = self._mats.get(component)
         if mat is None:
             if not self.blocks:
                 mat = scipy.sparse.csc_matrix((self.nx, 0))
             else:
-                data = self._stacked(component)
-                if data is None:
-                    data = np.concatenate([b[component].ravel() for b in self.blocks])
+                data = np.concatenate([b[component].ravel() for b in self.blocks])
                 mat = scipy.sparse.csc_matrix((data, self._indices, self._indptr), shape=(self.nx, len(self.rows)))
             self._mats[component] = mat
         return mat

@@ -124,14 +124,8 @@ def window_geometry(x: np.ndarray, points: np.ndarray, step: float, t: np.ndarra
 
 
 def pv_blocks(geometry: list[tuple], fwhm: np.ndarray, eta: np.ndarray, derivs: bool = False) -> list[tuple]:
-    """Windowed pseudo-Voigt profiles (no asymmetry) on the windows of `window_geometry`. With
-    ``derivs`` the four arrays of every group (P, dP/dt, dP/dH, dP/deta) are views into the rows
-    of one (4, total) array, in group order: the sparse derivative matrices use its rows as
-    their data without copying them (`insitu_xrd.fit.derivatives.LazyTransposed`)."""
+    """Windowed pseudo-Voigt profiles (no asymmetry) on the windows of `window_geometry`."""
     out = []
-    if derivs:
-        flat = np.empty((4, sum(g[2].size for g in geometry)))
-        offset = 0
     # (the same arithmetic as the plain expressions, operation for operation, in fewer
     # temporaries: the results are identical and the window arrays are the big ones)
     for idx_pk, idx, dx, valid, sl in geometry:
@@ -169,14 +163,22 @@ def pv_blocks(geometry: list[tuple], fwhm: np.ndarray, eta: np.ndarray, derivs: 
         d_e = lor
         ge = (1.0 - e) * gau
         prof[:, sl] += ge
-        d_t[:, sl] += ge * (2.0 * FOUR_LN2 * dg / hh)
-        d_h[:, sl] += ge * (2.0 * FOUR_LN2 * dg * dg / (hh * h) - 1.0 / h)
+        tmp = 2.0 * FOUR_LN2 * dg
+        np.divide(tmp, hh, out=tmp)
+        np.multiply(ge, tmp, out=tmp)
+        d_t[:, sl] += tmp  # ge * (2 4ln2 dg / h^2)
+        tmp = 2.0 * FOUR_LN2 * dg
+        np.multiply(tmp, dg, out=tmp)
+        np.divide(tmp, hh * h, out=tmp)
+        np.subtract(tmp, 1.0 / h, out=tmp)
+        np.multiply(ge, tmp, out=tmp)
+        d_h[:, sl] += tmp  # ge * (2 4ln2 dg^2 / h^3 - 1/h)
         d_e[:, sl] -= gau
-        views = [flat[c, offset:offset + dx.size].reshape(dx.shape) for c in range(4)]
-        offset += dx.size
-        for arr, view in zip((prof, d_t, d_h, d_e), views):
-            np.multiply(arr, valid, out=view)
-        out.append((idx_pk, idx, *views))
+        prof *= valid
+        d_t *= valid
+        d_h *= valid
+        d_e *= valid
+        out.append((idx_pk, idx, prof, d_t, d_h, d_e))
     return out
 
 
