@@ -117,8 +117,10 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
 
     Rietveld mode (`lebail` False; no intensity columns): the same steps on the nonlinear
     parameters with the linear ones re-solved at each trial point, used from a warm start.
-    Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd, the
-    residual evaluation ((names, cols, fixed, info), coef, r) at the final point or None).
+    Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd, or no
+    step lowers chi^2 where the least-damped one would move every parameter < 0.1 esd (at the
+    optimum, chi^2 flat to rounding), the residual evaluation ((names, cols, fixed, info), coef,
+    r) at the final point or None).
     """
     params = prob.params
     taken = 0
