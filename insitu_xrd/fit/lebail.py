@@ -37,7 +37,7 @@ def assign_start(prob: Problem, start: dict) -> set[str]:
         if np.isnan(pd.areas).any():
             fill = np.nanmedian(pd.areas) if np.isfinite(pd.areas).any() else 0.0
             pd.areas = np.where(np.isnan(pd.areas), fill, pd.areas)
-        # Pawley-polished intensities may be slightly negative; extraction needs >= 0
+        # extraction needs >= 0 (a start from another source, e.g. a stored series, may hold negatives)
         pd.areas = np.maximum(pd.areas, 0.0)
     return missing
 
