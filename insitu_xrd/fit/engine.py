@@ -13,7 +13,10 @@ Algorithm
 - Linear parameters (background coefficients, hump and diffuse areas, phase scales, the Le Bail
   phase multipliers) are eliminated by variable projection: for every trial value of the nonlinear
   parameters (lattice, profile, zero, displacement, microstrain, size, diffuse widths/offsets, site
-  parameters) they are the weighted linear least-squares solution. The nonlinear problem is solved
+  parameters) they are the weighted linear least-squares solution. Those with a physical sign
+  (scales, hump and diffuse areas, Le Bail multipliers) are >= 0: a fit that ends with one
+  negative continues from there with them bounded in every linear solve (`fit.linear`); one held
+  at 0 is reported at its bound (esd NaN, ``at_bounds``). The nonlinear problem is solved
   by scipy's trust-region reflective least squares with bounds, with an analytic Jacobian of the
   projected residual (Kaufman's form, `ModelDerivatives.projected_jacobian`): profile derivatives in
   closed form, per-reflection position/width/area derivatives by differences of those cheap
@@ -70,7 +73,8 @@ How a fit flows (insitu_xrd.fit; objects composed, each module one job)
    ``model`` (`Problem`: one fit's data and Parameters, the calculated pattern, its linear
    columns and the weighted residual), ``derivatives`` (`ModelDerivatives` of a Problem: the
    analytic Jacobian).
-3. Solvers: ``solvers`` (trust region given residual and Jacobian callables, Gauss-Newton
+3. Solvers: ``linear`` (the signed linear parameters, bounded linear least squares), ``solvers``
+   (trust region given residual and Jacobian callables, Gauss-Newton
    polish, final check), ``lebail`` (intensity extraction, the phase-fraction step), ordered by
    ``stages`` (`FitStages.run`: which runs when).
 4. ``covariance``: full Jacobian, covariance, esds and the serial-correlation factor.
