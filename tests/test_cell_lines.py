@@ -22,6 +22,7 @@ from insitu_xrd.core.pattern import BroadPeak, Instrument, PhaseState, calc_patt
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.refine_setup import make_refinement
+from insitu_xrd.pipeline.report import cell_line_lines
 from insitu_xrd.pipeline.sequential import refine_sequence
 
 LAM = 0.1173
@@ -167,6 +168,15 @@ def test_a_line_appearing_later_is_flagged_not_absorbed(runs):
     modelled += [f["d_A"] for f in json.loads(out.attrs["cell_free_peaks"])]
     assert all(abs(d - 2.60) > 0.02 for d in modelled)
     assert all(g["first_frame"] >= LATE_FRAME for g in late)
+
+
+def test_the_report_names_components_free_peaks_and_late_lines(runs):
+    off, out = runs
+    text = "\n".join(cell_line_lines(out))
+    for needle in ("**Al**", "**PTFE**", "**CarbonBlack**", "100 4.90", "fitted as phase `Al`", "**Free peaks**",
+                   "d = 2.95", "**Lines that appear later**", f"from frame {LATE_FRAME} (f00{LATE_FRAME}.tif)"):
+        assert needle in text, (needle, text)
+    assert cell_line_lines(off) == []  # cell_lines: off: no section
 
 
 def test_a_component_listed_in_the_recipe_is_not_added_again():
