@@ -196,3 +196,40 @@ def test_off_and_a_clean_series_change_nothing():
     assert json.loads(auto.attrs["cell_components"]) == [] and json.loads(auto.attrs["cell_free_peaks"]) == []
     for var in ("a", "c", "scale", "rwp", "calc"):
         np.testing.assert_array_equal(off[var].values, auto[var].values)
+
+
+# ---------------------------------------------------------------------------------------------
+# live: the watch mode searches once the first frames are in
+
+
+def test_watch_finds_the_same_cell_lines_once_the_first_frames_are_in(runs, tmp_path):
+    """.xye files of the series land in a watched folder; the watch waits for the first frames,
+    finds the same components as the batch run, refines every frame with them (the same H2 lattice
+    within the .xye text rounding) and flags the late line."""
+    import yaml
+
+    from insitu_xrd.io.patterns import export_xye
+    from insitu_xrd.pipeline.watch import watch_folder
+
+    _off, batch = runs
+    incoming = tmp_path / "incoming"
+    export_xye(_series(), incoming)
+    recipe = {"name": "cell lines", "wavelength_A": LAM,
+              "patterns": {"files": str(incoming / "*.xye"), "format": "auto", "time_source": "header"},
+              "refinement": _spec("auto").model_dump(exclude_defaults=True),
+              "strain": {"versus": "frame"}, "outputs": {"dir": str(tmp_path / "out"), "figures": False}}
+    path = tmp_path / "watch.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    log: list[str] = []
+    summary = watch_folder(incoming, path, poll_s=0.0, settle_s=0.0, bad_after_s=0.0, idle_exit_s=0.5,
+                           refresh_s=1e9, say=log.append)
+    assert summary.n_refined == NF, log
+    assert any(m.startswith("cell lines found in frames [0, 1, 2]") for m in log), log
+    res = summary.results
+    names = {c["name"] for c in json.loads(res.attrs["cell_components"])}
+    assert names == {c["name"] for c in json.loads(batch.attrs["cell_components"])}
+    np.testing.assert_allclose(res["a"].sel(phase="H2").values, batch["a"].sel(phase="H2").values, atol=2e-6)
+    late = json.loads(res.attrs["cell_late_lines"])
+    assert any(abs(g["d_A"] - 2.60) < 0.005 and g["first_frame"] == LATE_FRAME for g in late), late
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Cell components" in report and "**PTFE**" in report

@@ -224,7 +224,7 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
                          f"(scale, lattice, microstrain){extra}.")
         else:
             rest = [ln for ln in c.get("lines", []) if not ln.get("observed", True)]
-            more = (f"; also modelled at the library's place: " + ", ".join(f"{ln['label']} {ln['d_A']:.3f} A" for ln in rest)
+            more = ("; also modelled at the library's place: " + ", ".join(f"{ln['label']} {ln['d_A']:.3f} A" for ln in rest)
                     if rest else "")
             lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}{more}; fitted as peaks at fixed "
                          "positions and widths with a free area (background humps "

@@ -48,12 +48,14 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage, optimize
 
-from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, expected_lines
+from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, component_phase, expected_lines
+from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.fit.spec import HumpSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
 
-__all__ = ["CellLines", "detect_cell_lines", "late_lines", "residual_lines", "FIRST_FRAMES", "DETECT_SIGMA",
-           "FRAME_SIGMA"]
+__all__ = ["CellLines", "detect_cell_lines", "late_lines", "residual_lines", "excess_maps", "LiveCellLines",
+           "cell_lines_summary",
+           "FIRST_FRAMES", "DETECT_SIGMA", "FRAME_SIGMA"]
 
 #: frames at the start of the series whose residual is searched
 FIRST_FRAMES = 3
@@ -124,15 +126,30 @@ def _excess_map(resid: np.ndarray, dx: np.ndarray, half: int, sigma: np.ndarray)
     # the local robust spread of the statistic itself (1.4826 x MAD over ~50 half-widths, at least
     # 201 points): serially correlated misfit raises it as much as it raises the excess
     ev = e[ok]
-    win = int(min(len(ev) // 2 * 2 - 1, max(201, 50 * half + 1)))
-    med = ndimage.median_filter(ev, size=win, mode="mirror")
-    s0 = 1.4826 * ndimage.median_filter(np.abs(ev - med), size=win, mode="mirror")
+    s0 = _running_mad(ev, int(min(len(ev), max(201, 50 * half + 1))))
     s0 = np.maximum(s0, 0.2 * 1.4826 * float(np.median(np.abs(ev - np.median(ev)))) + 1e-12)
     spread[ok] = s0
     var_flank = np.maximum(v[hi_l[ok]] - v[lo_l[ok]], v[hi_r[ok]] - v[lo_r[ok]])
     stat = np.full(n, np.nan)
     stat[ok] = dx[jj] * np.sqrt(v[hi_core[ok]] - v[lo_core[ok]] + (ncore / half) ** 2 * var_flank)
     return ExcessMap(half, e, spread, stat)
+
+
+def _running_mad(values: np.ndarray, window: int) -> np.ndarray:
+    """1.4826 x the median absolute deviation of ``values`` over ~``window`` points around each
+    point: computed on windows half a window apart and interpolated between their centres
+    (linear in the number of points, unlike a running median)."""
+    n = len(values)
+    step = max(1, window // 2)
+    centres, mads = [], []
+    for start in range(0, max(1, n - window + 1) + step - 1, step):
+        seg = values[start:start + window] if n > window else values
+        med = np.median(seg)
+        centres.append(min(start + window / 2.0, n / 2.0) if n <= window else start + window / 2.0)
+        mads.append(1.4826 * float(np.median(np.abs(seg - med))))
+        if n <= window:
+            break
+    return np.interp(np.arange(n), centres, mads)
 
 
 def _halves(n: int, narrowest_pts: float) -> list[int]:
@@ -228,7 +245,7 @@ def _measure(x: np.ndarray, r: np.ndarray, i: int, m: ExcessMap, z: float) -> Re
     c, f, a = float(x[i]), f0, area0
 
     def pv(t, c, f, a, b0, b1):
-        return a * _pv(t, c, f, 0.5) + b0 + b1 * (t - x[i])
+        return a * pseudo_voigt(t, c, f, 0.5) + b0 + b1 * (t - x[i])
 
     try:
         p, _ = optimize.curve_fit(pv, xs, ys, p0=[x[i], f0, area0, 0.0, 0.0],
@@ -238,7 +255,7 @@ def _measure(x: np.ndarray, r: np.ndarray, i: int, m: ExcessMap, z: float) -> Re
             c, f, a = float(p[0]), float(p[1]), float(p[2])
     except (RuntimeError, ValueError):
         pass
-    height = a * float(_pv(np.array([c]), c, f, 0.5)[0])
+    height = a * float(pseudo_voigt(np.array([c]), c, f, 0.5)[0])
     return ResidualLine(i, c, f, 0.5, a, height, float(z), h, float(m.spread[i]))
 
 
@@ -299,14 +316,8 @@ def model_peaks(fit: Any, spec: RefinementSpec) -> ModelPeaks:
         area = max(fit.values.get(f"bkg_hump{i}_area", 0.0), 0.0)
         tth.append(np.array([cen]))
         fw.append(np.array([wid]))
-        curve = curve + area * _pv(grid, cen, wid, h.eta)
+        curve = curve + area * pseudo_voigt(grid, cen, wid, h.eta)
     return ModelPeaks(np.concatenate(tth) if tth else np.zeros(0), np.concatenate(fw) if fw else np.zeros(0), grid, curve)
-
-
-def _pv(x: np.ndarray, c: float, f: float, eta: float) -> np.ndarray:
-    g = np.sqrt(4 * np.log(2) / np.pi) / f * np.exp(-4 * np.log(2) * ((x - c) / f) ** 2)
-    lz = 2 / (np.pi * f) / (1 + 4 * ((x - c) / f) ** 2)
-    return eta * lz + (1 - eta) * g
 
 
 def _curve_fwhm(x: np.ndarray, c: np.ndarray) -> float:
@@ -597,8 +608,6 @@ def _identify(lines: list[ResidualLine], spec: RefinementSpec, wavelength_A: flo
             entry["name"] = name
             ref = ["a", "scale", "mustrain"] + (["c"] if best.comp.template in ("be", "graphite") else [])
             start: dict[str, Any] = {}
-            from insitu_xrd.core.cell_components import component_phase
-
             ph = component_phase(best.comp, lattice_scale=best.lattice_scale)
             start["a"] = round(ph.a, 6)
             if "c" in ref:
@@ -711,12 +720,12 @@ def _rename_free(cells: CellLines, wavelength_A: float, observed: _Observed, mod
 
 
 def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, options: SequentialSection | None = None,
-                      n_frames: int = FIRST_FRAMES, passes: int = 2) -> CellLines:
+                      n_frames: int = FIRST_FRAMES, passes: int = 2, wavelength_A: float | None = None) -> CellLines:
     """Find and name the cell's lines in the first ``n_frames`` usable frames of ``patterns`` (see
-    module docstring); ``factory``: spec -> Refinement. Never raises for the data: a failure is a
-    note and nothing is added."""
+    module docstring); ``factory``: spec -> Refinement; ``wavelength_A``: default the patterns'
+    attr. Never raises for the data: a failure is a note and nothing is added."""
     cells = CellLines(frames=_first_frames(patterns, n_frames))
-    wavelength = float(patterns.attrs["wavelength_A"])
+    wavelength = float(wavelength_A if wavelength_A is not None else patterns.attrs["wavelength_A"])
     if not cells.frames:
         cells.notes.append("no usable frame to search")
         return cells
@@ -808,3 +817,61 @@ def late_lines(results: xr.Dataset, patterns: xr.Dataset, spec: RefinementSpec, 
                 found.append({"d_A": round(d, 5), "two_theta_deg": round(ln.two_theta_deg, 5), "fwhm_deg": round(ln.fwhm_deg, 5),
                               "first_frame": i, "frames": [i], "max_sigma": round(ln.sigma, 1)})
     return sorted(found, key=lambda g: (g["first_frame"], g["d_A"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# live (watch mode)
+
+
+class LiveCellLines:
+    """The cell-line search of a watch session: once the first ``FIRST_FRAMES`` usable frames are
+    in (or when the session ends with fewer), :meth:`ready` searches them and gives the spec to
+    refine every frame with; the same frames give the same spec in every session (a restart
+    resumes into the same results layout).
+
+    spec : the recipe's refinement. factory : spec -> Refinement. options : sequential section.
+    """
+
+    def __init__(self, spec: RefinementSpec, factory: Any, options: SequentialSection | None) -> None:
+        self.recipe_spec = spec
+        self.factory = factory
+        self.options = options
+        self.cells: CellLines | None = None if spec.cell_lines == "auto" else CellLines()
+        self.spec = spec
+
+    @property
+    def pending(self) -> bool:
+        return self.cells is None
+
+    def ready(self, rows: xr.Dataset, wavelength_A: float, final: bool = False) -> bool:
+        """Search ``rows`` (the series' first patterns, in order) when enough usable frames are
+        there or ``final``; True once the spec is settled (then :attr:`spec`, :attr:`cells`)."""
+        if self.cells is not None:
+            return True
+        if len(_first_frames(rows, FIRST_FRAMES)) < FIRST_FRAMES and not final:
+            return False
+        self.cells = detect_cell_lines(rows, self.recipe_spec, self.factory, self.options, wavelength_A=wavelength_A)
+        self.spec = self.cells.apply(self.recipe_spec)
+        return True
+
+    def attrs(self) -> dict[str, str]:
+        """Results attrs of the search (none while it has not run or with ``cell_lines: off``)."""
+        if self.cells is None or self.recipe_spec.cell_lines != "auto":
+            return {}
+        return self.cells.attrs()
+
+    def late_line_attrs(self, results: xr.Dataset, patterns: xr.Dataset) -> dict[str, str]:
+        """``cell_late_lines`` of the frames refined so far (see :func:`late_lines`)."""
+        if self.cells is None or self.recipe_spec.cell_lines != "auto" or "calc" not in results:
+            return {}
+        return {"cell_late_lines": json.dumps(late_lines(results, patterns, self.spec, self.cells.frames))}
+
+
+def cell_lines_summary(cells: CellLines | None) -> str:
+    """One line on what the search found (for the watch's log)."""
+    if cells is None:
+        return "cell lines: not searched"
+    if not cells.found:
+        return "cell lines: none found in the first frames" + (f" ({'; '.join(cells.notes)})" if cells.notes else "")
+    parts = [c["name"] for c in cells.components] + [f["name"] for f in cells.free]
+    return f"cell lines found in frames {cells.frames}: {', '.join(parts)} (added to the model)"
