@@ -16,7 +16,8 @@ Two kinds of component:
 * **line lists** (polymers and disordered carbons, whose crystal model is not usable in a powder
   fit): d-spacings, integrated relative intensities (strongest = 100) and typical intrinsic widths
   as FWHM in 1/d (1/A; K/L of Scherrer, independent of the wavelength: the width in 2theta is
-  ``lambda * fwhm_inv_A / cos(theta)`` rad), fitted as peaks at fixed positions.
+  ``lambda * fwhm_inv_A / cos(theta)`` rad), fitted as peaks at fixed positions. Their relative intensities are the published Cu Ka ones,
+  converted to the data's wavelength.
 
 Sources of the line lists (room temperature, Cu or synchrotron powder data):
 
@@ -25,6 +26,9 @@ Sources of the line lists (room temperature, Cu or synchrotron powder data):
   are weak. Crystallites ~20 nm.
 * carbon black (turbostratic): (002) d = 3.5-3.6 A, (10) band ~2.10 A, (11) band ~1.22 A, coherent
   lengths 1-3 nm: Warren, Phys. Rev. 59 (1941) 693; Biscoe & Warren, J. Appl. Phys. 13 (1942) 364.
+* PVDF (alpha form, the usual cathode binder): monoclinic a = 4.96, b = 9.64, c = 4.62 A
+  (Hasegawa, Takahashi, Chatani & Tadokoro, Polym. J. 3 (1972) 600): (100) 4.96, (020) 4.82,
+  (110) 4.41, (021) 3.34 A; crystallites ~10 nm.
 * polyethylene: orthorhombic a = 7.41, b = 4.94, c = 2.55 A (Bunn, Trans. Faraday Soc. 35 (1939)
   482): (110) 4.11, (200) 3.70, (020) 2.47 A.
 * isotactic polypropylene, alpha form: monoclinic a = 6.65, b = 20.96, c = 6.50 A, beta = 99.3 deg
@@ -39,6 +43,7 @@ Pure numpy (the structures through :mod:`insitu_xrd.core.crystal`); no files.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +51,9 @@ import numpy as np
 from insitu_xrd.core.crystal import Phase, make_template
 from insitu_xrd.core.pattern import lorentz_factor
 from insitu_xrd.errors import InsituXRDError
+
+#: Cu Ka1 wavelength (A) of the published patterns the line lists' intensities come from
+CU_KA1_A = 1.5406
 
 __all__ = ["CellLine", "CellComponent", "ExpectedLine", "CELL_COMPONENTS", "component", "component_phase",
            "expected_lines", "two_theta_fwhm_deg"]
@@ -56,7 +64,9 @@ class CellLine:
     """One line of a line-list component.
 
     d_A : d-spacing (A). rel_intensity : integrated intensity relative to the component's
-    strongest line (100). fwhm_inv_A : typical intrinsic FWHM in 1/d (1/A). label : hkl or band.
+    strongest line (100) in a Cu Ka Bragg-Brentano pattern, as published (converted to the data's
+    wavelength by :func:`expected_lines`). fwhm_inv_A : typical intrinsic FWHM in 1/d (1/A).
+    label : hkl or band.
     """
 
     d_A: float
@@ -123,6 +133,10 @@ CELL_COMPONENTS: tuple[CellComponent, ...] = (
     CellComponent("carbon_black", "CarbonBlack", "conductive carbon (carbon black)", None, (
         CellLine(3.55, 100.0, 0.060, "002"), CellLine(2.10, 50.0, 0.045, "10"), CellLine(1.22, 25.0, 0.040, "11")), 0.04,
         "turbostratic carbon (Warren 1941; Biscoe & Warren 1942)"),
+    CellComponent("pvdf", "PVDF", "binder (PVDF, alpha form)", None, (
+        CellLine(4.96, 55.0, 0.009, "100"), CellLine(4.82, 60.0, 0.009, "020"), CellLine(4.41, 100.0, 0.009, "110"),
+        CellLine(3.34, 40.0, 0.012, "021")), 0.015,
+        "alpha-PVDF monoclinic a = 4.96, b = 9.64, c = 4.62 A (Hasegawa, Takahashi, Chatani & Tadokoro 1972)"),
     CellComponent("polyethylene", "PE", "separator (polyethylene)", None, (
         CellLine(4.11, 100.0, 0.006, "110"), CellLine(3.70, 30.0, 0.008, "200"), CellLine(2.47, 4.0, 0.010, "020")), 0.015,
         "orthorhombic a = 7.41, b = 4.94, c = 2.55 A (Bunn 1939)"),
@@ -160,6 +174,14 @@ def _two_theta_deg(d_A: np.ndarray, wavelength_A: float) -> np.ndarray:
     return np.where(s < 1.0, 2.0 * np.degrees(np.arcsin(np.clip(s, -1.0, 1.0))), np.nan)
 
 
+def _lp_cu_ka(d_A: float) -> float:
+    """Lorentz-polarization factor of a Cu Ka1 Bragg-Brentano pattern (no monochromator) at d (A);
+    lines beyond Cu's reach get the factor at 2theta = 170 deg."""
+    s = min(CU_KA1_A / (2.0 * d_A), math.sin(math.radians(85.0)))
+    th = math.asin(s)
+    return (1.0 + math.cos(2 * th) ** 2) / (math.sin(th) ** 2 * math.cos(th))
+
+
 def two_theta_fwhm_deg(fwhm_inv_A: float, two_theta_deg: float, wavelength_A: float) -> float:
     """FWHM in 2theta (deg) of an intrinsic width ``fwhm_inv_A`` in 1/d (1/A) at 2theta."""
     return float(np.degrees(wavelength_A * fwhm_inv_A / np.cos(np.radians(two_theta_deg) / 2.0)))
@@ -192,8 +214,15 @@ def expected_lines(comp: CellComponent, wavelength_A: float, two_theta_range_deg
             out = [(d, i, 0.0, lab) for d, i, lab in merged]
     else:
         assert comp.lines is not None
-        out = [(ln.d_A * lattice_scale, ln.rel_intensity, ln.fwhm_inv_A, ln.label) for ln in comp.lines
-               if dmin <= ln.d_A * lattice_scale <= dmax]
+        # published relative intensities are Cu Ka Bragg-Brentano ones: divided by that
+        # Lorentz-polarization factor, times the Debye-Scherrer Lorentz factor at this wavelength
+        out = []
+        for ln in comp.lines:
+            d = ln.d_A * lattice_scale
+            if dmin <= d <= dmax:
+                tth = float(_two_theta_deg(np.array([d]), wavelength_A)[0])
+                weight = ln.rel_intensity / _lp_cu_ka(d) * float(lorentz_factor(np.array([tth]))[0])
+                out.append((d, weight, ln.fwhm_inv_A, ln.label))
     if not out:
         return []
     top = max(i for _d, i, _w, _l in out)

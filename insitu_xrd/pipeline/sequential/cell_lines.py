@@ -204,10 +204,13 @@ def excess_maps(x_deg: np.ndarray, resid: np.ndarray, sigma: np.ndarray, narrowe
     return maps
 
 
-def residual_lines(x_deg: np.ndarray, resid: np.ndarray, maps: list[ExcessMap], min_sigma: float) -> list[ResidualLine]:
+def residual_lines(x_deg: np.ndarray, resid: np.ndarray, maps: list[ExcessMap], min_sigma: float,
+                   explained: Any = None) -> list[ResidualLine]:
     """Positive lines of ``resid`` (counts) on ``x_deg`` whose integrated excess (``maps``, see
     :func:`excess_maps`) stands more than ``min_sigma`` spreads out, each measured by a local
-    pseudo-Voigt fit (position, FWHM, area); strongest first."""
+    pseudo-Voigt fit (position, FWHM, area); strongest first. ``explained(center_deg, fwhm_deg,
+    height)``: True for a line the model explains, left out before it is measured (the
+    candidate's own position, width and height are used for that)."""
     x = np.asarray(x_deg, float)
     r = np.asarray(resid, float)
     cands: list[tuple[float, int, ExcessMap]] = []
@@ -226,6 +229,10 @@ def residual_lines(x_deg: np.ndarray, resid: np.ndarray, maps: list[ExcessMap], 
         if any(abs(i - j) <= 1.5 * max(h, m.half) and 3 * m.half >= h for j, h in accepted):
             continue
         accepted.append((i, m.half))
+        if explained is not None:
+            f0 = (2 * m.half + 1) / 1.2 * float(np.median(np.diff(x)))
+            if explained(float(x[i]), f0, 0.94 * float(m.excess[i]) / _CORE_AREA / f0):
+                continue
         line = _measure(x, r, i, m, z)
         if line is not None:
             out.append(line)
@@ -250,7 +257,7 @@ def _measure(x: np.ndarray, r: np.ndarray, i: int, m: ExcessMap, z: float) -> Re
     try:
         p, _ = optimize.curve_fit(pv, xs, ys, p0=[x[i], f0, area0, 0.0, 0.0],
                                   bounds=([xs[0], f0 / 3, 0.0, -np.inf, -np.inf], [xs[-1], f0 * 3, np.inf, np.inf, np.inf]),
-                                  maxfev=2000)
+                                  max_nfev=80, x_scale="jac")
         if abs(p[0] - x[i]) <= max(2 * h, 1) * step and f0 / 2.9 < p[1] < 2.9 * f0 and p[2] > 0:
             c, f, a = float(p[0]), float(p[1]), float(p[2])
     except (RuntimeError, ValueError):
@@ -542,9 +549,9 @@ def _search(fits: list[Any], spec: RefinementSpec, wavelength_A: float) -> tuple
     mean = np.mean(res, axis=0)
     narrow = _narrowest_fwhm_deg(fits[-1])
     maps = excess_maps(x, mean, np.sqrt(np.sum(np.square(sig), axis=0)) / len(fits), narrow)
-    lines = residual_lines(x, mean, maps, DETECT_SIGMA)
-    frame_maps = [{m.half: m for m in excess_maps(x, r, sg, narrow)} for r, sg in zip(res, sig)]
     model = model_peaks(fits[-1], spec)
+    lines = residual_lines(x, mean, maps, DETECT_SIGMA, explained=model.indexes)
+    frame_maps = [{m.half: m for m in excess_maps(x, r, sg, narrow)} for r, sg in zip(res, sig)]
     kept = []
     for ln in lines:
         ln.d_A = _d_of(ln.two_theta_deg, wavelength_A)
@@ -801,11 +808,16 @@ def late_lines(results: xr.Dataset, patterns: xr.Dataset, spec: RefinementSpec, 
         sig = (np.asarray(patterns["sigma"].values[i], float)[keep] if "sigma" in patterns
                else np.sqrt(np.abs(obs[keep]) + 1.0))
         maps = excess_maps(x, r, sig, 3 * step, max_scales=6)
-        for ln in residual_lines(x, r, maps, min_sigma):
-            at = float(np.interp(ln.two_theta_deg, x, model))
-            near = tops[np.abs(x[tops] - ln.two_theta_deg) <= 1.5 * ln.fwhm_deg]
-            if at >= MISFIT_HEIGHT_FACTOR * ln.height or (len(near) and float(np.max(model[near])) >= INDEX_HEIGHT_FRACTION * ln.height):
-                continue  # a modelled peak is there: misfit of a listed phase, not a new line
+        def explained(center: float, fwhm: float, height: float) -> bool:
+            """A modelled peak is there: misfit of a listed phase, not a new line."""
+            at = float(np.interp(center, x, model))
+            near = tops[np.abs(x[tops] - center) <= 1.5 * fwhm]
+            return at >= MISFIT_HEIGHT_FACTOR * height or bool(
+                len(near) and float(np.max(model[near])) >= INDEX_HEIGHT_FRACTION * height)
+
+        for ln in residual_lines(x, r, maps, min_sigma, explained=explained):
+            if explained(ln.two_theta_deg, ln.fwhm_deg, ln.height):
+                continue
             d = _d_of(ln.two_theta_deg, wavelength)
             for g in found:
                 if abs(g["two_theta_deg"] - ln.two_theta_deg) <= max(g["fwhm_deg"], ln.fwhm_deg):
