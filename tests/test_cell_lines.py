@@ -117,6 +117,13 @@ def test_library_lines_follow_the_structures_and_the_line_lists():
 def test_cell_lines_key_is_validated():
     with pytest.raises(Exception, match="cell_lines"):
         _spec(cell_lines="sometimes")
+    import yaml
+
+    # an unquoted YAML off (read as false) means off, on means auto
+    for text, value in (("off", "off"), ("on", "auto"), ("auto", "auto")):
+        raw = yaml.safe_load(f"cell_lines: {text}")["cell_lines"]
+        assert RefinementSpec.model_validate(dict(phases=[dict(name="H2", template="nmc811")],
+                                                  cell_lines=raw)).cell_lines == value
 
 
 # ---------------------------------------------------------------------------------------------

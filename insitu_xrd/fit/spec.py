@@ -403,6 +403,12 @@ class RefinementSpec(_Strict):
         description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",
     )
 
+    @field_validator("cell_lines", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML 1.1 reads an unquoted off/on as false/true
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("range_2theta_deg")
     @classmethod
     def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
