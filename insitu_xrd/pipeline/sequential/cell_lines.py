@@ -71,6 +71,8 @@ INDEX_HEIGHT_FRACTION = 0.1
 MISFIT_WIDTH_FACTOR = 3.0
 #: ... and any line smaller than 1/MISFIT_HEIGHT_FACTOR of the model curve at its centre
 MISFIT_HEIGHT_FACTOR = 5.0
+#: a line within two widths of a model peak this many times higher must reach 2 x DETECT_SIGMA
+STRONG_NEIGHBOUR = 20.0
 #: a library line is missing when it should stand this many spreads out of the noise and is
 #: observed below MISSING_FRACTION of its expected area
 MISSING_SIGMA = 8.0
@@ -301,6 +303,15 @@ class ModelPeaks:
         return top >= INDEX_HEIGHT_FRACTION * height
 
 
+    def beside_strong_peak(self, center_deg: float, fwhm_deg: float, height: float) -> bool:
+        """A model peak STRONG_NEIGHBOUR times higher than the line lies within two widths of it:
+        there the misfit of that peak's flanks exceeds the residual's spread over ~50 widths,
+        so such a line must stand twice as far out to count."""
+        w = 2.0 * max(fwhm_deg, float(np.min(self.fwhm_deg)) if len(self.fwhm_deg) else fwhm_deg)
+        sel = np.abs(self.grid_deg - center_deg) <= w
+        return bool(sel.any() and float(np.max(self.curve[sel])) >= STRONG_NEIGHBOUR * height)
+
+
 def model_peaks(fit: Any, spec: RefinementSpec) -> ModelPeaks:
     """:class:`ModelPeaks` of a FitResult (active phases, diffuse components, the spec's humps)."""
     tth, fw = [], []
@@ -401,6 +412,11 @@ def _match_component(comp: CellComponent, cands: list[ResidualLine], wavelength_
         return 0.5 * math.radians(c.fwhm_deg) / (2.0 * math.tan(math.radians(c.two_theta_deg) / 2.0)) + 2e-4
 
     strong = [ln for ln in exp if ln.rel_intensity >= STRONG_REL]
+    if not comp.crystalline:
+        # a line list is told by its strongest line in the range: that one must be observed
+        top = exp[0]
+        if not any(abs(c.d_A / top.d_A - 1.0) <= comp.d_tolerance and width_ok(top, c) for c in cands):
+            return None
     scales = [1.0]
     if comp.crystalline:  # trial lattice scales from every candidate near a strong line
         scales = sorted({c.d_A / ln.d_A for ln in strong for c in cands
@@ -437,6 +453,9 @@ def _match_component(comp: CellComponent, cands: list[ResidualLine], wavelength_
             obs_area, spread = observed.at(tth, fw)
             if not np.isfinite(spread):
                 continue
+            if not comp.crystalline and ln.rel_intensity >= STRONG_REL and expected > 3 * spread:
+                ok = False  # a strong, observable line of a line list that no residual line matches
+                break
             if ln.rel_intensity >= STRONG_REL or expected > MISSING_SIGMA * spread:
                 if expected > MISSING_SIGMA * spread and not obs_area > MISSING_FRACTION * expected:
                     ok = False
@@ -554,8 +573,8 @@ def _search(fits: list[Any], spec: RefinementSpec, wavelength_A: float) -> tuple
     frame_maps = [{m.half: m for m in excess_maps(x, r, sg, narrow)} for r, sg in zip(res, sig)]
     kept = []
     for ln in lines:
-        ln.d_A = _d_of(ln.two_theta_deg, wavelength_A)
-        if model.indexes(ln.two_theta_deg, ln.fwhm_deg, ln.height):
+        ln.d_A = _d_of(ln.two_theta_deg, wavelength_A)  # (indexed candidates were left out by residual_lines)
+        if model.beside_strong_peak(ln.two_theta_deg, ln.fwhm_deg, ln.height) and ln.sigma < 2 * DETECT_SIGMA:
             continue
         # present in each first frame, at the same place
         ok, where = True, []
@@ -567,7 +586,7 @@ def _search(fits: list[Any], spec: RefinementSpec, wavelength_A: float) -> tuple
                 ok = False
                 break
             where.append(lo + int(np.nanargmax(z)))
-        if ok and max(where) - min(where) <= max(ln.half, 1):
+        if ok and max(where) - min(where) <= (2 * ln.half + 1) / 1.2:  # within one FWHM: not moving
             kept.append(ln)
     return kept, _Observed(x, maps), model, _instrument_fwhm(fits)
 
