@@ -34,6 +34,7 @@ __all__ = [
     "form_factor",
     "make_template",
     "TEMPLATE_NAMES",
+    "CELL_PART_LATTICE_A",
     "parse_hkl_label",
     "systematically_absent",
 ]
@@ -355,15 +356,52 @@ def _cubic(name: str, sg: str, a: float, sites: list[Site], z: int) -> Phase:
     return Phase(name, sg, (a, a, a, 90.0, 90.0, 90.0), sites, z_formula=z)
 
 
+#: Room-temperature cells (A) of cell parts that are not calibrants (cell components, see
+#: `insitu_xrd.core.cell_components`): Cu 3.6150 and alpha-Fe 2.8664 (Swanson & Tatge, NBS
+#: Circular 539 vol. 1 (1953) and vol. 4 (1955), ICDD 04-0836 / 06-0696); austenitic stainless
+#: steel Cr0.19Fe0.7Ni0.11, a = 3.5911 (ICDD 33-0397; 304/316 foils and casings 3.585-3.600);
+#: Be a = 2.2858, c = 3.5843 (Mackay & Hill, J. Nucl. Mater. 8 (1963) 263); graphite (Bernal,
+#: AB) a = 2.464, c = 6.711 (Trucano & Chen, Nature 258 (1975) 136).
+CELL_PART_LATTICE_A: dict[str, tuple[float, float | None]] = {
+    "cu": (3.6150, None), "steel_fcc": (3.5911, None), "steel_bcc": (2.8664, None),
+    "be": (2.2858, 3.5843), "graphite": (2.464, 6.711)}
+
+
+def _cell_part(key: str, label: str, a: float, c: float | None, b: float) -> Phase:
+    if key == "cu":
+        return _cubic(label, "F m -3 m", a, [Site("Cu", (0, 0, 0), {"Cu": 1.0}, max(b, 0.55))], 4)
+    if key == "steel_fcc":  # austenite: Fe, Cr, Ni (+ Mn) disordered on the fcc site
+        occ = {"Fe": 0.70, "Cr": 0.18, "Ni": 0.10, "Mn": 0.02}
+        return _cubic(label, "F m -3 m", a, [Site("M", (0, 0, 0), occ, max(b, 0.5))], 4)
+    if key == "steel_bcc":  # ferrite (ferritic / martensitic steel, alpha-Fe)
+        return _cubic(label, "I m -3 m", a, [Site("Fe", (0, 0, 0), {"Fe": 1.0}, max(b, 0.35))], 2)
+    hexagonal = (a, a, float(c), 90.0, 90.0, 120.0)  # type: ignore[arg-type]
+    if key == "be":
+        return Phase(label, "P 63/m m c", hexagonal, [Site("Be", (1 / 3, 2 / 3, 0.25), {"Be": 1.0}, max(b, 0.45))], 2)
+    if key == "graphite":
+        sites = [Site("C1", (0.0, 0.0, 0.25), {"C": 1.0}, max(b, 0.3)), Site("C2", (1 / 3, 2 / 3, 0.25), {"C": 1.0}, max(b, 0.3))]
+        return Phase(label, "P 63/m m c", hexagonal, sites, 4)
+    raise AssertionError("unreachable")
+
+
 def make_template(template: str, name: str | None = None, **kwargs: float) -> Phase:
     """Build a built-in phase.
 
     Templates: "nmc811" (kwargs: a, c, li_occupancy, ni_li_mixing, o_z, biso_*_A2), "ceo2", "ni",
-    "lab6", "si", "li_metal", "al" (kwargs: a, biso_A2).
+    "lab6", "si", "li_metal", "al", "cu", "steel_fcc", "steel_bcc" (kwargs: a, biso_A2), "be",
+    "graphite" (kwargs: a, c, biso_A2).
     """
     key = template.lower()
     if key == "nmc811":
         return _nmc811(name=name or "NMC811", **kwargs)
+    if key in CELL_PART_LATTICE_A:
+        a0, c0 = CELL_PART_LATTICE_A[key]
+        a = float(kwargs.pop("a", a0))
+        c = float(kwargs.pop("c", c0)) if c0 is not None else None
+        b = float(kwargs.pop("biso_A2", 0.4))
+        if kwargs:
+            raise InsituXRDError(f"template {template!r} does not take {sorted(kwargs)}")
+        return _cell_part(key, name or template, a, c, b)
     if key not in CALIBRANT_LATTICE_A:
         raise InsituXRDError(f"unknown phase template {template!r}; allowed: {', '.join(TEMPLATE_NAMES)}")
     a = float(kwargs.pop("a", CALIBRANT_LATTICE_A[key]))
@@ -386,7 +424,7 @@ def make_template(template: str, name: str | None = None, **kwargs: float) -> Ph
     raise AssertionError("unreachable")
 
 
-TEMPLATE_NAMES: tuple[str, ...] = ("nmc811", "ceo2", "ni", "lab6", "si", "li_metal", "al")
+TEMPLATE_NAMES: tuple[str, ...] = ("nmc811", "ceo2", "ni", "lab6", "si", "li_metal", "al") + tuple(CELL_PART_LATTICE_A)
 
 
 def unique_positions(positions: Iterable[np.ndarray]) -> np.ndarray:

@@ -270,7 +270,10 @@ class _AdaptiveSpline:
 
         u = self._chol(lam, pen)
         if u is None:
-            return self.fit(y, lam, pen), np.nan
+            try:
+                return self.fit(y, lam, pen), np.nan
+            except RuntimeError:  # singular at this penalty (fewer points than basis functions): not a candidate
+                return np.full(len(y), np.nan), np.nan
         fitted = self.B @ cho_solve_banded((u, False), self.B.T @ (self.w * y))
         n = u.shape[1]
         d = u[3]

@@ -391,10 +391,24 @@ class RefinementSpec(_Strict):
         "counts; background-subtracted data with negative points: sqrt(max(I, 0) + s0^2), s0 the noise of the "
         "points below zero), unit (1 everywhere), auto (from_file when the data have esds, else poisson). The "
         "choice is reported (FitResult.sigma_source, results attrs sigma_source).")
+    cell_lines: Literal["auto", "off"] = Field(
+        "auto",
+        description="Series only (run, watch): auto finds diffraction lines of the cell (current collectors, casing, "
+        "windows, binder, carbon, separator) in the residual of the first frames, lines no listed phase indexes that "
+        "are there from the start and do not move; names those a library component explains and adds them to the "
+        "refinement (crystalline ones as phases, line lists and unknown lines as fixed-position peaks with a free "
+        "area); lines that appear later are never absorbed but reported. off: none of this. A component listed "
+        "among the phases is not added again (see insitu_xrd.pipeline.sequential.cell_lines).")
     esd_correction: Literal["durbin_watson", "none"] = Field(
         "durbin_watson",
         description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",
     )
+
+    @field_validator("cell_lines", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML 1.1 reads an unquoted off/on as false/true
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("range_2theta_deg")
     @classmethod

@@ -21,7 +21,7 @@ import xarray as xr
 from insitu_xrd.pipeline.recipe import Recipe
 
 __all__ = ["FigureWriter", "write_report", "write_fea_section", "summary_rows", "rietveld_frames", "broadening_lines",
-           "automation_lines"]
+           "automation_lines", "cell_line_lines"]
 
 #: ``writer(recipe, patterns, results, strain) -> (figure paths, error lines)``
 FigureWriter = Callable[[Recipe, xr.Dataset, xr.Dataset, "xr.Dataset | None"], "tuple[list[Path], list[str]]"]
@@ -179,6 +179,69 @@ def automation_lines(results: xr.Dataset) -> list[str]:
     return ["## What the automation decided", ""] + lines + [""] if lines else []
 
 
+def cell_line_lines(results: xr.Dataset) -> list[str]:
+    """The report's "Cell components" section from the results' attrs ``cell_components``,
+    ``cell_free_peaks``, ``cell_late_lines`` (``refinement.cell_lines: auto``,
+    :mod:`insitu_xrd.pipeline.sequential.cell_lines`): what was identified (component, its lines'
+    d-spacings, how strong), the free peaks, the lines that appeared later. [] when the search did
+    not run."""
+    attrs = results.attrs
+    if "cell_components" not in attrs:
+        return []
+
+    def load(key: str) -> list:
+        try:
+            return list(json.loads(attrs.get(key, "[]") or "[]"))
+        except (TypeError, ValueError):
+            return []
+
+    comps, free, late = load("cell_components"), load("cell_free_peaks"), load("cell_late_lines")
+    frames = load("cell_lines_frames")
+    names = [str(n) for n in results["frame_name"].values] if "frame_name" in results.coords else []
+    lines = ["## Cell components", ""]
+    searched = f"frames {_frames_text(frames)}" if frames else "the first frames"
+    if not comps and not free:
+        lines.append(f"No line of the cell found in the residual of {searched} (`refinement.cell_lines: auto`).")
+    else:
+        lines.append(f"Lines in the residual of {searched} that no recipe phase indexes, there from the start and not "
+                     "moving, were added to the model (`refinement.cell_lines: auto`; `off` turns this off, a component "
+                     "listed among the recipe's phases is not added again):")
+        lines.append("")
+    for c in comps:
+        seen = [ln for ln in c.get("lines", []) if ln.get("observed", True)]
+        txt = ", ".join(f"{ln['label']} {ln['d_A']:.4f} A ({ln['sigma']:.0f} sigma)" for ln in seen)
+        if c.get("kind") == "phase":
+            name = c.get("phase", c["name"])
+            extra = ""
+            if "phase" in results.coords and name in [str(p) for p in results["phase"].values]:
+                a = results["a"].sel(phase=name).values
+                wf = results["phase_fraction"].sel(phase=name).values
+                if np.isfinite(a).any():
+                    extra = f"; a = {np.nanmedian(a):.5f} A (median)"
+                if np.isfinite(wf).any():
+                    extra += f", {100 * np.nanmedian(wf):.1f} wt% of the refined phases"
+            lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}; fitted as phase `{name}` "
+                         f"(scale, lattice, microstrain){extra}.")
+        else:
+            rest = [ln for ln in c.get("lines", []) if not ln.get("observed", True)]
+            more = ("; also modelled at the library's place: " + ", ".join(f"{ln['label']} {ln['d_A']:.3f} A" for ln in rest)
+                    if rest else "")
+            lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}{more}; fitted as peaks at fixed "
+                         "positions and widths with a free area (background humps "
+                         + ", ".join(str(i) for i in c.get("humps", [])) + ").")
+    if free:
+        lines.append("- **Free peaks** (stationary, no library component explains them; fixed position and width, free "
+                     "area): " + "; ".join(f"d = {f['d_A']:.4f} A (2theta {f['two_theta_deg']:.4f} deg, FWHM "
+                                           f"{f['fwhm_deg']:.4f} deg, {f['sigma']:.0f} sigma)" for f in free) + ".")
+    if late:
+        lines.append("- **Lines that appear later** (not in the first frames: never absorbed into the model; a new phase?): "
+                     + "; ".join(f"d = {g['d_A']:.4f} A from frame {g['first_frame']}"
+                                 + (f" ({names[g['first_frame']]})" if 0 <= g['first_frame'] < len(names) else "")
+                                 + f", on frames {_frames_text(g['frames'])}, up to {g['max_sigma']:.0f} sigma"
+                                 for g in late) + ".")
+    return lines + [""]
+
+
 def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[Any], figures: Sequence[Path],
                  strain_outputs: Sequence[str] = (), extra: str = "", figure_errors: Sequence[str] = ()) -> Path:
     """``<outputs>/report.md``: stages (ran/reused), the H3 onset, a per-frame table, figures."""
@@ -226,6 +289,7 @@ def write_report(recipe: Recipe, results: xr.Dataset | None, stages: Sequence[An
                      "size_correlation; rwp, gof, zero_shift, status).")
         lines.append("")
         lines += automation_lines(results)
+        lines += cell_line_lines(results)
         lines += broadening_lines(recipe, results)
     if strain_outputs:
         lines += ["## Strain", ""] + [f"- `{Path(p).relative_to(recipe.output_dir) if Path(p).is_relative_to(recipe.output_dir) else p}`"

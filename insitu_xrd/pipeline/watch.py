@@ -64,6 +64,7 @@ from insitu_xrd.pipeline.sequential import (
     read_chain_state,
     write_chain_state,
 )
+from insitu_xrd.pipeline.sequential.cell_lines import LiveCellLines, cell_lines_summary
 from insitu_xrd.pipeline.sequential.store import SequentialStore
 from insitu_xrd.pipeline.stages import (
     StageCache,
@@ -216,6 +217,7 @@ class _Session:
         self._stepping = False
         self.factory: Any = None
         self.refiner: SequentialRefiner | None = None
+        self.cells: Any = None  # LiveCellLines, made with the first frames
         self.chain_after: str | None = None  # key of the last frame the chain fitted
         self.todo: list[int] = []  # patterns rows to refine, in order
         self._waiting: list[Any] = []  # files seen before any frame could be read
@@ -230,20 +232,30 @@ class _Session:
 
             self.series, self.integration_key = open_integration(self.rec, self.poni, self.cache, refs)
         assert self.rec.refinement is not None
-        self.seq = SequentialStore(
-            self.seq_path, self.rec.refinement, self.series.tth_axis, self.series.wavelength_A,
-            cache_key=self.key, integration_key=self.integration_key, say=self.say,
-            attrs={"direction": "forward", "mode": "watch", "recipe": str(self.rec.source),
-                   "patterns_file": str(self.out_dir / "patterns.nc"), "recipe_name": self.rec.name,
-                   **instrument_attrs(self.rec)})
-        if len(self.seq):
-            self.say(f"resuming: {len(self.seq)} frames already refined")
+        self.factory = make_factory(self.rec, self.series.wavelength_A)
+        # the cell's lines are searched in the first frames (a restart searches the same frames again)
+        self.cells = LiveCellLines(self.rec.refinement, self.factory, self.rec.sequential)
+        if len(self.series.store):
+            self.cells.ready(self.series.store.read_rows(range(min(len(self.series.store), 20))), self.series.wavelength_A)
         store = self.series.store
         # frames integrated by an earlier session and never refined ("pending": a batch that never
         # completed; integrated again when the files are handed on)
-        self.todo = [i for i in range(len(store)) if store.key_at(i) not in self.seq
-                     and store.scalar(store.key_at(i), "status") != "pending"]
-        self.factory = make_factory(self.rec, self.series.wavelength_A)
+        self.todo = [i for i in range(len(store)) if store.scalar(store.key_at(i), "status") != "pending"]
+        if self.cells.pending:  # the results' store is made once the search has run (its components shape it)
+            return
+        self._open_results_store()
+        self.todo = [i for i in self.todo if store.key_at(i) not in self.seq]
+
+    def _open_results_store(self) -> None:
+        """The working store of the refined frames, laid out for the spec the frames are refined with."""
+        self.seq = SequentialStore(
+            self.seq_path, self.cells.spec, self.series.tth_axis, self.series.wavelength_A,
+            cache_key=self.key, integration_key=self.integration_key, say=self.say,
+            attrs={"direction": "forward", "mode": "watch", "recipe": str(self.rec.source),
+                   "patterns_file": str(self.out_dir / "patterns.nc"), "recipe_name": self.rec.name,
+                   **instrument_attrs(self.rec), **self.cells.attrs()})
+        if len(self.seq):
+            self.say(f"resuming: {len(self.seq)} frames already refined")
 
     def integrate(self, paths: list[Path]) -> None:
         """Integrate new (or changed) files; queue what the refinement has to do with them."""
@@ -279,7 +291,8 @@ class _Session:
 
     def _needs_fit(self, i: int) -> bool:
         """Not refined yet, or flagged because its pattern was unusable and now integrated fine."""
-        assert self.seq is not None
+        if self.seq is None:  # nothing refined yet (the cell-line search waits for the first frames)
+            return True
         k = self.series.store.key_at(i)
         st = self.seq.status(k)
         return st is None or (st.startswith("skipped") and self.series.store.scalar(k, "status") == "ok")
@@ -306,11 +319,25 @@ class _Session:
                 return self.seq.record(self.series.store.key_at(j))
         return None
 
-    def refine(self) -> bool:
-        """Refine the queued frames in order; returns whether any was refined."""
-        assert self.seq is not None and self.rec.refinement is not None
+    def refine(self, final: bool = False) -> bool:
+        """Refine the queued frames in order; returns whether any was refined. Frames wait until
+        the cell-line search has the first frames it needs (``final``: search what there is)."""
+        assert self.rec.refinement is not None
         if not self.todo:
             return False
+        if self.seq is None:
+            store = self.series.store
+            rows = store.read_rows(range(min(len(store), 20)))
+            if not self.cells.ready(rows, self.series.wavelength_A, final):
+                n_ok = int((rows["status"].values == "ok").sum()) if "status" in rows else len(store)
+                if n_ok != getattr(self, "_cells_seen", None):
+                    self._cells_seen = n_ok
+                    self.say(f"cell lines: waiting for the first usable frames to search ({n_ok} in)")
+                return False
+            self.say(cell_lines_summary(self.cells.cells))
+            self._open_results_store()
+            assert self.seq is not None
+            self.todo = [i for i in self.todo if self._needs_fit(i)]
         store, seq, rec = self.series.store, self.seq, self.rec
         wl = self.series.wavelength_A
         rows = sorted(self.todo)
@@ -326,11 +353,11 @@ class _Session:
             if redo:
                 # a frame that failed to integrate earlier and is fine now: fit it alone, seeded
                 # from its predecessor, without disturbing the running chain
-                one = SequentialRefiner(rec.refinement, wl, self.factory, rec.sequential, seed=self._seed_before(i))
+                one = SequentialRefiner(self.cells.spec, wl, self.factory, rec.sequential, seed=self._seed_before(i))
                 r = one.step(i, tth, y, s, st, time_s=t_s, key=k)
             else:
                 if self.refiner is None:
-                    self.refiner = SequentialRefiner(rec.refinement, wl, self.factory, rec.sequential,
+                    self.refiner = SequentialRefiner(self.cells.spec, wl, self.factory, rec.sequential,
                                                      seed=self._seed_before(i))
                     after = self._chain_key_before(i)
                     blob = read_chain_state(self.state_path, self.key, after) if after is not None else None
@@ -390,6 +417,7 @@ class _Session:
         store = self.series.store
         seq = self.seq.export(store.keys(), store.read_rows)
         patterns = open_frame_dataset(store.zarr_path, load=False) if store.zarr_path else store.to_dataset()
+        seq.attrs.update(self.cells.late_line_attrs(seq, patterns))
         stages: list[StageInfo] = [StageInfo("watch", "ran", 0.0, f"{len(self.seq)} frames refined from {self.folder}")]
         res, _strain, _figs, _report = finish_results(self.rec, patterns, seq, stages, figure_writer=figure_writer)
         self.summary.results = res
@@ -491,6 +519,8 @@ def watch_folder(
                     summary.stopped_because = f"no new frame for {idle_exit_s:g} s"
                     break
                 time.sleep(poll_s)
+            if session.series is not None and session.cells.pending and session.refine(final=True):
+                dirty = True  # fewer frames than the cell-line search waits for: refined now
         except KeyboardInterrupt:
             summary.stopped_because = "interrupted"
         if session.seq is not None and len(session.seq) and (dirty or summary.results is None):

@@ -12,6 +12,7 @@ into segments fitted in parallel (:mod:`insitu_xrd.pipeline.sequential.segments`
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.io.chain_state import read_chain_state_file, write_chain_state_file
 from insitu_xrd.pipeline.recipe import SequentialSection
+from insitu_xrd.pipeline.sequential.cell_lines import detect_cell_lines, late_lines
 from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
 from insitu_xrd.pipeline.sequential.records import (FrameRecord, frame_arrays, records_to_dataset, site_parameter_dataset,
                                                      two_theta_axis)
@@ -105,6 +107,11 @@ def refine_sequence(
     all_attrs = dict(attrs or {})
     all_attrs.update({"cache_key": cache_key or "", "direction": opt.direction,
                       "sequential_options": opt.model_dump_json()})
+    cells = None
+    if spec.cell_lines == "auto":  # the cell's own lines, found in the first frames, become part of the model
+        cells = detect_cell_lines(patterns, spec, factory, opt)
+        spec = cells.apply(spec)
+        all_attrs.update(cells.attrs())
     keys = frame_keys(patterns)
     store: SequentialStore | None = None
     if ckpt is not None:
@@ -194,6 +201,8 @@ def refine_sequence(
     write_attrs = {"elapsed_s": time.perf_counter() - t0}
     all_attrs.update(write_attrs)
     ds = site_parameter_dataset(records_to_dataset(records, patterns, spec, all_attrs))
+    if cells is not None:  # lines that appear later are never absorbed: flagged
+        ds.attrs["cell_late_lines"] = json.dumps(late_lines(ds, patterns, spec, cells.frames))
     if ckpt is not None:
         assert store is not None
         store.close()
