@@ -209,7 +209,8 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
         lines.append("")
     for c in comps:
         seen = [ln for ln in c.get("lines", []) if ln.get("observed", True)]
-        txt = ", ".join(f"{ln['label']} {ln['d_A']:.4f} A ({ln['sigma']:.0f} sigma)" for ln in seen)
+        txt = ", ".join(f"{ln['label']} {ln['d_A']:.4f} A" + (f" ({ln['sigma']:.0f} sigma)" if ln.get("sigma") is not None else "")
+                        for ln in seen)
         if c.get("kind") == "phase":
             name = c.get("phase", c["name"])
             extra = ""
@@ -220,8 +221,9 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
                     extra = f"; a = {np.nanmedian(a):.5f} A (median)"
                 if np.isfinite(wf).any():
                     extra += f", {100 * np.nanmedian(wf):.1f} wt% of the refined phases"
+            why = f"; found by a trial fit of the first frame ({c['evidence']})" if c.get("evidence") else ""
             lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}; fitted as phase `{name}` "
-                         f"(scale, lattice, microstrain){extra}.")
+                         f"(scale, lattice, microstrain){extra}{why}.")
         else:
             rest = [ln for ln in c.get("lines", []) if not ln.get("observed", True)]
             more = ("; also modelled at the library's place: " + ", ".join(f"{ln['label']} {ln['d_A']:.3f} A" for ln in rest)

@@ -52,6 +52,8 @@ from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, comp
 from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.fit.spec import HumpSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
+from insitu_xrd.pipeline.sequential.cell_trials import try_crystalline_components
+from insitu_xrd.pipeline.sequential.records import param_value
 
 __all__ = ["CellLines", "detect_cell_lines", "late_lines", "residual_lines", "excess_maps", "LiveCellLines",
            "cell_lines_summary",
@@ -479,6 +481,7 @@ class CellLines:
     humps: list[HumpSpec] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    trials: list[dict] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
@@ -495,7 +498,8 @@ class CellLines:
         """Results attrs (JSON strings): ``cell_components``, ``cell_free_peaks``, ``cell_lines_frames``,
         ``cell_lines_notes``."""
         return {"cell_components": json.dumps(self.components), "cell_free_peaks": json.dumps(self.free),
-                "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes)}
+                "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes),
+                "cell_component_trials": json.dumps(self.trials)}
 
 
 def _first_frames(patterns: xr.Dataset, n: int) -> list[int]:
@@ -726,6 +730,36 @@ def _rename_free(cells: CellLines, wavelength_A: float, observed: _Observed, mod
         lines = [(f, ln) for f, ln in lines if id(ln) not in used]
 
 
+def _try_crystalline(cells: CellLines, spec: RefinementSpec, wavelength_A: float, factory: Any,
+                     options: SequentialSection | None, patterns: xr.Dataset) -> None:
+    """Crystalline components the first frame wants as phases (:mod:`.cell_trials`), added to
+    ``cells`` before the residual search (a strong unmodelled phase spoils that search)."""
+    def fit_one(trial: RefinementSpec) -> Any:
+        fits = _fit_first(trial, wavelength_A, factory, options, patterns, cells.frames[:1])
+        return fits[-1] if fits else None
+
+    tried, fit = try_crystalline_components(spec, wavelength_A, fit_one)
+    cells.trials = [t.as_dict() for t in tried]
+    if fit is None:
+        return
+    x = np.asarray(fit.two_theta_deg, dtype=float)
+    tth_range = (float(x.min()), float(x.max()))
+    for t in tried:
+        if not t.accepted or t.spec is None:
+            continue
+        lattice_scale = t.lattice_scale
+        val = param_value(fit, f"{t.spec.name}_a")[0]
+        if np.isfinite(val) and t.spec.a:
+            lattice_scale *= val / t.spec.a
+        shown = expected_lines(t.comp, wavelength_A, tth_range, lattice_scale=lattice_scale, min_rel_intensity=STRONG_REL)
+        cells.components.append({
+            "name": t.comp.name, "key": t.comp.key, "part": t.comp.part, "kind": "phase", "source": t.comp.source,
+            "lattice_scale": round(lattice_scale, 6), "phase": t.spec.name, "evidence": t.reason,
+            "lines": [{"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(ln.two_theta_deg, 5),
+                       "sigma": None, "observed": True} for ln in sorted(shown, key=lambda ln: -ln.d_A)]})
+        cells.phases.append(t.spec)
+
+
 def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, options: SequentialSection | None = None,
                       n_frames: int = FIRST_FRAMES, passes: int = 2, wavelength_A: float | None = None) -> CellLines:
     """Find and name the cell's lines in the first ``n_frames`` usable frames of ``patterns`` (see
@@ -739,6 +773,7 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
     n_recipe_humps = len(spec.background.humps)
     last = None
     try:
+        _try_crystalline(cells, spec, wavelength, factory, options, patterns)
         for k in range(passes + 1):
             # after the first pass the humps' positions and widths are refined on the first frames,
             # then fixed there
