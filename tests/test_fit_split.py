@@ -37,6 +37,7 @@ JOBS = {
     "derivatives": ["ModelDerivatives", "LazyTransposed", "fd_step"],
     "solvers": ["trust_region", "solve_nonlinear", "polish", "take_gn_step", "FINAL_STEP_ESD"],
     "lebail": ["assign_start", "extract", "fraction_step"],
+    "linear": ["is_nonnegative", "nonnegative_lstsq"],
     "covariance": ["full_jacobian", "covariance", "covariance_from_jacobian", "esd_factor", "linear_scale_esds"],
     "stages": ["FitStages", "SIGNIFICANCE", "VERIFY_STEPS", "GN_STEPS"],
     "assemble": ["assemble_result", "weight_fractions"],

@@ -284,7 +284,14 @@ def test_fast_bad_pixel_search_equals_full_median_filter():
         kernel[1, 1] = 0
         nb = convolve((resid > 5.0).astype(np.float32), kernel, mode="constant")
         gaps = lo < 0
-        return {"gaps": gaps, "dead": (hi == 0) & (med > dead_min) & ~gaps,
+        # dead: the median of the 5x5 neighbours that counted in some frame, gaps left out (>= 8 of them)
+        never = np.pad((hi == 0) | gaps, 2, mode="reflect")
+        padded = np.pad(lo, 2, mode="reflect")  # raw counts (the dark is not subtracted)
+        dead = np.zeros(sig.shape, bool)
+        for r, c in zip(*np.nonzero(hi == 0)):
+            box = padded[r:r + 5, c:c + 5][~never[r:r + 5, c:c + 5]]
+            dead[r, c] = box.size >= 8 and np.median(box) > dead_min
+        return {"gaps": gaps, "dead": dead & ~gaps,
                 "hot": (resid > hot_sigma) & (nb <= 1) & ~gaps}
 
     rng = np.random.default_rng(21)
@@ -299,6 +306,9 @@ def test_fast_bad_pixel_search_equals_full_median_filter():
         f[dead] = 0
         f[0, 0] = f[299, 279] = 10**6  # hot pixels in corners (edge padding)
         f[150:152, 10:12] = 10**6  # a 2x2 spot: not isolated -> kept
+        f[60, :] = 0  # a dead row and a dead column: their neighbourhoods are half dead
+        f[:, 140] = 0
+        f[250:300, 200:280] = 0  # a shadowed corner that counts nothing: not dead
         f[200:203, 0:280] = -1  # a gap row
     frames[1][10, 10] = 10**6  # hot in one frame only -> not hot
     for dark in (None, np.full((300, 280), 30.0)):
@@ -307,6 +317,8 @@ def test_fast_bad_pixel_search_equals_full_median_filter():
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
         assert got["hot"].sum() > 20 and got["dead"].sum() > 20 and got["gaps"].sum() == 3 * 280
         assert got["hot"][0, 0] and not got["hot"][150, 10] and not got["hot"][10, 10]
+        assert got["dead"][60, :199].all() and got["dead"][:199, 140].all()
+        assert not got["dead"][253:300, 203:280].any()
 
 
 def test_hot_pixels_must_stand_out_from_their_ring(tmp_path):

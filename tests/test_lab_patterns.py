@@ -86,10 +86,11 @@ def test_gsas(tmp_path, fmt):
         np.testing.assert_allclose(pat.sigma, np.round(e, 2 if fmt == "ESD" else 3), atol=1e-9)
 
 
-def test_bruker_raw_is_refused_with_advice(tmp_path):
+def test_a_bruker_raw_that_holds_no_coupled_scan_is_refused(tmp_path):
+    """A RAW4.00 magic over zeros: no range of a coupled scan; .raw files are read in tests/test_lab_raw.py."""
     p = tmp_path / "scan.raw"
     p.write_bytes(b"RAW4.00\x00" + bytes(2000))
-    with pytest.raises(InsituXRDError, match=r"scan\.raw: Bruker binary 'RAW4\.00' \.raw is not read.*export"):
+    with pytest.raises(InsituXRDError, match=r"scan\.raw: Bruker RAW4\.00 range 1 is a '' scan; only coupled"):
         read_pattern_1d(p)
 
 

@@ -214,10 +214,14 @@ def test_a_pattern_off_the_series_axis_or_at_another_wavelength_is_flagged(tmp_p
     assert np.isnan(row[1::2]).all() and np.allclose(row[::2], y[::2], rtol=1e-7)
 
 
-def test_files_without_esds_are_said_to_be_poisson(tmp_path):
-    """A series of 1D files without an esd column says where its weights come from."""
+def test_files_without_esds_keep_no_esds_and_are_weighed_by_the_refinement(tmp_path):
+    """A series of 1D files without an esd column stores no esds (NaN sigma rows, said in the
+    store's attrs); the frames' weights are then those refinement.sigma gives (auto: the engine's
+    weights for data without esds), and a file with esds keeps its esds exactly."""
+    from insitu_xrd.fit.engine import weights
     from insitu_xrd.io.frames import FrameRef
     from insitu_xrd.pipeline.pattern_series import NO_ESD_SIGMA, PatternSeries
+    from insitu_xrd.pipeline.sequential import frame_arrays, without_esds
     from insitu_xrd.pipeline.stages import sequential_sigma_source
 
     tth = np.linspace(2.0, 10.0, 401)
@@ -225,7 +229,7 @@ def test_files_without_esds_are_said_to_be_poisson(tmp_path):
     paths = []
     for i, with_esd in enumerate((True, False)):
         path = tmp_path / f"p{i}.xy"
-        cols = np.column_stack([tth, y, np.sqrt(y)] if with_esd else [tth, y])
+        cols = np.column_stack([tth, y, 0.5 * np.sqrt(y)] if with_esd else [tth, y])
         np.savetxt(path, cols)
         paths.append(path)
     refs = [FrameRef(p.resolve()) for p in paths]
@@ -236,4 +240,19 @@ def test_files_without_esds_are_said_to_be_poisson(tmp_path):
     series.close()
     ds = read_patterns(tmp_path / "patterns.nc")
     assert ds.attrs["sigma_source"] == NO_ESD_SIGMA
-    assert sequential_sigma_source("auto", ds) == NO_ESD_SIGMA
+    assert not without_esds(ds["intensity"].values[0], ds["sigma"].values[0])
+    assert without_esds(ds["intensity"].values[1], ds["sigma"].values[1])
+    assert np.isnan(ds["sigma"].values[1]).all()  # the reader's sqrt(max(I, 1)) is not stored as esds
+    np.testing.assert_array_equal(frame_arrays(ds, 0)[2], ds["sigma"].values[0])  # esds untouched
+    np.testing.assert_array_equal(frame_arrays(ds, 1)[2], weights("auto", ds["intensity"].values[1], None)[0])
+    assert sequential_sigma_source("auto", ds) == ("auto (refinement.sigma; the files have no esd column): from_file "
+                                                   "for 1 frames with esds; poisson sqrt(max(I, 1)) for 1 frames "
+                                                   "without esds")
+    assert sequential_sigma_source("unit", ds) == "unit (refinement.sigma); 1 of 2 files had no esd column"
+    with pytest.raises(RecipeError, match=r"key 'refinement.sigma' is from_file, but 1 of the 2 patterns have no esds"):
+        sequential_sigma_source("from_file", ds)
+    # insitu-xrd refine on a frame of that patterns.nc: no esds passed (refinement.sigma decides)
+    from insitu_xrd.cli.refine import load_pattern
+
+    assert load_pattern(tmp_path / "patterns.nc", 1, None).sigma is None
+    np.testing.assert_array_equal(load_pattern(tmp_path / "patterns.nc", 0, None).sigma, 0.5 * np.sqrt(y))

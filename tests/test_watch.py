@@ -114,10 +114,13 @@ def watched(demo, tmp_path_factory):
     recipe = _watch_recipe(demo, incoming)
     seq_store = root / "results" / "sequential.zarr"
     frames = sorted((demo["data"] / "frames").glob("frame_*.tif"))
-    opts = ["--poll-s", "0.1", "--settle-s", "0.3", "--bad-after-s", "2", "--no-figures"]
-    # session 1 in its own process, killed midway
+    opts = ["--poll-s", "0.1", "--settle-s", "0.3", "--no-figures"]
+    # session 1 in its own process, killed midway. Its --bad-after-s is far longer than the slow
+    # write's pause, so a loaded machine (the writer's pause overrunning) cannot turn the slow
+    # frame into a bad one: the test must not depend on timing between processes. The corrupt
+    # file is then recorded as bad by session 2 (in this process, --bad-after-s 2).
     cmd = [sys.executable, "-c", "from insitu_xrd.cli.main import app; app()", "watch", str(incoming),
-           "--recipe", str(recipe), *opts]
+           "--recipe", str(recipe), *opts, "--bad-after-s", "60"]
     log1 = root / "session1.log"
     with open(log1, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=root)
@@ -142,7 +145,7 @@ def watched(demo, tmp_path_factory):
     # frames that land while the watch is down, then session 2 (restart) until idle
     for f in frames[6:]:
         shutil.copy2(f, incoming / f.name)
-    res2 = CliRunner().invoke(app, ["watch", str(incoming), "--recipe", str(recipe), *opts, "--idle-exit-s", "4"])
+    res2 = CliRunner().invoke(app, ["watch", str(incoming), "--recipe", str(recipe), *opts, "--bad-after-s", "2", "--idle-exit-s", "4"])
     assert res2.exit_code == 0, res2.output
     results = xr.load_dataset(root / "results" / "results.nc", engine="h5netcdf")
     return {"root": root, "recipe": recipe, "incoming": incoming, "after_kill": after_kill, "results": results,

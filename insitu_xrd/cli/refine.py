@@ -48,6 +48,7 @@ def load_pattern(
     wavelength chosen.
     """
     from insitu_xrd.io.pattern_files import q_invA_to_two_theta_deg, read_pattern_1d, two_theta_deg_to_q_invA
+    from insitu_xrd.pipeline.sequential import without_esds
 
     if not path.is_file():
         raise InsituXRDError(f"pattern file {path}: does not exist")
@@ -92,6 +93,8 @@ def load_pattern(
         x = np.asarray(ds[xdim].values, dtype=float)
         y = np.asarray(da.values, dtype=float)
         s = np.asarray(sig.values, dtype=float) if sig is not None else None
+        if s is not None and without_esds(y, s):
+            s = None  # a patterns: file without an esd column: refinement.sigma weighs it
         wl, src = _choose_wavelength(wavelength_a, file_wl, fallback_wavelength_A, path)
         if xdim == "q":
             if wl is None:

@@ -36,6 +36,7 @@ __all__ = [
     "TEMPLATE_NAMES",
     "CELL_PART_LATTICE_A",
     "parse_hkl_label",
+    "systematically_absent",
 ]
 
 
@@ -113,6 +114,23 @@ def parse_hkl_label(label: str) -> tuple[int, int, int]:
     elif len(text) == 3 and text.isdigit():
         return int(text[0]), int(text[1]), int(text[2])
     raise InsituXRDError(f"reflection label {label!r} is not of the form '104' or '1,-1,4'")
+
+
+def systematically_absent(spacegroup: gemmi.SpaceGroup, hkl: np.ndarray) -> np.ndarray:
+    """Per hkl row: extinct by the space group's centring or screw/glide translations (gemmi's
+    ``GroupOps.is_systematically_absent``, vectorised): h . c not an integer for a centring
+    vector c, or h R = h and h . t not an integer for an operation (R, t)."""
+    ops = spacegroup.operations()
+    h = np.asarray(hkl, dtype=np.int64).reshape(-1, 3)
+    den = gemmi.Op.DEN
+    absent = np.zeros(len(h), dtype=bool)
+    for cen in ops.cen_ops[1:]:
+        absent |= (h @ np.array(cen, dtype=np.int64)) % den != 0
+    for op in ops.sym_ops[1:]:
+        rot = np.array(op.rot, dtype=np.int64)
+        fixed = np.all(h @ rot == den * h, axis=1)
+        absent |= fixed & ((h @ np.array(op.tran, dtype=np.int64)) % den != 0)
+    return absent
 
 
 def reciprocal_metric(cell: tuple[float, float, float, float, float, float]) -> np.ndarray:
@@ -223,18 +241,17 @@ class Phase:
         """All symmetry-allowed powder reflections with dmin_A <= d <= dmax_A at the current cell."""
         if dmin_A <= 0:
             raise ValueError("dmin_A must be positive")
-        a, b, c = self.cell[:3]
-        # |h| <= a_max/dmin bounds every index for any cell shape (d_h00 <= a for non-orthogonal
-        # cells is not guaranteed, so take a generous bound from the cell lengths).
-        hmax = int(np.ceil(max(a, b, c) / dmin_A * 1.5)) + 1
-        rng = np.arange(-hmax, hmax + 1)
-        grid = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), axis=-1).reshape(-1, 3)
+        # h = d* . a (a* . a = 1, b* . a = c* . a = 0), so |h| <= |d*| |a| <= a / dmin for any
+        # cell shape: per-axis bounds (a generous common one made the grid of a long-c layered
+        # cell 60x larger); the list does not depend on the grid (np.unique sorts it)
+        hmax = [int(np.ceil(length / dmin_A)) + 1 for length in self.cell[:3]]
+        axes = [np.arange(-m, m + 1) for m in hmax]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
         grid = grid[np.any(grid != 0, axis=1)]
         d = self.d_spacing(grid)
         keep = (d >= dmin_A) & (d <= dmax_A)
         grid, d = grid[keep], d[keep]
-        ops = self._sg.operations()
-        allowed = np.array([not ops.is_systematically_absent(list(map(int, h))) for h in grid], dtype=bool)
+        allowed = ~systematically_absent(self._sg, grid)
         grid, d = grid[allowed], d[allowed]
         if grid.size == 0:
             return Reflections(np.zeros((0, 3), int), np.zeros(0, int), np.zeros(0))

@@ -189,6 +189,8 @@ def assemble_result(prob: Problem, out: dict, mode: str, warnings: list[str], el
         span = (p.max - p.min) if np.isfinite(p.max - p.min) else max(abs(p.value), 1.0)
         if (np.isfinite(p.min) and p.value - p.min < 1e-6 * span) or (np.isfinite(p.max) and p.max - p.value < 1e-6 * span):
             at_bounds.append(n)
+    # linear parameters with a physical sign held at 0 (scales, hump and diffuse areas)
+    at_bounds += [n for n in out.get("at_zero", []) if n in params and n not in at_bounds]
     if at_bounds:
         warnings = warnings + [f"parameters at a bound: {at_bounds}"]
     return FitResult(
@@ -222,16 +224,17 @@ def weight_fractions(prob: Problem, vals: dict[str, float], values: dict[str, fl
     # Jacobian dW_i/dS_j = k_j (delta_ij tot - S_i k_i) / tot^2
     Jw = (np.diag(k) * tot - np.outer(wts, k)) / tot**2 if tot != 0 else np.full((len(names), len(names)), np.nan)
     if lebail:
-        fnames, fcov = out.get("frac_cov", ([], np.zeros((0, 0))))
-        idx = [fnames.index(f"{n}_scale") for n in names]
-        C = fcov[np.ix_(idx, idx)]
-    else:
-        idx = [cov_names.index(f"{n}_scale") if f"{n}_scale" in cov_names else -1 for n in names]
-        C = np.zeros((len(names), len(names)))
-        for a_, ia in enumerate(idx):
-            for b_, ib in enumerate(idx):
-                if ia >= 0 and ib >= 0:
-                    C[a_, b_] = cov[ia, ib]
+        cov_names, cov = out.get("frac_cov", ([], np.zeros((0, 0))))
+    # (a scale held at its bound 0 has no covariance entries: fixed)
+    idx = [cov_names.index(f"{n}_scale") if f"{n}_scale" in cov_names else -1 for n in names]
+    C = np.zeros((len(names), len(names)))
+    for a_, ia in enumerate(idx):
+        for b_, ib in enumerate(idx):
+            if ia >= 0 and ib >= 0:
+                C[a_, b_] = cov[ia, ib]
     fc = Jw @ C @ Jw.T
-    return {n: (float(frac[i]), float(np.sqrt(max(fc[i, i], 0.0))) if np.isfinite(fc[i, i]) else np.nan)
+    # a phase whose scale is held at its bound 0 has fraction 0 "at bound" (esd NaN)
+    at_zero = set(out.get("at_zero", ()))
+    return {n: (float(frac[i]), float(np.sqrt(max(fc[i, i], 0.0)))
+                if np.isfinite(fc[i, i]) and f"{n}_scale" not in at_zero else np.nan)
             for i, n in enumerate(names)}

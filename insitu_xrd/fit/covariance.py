@@ -35,12 +35,13 @@ def full_jacobian(prob: Problem, derivs: ModelDerivatives, vals: dict[str, float
         (names, cols, fixed, info), coef, r = pre
     else:
         names, cols, fixed, info = prob.columns(vals, lebail)
-        coef, r = prob.solve_linear(cols, fixed)
+        coef, r = prob.solve_linear(cols, fixed, names)
     lin = dict(zip(names, coef))
     jac_names: list[str] = list(free_nl)
     jac_cols: list[np.ndarray] = derivs.total_derivatives(vals, lin, free_nl, lebail) if free_nl else []
-    for n, c in zip(names, cols):
-        if n.endswith("_lebail_k"):
+    # a linear parameter held at its bound 0 (`Problem.solve_linear`) is not a column: fixed there
+    for n, c, zero in zip(names, cols, prob.at_zero(names, cols, coef)):
+        if n.endswith("_lebail_k") or zero:
             continue
         jac_cols.append(c)
         jac_names.append(n)
@@ -181,9 +182,11 @@ def esd_factor(r: np.ndarray, esd_correction: str) -> float:
     return float(np.sqrt((1.0 + rho) / (1.0 - rho)))
 
 def linear_scale_esds(prob: Problem, vals: dict[str, float], esd_correction: str) -> dict[str, tuple[float, float]]:
-    """Phase scales and their esds from the linear problem at fixed nonlinear parameters."""
+    """Phase scales and their esds from the linear problem at fixed nonlinear parameters (the
+    scales >= 0; the esd of one held at 0 is that of its column, for the significance test)."""
     names, cols, fixed, info = prob.columns(vals, False, structure_scales=True)
-    coef, r = prob.solve_linear(cols, fixed)
+    coef, r = prob.solve_linear(cols, fixed, names)
+    # (a scale held at 0 keeps its column here: its esd says how far from 0 it is determined)
     A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
     cov = covariance_from_jacobian(A, r, len(names), esd_correction)
     out = {}

@@ -290,9 +290,11 @@ class ModelDerivatives:
         the weighted linear columns."""
         prob = self.problem
         names, cols, fixed, info = prob.columns(vals, lebail)
-        coef, _r = prob.solve_linear(cols, fixed)
+        coef, _r = prob.solve_linear(cols, fixed, names)
         D = self.total_derivatives(vals, dict(zip(names, coef)), free, lebail)
         J = -np.stack([d[prob.fitmask] for d in D], axis=1) * prob.wf[:, None]
+        # a coefficient held at its bound 0 is fixed there: its column is not projected out
+        cols = [c for c, z in zip(cols, prob.at_zero(names, cols, coef)) if not z]
         if cols:
             A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
             norms = np.sqrt(np.sum(A * A, axis=0))

@@ -13,7 +13,10 @@ Algorithm
 - Linear parameters (background coefficients, hump and diffuse areas, phase scales, the Le Bail
   phase multipliers) are eliminated by variable projection: for every trial value of the nonlinear
   parameters (lattice, profile, zero, displacement, microstrain, size, diffuse widths/offsets, site
-  parameters) they are the weighted linear least-squares solution. The nonlinear problem is solved
+  parameters) they are the weighted linear least-squares solution. Those with a physical sign
+  (scales, hump and diffuse areas, Le Bail multipliers) are >= 0: a fit that ends with one
+  negative continues from there with them bounded in every linear solve (`fit.linear`); one held
+  at 0 is reported at its bound (esd NaN, ``at_bounds``). The nonlinear problem is solved
   by scipy's trust-region reflective least squares with bounds, with an analytic Jacobian of the
   projected residual (Kaufman's form, `ModelDerivatives.projected_jacobian`): profile derivatives in
   closed form, per-reflection position/width/area derivatives by differences of those cheap
@@ -70,7 +73,8 @@ How a fit flows (insitu_xrd.fit; objects composed, each module one job)
    ``model`` (`Problem`: one fit's data and Parameters, the calculated pattern, its linear
    columns and the weighted residual), ``derivatives`` (`ModelDerivatives` of a Problem: the
    analytic Jacobian).
-3. Solvers: ``solvers`` (trust region given residual and Jacobian callables, Gauss-Newton
+3. Solvers: ``linear`` (the signed linear parameters, bounded linear least squares), ``solvers``
+   (trust region given residual and Jacobian callables, Gauss-Newton
    polish, final check), ``lebail`` (intensity extraction, the phase-fraction step), ordered by
    ``stages`` (`FitStages.run`: which runs when).
 4. ``covariance``: full Jacobian, covariance, esds and the serial-correlation factor.
@@ -94,12 +98,12 @@ from insitu_xrd.fit.assemble import assemble_result
 from insitu_xrd.fit.model import Problem
 from insitu_xrd.fit.parameters import ParameterBuilder
 from insitu_xrd.fit.phase_model import PhaseModel
-from insitu_xrd.fit.result import FitResult
+from insitu_xrd.fit.result import NOT_APPLIED_POLARIZATION, FitResult
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.fit.stages import FitStages
 from insitu_xrd.fit.structures import StructureCache
 
-__all__ = ["Refinement", "prepare_data", "weights"]
+__all__ = ["Refinement", "prepare_data", "weights", "polarization_note"]
 
 
 def _single_thread_blas():
@@ -153,6 +157,8 @@ class Refinement:
             goniometer_radius_mm=(prof.goniometer_radius_mm if prof.goniometer_radius_mm is not None
                                   else base.goniometer_radius_mm),
             polarization=prof.polarization if prof.polarization is not None else base.polarization)
+        #: how polarisation enters the model (the result's ``polarization`` attr)
+        self.polarization_note = polarization_note(prof.polarization, self.instrument.polarization)
         self.spec_names = [p.name for p in spec.phases]
         self.phases: dict[str, Phase] = {}
         self.models: dict[str, PhaseModel] = {}
@@ -235,6 +241,8 @@ class Refinement:
             raise InsituXRDError("no active phase to refine")
         x, y, s, fitmask, sigma_source = prepare_data(self.spec, two_theta_deg, intensity, sigma)
         params, warnings = self.parameters.start_params(active, start, given)
+        if self.polarization_note.startswith("Polariz."):  # from the instrument file: never silent
+            warnings.append(self.polarization_note)
         if sigma_source == "poisson_background_subtracted":
             warnings.append("data have negative intensities (background-subtracted) and no esds: sigma = "
                             "sqrt(max(I, 0) + s0^2), s0 the rms of the points below zero (refinement.sigma)")
@@ -263,12 +271,26 @@ class Refinement:
         result = assemble_result(prob, outcome, mode, warnings, time.perf_counter() - t0)
         result.sigma_source = sigma_source
         result.kalpha2 = self.instrument.kalpha2
+        result.polarization = self.polarization_note
         return result
 
     def _problem(self, x, y, s, fitmask, active, params) -> Problem:
         """One fit's `Problem` on this refinement's structures."""
         return Problem(self.spec, self.structures, self.wavelength_A, self.instrument.distance_mm, x, y, s, fitmask,
                        active, params, instrument=self.instrument, kalpha2=self.instrument.kalpha2)
+
+
+def polarization_note(recipe_polarization: float | None, applied: float | None) -> str:
+    """How polarisation enters the model, for the fit output and results attrs: none applied
+    (integrated data: divided out; `NOT_APPLIED_POLARIZATION`), else the P applied and where it
+    came from (the recipe's ``profile.polarization``, or the instrument file's ``Polariz.``,
+    applied to 1D Bragg-Brentano data by `insitu_xrd.pipeline.refine_setup.load_instrument`)."""
+    if applied is None:
+        return NOT_APPLIED_POLARIZATION
+    if recipe_polarization is not None:
+        return f"polarization P + (1 - P) cos^2(2theta) applied, P = {applied:g} (recipe profile.polarization)"
+    return (f"Polariz. = {applied:g} of the instrument file applied: P + (1 - P) cos^2(2theta) (Bragg-Brentano 1D "
+            "data; set refinement.profile.polarization to override)")
 
 
 def prepare_data(spec: RefinementSpec, tth, inten, sigma):

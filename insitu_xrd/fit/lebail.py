@@ -37,7 +37,7 @@ def assign_start(prob: Problem, start: dict) -> set[str]:
         if np.isnan(pd.areas).any():
             fill = np.nanmedian(pd.areas) if np.isfinite(pd.areas).any() else 0.0
             pd.areas = np.where(np.isnan(pd.areas), fill, pd.areas)
-        # Pawley-polished intensities may be slightly negative; extraction needs >= 0
+        # extraction needs >= 0 (a start from another source, e.g. a stored series, may hold negatives)
         pd.areas = np.maximum(pd.areas, 0.0)
     return missing
 
@@ -47,7 +47,7 @@ def extract(prob: Problem, vals: dict[str, float], passes: int) -> None:
     dens: dict = {}  # profile integrals over the fitted points: the same on every pass
     for _ in range(passes):
         names, cols, fixed, info = prob.columns(vals, True)
-        coef, _r = prob.solve_linear(cols, fixed)
+        coef, _r = prob.solve_linear(cols, fixed, names)
         lin = dict(zip(names, coef))
         model = fixed.copy()
         for n, c in zip(names, cols):
@@ -104,18 +104,31 @@ def fraction_step(prob: Problem, derivs: ModelDerivatives, vals: dict[str, float
     """Le Bail mode: structure-factor scales at the Le Bail lattice/profile (linear solve with
     background and diffuse areas). Their covariance includes the refined nonlinear
     parameters (lattice, widths, zero...: analytic Rietveld-model derivatives at this point),
-    whose uncertainty the scales inherit (widths and scales correlate)."""
+    whose uncertainty the scales inherit (widths and scales correlate). The scales and areas
+    are >= 0 (`Problem.solve_linear`); returns (scales {phase: (value, esd)}, covariance, its
+    parameter names, the linear parameters held at 0 (esd NaN))."""
     names, cols, fixed, info = prob.columns(vals, True, structure_scales=True)
-    coef, r = prob.solve_linear(cols, fixed)
-    A = np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None]
+    coef, r = prob.solve_linear(cols, fixed, names, signed=True)
+    lin = dict(zip(names, coef))
+    # scales and areas held at their bound 0 are fixed there (no column: esd NaN, `at_zero`)
+    zero = prob.at_zero(names, cols, coef)
+    at_zero = [n for n, z in zip(names, zero) if z]
+    names = [n for n, z in zip(names, zero) if not z]
+    cols = [c for c, z in zip(cols, zero) if not z]
+    A = (np.stack([c[prob.fitmask] for c in cols], axis=1) * prob.wf[:, None] if cols
+         else np.zeros((int(prob.fitmask.sum()), 0)))
     free_nl = list(free_nl)
     if free_nl:
-        D = derivs.total_derivatives(vals, dict(zip(names, coef)), free_nl, lebail=False)
+        D = derivs.total_derivatives(vals, lin, free_nl, lebail=False)
         A = np.concatenate([np.stack([d[prob.fitmask] for d in D], axis=1) * prob.wf[:, None], A], axis=1)
         names = free_nl + list(names)
     cov = covariance_from_jacobian(A, r, len(names), esd_correction)
     scales = {}
     for name in prob.pd:
-        i = names.index(f"{name}_scale")
-        scales[name] = (float(coef[i - len(free_nl)]), float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else np.nan)
-    return scales, cov, names
+        n = f"{name}_scale"
+        if n not in names:
+            scales[name] = (0.0, np.nan)
+            continue
+        i = names.index(n)
+        scales[name] = (float(lin[n]), float(np.sqrt(cov[i, i])) if np.isfinite(cov[i, i]) else np.nan)
+    return scales, cov, names, at_zero

@@ -18,6 +18,7 @@ profile, sample), single-peak columns and diffuse centres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import lmfit
 import numpy as np
@@ -27,6 +28,7 @@ from insitu_xrd.core.crystal import Phase, parse_hkl_label, reciprocal_metric
 from insitu_xrd.core.pattern import Instrument, d_from_two_theta_deg, intensity_factor, two_theta_deg_from_d
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.core.texture import invariant_harmonics, laue_equivalents, march_dollase_factor, sh_texture_factor
+from insitu_xrd.fit.linear import is_nonnegative, nonnegative_lstsq
 from insitu_xrd.fit.phase_model import cell_from_values
 from insitu_xrd.fit.spec import DiffuseSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.fit.structures import StructureCache
@@ -111,6 +113,9 @@ class Problem:
         self.diffuse_hkl = {d.label: np.array([parse_hkl_label(r) for r in d.reflections]) for d in self.diffuse}
         self.has_expr = any(p.expr for p in params.values())
         self.base_vals: dict[str, float] = {}
+        # the signed linear parameters are held >= 0 in every solve (`solve_linear`): set by
+        # the stages once a fit ends with one negative (insitu_xrd.fit.stages)
+        self.nonnegative = False
         self._pv_cache: dict = {}
         self._center_cache: dict = {}
 
@@ -333,7 +338,15 @@ class Problem:
         return names, cols, fixed, info
 
     # ----- linear least squares ---------------------------------------------------------------
-    def solve_linear(self, cols: list[np.ndarray], fixed: np.ndarray):
+    def solve_linear(self, cols: list[np.ndarray], fixed: np.ndarray, names: Sequence[str] = (),
+                     signed: bool | None = None):
+        """Weighted least-squares coefficients of the linear columns ``cols`` (the model minus
+        ``fixed``) and the weighted residual. ``names``: the columns' parameter names; with
+        ``signed`` (default: this problem's ``nonnegative``) those with a physical sign
+        (`is_nonnegative`: scales, hump and diffuse areas, Le Bail multipliers) are constrained
+        to >= 0. The unconstrained solution is returned whenever it is feasible (identical to a
+        solve without the constraint); otherwise the bounded problem is solved
+        (`nonnegative_lstsq`) and a coefficient held at its bound is exactly 0 (`at_zero`)."""
         b = (self.yf - fixed[self.fitmask]) * self.wf
         if not cols:
             return np.zeros(0), b
@@ -342,13 +355,24 @@ class Problem:
         good = norms > 0
         coef = np.zeros(A.shape[1])
         if good.any():
-            sol = np.linalg.lstsq(A[:, good] / norms[good], b, rcond=None)[0]
+            An = A[:, good] / norms[good]
+            sol = np.linalg.lstsq(An, b, rcond=None)[0]
+            if names and (self.nonnegative if signed is None else signed):
+                sign = np.array([is_nonnegative(n) for n in names], dtype=bool)[good]
+                if np.any(sign & (sol < 0)):
+                    sol = nonnegative_lstsq(An, b, sign)
             coef[good] = sol / norms[good]
         return coef, b - A @ coef
 
+    def at_zero(self, names: Sequence[str], cols: list[np.ndarray], coef: Sequence[float]) -> list[bool]:
+        """Per linear column: held at its bound 0 by `solve_linear` (a parameter with a physical
+        sign, coefficient exactly 0, column not zero on the fitted points)."""
+        return [is_nonnegative(n) and float(c) == 0.0 and bool(np.any(col[self.fitmask] != 0.0))
+                for n, col, c in zip(names, cols, coef)]
+
     def residual(self, vals: dict[str, float], lebail: bool):
         names, cols, fixed, info = self.columns(vals, lebail)
-        coef, r = self.solve_linear(cols, fixed)
+        coef, r = self.solve_linear(cols, fixed, names)
         return r, dict(zip(names, coef)), (names, cols, fixed, info)
 
     # ----- parameter vectors ------------------------------------------------------------------

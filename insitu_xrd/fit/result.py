@@ -13,7 +13,11 @@ import xarray as xr
 from insitu_xrd.core.pattern import PeakTable
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
-__all__ = ["FitResult"]
+__all__ = ["FitResult", "NOT_APPLIED_POLARIZATION"]
+
+
+#: ``FitResult.polarization`` when the model applies none (integrated data: divided out)
+NOT_APPLIED_POLARIZATION = "polarization removed by integration (not applied in the model)"
 
 
 @dataclass
@@ -76,6 +80,7 @@ class FitResult:
     site_parameters: dict[str, str] = field(default_factory=dict)
     sigma_source: str = ""
     kalpha2: tuple[float, float] | None = None
+    polarization: str = NOT_APPLIED_POLARIZATION
 
     @property
     def diff(self) -> np.ndarray:
@@ -152,7 +157,7 @@ class FitResult:
             "sigma_source": self.sigma_source,
             **({"kalpha2_wavelength_A": float(self.kalpha2[0]), "kalpha2_ratio": float(self.kalpha2[1])}
                if self.kalpha2 is not None else {}),
-            "polarization": "polarization removed by integration (not applied in the model)",
+            "polarization": self.polarization,
             "elapsed_s": float(self.elapsed_s),
             "software_versions": software_versions_json(),
             "created_utc": utc_now_iso(),

@@ -107,7 +107,8 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
     trade intensity (correlation ~ 1) stay near the Le Bail partition instead of running off
     into large opposite pairs. The nonlinear parameters get an adaptive Marquardt damping and
     are kept inside their bounds (a parameter at a bound and pushed outwards is held for the
-    step). As in Pawley refinement, weak intensities may come out slightly negative.
+    step). The reflection intensities stay >= 0: a step past 0 stops at 0, and a group at 0
+    whose gradient pushes it downwards is held for the step.
 
     Once a step has moved every nonlinear parameter by less than `CHORD_STEP_ESD` esd, the
     Jacobian is kept for the following steps (chord steps: only the residual is new); they
@@ -116,8 +117,10 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
 
     Rietveld mode (`lebail` False; no intensity columns): the same steps on the nonlinear
     parameters with the linear ones re-solved at each trial point, used from a warm start.
-    Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd, the
-    residual evaluation ((names, cols, fixed, info), coef, r) at the final point or None).
+    Returns (accepted steps, converged: the last step moved every parameter < 0.1 esd, or no
+    step lowers chi^2 where the least-damped one would move every parameter < 0.1 esd (at the
+    optimum, chi^2 flat to rounding), the residual evaluation ((names, cols, fixed, info), coef,
+    r) at the final point or None).
     """
     params = prob.params
     taken = 0
@@ -163,6 +166,10 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             at_lo = np.isfinite(ulo[j]) and u0[j] - ulo[j] <= 1e-9 * span
             at_hi = np.isfinite(uhi[j]) and uhi[j] - u0[j] <= 1e-9 * span
             hold[j] = (at_lo and g[j] < 0) or (at_hi and g[j] > 0)
+        # Le Bail intensities are >= 0: a group at 0 pushed downwards is held for the step
+        totals = np.array([float(np.sum(prob.pd[name].areas[members])) for name, members, _s in groups])
+        for gi in range(ngrp):
+            hold[npar - ngrp + gi] = g[npar - ngrp + gi] < 0 and not totals[gi] > 0
         old_areas = {n: pd.areas.copy() for n, pd in prob.pd.items() if pd.areas is not None}
         accepted = False
         for _attempt in range(1 if chord else 5):
@@ -170,23 +177,19 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             N[np.arange(npar - ngrp, npar), np.arange(npar - ngrp, npar)] += PAWLEY_RIDGE
             N[np.arange(nnl), np.arange(nnl)] += lam
             N[np.diag_indices(npar)] += 1e-12
-            N[hold, :] = 0.0
-            N[:, hold] = 0.0
-            N[hold, hold] = 1.0
-            rhs = np.where(hold, 0.0, g)
-            try:
-                delta = scipy.linalg.solve(N, rhs, assume_a="pos") / norms
-            except (np.linalg.LinAlgError, ValueError):
-                delta = np.linalg.lstsq(N, rhs, rcond=1e-12)[0] / norms
+            delta = _bounded_step(N, g, norms, hold, totals)
             trial = dict(vals)
             u1 = np.clip(u0 + delta[:nnl], ulo, uhi)
+            if _attempt == 0:
+                first_shift = np.abs(u1 - u0)
             for j, n in enumerate(free_nl):
                 trial[n] = float(1.0 / u1[j] if recip[j] else u1[j])
             if prob.has_expr:
                 trial = prob.values_from(free_nl, np.array([trial[n] for n in free_nl]))
             for gi, (name, members, share) in enumerate(groups):
                 dg = delta[npar - ngrp + gi]
-                prob.pd[name].areas[members] = old_areas[name][members] + dg * share
+                # (a step past 0 stops there: intensities >= 0, like the bounds above)
+                prob.pd[name].areas[members] = np.maximum(old_areas[name][members] + dg * share, 0.0)
             prob.base_vals = trial
             r1, lin1, last_cols = prob.residual(trial, lebail)
             chi1 = float(r1 @ r1)
@@ -210,6 +213,17 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             if chord:  # the kept Jacobian no longer describes the problem: take a fresh one
                 chord_ok = False
                 continue
+            # no step lowers chi^2: at the optimum when the least-damped step would have moved
+            # every nonlinear parameter by < POLISH_STEP_ESD esd (chi^2 there is flat to
+            # rounding; without this a warm fit at its optimum fell back to the trust-region
+            # solver, 2-3x its cost)
+            if nnl:
+                try:
+                    esd_diag = _esd_diag(N0, npar, ngrp, nnl) if esd_diag is None else esd_diag
+                    esd_u = np.sqrt(np.maximum(esd_diag, 0.0) * chi0 / max(len(r) - npar, 1)) / norms[:nnl]
+                    converged = bool(np.all((first_shift <= POLISH_STEP_ESD * esd_u) | hold[:nnl]))
+                except (np.linalg.LinAlgError, ValueError):
+                    pass
             break
         taken += 1
         current = (last_cols, [1.0 if n.endswith("_lebail_k") else lin1[n] for n in last_cols[0]], r1)
@@ -219,8 +233,7 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
         if nnl:
             try:
                 if esd_diag is None:
-                    cf = scipy.linalg.cho_factor(N0 + np.diag(np.where(np.arange(npar) >= npar - ngrp, PAWLEY_RIDGE, 1e-12)))
-                    esd_diag = np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
+                    esd_diag = _esd_diag(N0, npar, ngrp, nnl)
                 esd_u = np.sqrt(np.maximum(esd_diag, 0.0) * chi1 / max(len(r1) - npar, 1)) / norms[:nnl]
                 shift = np.abs(u1 - u0)
                 if np.all((shift <= POLISH_STEP_ESD * esd_u) | hold[:nnl]):
@@ -236,6 +249,53 @@ def polish(prob: Problem, jacobian: Callable, free_nl: list[str], lebail: bool,
             break
     prob.base_vals = params.valuesdict()
     return taken, converged, current
+
+def _esd_diag(N0: np.ndarray, npar: int, ngrp: int, nnl: int) -> np.ndarray:
+    """Diagonal of the inverse normal matrix (unit-normalised columns, the intensity ridge
+    added) for the nonlinear parameters: their variances up to the reduced chi^2."""
+    cf = scipy.linalg.cho_factor(N0 + np.diag(np.where(np.arange(npar) >= npar - ngrp, PAWLEY_RIDGE, 1e-12)))
+    return np.diag(scipy.linalg.cho_solve(cf, np.eye(npar)[:, :nnl])[:nnl])
+
+
+def _solve_step(N: np.ndarray, g: np.ndarray, fixed: np.ndarray, z_fixed: np.ndarray) -> np.ndarray:
+    """Solution z of the damped normal equations N z = g (unit-normalised columns) with the
+    components ``fixed`` set to ``z_fixed`` (the others: the conditional solution)."""
+    N = N.copy()
+    rhs = np.where(fixed, 0.0, g)
+    if np.any(z_fixed[fixed] != 0.0):
+        rhs = rhs - N[:, fixed] @ z_fixed[fixed]
+        rhs[fixed] = z_fixed[fixed]
+    N[fixed, :] = 0.0
+    N[:, fixed] = 0.0
+    N[fixed, fixed] = 1.0
+    try:
+        return scipy.linalg.solve(N, rhs, assume_a="pos")
+    except (np.linalg.LinAlgError, ValueError):
+        return np.linalg.lstsq(N, rhs, rcond=1e-12)[0]
+
+
+def _bounded_step(N: np.ndarray, g: np.ndarray, norms: np.ndarray, hold: np.ndarray,
+                  totals: np.ndarray) -> np.ndarray:
+    """The polish step (natural units) with the ``hold`` components at 0 and the last
+    ``len(totals)`` ones (Le Bail group intensities, current totals ``totals``) kept >= 0: a group
+    the step would take below 0 is set to exactly 0 and the others re-solved with it fixed
+    (active set, a few passes)."""
+    ngrp = len(totals)
+    npar = len(g)
+    fixed = hold.copy()
+    z_fixed = np.zeros(npar)
+    for _pass in range(6):
+        delta = _solve_step(N, g, fixed, z_fixed) / norms
+        if not ngrp:
+            return delta
+        below = (totals + delta[npar - ngrp:] < 0.0) & ~fixed[npar - ngrp:]
+        if not below.any():
+            return delta
+        idx = npar - ngrp + np.nonzero(below)[0]
+        fixed[idx] = True
+        z_fixed[idx] = -totals[below] * norms[idx]
+    return delta
+
 
 def take_gn_step(prob: Problem, free_nl: list[str], gn: np.ndarray, cov: np.ndarray, r: np.ndarray) -> bool:
     """Rietveld mode, end of the fit: the Gauss-Newton step with the exact Jacobian at the

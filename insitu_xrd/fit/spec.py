@@ -115,7 +115,8 @@ class ProfileSpec(_Strict):
     goniometer_radius_mm: float | None = Field(None, gt=0, description="bragg_brentano: goniometer radius R (mm); default 240.")
     polarization: float | None = Field(None, ge=0, le=1, description=(
         "GSAS-II Polariz. applied to the calculated intensities (P + (1-P) cos^2 2theta: 0.5 unpolarised tube, "
-        "1/(1+cos^2 2theta_m) behind a monochromator); none = already divided out (integrated 2D data)."))
+        "1/(1+cos^2 2theta_m) behind a monochromator); none = already divided out (integrated 2D data), or for "
+        "bragg_brentano data the instrument file's Polariz. (docs/refinement.md section 3d)."))
     kalpha2: KAlpha2Spec | None = Field(
         None, description="Laboratory Ka doublet: every reflection also at the Ka2 wavelength, sharing its intensity "
         "(x ratio); set from the recipe's top-level kalpha2 or an .instprm with Lam1/Lam2.")

@@ -19,6 +19,7 @@ import numpy as np
 from insitu_xrd.fit.covariance import covariance, esd_factor, full_jacobian, linear_scale_esds
 from insitu_xrd.fit.derivatives import ModelDerivatives
 from insitu_xrd.fit.lebail import assign_start, extract, fraction_step
+from insitu_xrd.fit.linear import is_nonnegative
 from insitu_xrd.fit.model import Problem
 from insitu_xrd.fit.parameters import ParameterBuilder, is_linear, split_free, store_linear
 from insitu_xrd.fit.solvers import polish, solve_nonlinear, take_gn_step
@@ -78,6 +79,21 @@ class FitStages:
             success, messages, final_eval = self._lebail(prob, derivs, free_nl, bool(missing) or bool(probation))
         # every Rietveld fit ends with the exact-Jacobian check
         out = self._final_point(prob, derivs, free_nl, lebail, not lebail, final_eval)
+        negative = [n for n in out["columns"][0] if is_nonnegative(n) and not n.endswith("_lebail_k")
+                    and out["vals"].get(n, 0.0) < 0.0]
+        if negative:
+            # a scale or area with a physical sign ended negative: continue from this point with
+            # them held >= 0 in every linear solve (a fit that ends with none negative is the
+            # unconstrained one, bit for bit; the bound applied from the start would change the
+            # solver's path on the way)
+            prob.nonnegative = True
+            if lebail:
+                ok, more, final_eval = self._lebail(prob, derivs, free_nl, False)
+            else:
+                ok, more, final_eval = self._rietveld(prob, derivs, free_nl, True)
+            success &= ok
+            messages += [f"{', '.join(negative)} < 0: refit with them >= 0"] + more
+            out = self._final_point(prob, derivs, free_nl, lebail, not lebail, final_eval)
         out.update(success=success, message="; ".join(messages), held=list(held), warnings=warnings)
         out.update(self._scales(prob, derivs, out, free_nl, lebail))
         out["lebail_areas"] = {name: (pd.hkl.copy(), pd.areas.copy()) for name, pd in prob.pd.items()
@@ -101,6 +117,9 @@ class FitStages:
         for name in active:
             sc, esd = stat.get(name, (np.nan, np.nan))
             if name in already or not self.may_hold(name):
+                continue
+            if f"{name}_scale" in outcome.get("at_zero", ()):
+                out.append((name, f"phase {name}: scale at its bound 0 (not significant)"))
                 continue
             if np.isfinite(esd) and esd > 0 and abs(sc) < SIGNIFICANCE * esd:
                 out.append((name, f"phase {name}: scale not significant (|S| {abs(sc):.3g} < {SIGNIFICANCE:g} x "
@@ -266,7 +285,10 @@ class FitStages:
                                                         pre=(final_cols, [lin.get(n, 1.0) for n in lnames], r))
             if not verify or check == VERIFY_STEPS or not take_gn_step(prob, free_nl, gn, cov, r):
                 break
-        return dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, n_extra=extra_cols, columns=final_cols)
+        # linear parameters held at their bound 0 (`Problem.solve_linear`): fixed, no esd
+        at_zero = [n for n, z in zip(lnames, prob.at_zero(lnames, cols, [lin.get(n, 1.0) for n in lnames])) if z]
+        return dict(vals=vals, r=r, cov_names=cov_names, cov=cov, info=info, n_extra=extra_cols, columns=final_cols,
+                    at_zero=at_zero)
 
     def _scales(self, prob: Problem, derivs: ModelDerivatives, out: dict, free_nl: list[str], lebail: bool) -> dict:
         """Phase scales with esds at the final point ``out``: Rietveld from its covariance, Le Bail
@@ -275,9 +297,11 @@ class FitStages:
         found: dict = {}
         scales: dict[str, tuple[float, float]] = {}
         if lebail and self.spec.phase_fraction_step:
-            scales, frac_cov, frac_names = fraction_step(
+            scales, frac_cov, frac_names, frac_zero = fraction_step(
                 prob, derivs, vals, self.spec.esd_correction, [n for n in free_nl if not self.builder.is_site(n)])
             found["frac_cov"] = (frac_names, frac_cov)
+            found["at_zero"] = [n for n in out.get("at_zero", []) if not n.endswith("_lebail_k")] + [
+                n for n in frac_zero if n.endswith("_scale")]
         elif not lebail:
             for name in prob.pd:
                 n = f"{name}_scale"

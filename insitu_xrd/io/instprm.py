@@ -185,13 +185,17 @@ def read_instprm(path: str | Path, bank: int | None = None) -> InstprmFile:
 
 
 def instrument_from_instprm(
-    prm: InstprmFile, wavelength_A: float | None = None, wavelength_tolerance: float = 1e-4
+    prm: InstprmFile, wavelength_A: float | None = None, wavelength_tolerance: float = 1e-4,
+    apply_polarization: bool = False,
 ) -> Instrument:
     """Build an :class:`Instrument` from a parsed file.
 
     wavelength_A: the wavelength of the data (A). If given and the file's Lam differs by more than
     ``wavelength_tolerance`` (relative), this is an error: U,V,W,X,Y and Zero are angle-dependent
     and belong to one wavelength. If the file has no Lam, wavelength_A is required.
+    apply_polarization: put the file's ``Polariz.`` into ``Instrument.polarization`` (applied to
+    the calculated intensities: 1D laboratory data, where no integration divided it out); by
+    default it is left out (patterns integrated by pyFAI have it removed).
     """
     where = _where(prm.source)
     if prm.type and not prm.type.upper().startswith("PX"):
@@ -229,6 +233,11 @@ def instrument_from_instprm(
         if not 0.0 <= sh_l <= 0.1:
             raise InsituXRDError(f"{where}: SH/L = {sh_l} is outside [0, 0.1] (GSAS-II axial-divergence asymmetry S/L + H/L)")
         kwargs["sh_l"] = sh_l
+    pol = prm.items.get("Polariz.")
+    if apply_polarization and isinstance(pol, float):
+        if not 0.0 <= pol <= 1.0:
+            raise InsituXRDError(f"{where}: Polariz. = {pol} is outside [0, 1] (GSAS-II P + (1 - P) cos^2 2theta)")
+        kwargs["polarization"] = pol
     return Instrument(
         wavelength_A=wl,
         U=prm.items["U"], V=prm.items["V"], W=prm.items["W"], X=prm.items["X"], Y=prm.items["Y"],
@@ -236,10 +245,12 @@ def instrument_from_instprm(
     )
 
 
-def read_instrument(path: str | Path, wavelength_A: float | None = None, bank: int | None = None) -> Instrument:
+def read_instrument(path: str | Path, wavelength_A: float | None = None, bank: int | None = None,
+                    apply_polarization: bool = False) -> Instrument:
     """Read a ``.instprm`` file straight into an :class:`Instrument` (see
-    :func:`instrument_from_instprm` for the wavelength check)."""
-    return instrument_from_instprm(read_instprm(path, bank=bank), wavelength_A=wavelength_A)
+    :func:`instrument_from_instprm` for the wavelength check and ``apply_polarization``)."""
+    return instrument_from_instprm(read_instprm(path, bank=bank), wavelength_A=wavelength_A,
+                                   apply_polarization=apply_polarization)
 
 
 def _fmt(value: Any) -> str:
@@ -261,8 +272,9 @@ def format_instprm(
     """Text of a single-bank CW ``.instprm`` file for ``instrument``.
 
     polarization: GSAS-II ``Polariz.`` (0.99 for a horizontally polarised synchrotron beam). It
-        does not enter insitu-xrd fits, which work on patterns with polarization already divided
-        out; it is there for GSAS-II users of the file.
+        enters insitu-xrd fits only for Bragg-Brentano data (``profile.geometry: bragg_brentano``
+        or ``Diff-type:Bragg-Brentano``, 1D laboratory patterns; `insitu_xrd.pipeline.refine_setup.load_instrument`);
+        integrated 2D patterns have it divided out.
     sh_l: GSAS-II SH/L (FCJ axial-divergence asymmetry); default ``instrument.sh_l`` (0 unless
         refined), so GSAS-II and insitu-xrd compute the same profile from the file.
     comments: lines written as ``# ...`` after the header (provenance, fit quality); they must

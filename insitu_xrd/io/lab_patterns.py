@@ -1,5 +1,5 @@
 """Laboratory diffractometer 1D files: PowBase/Rietveld ``.dat``, Bruker ``.uxd``, PANalytical
-``.xrdml``, Rigaku ``.ras``, GSAS ``.gsa``/``.fxye``; Bruker binary ``.raw`` is refused.
+``.xrdml``, Rigaku ``.ras``, GSAS ``.gsa``/``.fxye``, Bruker binary ``.raw`` v3 and v4.
 
 Each parser returns a :class:`RawColumns` (the file's own axis and unit, counts, the esd column if
 the file has one, the wavelength if it states one); :func:`insitu_xrd.io.pattern_files.read_pattern_1d`
@@ -11,9 +11,11 @@ No maintained Python reader covers these formats (looked for: ``xylib-py`` / ``x
 ship only a C++ source build needing Boost, last released 2022; ``fairmat-readers-xrd`` reads
 ``.xrdml`` through xmltodict + pint and Bruker RAW v4 at fixed byte offsets learned from example
 files; ``xrdtools`` (xrdml only) is unmaintained), and the text formats are short and documented,
-so they are parsed here with the standard library. Bruker ``.raw`` is binary and undocumented:
-it is refused with the advice to export ``.uxd`` or ``.xy`` from DIFFRAC.EVA or PowDLL rather
-than read at guessed offsets (a silently wrong pattern is worse than none).
+so they are parsed here with the standard library. Bruker ``.raw``: v3 (``RAW1.01``) is read by
+the layout Bruker published (DIFFRAC^plus XCH manual, Appendix A), v4 (``RAW4.00``) by the one
+xylib documents (see the layout notes above ``_bruker_raw``), each field checked (header
+lengths, counts within the file, coupled scans only, step > 0); other versions are refused
+naming the version found, with the advice to export ``.uxd`` or ``.xy``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def lab_format_of(path: Path, text_head: str) -> str | None:
         return "xrdml"
     if head.startswith("*RAS_"):
         return "ras"
+    if text_head.startswith(("RAW1.01", "RAW4.00")):
+        return "raw"
     if re.search(r"^\s*_(2THETA|STEPSIZE|STEPTIME|START|COUNTS|2THETACOUNTS)\b", text_head, re.M):
         return "uxd"
     if re.search(r"^BANK\s+\d+", text_head, re.M):
@@ -72,7 +76,7 @@ def lab_format_of(path: Path, text_head: str) -> str | None:
 def read_lab_pattern(path: Path, fmt: str, data: bytes) -> RawColumns:
     """Parse ``data`` (the bytes of ``path``) as lab format ``fmt``."""
     if fmt == "raw":
-        return _refuse_raw(path, data)
+        return _bruker_raw(path, data)
     text = data.decode("utf-8", errors="replace")
     if "\x00" in text[:4096]:
         raise InsituXRDError(f"pattern file {path}: is binary, not a {fmt} text file")
@@ -368,9 +372,126 @@ def _std_fields(line: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------------
-def _refuse_raw(path: Path, data: bytes) -> RawColumns:
-    magic = data[:8].split(b"\x00")[0].decode("ascii", errors="replace")
-    what = f"Bruker binary {magic!r}" if magic.startswith("RAW") else "binary"
-    raise InsituXRDError(
-        f"pattern file {path}: {what} .raw is not read (undocumented binary layout; no maintained reader); "
-        "export it as .uxd or .xy (DIFFRAC.EVA, PowDLL) and read that")
+# Bruker (Siemens) DIFFRAC binary .raw. Layouts, all little-endian:
+# * v3, magic "RAW1.01": DIFFRAC^plus XCH V.5.0 (Bruker AXS 2002), User's Manual, Appendix A
+#   ("RAW file format"): a 712-byte file header (range count, u32 at 12; anode, 4 chars at 608;
+#   Ka average, Ka1, Ka2, Kb, Ka2/Ka1 ratio, f64 at 616..648), then per range a 304-byte header
+#   (its own length, u32 at 0; steps, u32 at 4; start 2theta, f64 at 16; step, f64 at 176;
+#   supplementary header bytes, u32 at 256), those bytes, and the counts as f32.
+# * v4, magic "RAW4.00" (DIFFRAC.SUITE): no manual describes it; the layout is the one xylib
+#   (wojdyr/xylib, bruker_raw.cpp) documents: a 61-byte file header, then tagged segments
+#   (u32 type, u32 length; type 30 holds the wavelengths at +80 (Ka1), +88 (Ka2), +104 (ratio) and
+#   the anode at +116) until a range starts (type 0 or 160): a 160-byte range header (scan type,
+#   24 chars at +32; start angle f64 at +72; step f64 at +80; steps u32 at +88; datum size u32 at
+#   +136; extra header bytes u32 at +140), the extra header, the counts.
+# Only coupled theta-2theta scans are read (their start angle is 2theta); anything else is refused.
+_RAW_V4_COUPLED = ("Locked Coupled", "Unlocked Coupled")
+
+
+def _raw_text(data: bytes, start: int, size: int) -> str:
+    return data[start:start + size].split(b"\x00")[0].decode("latin-1").strip()
+
+
+def _raw_unpack(path: Path, fmt: str, data: bytes, offset: int, what: str) -> tuple:
+    import struct
+
+    try:
+        return struct.unpack_from("<" + fmt, data, offset)
+    except struct.error:
+        raise InsituXRDError(f"pattern file {path}: Bruker .raw truncated: {what} at byte {offset} is past the end "
+                             f"({len(data)} bytes)") from None
+
+
+def _raw_counts(path: Path, data: bytes, offset: int, steps: int, range_no: int) -> np.ndarray:
+    end = offset + 4 * steps
+    if steps < 1 or end > len(data):
+        raise InsituXRDError(f"pattern file {path}: Bruker .raw range {range_no} promises {steps} counts from byte "
+                             f"{offset} but the file has {len(data)} bytes (truncated)")
+    return np.frombuffer(data, dtype="<f4", count=steps, offset=offset).astype(float)
+
+
+def _raw_v3(path: Path, data: bytes) -> tuple[list[tuple[float, float, np.ndarray]], dict[str, Any]]:
+    (n_ranges,) = _raw_unpack(path, "I", data, 12, "the range count")
+    avg, ka1, ka2, _kb, ratio = _raw_unpack(path, "5d", data, 616, "the wavelengths")
+    meta = {"anode": _raw_text(data, 608, 4), "kalpha_average_A": avg, "kalpha1_A": ka1, "kalpha2_A": ka2,
+            "kalpha2_ratio": ratio, "sample": _raw_text(data, 326, 60), "date": _raw_text(data, 16, 10)}
+    if not 1 <= n_ranges <= 1000:
+        raise InsituXRDError(f"pattern file {path}: Bruker RAW1.01 header states {n_ranges} ranges (not a sane count)")
+    ranges, pos = [], 712
+    for k in range(n_ranges):
+        header_len, steps = _raw_unpack(path, "II", data, pos, f"range {k + 1} header")
+        if header_len != 304:
+            raise InsituXRDError(f"pattern file {path}: Bruker RAW1.01 range {k + 1} header length {header_len} "
+                                 "(the format has 304)")
+        (start,) = _raw_unpack(path, "d", data, pos + 16, f"range {k + 1} start 2theta")
+        (step,) = _raw_unpack(path, "d", data, pos + 176, f"range {k + 1} step")
+        (extra,) = _raw_unpack(path, "I", data, pos + 256, f"range {k + 1} supplementary size")
+        pos += header_len + extra
+        ranges.append((start, step, _raw_counts(path, data, pos, steps, k + 1)))
+        pos += 4 * steps
+    return ranges, meta
+
+
+def _raw_v4(path: Path, data: bytes) -> tuple[list[tuple[float, float, np.ndarray]], dict[str, Any]]:
+    meta: dict[str, Any] = {"date": _raw_text(data, 12, 12)}
+    pos = 61
+    (kind,) = _raw_unpack(path, "I", data, pos, "the first segment")
+    while kind not in (0, 160):
+        (length,) = _raw_unpack(path, "I", data, pos + 4, f"segment {kind} length")
+        if length < 8:
+            raise InsituXRDError(f"pattern file {path}: Bruker RAW4.00 segment of type {kind} at byte {pos} has length "
+                                 f"{length} (< 8: damaged)")
+        if kind == 30 and length >= 120:
+            avg, ka1, ka2, _kb, ratio = _raw_unpack(path, "5d", data, pos + 72, "the wavelengths")
+            meta.update(anode=_raw_text(data, pos + 116, 4), kalpha_average_A=avg, kalpha1_A=ka1, kalpha2_A=ka2,
+                        kalpha2_ratio=ratio)
+        pos += length
+        (kind,) = _raw_unpack(path, "I", data, pos, "the next segment")
+    ranges = []
+    while pos < len(data):
+        k = len(ranges) + 1
+        scan = _raw_text(data, pos + 32, 24)
+        start, step = _raw_unpack(path, "dd", data, pos + 72, f"range {k} start and step")
+        (steps,) = _raw_unpack(path, "I", data, pos + 88, f"range {k} steps")
+        datum, extra = _raw_unpack(path, "II", data, pos + 136, f"range {k} datum size")
+        if scan not in _RAW_V4_COUPLED:
+            raise InsituXRDError(f"pattern file {path}: Bruker RAW4.00 range {k} is a {scan!r} scan; only coupled "
+                                 f"theta-2theta scans ({', '.join(_RAW_V4_COUPLED)}) are powder patterns read here")
+        if datum != 4:
+            raise InsituXRDError(f"pattern file {path}: Bruker RAW4.00 range {k} has {datum}-byte data points "
+                                 "(only 4-byte floats are read)")
+        pos += 160 + extra
+        ranges.append((start, step, _raw_counts(path, data, pos, steps, k)))
+        pos += 4 * steps
+        if pos < len(data):
+            (kind,) = _raw_unpack(path, "I", data, pos, "the next range")
+            if kind not in (0, 160):
+                raise InsituXRDError(f"pattern file {path}: Bruker RAW4.00: {len(data) - pos} bytes after range {k} "
+                                     f"are not a range (type {kind})")
+    return ranges, meta
+
+
+def _bruker_raw(path: Path, data: bytes) -> RawColumns:
+    """Bruker .raw v3 (RAW1.01) or v4 (RAW4.00): the ranges joined in file order (the axis check
+    after reading refuses ranges that overlap or go back); Ka1 is the wavelength."""
+    magic = data[:7].decode("latin-1")
+    if magic == "RAW1.01":
+        ranges, meta = _raw_v3(path, data)
+    elif magic == "RAW4.00":
+        ranges, meta = _raw_v4(path, data)
+    else:
+        found = data[:7].split(b"\x00")[0].decode("latin-1", errors="replace")
+        what = f"version {found!r}" if found.startswith("RAW") else f"no Bruker RAW magic (starts {found!r})"
+        raise InsituXRDError(f"pattern file {path}: Bruker .raw with {what}; read are RAW1.01 (v3) and RAW4.00 (v4): "
+                             "export it as .uxd or .xy (DIFFRAC.EVA, PowDLL)")
+    if not ranges:
+        raise InsituXRDError(f"pattern file {path}: Bruker {magic} holds no range")
+    for k, (_start, step, _y) in enumerate(ranges, start=1):
+        if not (math.isfinite(step) and step > 0):
+            raise InsituXRDError(f"pattern file {path}: Bruker {magic} range {k} has step {step} (must be > 0)")
+    x = np.concatenate([start + step * np.arange(y.size) for start, step, y in ranges])
+    y = np.concatenate([y for _s, _st, y in ranges])
+    ka1 = meta.get("kalpha1_A")
+    wavelength = float(ka1) if isinstance(ka1, float) and 0.1 < ka1 < 10.0 else None
+    meta.update(format="bruker_raw", version=magic, n_ranges=len(ranges))
+    return RawColumns(x, y, None, "2th_deg", wavelength, meta)

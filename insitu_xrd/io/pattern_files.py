@@ -12,7 +12,8 @@ Formats understood by :func:`read_pattern_1d`:
 * PowBase / Rietveld ``.dat``: a first data line ``start step stop`` (deg) then the counts, any
   number per line (recognised by the number of counts matching ``start step stop``).
 * Lab formats by suffix or content: Bruker ``.uxd``, PANalytical ``.xrdml``, Rigaku ``.ras``,
-  GSAS ``.gsa``/``.fxye`` (:mod:`insitu_xrd.io.lab_patterns`); Bruker binary ``.raw`` is refused
+  GSAS ``.gsa``/``.fxye``, Bruker binary ``.raw`` v3 (RAW1.01) and v4 (RAW4.00)
+  (:mod:`insitu_xrd.io.lab_patterns`); other .raw versions are refused naming the version
   with advice.
 
 Every file is checked after reading: the axis strictly monotonic (a descending one is reversed)

@@ -11,7 +11,10 @@ on it unchanged, with the same caching; ``watch`` collects files as they land
 Every file is read by :func:`insitu_xrd.io.pattern_files.read_pattern_1d` (every format it reads
 is accepted; q axes are converted with the recipe's ``wavelength_A``). The files share one 2theta
 axis, that of the first file that reads (a file may lack points of it, e.g. masked bins: they are
-NaN in its row). A file that cannot be read, whose points are not on that axis, or whose header
+NaN in its row). A file without an esd column gets a NaN sigma row (no esds are invented here):
+the refinement weighs it per frame by ``refinement.sigma``
+(:func:`insitu_xrd.pipeline.sequential.frame_arrays`), and the store's ``sigma_source`` says so.
+A file that cannot be read, whose points are not on that axis, or whose header
 states another wavelength is kept as a row with status ``error: <reason>`` (never fitted; the run
 goes on). Times: ``time_source`` ``header`` reads a ``time_s=<s>`` line (as ``insitu-xrd
 integrate --xye`` and :func:`insitu_xrd.io.patterns.export_xye` write it) or a date line of the
@@ -50,8 +53,9 @@ AXIS_TOLERANCE_STEPS = 0.01
 # a header wavelength that differs from the recipe's by more than this (relative) flags the file
 WAVELENGTH_RTOL = 1e-5
 
-#: the Patterns Dataset's ``sigma_source`` when a file had no esd column (the reader's estimate)
-NO_ESD_SIGMA = "poisson: sqrt(max(I, 1)) from the 1D reader (a file had no esd column)"
+#: the Patterns Dataset's ``sigma_source`` when a file had no esd column: its row's sigma is NaN
+#: (no esds recorded), and the refinement's ``refinement.sigma`` chooses its weights per frame
+NO_ESD_SIGMA = "none: a file had no esd column (its sigma row is NaN; weights per frame by refinement.sigma)"
 
 
 @dataclass
@@ -228,10 +232,13 @@ class PatternSeries:
                                f"({n} points, {self.tth_axis[0]:.4f}-{self.tth_axis[-1]:.4f} deg, from the first file)")
                     else:
                         y, s = np.full(n, np.nan), np.full(n, np.nan)
-                        y[rows], s[rows] = got.intensity, got.sigma
+                        no_esd = getattr(got, "sigma_source", "file") == "none"
+                        y[rows] = got.intensity
+                        if not no_esd:  # a file without esds keeps a NaN sigma row: the refinement weighs it
+                            s[rows] = got.sigma
                         rec.update(status="ok", intensity=y, sigma=s)
-                        if getattr(got, "sigma_source", "file") == "none":
-                            # never silent: the series' weights are the reader's Poisson estimate
+                        if no_esd:
+                            # never silent: the reader's sqrt(max(I, 1)) is not stored as if it were esds
                             store.attrs["sigma_source"] = NO_ESD_SIGMA
                         elif "sigma_source" not in store.attrs:
                             store.attrs["sigma_source"] = "the files' esd column"

@@ -126,14 +126,24 @@ def resolve_path(name: str | Path, base_dir: str | Path, what: str) -> Path:
 
 
 def load_instrument(spec: RefinementSpec, wavelength_A: float, base_dir: str | Path) -> Instrument | None:
-    """The Instrument of ``profile.instrument`` (None when the spec names no file)."""
-    from insitu_xrd.io.instprm import read_instrument
+    """The Instrument of ``profile.instrument`` (None when the spec names no file).
+
+    The file's ``Polariz.`` is applied to the calculated intensities when the data are 1D
+    laboratory reflection data, i.e. ``profile.geometry: bragg_brentano`` or the file's
+    ``Diff-type`` is Bragg-Brentano (no integration divided the polarisation out; behind a
+    monochromator it is not 0.5), and the recipe sets no ``profile.polarization`` (which wins).
+    The fit says so (`insitu_xrd.fit.Refinement`: a note and the result's ``polarization`` attr)."""
+    from insitu_xrd.io.instprm import instrument_from_instprm, read_instprm
 
     name = spec.profile.instrument
     if not name:
         return None
     path = resolve_path(name, base_dir, "instrument file (refinement.profile.instrument)")
-    return read_instrument(path, wavelength_A=wavelength_A)
+    prm = read_instprm(path)
+    bragg_brentano = (spec.profile.geometry == "bragg_brentano"
+                      or str(prm.items.get("Diff-type", "")).replace("-", "").lower() == "braggbrentano")
+    return instrument_from_instprm(prm, wavelength_A=wavelength_A,
+                                   apply_polarization=bragg_brentano and spec.profile.polarization is None)
 
 
 def load_cif_phases(spec: RefinementSpec, base_dir: str | Path) -> dict[str, Phase]:

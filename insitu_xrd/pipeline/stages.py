@@ -40,6 +40,7 @@ __all__ = [
     "instrument_file",
     "integrate_stage",
     "patterns_fingerprint",
+    "sequential_sigma_source",
     "refine_stage",
     "sequential_cache_key",
     "watch_cache_key",
@@ -506,18 +507,72 @@ def instrument_attrs(recipe: Recipe) -> dict[str, str]:
     lab = wavelength_warning(ref, recipe.wavelength_A, recipe.base_dir)
     if lab:
         out["wavelength_warning"] = lab
+    out["polarization"] = polarization_attr(recipe)
     return out
 
 
-def sequential_sigma_source(mode: str, patterns: xr.Dataset) -> str:
+def polarization_attr(recipe: Recipe) -> str:
+    """The results attr ``polarization``: what the fits apply (the recipe's
+    ``profile.polarization``, the instrument file's ``Polariz.`` for Bragg-Brentano 1D data) or
+    that the integration divided it out."""
+    from insitu_xrd.fit.engine import polarization_note
+    from insitu_xrd.pipeline.refine_setup import load_instrument
+
+    ref = recipe.refinement
+    assert ref is not None
+    applied = ref.profile.polarization
+    if applied is None and ref.profile.instrument:
+        try:
+            instrument = load_instrument(ref, recipe.wavelength_A, recipe.base_dir)
+            applied = instrument.polarization if instrument is not None else None
+        except InsituXRDError:  # an unreadable file is reported by the refinement itself
+            applied = None
+    return polarization_note(ref.profile.polarization, applied)
+
+
+def sequential_sigma_source(mode: str, patterns: xr.Dataset, where: str = "") -> str:
     """The results attr ``sigma_source`` of a sequential run: ``refinement.sigma`` and, when the
-    patterns' esds are used, where they came from (the Patterns Dataset's ``sigma_source``)."""
-    if mode in ("poisson", "unit"):
-        return f"{mode} (refinement.sigma)"
+    patterns' esds are used, where they came from (the Patterns Dataset's ``sigma_source``).
+
+    Frames without esds (a ``patterns:`` file without an esd column: a NaN sigma row,
+    :func:`insitu_xrd.pipeline.sequential.without_esds`) are weighed per frame as
+    ``refinement.sigma`` says; with ``auto`` the attr counts the frames weighed by their esds, by
+    sqrt(max(I, 1)) and, background-subtracted (negative intensities), by sqrt(max(I, 0) + s0^2).
+    ``from_file`` with such frames raises :class:`RecipeError` (``where``: the recipe, for the
+    message)."""
+    from insitu_xrd.pipeline.sequential import without_esds
+
     source = str(patterns.attrs.get("sigma_source", "the patterns file sigma"))
-    if source.startswith("poisson"):  # 1D files without esds (patterns: route)
-        return source
-    return f"from_file ({source})"
+    n_esd = n_counts = n_subtracted = 0
+    if "sigma" in patterns and "intensity" in patterns:
+        inten = np.asarray(patterns["intensity"].values, dtype=float)
+        sig = np.asarray(patterns["sigma"].values, dtype=float)
+        status = [str(s) for s in patterns["status"].values] if "status" in patterns else ["ok"] * inten.shape[0]
+        for y, s, st in zip(inten, sig, status):
+            if st != "ok":
+                continue
+            if not without_esds(y, s):
+                n_esd += 1
+            elif np.any(y[np.isfinite(y)] < 0):
+                n_subtracted += 1
+            else:
+                n_counts += 1
+    n_none = n_counts + n_subtracted
+    if n_none and mode == "from_file":
+        raise RecipeError(f"{where}key 'refinement.sigma' is from_file, but {n_none} of the "
+                          f"{n_none + n_esd} patterns have no esds (files without an esd column); "
+                          "use auto, poisson or unit")
+    if mode in ("poisson", "unit"):
+        return f"{mode} (refinement.sigma)" + (f"; {n_none} of {n_none + n_esd} files had no esd column" if n_none else "")
+    if not n_none:
+        return f"from_file ({source})"
+    parts = [f"from_file for {n_esd} frames with esds"] if n_esd else []
+    if n_counts:
+        parts.append(f"poisson sqrt(max(I, 1)) for {n_counts} frames without esds")
+    if n_subtracted:
+        parts.append(f"poisson_background_subtracted sqrt(max(I, 0) + s0^2), s0 the rms of the points below zero, "
+                     f"for {n_subtracted} frames without esds and with negative intensities")
+    return "auto (refinement.sigma; the files have no esd column): " + "; ".join(parts)
 
 
 def make_factory(recipe: Recipe, wavelength_A: float) -> Callable[[Any], Any]:
@@ -545,6 +600,7 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
                 return ds, StageInfo("refine", "reused", time.perf_counter() - t0, f"{ds.sizes['frame']} frames in {out}", [str(out)])
         except Exception:
             pass
+    sigma_source = sequential_sigma_source(recipe.refinement.sigma, patterns, f"recipe {recipe.source}: ")
     resumed = False
     adopted = _adopt_watch_results(recipe, patterns, out, key)
     if out.exists():
@@ -566,7 +622,7 @@ def refine_stage(recipe: Recipe, patterns_path: Path, cache: StageCache, progres
                          cache_key=key, progress=progress, base_dir=recipe.base_dir,
                          attrs={"patterns_file": str(patterns_path), "recipe": str(recipe.source),
                                 "recipe_name": recipe.name, **instrument_attrs(recipe),
-                                "sigma_source": sequential_sigma_source(recipe.refinement.sigma, patterns)},
+                                "sigma_source": sigma_source},
                          executor=executor, patterns_path=patterns_path)
     cache.store("refine", key, [out])
     st = [str(s) for s in ds["status"].values]

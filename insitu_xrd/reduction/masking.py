@@ -8,8 +8,9 @@ Static mask (same for every frame; passed to pyFAI once, so its integration engi
   ``.npy``; non-zero = masked);
 * detector gaps/bad modules known to pyFAI (``detector.mask``, e.g. Pilatus/Eiger module gaps);
 * :func:`find_bad_pixels` on the first few frames: *gap* pixels (negative values, e.g. Pilatus
-  -1/-2), *dead* pixels (0 counts in every sampled frame although the median of the 9-pixel '+' neighbourhood (arms of 2)
-  is > 10 counts: for a live pixel that has probability < e^-10 per frame) and *hot* pixels
+  -1/-2), *dead* pixels (0 counts in every sampled frame although the median of the pixels of the 5x5
+  neighbourhood that did count (gaps left out) is > 10 counts: for a live pixel that has probability < e^-10 per
+  frame; leaving the never-counting neighbours out finds whole dead rows and columns too) and *hot* pixels
   (in every sampled frame > 20 Poisson sigma above the median of the 9-pixel '+' neighbourhood (arms of 2), and isolated:
   at most one of the 8 neighbours is also > 5 sigma high — a powder ring or a real diffraction
   spot covers several neighbouring pixels and is kept). When the geometry is known, a hot pixel
@@ -130,6 +131,27 @@ def _cross_median_at(padded: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
     return np.partition(vals, 4, axis=1)[:, 4]
 
 
+def _live_box_median_at(padded: np.ndarray, never_padded: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Median of the 5x5 neighbourhood at the given pixels, over the live pixels (``never_padded``
+    False: counted in some frame, not a gap; both images mirror-padded by 2); NaN where fewer than
+    8 are live.
+
+    Leaving the never-counting pixels out is what finds a dead row or column: along it the
+    neighbourhood is half dead, and its plain median is 0 like the pixel's own value."""
+    vals = np.full((rows.size, 25), np.nan, dtype=np.float64)
+    k = 0
+    for dr in range(-2, 3):
+        for dc in range(-2, 3):
+            live = ~never_padded[rows + 2 + dr, cols + 2 + dc]
+            vals[live, k] = padded[rows[live] + 2 + dr, cols[live] + 2 + dc]
+            k += 1
+    enough = np.count_nonzero(np.isfinite(vals), axis=1) >= 8
+    out = np.full(rows.size, np.nan)
+    if enough.any():
+        out[enough] = np.nanmedian(vals[enough], axis=1)
+    return out
+
+
 def _cross_min(padded: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Minimum of the 9-pixel '+' neighbourhood of every pixel (mirror-padded input)."""
     ny, nx = shape
@@ -184,7 +206,8 @@ def find_bad_pixels(
         frames: 1-5 raw frames of the series (same shape).
         dark: dark image subtracted before the hot-pixel test (optional).
         hot_sigma: threshold in Poisson sigma of the neighbourhood median.
-        dead_min_neighbour_counts: minimum neighbourhood median for calling a 0-count pixel dead.
+        dead_min_neighbour_counts: minimum median (raw counts) of the live 5x5 neighbours for calling a
+            0-count pixel dead.
         radial_at: optional geometry, (rows, cols) pixel indices -> radial coordinate (e.g.
             2theta); with it a hot candidate must also stand out from the pixels of its ring.
         radial_step: about half a pixel in that radial coordinate (required with radial_at).
@@ -246,7 +269,12 @@ def find_bad_pixels(
         if rows.size and radial_at is not None and radial_step:
             hot[rows, cols] = _brighter_than_their_ring(rows, cols, sig, ~gaps, radial_at, float(radial_step), hot_sigma)
     dead = np.zeros(shape, dtype=bool)
-    rows, cols = np.nonzero(highest == 0)
+    never_counted = highest == 0
+    rows, cols = np.nonzero(never_counted)
     if rows.size:
-        dead[rows, cols] = _cross_median_at(padded, rows, cols) > dead_min_neighbour_counts
+        # raw counts, not dark-subtracted: a pixel reading 0 where its neighbours read the dark
+        # level and more is dead whatever the dark
+        raw = padded if dark is None else np.pad(lowest.astype(np.float32), 2, mode="reflect")
+        not_live = np.pad(never_counted | gaps, 2, mode="reflect")
+        dead[rows, cols] = _live_box_median_at(raw, not_live, rows, cols) > dead_min_neighbour_counts
     return {"gaps": gaps, "dead": dead & ~gaps, "hot": hot & ~gaps}

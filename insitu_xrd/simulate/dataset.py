@@ -29,22 +29,26 @@ from typing import Any, Callable
 import numpy as np
 import yaml
 
-from insitu_xrd.core.pattern import Instrument
+from insitu_xrd.core.pattern import Instrument, peak_table
 from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.io.poni import write_poni
 from insitu_xrd.provenance import software_versions
+from insitu_xrd.simulate.beam_drift import BeamDrift
 from insitu_xrd.simulate.cycler import CyclerSpec, simulate_cycler
+from insitu_xrd.simulate.detector_defects import DetectorDefects, spotty_ring_map
 from insitu_xrd.simulate.frames import FrameRenderer, GeometrySpec, make_integrator, write_frame_tiff
 from insitu_xrd.simulate.pattern1d import (
     TRUE_INSTRUMENT,
     CellModel,
+    build_model,
+    cell_parts_reference_area,
     diffuse_reference_areas,
     intensity_scale_for_peak_counts,
     simulate_pattern_1d,
 )
 from insitu_xrd.simulate.scenario import ChargeScenario
 
-__all__ = ["DatasetSpec", "FRAME_GEOMETRY", "NI_GEOMETRY", "NI_WAVELENGTH_A", "simulate_dataset"]
+__all__ = ["DatasetSpec", "FRAME_GEOMETRY", "NI_GEOMETRY", "NI_WAVELENGTH_A", "REAL_CELL", "simulate_dataset"]
 
 #: True frame / in-situ CeO2 geometry (unbinned Perkin pixels): beam ~4 px off centre, 0.3 deg
 #: tilt; 2theta reaches ~11.5 deg at the detector edges at 0.1173 A.
@@ -78,6 +82,23 @@ class DatasetSpec:
     mustrain_axial_factor: float = 1.0  # 00l / hk0 microstrain of the layered phases (1: isotropic)
     texture_ratio: float = 1.0  # March-Dollase ratio of the layered phases about [001] (1: random powder)
     absorption_mut: float = 0.0  # mu t of the cell as a flat plate normal to the beam (0: no absorption)
+    # --- a real operando cell (docs/simulator.md "A real operando cell"); all off by default
+    binder_carbon: bool = False  # PTFE binder and carbon-black lines (simulate.cell_parts)
+    graphite: bool = False  # graphite lines (sharp 002 at 3.354 A)
+    size_sigma: float = 0.0  # log-normal crystallite-size distribution of H2/H3 (sigma of ln L; 0: one size)
+    size_median_um: float | None = None  # its volume-weighted median (None: the scenario's 0.8 um)
+    flux_drift_pct: float = 0.0  # flux loss per fill of the ring (%), restored at each refill
+    zero_drift_mdeg: float = 0.0  # scale of the 2theta zero drift (mdeg)
+    spotty_li: bool = False  # Li-metal rings as a few spots (large-grained foil)
+    detector_defects: bool = False  # dead rows/columns (0) and hot pixels (saturated)
+    plain_recipe: bool = False  # recipe.yaml as a user writes it: H2, optional H3, Li; nothing about the cell
+
+
+#: `insitu-xrd simulate --real-cell`: every real-cell effect at a realistic magnitude (docs/simulator.md)
+REAL_CELL: dict[str, Any] = dict(
+    binder_carbon=True, size_sigma=0.6, size_median_um=0.15, flux_drift_pct=3.0, zero_drift_mdeg=2.0,
+    spotty_li=True, detector_defects=True, texture_ratio=0.85, mustrain_axial_factor=1.5, plain_recipe=True,
+)
 
 
 # Worker state (set in the parent before the pool forks, inherited copy-on-write).
@@ -89,12 +110,26 @@ def _render_one(i: int) -> tuple[int, dict[str, Any], np.ndarray]:
     spec: DatasetSpec = st["spec"]
     t = float(st["times"][i])
     x_li = float(spec.cycler.x_li(t))
+    drift: BeamDrift = st["drift"]
+    instrument = st["instrument"]
+    if drift.zero_drift_mdeg:
+        instrument = replace(instrument, zero_deg=instrument.zero_deg + drift.zero_deg(t, st["end_time_s"]))
     sim = simulate_pattern_1d(
-        x_li, st["grid"], scenario=st["scenario"], instrument=st["instrument"], cell=st["cell"], k=st["k"],
-        diffuse_areas=st["diffuse_areas"], seed=None,
+        x_li, st["grid"], scenario=st["scenario"], instrument=instrument, cell=st["cell"], k=st["k"],
+        diffuse_areas=st["diffuse_areas"], seed=None, parts_reference_area=st["parts_area"],
     )
     rng = np.random.default_rng(st["seeds"][i])
-    img = st["renderer"].render(sim.two_theta_deg, sim.expected, rng)
+    flux = drift.flux_factor(t)
+    if flux != 1.0:
+        sim.expected = sim.expected * flux
+    if st["li_spots"] is None:
+        img = st["renderer"].render(sim.two_theta_deg, sim.expected, rng)
+    else:  # the Li rings as spots: the Li part of the frame times the spot map, the rest as a powder
+        li = np.clip(sim.components.phases["Li"], 0.0, None) * flux
+        lam = st["renderer"].expected(sim.two_theta_deg, sim.expected - li) + st["renderer"].expected(sim.two_theta_deg, li) * st["li_spots"]
+        img = rng.poisson(np.clip(lam, 0.0, None)).astype(np.int32)
+    if st["defects"] is not None:
+        img = st["defects"].apply(img)
     name = f"frame_{i:04d}.tif"
     acq = (START_UTC + _dt.timedelta(seconds=t)).isoformat().replace("+00:00", "Z")
     write_frame_tiff(Path(st["frames_dir"]) / name, img, {"time_s": f"{t:.3f}", "acquisition_time": acq, "exposure_s": f"{spec.exposure_s:g}"})
@@ -107,6 +142,10 @@ def _render_one(i: int) -> tuple[int, dict[str, Any], np.ndarray]:
         "phases": truth["phases"], "diffuse": truth["diffuse"], "background": truth["background"],
         "max_counts": int(img.max()),
     }
+    if drift.active:
+        frame.update(flux_factor=flux, zero_deg=instrument.zero_deg)
+    if "cell_parts" in truth:
+        frame["cell_parts"] = truth["cell_parts"]
     return i, frame, sim.expected.astype(np.float32)
 
 
@@ -125,6 +164,10 @@ def _recipe(spec: DatasetSpec) -> dict[str, Any]:
         {"name": "H2", "template": "nmc811", "a": 2.87, "c": 14.21, "refine": ["a", "c", "mustrain", "scale"]},
         {"name": "H3", "template": "nmc811", "a": 2.82, "c": 14.00, "refine": ["a", "c", "mustrain", "scale"], "optional": True},
     ]
+    if spec.plain_recipe:
+        # the five-minute recipe: nothing about texture, anisotropic broadening, binder, carbon, Al
+        li = [{"name": "Li", "template": "li_metal", "refine": ["a", "scale"]}] if spec.cell_lines else []
+        return _recipe_document(spec, phases + li)
     if spec.mustrain_axial_factor != 1.0:
         # 00l broadened differently from hk0: the uniaxial microstrain model about c
         for ph in phases:
@@ -137,6 +180,10 @@ def _recipe(spec: DatasetSpec) -> dict[str, Any]:
     if spec.cell_lines:
         phases += [{"name": "Li", "template": "li_metal", "refine": ["a", "scale"]},
                    {"name": "Al", "template": "al", "refine": ["a", "scale"]}]
+    return _recipe_document(spec, phases)
+
+
+def _recipe_document(spec: DatasetSpec, phases: list[dict[str, Any]]) -> dict[str, Any]:
     refinement: dict[str, Any] = {
         "mode": "lebail",
         "range_2theta_deg": [1.2, 11.8],
@@ -196,7 +243,9 @@ def simulate_dataset(
     wavelength_A: frames and in-situ CeO2 (Ni is always at 0.1665 A); binning: detector binning
     (2 -> 1024 x 1024, 400 um); cell_lines: Li and Al lines; diffuse: broad components under H2
     104 and 108/110; workers: processes (default: CPU count); progress(done, total) callback.
-    Other `DatasetSpec` fields may be given as keyword overrides.
+    Other `DatasetSpec` fields may be given as keyword overrides (`REAL_CELL` holds those of a
+    real operando cell: binder/carbon lines, size tails, flux and zero drift, spotty Li rings,
+    detector defects, texture, 00l microstrain, the plain recipe).
     """
     spec = DatasetSpec(frames=frames, seed=seed, coated=coated, wavelength_A=wavelength_A, binning=binning,
                        cell_lines=cell_lines, diffuse=diffuse, workers=workers, **spec_overrides)
@@ -223,12 +272,17 @@ def simulate_dataset(
             scenario.p, mustrain_axial_factor=float(spec.mustrain_axial_factor)))
     if spec.texture_ratio != 1.0:
         scenario = ChargeScenario(coated=spec.coated, params=replace(scenario.p, texture_ratio=float(spec.texture_ratio)))
+    if spec.size_sigma > 0:
+        size = scenario.p.size_um if spec.size_median_um is None else float(spec.size_median_um)
+        scenario = ChargeScenario(coated=spec.coated, params=replace(scenario.p, size_sigma=float(spec.size_sigma), size_um=size))
     instrument = Instrument(wavelength_A=spec.wavelength_A, zero_deg=spec.zero_deg, distance_mm=spec.geometry.distance_mm, **TRUE_INSTRUMENT)
     if spec.absorption_mut:
         instrument = replace(instrument, geometry="transmission", absorption_mut=float(spec.absorption_mut))
-    cell = CellModel(cell_lines=spec.cell_lines, diffuse=spec.diffuse)
+    cell = CellModel(cell_lines=spec.cell_lines, diffuse=spec.diffuse, binder_carbon=spec.binder_carbon, graphite=spec.graphite)
     k = intensity_scale_for_peak_counts(scenario, instrument, cell)
     diffuse_areas = diffuse_reference_areas(scenario, instrument, cell, k)
+    parts_area = cell_parts_reference_area(scenario, instrument, cell, k) if cell.cell_parts() else None
+    drift = BeamDrift(flux_drift_pct=float(spec.flux_drift_pct), zero_drift_mdeg=float(spec.zero_drift_mdeg))
 
     # cycler log
     log = simulate_cycler(spec.cycler, np.random.default_rng(seq_cycler))
@@ -240,11 +294,18 @@ def simulate_dataset(
     renderer = FrameRenderer(ai, spec.polarization_factor, spec.oversampling)
     grid = np.arange(0.0, renderer.tth_max_deg + 0.3, spec.grid_step_deg)
     write_poni(ai, calib_dir / "ceo2_true.poni")
+    # the fixed imperfections of the cell and the detector: their own seeds (the frames' are untouched)
+    seq_spots, seq_defects = np.random.SeedSequence([spec.seed, 0x5E11]).spawn(2)
+    li_spots, spots = _li_spot_map(spec, ai, renderer, scenario, instrument, cell, np.random.default_rng(seq_spots))
+    defects = (DetectorDefects.draw(renderer.shape, np.random.default_rng(seq_defects))  # type: ignore[arg-type]
+               if spec.detector_defects else None)
 
     _STATE.clear()
     _STATE.update(spec=spec, times=times, scenario=scenario, instrument=instrument, cell=cell, k=k,
                   diffuse_areas=diffuse_areas, grid=grid, renderer=renderer, frames_dir=str(frames_dir),
-                  seeds=[s.generate_state(4) for s in seq_frames.spawn(spec.frames)])
+                  seeds=[s.generate_state(4) for s in seq_frames.spawn(spec.frames)],
+                  parts_area=parts_area, drift=drift, end_time_s=float(spec.cycler.end_time_s()),
+                  li_spots=li_spots, defects=defects)
     n_workers = spec.workers or os.cpu_count() or 1
     n_workers = max(1, min(n_workers, spec.frames))
     results: dict[int, tuple[dict[str, Any], np.ndarray]] = {}
@@ -313,6 +374,21 @@ def simulate_dataset(
         "rendering": {"oversampling": spec.oversampling, "grid_step_deg": spec.grid_step_deg, "counts": "Poisson",
                       "intensity_k": k, "peak_counts_H2_003_at_x1": cell.peak_counts},
         "cell": {"cell_lines": spec.cell_lines, "diffuse": spec.diffuse, "weight_fractions": cell.weight_fractions()},
+        "real_cell": {
+            "binder_carbon": spec.binder_carbon, "graphite": spec.graphite,
+            "cell_parts": {part.name: {"strongest_area_fraction_of_H2_003_at_x1": frac,
+                                       "lines": [{"label": ln.label, "d_A": ln.d_A, "rel_intensity_cuka": ln.rel_intensity_cuka,
+                                                  "size_nm": ln.size_nm} for ln in part.lines]}
+                           for part, frac in cell.cell_parts()},
+            "size_distribution": ({"sigma_ln": spec.size_sigma, "volume_weighted_median_um": scenario.p.size_um}
+                                  if spec.size_sigma > 0 else None),
+            "beam_drift": drift.to_dict(),
+            "mustrain_axial_factor": spec.mustrain_axial_factor, "texture_ratio": spec.texture_ratio,
+            "spotty_li": ({"spots": spots} if spec.spotty_li else None),
+            "detector_defects": defects.to_dict() if defects is not None else None,
+            "defects_in_calibrant_images": False,
+            "plain_recipe": spec.plain_recipe,
+        },
         "echem": spec.cycler.to_dict() | {"file": "cycler.csv"},
         "frames": frames_truth,
     }
@@ -323,6 +399,20 @@ def simulate_dataset(
         encoding="utf-8",
     )
     return out / "truth.json"
+
+
+def _li_spot_map(spec: DatasetSpec, ai: Any, renderer: FrameRenderer, scenario: ChargeScenario, instrument: Instrument,
+                 cell: CellModel, rng: np.random.Generator) -> tuple[np.ndarray | None, list[dict]]:
+    """Per-pixel factor of the Li-metal rings (None without spotty Li) and its spots."""
+    if not (spec.spotty_li and spec.cell_lines):
+        return None, []
+    phases, _, _ = build_model(scenario.state(1.0), scenario, instrument, cell, 1.0)
+    li = next(p for p in phases if p.name == "Li")
+    rings = np.unique(np.round(peak_table(li, instrument, (0.0, renderer.tth_max_deg)).two_theta_deg, 6))
+    shape = renderer.shape
+    tth = np.degrees(ai.center_array(shape, unit="2th_rad", scale=False))
+    chi = np.degrees(ai.center_array(shape, unit="chi_rad", scale=False))
+    return spotty_ring_map(tth, chi, rings, rng)
 
 
 def _json_default(obj: Any) -> Any:

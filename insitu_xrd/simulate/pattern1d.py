@@ -9,6 +9,9 @@ components); this module only decides *what* is in the beam:
   (Fm-3m, a = 4.0495 A),
 - optional broad diffuse components under H2 104 and under 108/110 (disordered surface layer),
 - a Chebyshev background with a broad electrolyte/polymer hump,
+- optional lines of the pellet's binder and carbon (PTFE, carbon black, graphite: `cell_parts`),
+  at fixed d, their strongest line's area a set fraction of the H2 003 area at x = 1,
+- optional crystallite-size distribution of the cathode phases (`size_tails`: super-Lorentzian tails),
 
 and returns the noise-free expectation, a Poisson-noisy copy and a JSON-ready truth dict.
 Intensities are counts (per detector pixel when the pattern feeds a 2D frame).
@@ -36,7 +39,9 @@ from insitu_xrd.core.pattern import (
     scale_for_weight_fraction,
     weight_fractions,
 )
+from insitu_xrd.simulate.cell_parts import CARBON_BLACK, GRAPHITE, PTFE, CellPart, part_lines, part_pattern
 from insitu_xrd.simulate.scenario import ChargeScenario, ScenarioState
+from insitu_xrd.simulate.size_tails import SizeDistribution, size_distributed_pattern
 
 __all__ = [
     "TRUE_INSTRUMENT",
@@ -44,6 +49,7 @@ __all__ = [
     "Simulated1D",
     "cathode_phase",
     "intensity_scale_for_peak_counts",
+    "cell_parts_reference_area",
     "diffuse_reference_areas",
     "build_model",
     "simulate_pattern_1d",
@@ -63,6 +69,10 @@ class CellModel:
     scenario's cathode fractions. peak_counts: height (counts) of the H2 003 peak at x = 1.
     background_coeffs: Chebyshev coefficients (counts) over background_range_deg.
     hump: (centre deg, FWHM deg, height counts, eta) of the electrolyte/separator hump.
+    binder_carbon: PTFE binder and carbon-black lines; graphite: graphite lines (`cell_parts`).
+    *_area_fraction: area of the part's strongest line / area of the H2 003 line at x = 1: PTFE 100
+    and the carbon-black 002 band of a pressed pellet (80:10:10 active:carbon:PTFE by weight) are
+    minor next to 003 (PTFE 100 ~4 % of its height, the broad 002 band ~1 %).
     """
 
     cell_lines: bool = True
@@ -78,6 +88,20 @@ class CellModel:
     hump: tuple[float, float, float, float] = (1.9, 1.4, 160.0, 0.5)
     diffuse_eta: float = 0.5
     diffuse_offset_deg: tuple[float, float] = (-0.01, -0.015)
+    binder_carbon: bool = False
+    graphite: bool = False
+    ptfe_area_fraction: float = 0.05
+    carbon_black_area_fraction: float = 0.15
+    graphite_area_fraction: float = 0.06
+
+    def cell_parts(self) -> list[tuple[CellPart, float]]:
+        """(part, area fraction of its strongest line) of the parts in the beam."""
+        out: list[tuple[CellPart, float]] = []
+        if self.binder_carbon:
+            out += [(PTFE, self.ptfe_area_fraction), (CARBON_BLACK, self.carbon_black_area_fraction)]
+        if self.graphite:
+            out.append((GRAPHITE, self.graphite_area_fraction))
+        return out
 
     def weight_fractions(self) -> dict[str, float]:
         if not self.cell_lines:
@@ -94,6 +118,7 @@ class Simulated1D:
     expected: np.ndarray
     components: PatternComponents
     truth: dict[str, Any] = field(default_factory=dict)
+    cell_parts: dict[str, np.ndarray] = field(default_factory=dict)  # noise-free lines of each cell part
 
     @property
     def sigma(self) -> np.ndarray:
@@ -138,12 +163,23 @@ def _phase_states(state: ScenarioState, cell: CellModel, k: float, dmin_A: float
     return out
 
 
-def intensity_scale_for_peak_counts(scenario: ChargeScenario, instrument: Instrument, cell: CellModel) -> float:
-    """k such that the H2 003 peak of the pattern at x = 1 is `cell.peak_counts` high."""
-    states = _phase_states(scenario.state(1.0), cell, 1.0)
+def _h2_003(scenario: ChargeScenario, instrument: Instrument, cell: CellModel, k: float) -> tuple:
+    """(peak table, index) of the H2 003 line of the pattern at x = 1 with intensity scale k."""
+    states = _phase_states(scenario.state(1.0), cell, k)
     h2 = next(s for s in states if s.name == "H2")
     table = peak_table(h2, instrument, (0.5, 3.0))
-    i003 = int(np.argmin(np.abs(table.hkl - np.array([0, 0, 3])).sum(axis=1)))
+    return table, int(np.argmin(np.abs(table.hkl - np.array([0, 0, 3])).sum(axis=1)))
+
+
+def cell_parts_reference_area(scenario: ChargeScenario, instrument: Instrument, cell: CellModel, k: float) -> float:
+    """Area (counts x deg) of the H2 003 line at x = 1: the unit of the cell parts' line areas."""
+    table, i003 = _h2_003(scenario, instrument, cell, k)
+    return float(table.area[i003])
+
+
+def intensity_scale_for_peak_counts(scenario: ChargeScenario, instrument: Instrument, cell: CellModel) -> float:
+    """k such that the H2 003 peak of the pattern at x = 1 is `cell.peak_counts` high."""
+    table, i003 = _h2_003(scenario, instrument, cell, 1.0)
     x0 = table.two_theta_deg[i003]
     from insitu_xrd.core.profiles import pseudo_voigt
 
@@ -250,6 +286,7 @@ def simulate_pattern_1d(
     k: float | None = None,
     diffuse_areas: list[float] | None = None,
     seed: int | np.random.Generator | None = 0,
+    parts_reference_area: float | None = None,
 ) -> Simulated1D:
     """Simulate the 1D pattern (counts vs 2theta in deg) of the cell at Li content x_li.
 
@@ -264,6 +301,8 @@ def simulate_pattern_1d(
     k: intensity scale (counts); default from `cell.peak_counts` (`intensity_scale_for_peak_counts`).
     diffuse_areas: areas of the two diffuse components; default from `diffuse_reference_areas`.
     seed: Poisson seed or Generator; None gives observed = expected (no noise).
+    parts_reference_area: H2 003 area at x = 1, unit of the cell parts' line areas (when
+        `cell.binder_carbon` or `cell.graphite`); default from `cell_parts_reference_area`.
 
     Returns
     -------
@@ -281,6 +320,23 @@ def simulate_pattern_1d(
     state = scenario.state(x_li)
     phases, diffuse, humps = build_model(state, scenario, instrument, cell, k, diffuse_areas, float(x.max()))
     comps = calc_pattern(x, phases, instrument, cell.background_coeffs, cell.background_range_deg, humps, diffuse)
+    distribution = _size_distribution(scenario)
+    if distribution is not None:  # cathode lines as the sum over the crystallite-size distribution
+        for st in phases:
+            if st.name in ("H2", "H3"):
+                y = size_distributed_pattern(x, st, instrument, distribution)
+                comps.total += y - comps.phases[st.name]
+                comps.phases[st.name] = y
+    parts: dict[str, np.ndarray] = {}
+    parts_truth: dict[str, Any] = {}
+    if cell.cell_parts():
+        ref = parts_reference_area if parts_reference_area is not None else cell_parts_reference_area(scenario, instrument, cell, k)
+        for part, fraction in cell.cell_parts():
+            parts[part.name] = part_pattern(x, part, instrument, fraction * ref)
+            comps.total += parts[part.name]
+            lines = part_lines(part, instrument, fraction * ref)
+            parts_truth[part.name] = {"strongest_area_fraction_of_H2_003_at_x1": fraction, "lines": [
+                {key: (str(v[i]) if key == "label" else float(v[i])) for key, v in lines.items()} for i in range(len(lines["d_A"]))]}
     expected = np.clip(comps.total, 0.0, None)
     if seed is None:
         observed = expected.copy()
@@ -288,8 +344,19 @@ def simulate_pattern_1d(
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         observed = rng.poisson(expected).astype(float)
     truth = _truth(state, phases, diffuse, humps, comps, instrument, cell, k)
+    if distribution is not None:
+        for name in ("H2", "H3"):
+            if truth["phases"].get(name, {}).get("present"):
+                truth["phases"][name]["size_distribution"] = distribution.to_dict()
+    if parts_truth:
+        truth["cell_parts"] = parts_truth
     truth["instrument"] = {"wavelength_A": instrument.wavelength_A, "U": instrument.U, "V": instrument.V, "W": instrument.W,
                            "X": instrument.X, "Y": instrument.Y, "zero_deg": instrument.zero_deg}
     if instrument.kalpha2 is not None:  # a laboratory Ka doublet (calc_pattern puts both lines in)
         truth["instrument"].update(kalpha2_wavelength_A=instrument.kalpha2[0], kalpha2_ratio=instrument.kalpha2[1])
-    return Simulated1D(x, observed, expected, comps, truth)
+    return Simulated1D(x, observed, expected, comps, truth, parts)
+
+
+def _size_distribution(scenario: ChargeScenario) -> SizeDistribution | None:
+    p = scenario.p
+    return SizeDistribution(p.size_um, p.size_sigma) if p.size_sigma > 0 else None

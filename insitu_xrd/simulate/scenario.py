@@ -107,6 +107,9 @@ class LatticeCurveParams:
     #: lying flat in a cast electrode or pressed pellet; `insitu_xrd.core.texture`)
     texture_ratio: float = 1.0
     size_um: float = 0.8
+    #: width (sigma of ln L) of a log-normal crystallite-size distribution of H2 and H3; 0 = every
+    #: crystallite of size_um, > 0: size_um is the volume-weighted median (`simulate.size_tails`)
+    size_sigma: float = 0.0
     ni_li_mixing: float = 0.03
     o_z: float = 0.2590
     diffuse_fraction: float = 0.08

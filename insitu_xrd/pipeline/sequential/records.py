@@ -25,7 +25,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = ["site_parameter_dataset", "FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
-           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "two_theta_axis", "frame_arrays", "PER_PHASE_VARS",
+           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "two_theta_axis", "frame_arrays", "without_esds", "PER_PHASE_VARS",
            "CORR_WITH", "UNITS"]
 
 #: Per-phase output variables -> FitResult parameter suffix.
@@ -615,10 +615,27 @@ def _frame_time_s(patterns: xr.Dataset, i: int) -> float:
     return float(patterns["time_s"].values[i])
 
 
+def without_esds(intensity: np.ndarray, sigma: np.ndarray) -> bool:
+    """A frame whose pattern has no esds: intensities but not one finite sigma where they are
+    (the ``patterns:`` route stores a file without an esd column as a NaN sigma row)."""
+    have = np.isfinite(intensity)
+    return bool(have.any()) and not bool(np.isfinite(sigma[have]).any())
+
+
 def frame_arrays(patterns: xr.Dataset, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str, float]:
-    """(two_theta_deg, intensity, sigma, pattern status, time_s) of frame ``i``."""
+    """(two_theta_deg, intensity, sigma, pattern status, time_s) of frame ``i``.
+
+    A frame without esds (:func:`without_esds`) gets the weights ``refinement.sigma: auto`` gives
+    data without esds (:func:`insitu_xrd.fit.engine.weights`: sqrt(max(I, 1)), or for
+    background-subtracted data sqrt(max(I, 0) + s0^2)); ``poisson`` and ``unit`` recompute theirs
+    in the fit, and ``from_file`` is refused for such a series before the run
+    (:func:`insitu_xrd.pipeline.stages.sequential_sigma_source`)."""
+    from insitu_xrd.fit.engine import weights
+
     tth = two_theta_axis(patterns)
     y = np.asarray(patterns["intensity"].values[i], dtype=float)
     s = np.asarray(patterns["sigma"].values[i], dtype=float) if "sigma" in patterns else np.sqrt(np.clip(y, 1, None))
+    if without_esds(y, s):
+        s = weights("poisson", y, None)[0]
     st = str(patterns["status"].values[i]) if "status" in patterns else "ok"
     return tth, y, s, st, _frame_time_s(patterns, i)
