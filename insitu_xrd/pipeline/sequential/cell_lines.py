@@ -52,7 +52,7 @@ from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, comp
 from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.fit.spec import HumpSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.sequential.cell_trials import try_crystalline_components
+from insitu_xrd.pipeline.sequential.cell_trials import try_components
 from insitu_xrd.pipeline.sequential.records import param_value
 
 __all__ = ["CellLines", "detect_cell_lines", "late_lines", "residual_lines", "excess_maps", "LiveCellLines",
@@ -482,24 +482,36 @@ class CellLines:
     frames: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     trials: list[dict] = field(default_factory=list)
+    #: the crystalline component that fixes the 2theta zero: {phase, a[, c], frame} (empty: none)
+    standard: dict = field(default_factory=dict)
 
     @property
     def found(self) -> bool:
         return bool(self.phases or self.humps)
 
     def apply(self, spec: RefinementSpec) -> RefinementSpec:
-        """``spec`` with the components' phases appended to its phases and their peaks to its humps."""
+        """``spec`` with the components' phases appended to its phases and their peaks to its humps;
+        with an internal standard (``standard``), that phase's lattice held at its first-frame
+        value and the 2theta zero refined on every frame."""
         if not self.found:
             return spec
+        phases = list(self.phases)
+        profile = spec.profile
+        if self.standard:
+            held = {k: v for k, v in self.standard.items() if k in ("a", "c")}
+            phases = [p.model_copy(update={**held, "refine": [r for r in p.refine if r not in ("a", "c")]})
+                      if p.name == self.standard["phase"] else p for p in phases]
+            if "zero_deg" not in profile.refine:
+                profile = profile.model_copy(update={"refine": list(profile.refine) + ["zero_deg"]})
         bg = spec.background.model_copy(update={"humps": list(spec.background.humps) + list(self.humps)})
-        return spec.model_copy(update={"phases": list(spec.phases) + list(self.phases), "background": bg})
+        return spec.model_copy(update={"phases": list(spec.phases) + phases, "background": bg, "profile": profile})
 
     def attrs(self) -> dict[str, str]:
         """Results attrs (JSON strings): ``cell_components``, ``cell_free_peaks``, ``cell_lines_frames``,
         ``cell_lines_notes``."""
         return {"cell_components": json.dumps(self.components), "cell_free_peaks": json.dumps(self.free),
                 "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes),
-                "cell_component_trials": json.dumps(self.trials)}
+                "cell_component_trials": json.dumps(self.trials), "cell_standard": json.dumps(self.standard)}
 
 
 def _first_frames(patterns: xr.Dataset, n: int) -> list[int]:
@@ -730,34 +742,57 @@ def _rename_free(cells: CellLines, wavelength_A: float, observed: _Observed, mod
         lines = [(f, ln) for f, ln in lines if id(ln) not in used]
 
 
-def _try_crystalline(cells: CellLines, spec: RefinementSpec, wavelength_A: float, factory: Any,
-                     options: SequentialSection | None, patterns: xr.Dataset) -> None:
-    """Crystalline components the first frame wants as phases (:mod:`.cell_trials`), added to
-    ``cells`` before the residual search (a strong unmodelled phase spoils that search)."""
+def _try_components(cells: CellLines, spec: RefinementSpec, wavelength_A: float, factory: Any,
+                    options: SequentialSection | None, patterns: xr.Dataset) -> None:
+    """Library components the first frame wants (:mod:`.cell_trials`), added to ``cells`` before
+    the residual search (a strong unmodelled phase spoils that search)."""
     def fit_one(trial: RefinementSpec) -> Any:
         fits = _fit_first(trial, wavelength_A, factory, options, patterns, cells.frames[:1])
         return fits[-1] if fits else None
 
-    tried, fit = try_crystalline_components(spec, wavelength_A, fit_one)
+    tried, fit = try_components(spec, wavelength_A, fit_one)
     cells.trials = [t.as_dict() for t in tried]
     if fit is None:
         return
     x = np.asarray(fit.two_theta_deg, dtype=float)
     tth_range = (float(x.min()), float(x.max()))
+    n_recipe_humps = len(spec.background.humps)
     for t in tried:
-        if not t.accepted or t.spec is None:
+        if not t.accepted:
             continue
-        lattice_scale = t.lattice_scale
-        val = param_value(fit, f"{t.spec.name}_a")[0]
-        if np.isfinite(val) and t.spec.a:
-            lattice_scale *= val / t.spec.a
-        shown = expected_lines(t.comp, wavelength_A, tth_range, lattice_scale=lattice_scale, min_rel_intensity=STRONG_REL)
-        cells.components.append({
-            "name": t.comp.name, "key": t.comp.key, "part": t.comp.part, "kind": "phase", "source": t.comp.source,
-            "lattice_scale": round(lattice_scale, 6), "phase": t.spec.name, "evidence": t.reason,
-            "lines": [{"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(ln.two_theta_deg, 5),
-                       "sigma": None, "observed": True} for ln in sorted(shown, key=lambda ln: -ln.d_A)]})
-        cells.phases.append(t.spec)
+        entry: dict[str, Any] = {"name": t.comp.name, "key": t.comp.key, "part": t.comp.part, "source": t.comp.source,
+                                 "evidence": t.reason}
+        if t.spec is not None:
+            lattice_scale = t.lattice_scale
+            val = param_value(fit, f"{t.spec.name}_a")[0]
+            if np.isfinite(val) and t.spec.a:
+                lattice_scale *= val / t.spec.a
+            shown = expected_lines(t.comp, wavelength_A, tth_range, lattice_scale=lattice_scale,
+                                   min_rel_intensity=STRONG_REL)
+            entry.update(kind="phase", phase=t.spec.name, lattice_scale=round(lattice_scale, 6), lines=[
+                {"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(ln.two_theta_deg, 5), "sigma": None,
+                 "observed": True} for ln in sorted(shown, key=lambda ln: -ln.d_A)])
+            cells.phases.append(t.spec)
+            if not cells.standard and not {"zero_deg", "displacement_um"} & set(spec.profile.refine):
+                # a stationary cell phase is an internal standard: its lattice, refined on the first
+                # frame with the calibration's zero, is held; the zero then follows any drift of the
+                # beam or the sample position from frame to frame
+                held = {par: float(param_value(fit, f"{t.spec.name}_{par}")[0]) for par in ("a", "c") if par in t.spec.refine}
+                if all(np.isfinite(v) for v in held.values()):
+                    cells.standard = {"phase": t.spec.name, "frame": cells.frames[0],
+                                      **{k: round(v, 6) for k, v in held.items()}}
+        else:
+            first = n_recipe_humps + len(cells.humps)
+            rows = []
+            for k, (ln, h) in enumerate(zip(t.lines, t.humps)):
+                area, esd = param_value(fit, f"bkg_hump{t.first_hump + k}_area")
+                rows.append({"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(h.center_deg, 5),
+                             "fwhm_deg": round(h.fwhm_deg, 5), "area": area,
+                             "sigma": round(area / esd, 1) if np.isfinite(esd) and esd > 0 else None, "observed": True})
+            entry.update(kind="lines", lattice_scale=round(t.lattice_scale, 6), lines=sorted(rows, key=lambda r: -r["d_A"]),
+                         humps=list(range(first, first + len(t.humps))))
+            cells.humps.extend(t.humps)
+        cells.components.append(entry)
 
 
 def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, options: SequentialSection | None = None,
@@ -773,7 +808,7 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
     n_recipe_humps = len(spec.background.humps)
     last = None
     try:
-        _try_crystalline(cells, spec, wavelength, factory, options, patterns)
+        _try_components(cells, spec, wavelength, factory, options, patterns)
         for k in range(passes + 1):
             # after the first pass the humps' positions and widths are refined on the first frames,
             # then fixed there
@@ -804,7 +839,7 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
             _rename_free(cells, wavelength, *last, n_recipe_humps)
     except Exception as exc:  # the search must never stop a run: the recipe is then fitted as written
         cells.notes.append(f"cell-line search failed ({type(exc).__name__}: {exc}); nothing added")
-        cells.components, cells.free, cells.phases, cells.humps = [], [], [], []
+        cells.components, cells.free, cells.phases, cells.humps, cells.standard = [], [], [], [], {}
     return cells
 
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives, row_echelon
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice", "residual_match"]
+__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice", "residual_match", "curve_match"]
 
 
 def _smooth_signal(tth: np.ndarray, intensity: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -336,6 +336,12 @@ def residual_match(fit: Any, phase: Any, wavelength_A: float, mustrain: float, s
     x = np.asarray(fit.two_theta_deg, dtype=float)
     curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=max(mustrain, 0.0),
                                         size_um=size_um or np.inf)], inst).phases[phase.name]
+    return curve_match(fit, curve)
+
+
+def curve_match(fit: Any, curve: np.ndarray) -> tuple[float, float]:
+    """(amplitude, z) of ``curve`` (on the fit's 2theta grid) in the weighted residual of ``fit``
+    (see :func:`residual_match`)."""
     w = 1.0 / np.asarray(fit.sigma, dtype=float)
     r = (np.asarray(fit.obs) - np.asarray(fit.calc)) * w
     cw = curve * w
