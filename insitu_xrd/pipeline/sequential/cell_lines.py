@@ -281,25 +281,41 @@ class ModelPeaks:
     fwhm_deg: np.ndarray
     grid_deg: np.ndarray
     curve: np.ndarray
+    #: the humps (centre, FWHM, eta, area), kept apart: a band much broader than a line is no
+    #: peak whose misfit that line could be
+    humps: tuple[tuple[float, float, float, float], ...] = ()
+
+    def _curve_for(self, fwhm_deg: float) -> np.ndarray:
+        """The calculated curve with only the humps at most MISFIT_WIDTH_FACTOR x broader than a
+        line of ``fwhm_deg``."""
+        out = self.curve
+        for cen, wid, eta, area in self.humps:
+            if wid <= MISFIT_WIDTH_FACTOR * fwhm_deg:
+                out = out + area * pseudo_voigt(self.grid_deg, cen, wid, eta)
+        return out
 
     def indexes(self, center_deg: float, fwhm_deg: float, height: float) -> bool:
         """The model explains a line at ``center_deg`` of that FWHM and height: a model peak no
-        more than MISFIT_WIDTH_FACTOR times narrower lies within a width of it and the calculated
+        more than MISFIT_WIDTH_FACTOR times narrower or broader lies within a width of it and the calculated
         curve there is at least INDEX_HEIGHT_FRACTION of ``height``; or the line is a small
         feature on a model peak (the curve at its centre is MISFIT_HEIGHT_FACTOR x its height:
         a misfit of that peak's shape)."""
         if not len(self.two_theta_deg):
             return False
-        at = float(np.interp(center_deg, self.grid_deg, self.curve))
+        curve = self._curve_for(fwhm_deg)
+        at = float(np.interp(center_deg, self.grid_deg, curve))
         if at >= MISFIT_HEIGHT_FACTOR * height:
             return True
         tol = np.maximum(fwhm_deg, self.fwhm_deg)
-        near = (np.abs(self.two_theta_deg - center_deg) <= tol) & (fwhm_deg <= MISFIT_WIDTH_FACTOR * self.fwhm_deg)
+        # comparable widths both ways: a sharp line is no reflection of a broad band (a carbon
+        # band 0.4 deg wide would otherwise index every line within 0.4 deg of it)
+        near = (np.abs(self.two_theta_deg - center_deg) <= tol) & (fwhm_deg <= MISFIT_WIDTH_FACTOR * self.fwhm_deg) \
+            & (self.fwhm_deg <= MISFIT_WIDTH_FACTOR * max(fwhm_deg, 1e-12))
         if not near.any():
             return False
         w = float(np.max(tol[near]))
         sel = np.abs(self.grid_deg - center_deg) <= w
-        top = float(np.max(self.curve[sel])) if sel.any() else 0.0
+        top = float(np.max(curve[sel])) if sel.any() else 0.0
         return top >= INDEX_HEIGHT_FRACTION * height
 
 
@@ -319,14 +335,16 @@ def model_peaks(fit: Any, spec: RefinementSpec) -> ModelPeaks:
         k = int(np.argmax(c))
         tth.append(np.array([grid[k]]))
         fw.append(np.array([_curve_fwhm(grid, np.asarray(c, float))]))
+    humps = []
     for i, h in enumerate(spec.background.humps):
         cen = fit.values.get(f"bkg_hump{i}_center_deg", h.center_deg)
         wid = fit.values.get(f"bkg_hump{i}_fwhm_deg", h.fwhm_deg)
         area = max(fit.values.get(f"bkg_hump{i}_area", 0.0), 0.0)
         tth.append(np.array([cen]))
         fw.append(np.array([wid]))
-        curve = curve + area * pseudo_voigt(grid, cen, wid, h.eta)
-    return ModelPeaks(np.concatenate(tth) if tth else np.zeros(0), np.concatenate(fw) if fw else np.zeros(0), grid, curve)
+        humps.append((float(cen), float(wid), float(h.eta), float(area)))
+    return ModelPeaks(np.concatenate(tth) if tth else np.zeros(0), np.concatenate(fw) if fw else np.zeros(0), grid, curve,
+                      tuple(humps))
 
 
 def _curve_fwhm(x: np.ndarray, c: np.ndarray) -> float:
@@ -484,6 +502,8 @@ class CellLines:
     trials: list[dict] = field(default_factory=list)
     #: the crystalline component that fixes the 2theta zero: {phase, a[, c], frame} (empty: none)
     standard: dict = field(default_factory=dict)
+    #: the first humps, of components kept by a trial: at the library's place and width, area only
+    library_humps: int = 0
 
     @property
     def found(self) -> bool:
@@ -674,8 +694,8 @@ def _identify(lines: list[ResidualLine], spec: RefinementSpec, wavelength_A: flo
 
 def _settle_humps(cells: CellLines, fit: Any, n_recipe_humps: int) -> None:
     """Fix the new humps at the position and width refined on the first frames (when refined there)."""
-    new = []
-    for k, h in enumerate(cells.humps):
+    new = list(cells.humps[:cells.library_humps])
+    for k, h in enumerate(cells.humps[cells.library_humps:], start=cells.library_humps):
         i = n_recipe_humps + k
         c = fit.values.get(f"bkg_hump{i}_center_deg", h.center_deg)
         w = fit.values.get(f"bkg_hump{i}_fwhm_deg", h.fwhm_deg)
@@ -793,6 +813,7 @@ def _try_components(cells: CellLines, spec: RefinementSpec, wavelength_A: float,
                          humps=list(range(first, first + len(t.humps))))
             cells.humps.extend(t.humps)
         cells.components.append(entry)
+    cells.library_humps = len(cells.humps)
 
 
 def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, options: SequentialSection | None = None,
@@ -814,8 +835,11 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
             # then fixed there
             trial = cells.apply(spec)
             if cells.humps:
+                # the peaks of components kept by a trial stay at the library's place and width
+                # (refined freely, a broad carbon band would spread over its neighbours' lines)
                 bg = trial.background.model_copy(update={"humps": list(spec.background.humps) + [
-                    h.model_copy(update={"refine": ["area", "center_deg", "fwhm_deg"]}) for h in cells.humps]})
+                    h if k < cells.library_humps else h.model_copy(update={"refine": ["area", "center_deg", "fwhm_deg"]})
+                    for k, h in enumerate(cells.humps)]})
                 trial = trial.model_copy(update={"background": bg})
             fits = _fit_first(trial, wavelength, factory, options, patterns, cells.frames)
             if not fits:
