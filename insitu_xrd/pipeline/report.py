@@ -209,7 +209,8 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
         lines.append("")
     for c in comps:
         seen = [ln for ln in c.get("lines", []) if ln.get("observed", True)]
-        txt = ", ".join(f"{ln['label']} {ln['d_A']:.4f} A ({ln['sigma']:.0f} sigma)" for ln in seen)
+        txt = ", ".join(f"{ln['label']} {ln['d_A']:.4f} A" + (f" ({ln['sigma']:.0f} sigma)" if ln.get("sigma") is not None else "")
+                        for ln in seen)
         if c.get("kind") == "phase":
             name = c.get("phase", c["name"])
             extra = ""
@@ -220,8 +221,9 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
                     extra = f"; a = {np.nanmedian(a):.5f} A (median)"
                 if np.isfinite(wf).any():
                     extra += f", {100 * np.nanmedian(wf):.1f} wt% of the refined phases"
+            why = f"; found by a trial fit of the first frame ({c['evidence']})" if c.get("evidence") else ""
             lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}; fitted as phase `{name}` "
-                         f"(scale, lattice, microstrain){extra}.")
+                         f"(scale, lattice, microstrain){extra}{why}.")
         else:
             rest = [ln for ln in c.get("lines", []) if not ln.get("observed", True)]
             more = ("; also modelled at the library's place: " + ", ".join(f"{ln['label']} {ln['d_A']:.3f} A" for ln in rest)
@@ -229,6 +231,23 @@ def cell_line_lines(results: xr.Dataset) -> list[str]:
             lines.append(f"- **{c['name']}** ({c['part']}; {c['source']}): lines {txt}{more}; fitted as peaks at fixed "
                          "positions and widths with a free area (background humps "
                          + ", ".join(str(i) for i in c.get("humps", [])) + ").")
+    standard = attrs.get("cell_standard")
+    try:
+        standard = json.loads(standard) if standard else {}
+    except (TypeError, ValueError):
+        standard = {}
+    if standard:
+        held = ", ".join(f"{k} = {standard[k]:.5f} A" for k in ("a", "c") if k in standard)
+        zero = ""
+        if "zero_shift" in results:
+            z = results["zero_shift"].values * 1e3
+            if np.isfinite(z).any():
+                zero = f" (from {np.nanmin(z):+.2f} to {np.nanmax(z):+.2f} mdeg)"
+        lines.append(f"- **{standard['phase']} is the internal standard**: a cell part does not change with the charge, so "
+                     f"its lattice is held at {held} (refined on frame {standard.get('frame', 0)} with the calibration's "
+                     f"zero) and the 2theta zero is refined on every frame{zero}, following drifts of the beam or "
+                     "the sample. List the component among the recipe's phases (or refine zero_deg yourself) to decide "
+                     "otherwise.")
     if free:
         lines.append("- **Free peaks** (stationary, no library component explains them; fixed position and width, free "
                      "area): " + "; ".join(f"d = {f['d_A']:.4f} A (2theta {f['two_theta_deg']:.4f} deg, FWHM "

@@ -58,6 +58,8 @@ from insitu_xrd.core.profiles import pseudo_voigt
 from insitu_xrd.core.residual_lines import CORE_AREA, ExcessMap, ResidualLine, excess_maps, residual_lines
 from insitu_xrd.fit.spec import HumpSpec, PhaseSpec, RefinementSpec
 from insitu_xrd.pipeline.recipe import SequentialSection
+from insitu_xrd.pipeline.sequential.cell_trials import try_components
+from insitu_xrd.pipeline.sequential.records import param_value
 
 __all__ = ["CellLines", "detect_cell_lines", "late_lines", "LiveCellLines",
            "cell_lines_summary",
@@ -98,25 +100,41 @@ class ModelPeaks:
     fwhm_deg: np.ndarray
     grid_deg: np.ndarray
     curve: np.ndarray
+    #: the humps (centre, FWHM, eta, area), kept apart: a band much broader than a line is no
+    #: peak whose misfit that line could be
+    humps: tuple[tuple[float, float, float, float], ...] = ()
+
+    def _curve_for(self, fwhm_deg: float) -> np.ndarray:
+        """The calculated curve with only the humps at most MISFIT_WIDTH_FACTOR x broader than a
+        line of ``fwhm_deg``."""
+        out = self.curve
+        for cen, wid, eta, area in self.humps:
+            if wid <= MISFIT_WIDTH_FACTOR * fwhm_deg:
+                out = out + area * pseudo_voigt(self.grid_deg, cen, wid, eta)
+        return out
 
     def indexes(self, center_deg: float, fwhm_deg: float, height: float) -> bool:
         """The model explains a line at ``center_deg`` of that FWHM and height: a model peak no
-        more than MISFIT_WIDTH_FACTOR times narrower lies within a width of it and the calculated
+        more than MISFIT_WIDTH_FACTOR times narrower or broader lies within a width of it and the calculated
         curve there is at least INDEX_HEIGHT_FRACTION of ``height``; or the line is a small
         feature on a model peak (the curve at its centre is MISFIT_HEIGHT_FACTOR x its height:
         a misfit of that peak's shape)."""
         if not len(self.two_theta_deg):
             return False
-        at = float(np.interp(center_deg, self.grid_deg, self.curve))
+        curve = self._curve_for(fwhm_deg)
+        at = float(np.interp(center_deg, self.grid_deg, curve))
         if at >= MISFIT_HEIGHT_FACTOR * height:
             return True
         tol = np.maximum(fwhm_deg, self.fwhm_deg)
-        near = (np.abs(self.two_theta_deg - center_deg) <= tol) & (fwhm_deg <= MISFIT_WIDTH_FACTOR * self.fwhm_deg)
+        # comparable widths both ways: a sharp line is no reflection of a broad band (a carbon
+        # band 0.4 deg wide would otherwise index every line within 0.4 deg of it)
+        near = (np.abs(self.two_theta_deg - center_deg) <= tol) & (fwhm_deg <= MISFIT_WIDTH_FACTOR * self.fwhm_deg) \
+            & (self.fwhm_deg <= MISFIT_WIDTH_FACTOR * max(fwhm_deg, 1e-12))
         if not near.any():
             return False
         w = float(np.max(tol[near]))
         sel = np.abs(self.grid_deg - center_deg) <= w
-        top = float(np.max(self.curve[sel])) if sel.any() else 0.0
+        top = float(np.max(curve[sel])) if sel.any() else 0.0
         return top >= INDEX_HEIGHT_FRACTION * height
 
 
@@ -145,14 +163,16 @@ def model_peaks(fit: Any, spec: RefinementSpec) -> ModelPeaks:
         k = int(np.argmax(c))
         tth.append(np.array([grid[k]]))
         fw.append(np.array([_curve_fwhm(grid, np.asarray(c, float))]))
+    humps = []
     for i, h in enumerate(spec.background.humps):
         cen = fit.values.get(f"bkg_hump{i}_center_deg", h.center_deg)
         wid = fit.values.get(f"bkg_hump{i}_fwhm_deg", h.fwhm_deg)
         area = max(fit.values.get(f"bkg_hump{i}_area", 0.0), 0.0)
         tth.append(np.array([cen]))
         fw.append(np.array([wid]))
-        curve = curve + area * pseudo_voigt(grid, cen, wid, h.eta)
-    return ModelPeaks(np.concatenate(tth) if tth else np.zeros(0), np.concatenate(fw) if fw else np.zeros(0), grid, curve)
+        humps.append((float(cen), float(wid), float(h.eta), float(area)))
+    return ModelPeaks(np.concatenate(tth) if tth else np.zeros(0), np.concatenate(fw) if fw else np.zeros(0), grid, curve,
+                      tuple(humps))
 
 
 def _curve_fwhm(x: np.ndarray, c: np.ndarray) -> float:
@@ -315,23 +335,39 @@ class CellLines:
     humps: list[HumpSpec] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    trials: list[dict] = field(default_factory=list)
+    #: the crystalline component that fixes the 2theta zero: {phase, a[, c], frame} (empty: none)
+    standard: dict = field(default_factory=dict)
+    #: the first humps, of components kept by a trial: at the library's place and width, area only
+    library_humps: int = 0
 
     @property
     def found(self) -> bool:
         return bool(self.phases or self.humps)
 
     def apply(self, spec: RefinementSpec) -> RefinementSpec:
-        """``spec`` with the components' phases appended to its phases and their peaks to its humps."""
+        """``spec`` with the components' phases appended to its phases and their peaks to its humps;
+        with an internal standard (``standard``), that phase's lattice held at its first-frame
+        value and the 2theta zero refined on every frame."""
         if not self.found:
             return spec
+        phases = list(self.phases)
+        profile = spec.profile
+        if self.standard:
+            held = {k: v for k, v in self.standard.items() if k in ("a", "c")}
+            phases = [p.model_copy(update={**held, "refine": [r for r in p.refine if r not in ("a", "c")]})
+                      if p.name == self.standard["phase"] else p for p in phases]
+            if "zero_deg" not in profile.refine:
+                profile = profile.model_copy(update={"refine": list(profile.refine) + ["zero_deg"]})
         bg = spec.background.model_copy(update={"humps": list(spec.background.humps) + list(self.humps)})
-        return spec.model_copy(update={"phases": list(spec.phases) + list(self.phases), "background": bg})
+        return spec.model_copy(update={"phases": list(spec.phases) + phases, "background": bg, "profile": profile})
 
     def attrs(self) -> dict[str, str]:
         """Results attrs (JSON strings): ``cell_components``, ``cell_free_peaks``, ``cell_lines_frames``,
         ``cell_lines_notes``."""
         return {"cell_components": json.dumps(self.components), "cell_free_peaks": json.dumps(self.free),
-                "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes)}
+                "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes),
+                "cell_component_trials": json.dumps(self.trials), "cell_standard": json.dumps(self.standard)}
 
 
 def _first_frames(patterns: xr.Dataset, n: int) -> list[int]:
@@ -494,8 +530,8 @@ def _identify(lines: list[ResidualLine], spec: RefinementSpec, wavelength_A: flo
 
 def _settle_humps(cells: CellLines, fit: Any, n_recipe_humps: int) -> None:
     """Fix the new humps at the position and width refined on the first frames (when refined there)."""
-    new = []
-    for k, h in enumerate(cells.humps):
+    new = list(cells.humps[:cells.library_humps])
+    for k, h in enumerate(cells.humps[cells.library_humps:], start=cells.library_humps):
         i = n_recipe_humps + k
         c = fit.values.get(f"bkg_hump{i}_center_deg", h.center_deg)
         w = fit.values.get(f"bkg_hump{i}_fwhm_deg", h.fwhm_deg)
@@ -562,6 +598,60 @@ def _rename_free(cells: CellLines, wavelength_A: float, observed: _Observed, mod
         lines = [(f, ln) for f, ln in lines if id(ln) not in used]
 
 
+def _try_components(cells: CellLines, spec: RefinementSpec, wavelength_A: float, factory: Any,
+                    options: SequentialSection | None, patterns: xr.Dataset) -> None:
+    """Library components the first frame wants (:mod:`.cell_trials`), added to ``cells`` before
+    the residual search (a strong unmodelled phase spoils that search)."""
+    def fit_one(trial: RefinementSpec) -> Any:
+        fits = _fit_first(trial, wavelength_A, factory, options, patterns, cells.frames[:1])
+        return fits[-1] if fits else None
+
+    tried, fit = try_components(spec, wavelength_A, fit_one)
+    cells.trials = [t.as_dict() for t in tried]
+    if fit is None:
+        return
+    x = np.asarray(fit.two_theta_deg, dtype=float)
+    tth_range = (float(x.min()), float(x.max()))
+    n_recipe_humps = len(spec.background.humps)
+    for t in tried:
+        if not t.accepted:
+            continue
+        entry: dict[str, Any] = {"name": t.comp.name, "key": t.comp.key, "part": t.comp.part, "source": t.comp.source,
+                                 "evidence": t.reason}
+        if t.spec is not None:
+            lattice_scale = t.lattice_scale
+            val = param_value(fit, f"{t.spec.name}_a")[0]
+            if np.isfinite(val) and t.spec.a:
+                lattice_scale *= val / t.spec.a
+            shown = expected_lines(t.comp, wavelength_A, tth_range, lattice_scale=lattice_scale,
+                                   min_rel_intensity=STRONG_REL)
+            entry.update(kind="phase", phase=t.spec.name, lattice_scale=round(lattice_scale, 6), lines=[
+                {"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(ln.two_theta_deg, 5), "sigma": None,
+                 "observed": True} for ln in sorted(shown, key=lambda ln: -ln.d_A)])
+            cells.phases.append(t.spec)
+            if not cells.standard and not {"zero_deg", "displacement_um"} & set(spec.profile.refine):
+                # a stationary cell phase is an internal standard: its lattice, refined on the first
+                # frame with the calibration's zero, is held; the zero then follows any drift of the
+                # beam or the sample position from frame to frame
+                held = {par: float(param_value(fit, f"{t.spec.name}_{par}")[0]) for par in ("a", "c") if par in t.spec.refine}
+                if all(np.isfinite(v) for v in held.values()):
+                    cells.standard = {"phase": t.spec.name, "frame": cells.frames[0],
+                                      **{k: round(v, 6) for k, v in held.items()}}
+        else:
+            first = n_recipe_humps + len(cells.humps)
+            rows = []
+            for k, (ln, h) in enumerate(zip(t.lines, t.humps)):
+                area, esd = param_value(fit, f"bkg_hump{t.first_hump + k}_area")
+                rows.append({"label": ln.label, "d_A": round(ln.d_A, 5), "two_theta_deg": round(h.center_deg, 5),
+                             "fwhm_deg": round(h.fwhm_deg, 5), "area": area,
+                             "sigma": round(area / esd, 1) if np.isfinite(esd) and esd > 0 else None, "observed": True})
+            entry.update(kind="lines", lattice_scale=round(t.lattice_scale, 6), lines=sorted(rows, key=lambda r: -r["d_A"]),
+                         humps=list(range(first, first + len(t.humps))))
+            cells.humps.extend(t.humps)
+        cells.components.append(entry)
+    cells.library_humps = len(cells.humps)
+
+
 def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, options: SequentialSection | None = None,
                       n_frames: int = FIRST_FRAMES, passes: int = 2, wavelength_A: float | None = None) -> CellLines:
     """Find and name the cell's lines in the first ``n_frames`` usable frames of ``patterns`` (see
@@ -575,13 +665,17 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
     n_recipe_humps = len(spec.background.humps)
     last = None
     try:
+        _try_components(cells, spec, wavelength, factory, options, patterns)
         for k in range(passes + 1):
             # after the first pass the humps' positions and widths are refined on the first frames,
             # then fixed there
             trial = cells.apply(spec)
             if cells.humps:
+                # the peaks of components kept by a trial stay at the library's place and width
+                # (refined freely, a broad carbon band would spread over its neighbours' lines)
                 bg = trial.background.model_copy(update={"humps": list(spec.background.humps) + [
-                    h.model_copy(update={"refine": ["area", "center_deg", "fwhm_deg"]}) for h in cells.humps]})
+                    h if k < cells.library_humps else h.model_copy(update={"refine": ["area", "center_deg", "fwhm_deg"]})
+                    for k, h in enumerate(cells.humps)]})
                 trial = trial.model_copy(update={"background": bg})
             fits = _fit_first(trial, wavelength, factory, options, patterns, cells.frames)
             if not fits:
@@ -605,7 +699,7 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
             _rename_free(cells, wavelength, *last, n_recipe_humps)
     except Exception as exc:  # the search must never stop a run: the recipe is then fitted as written
         cells.notes.append(f"cell-line search failed ({type(exc).__name__}: {exc}); nothing added")
-        cells.components, cells.free, cells.phases, cells.humps = [], [], [], []
+        cells.components, cells.free, cells.phases, cells.humps, cells.standard = [], [], [], [], {}
     return cells
 
 

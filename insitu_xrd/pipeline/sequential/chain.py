@@ -39,7 +39,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.fit.stages import SIGNIFICANCE
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, frame_arrays, param_value, record_from_fit
-from insitu_xrd.pipeline.sequential.search import phase_object, search_lattice, seeded_spec, with_lattice
+from insitu_xrd.pipeline.sequential.search import phase_object, residual_match, search_lattice, seeded_spec, with_lattice
 
 __all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame", "run_chain", "seam_fits_agree"]
 
@@ -370,8 +370,6 @@ class SequentialRefiner:
         a small z or fraction means the full test would reject the phase anyway.
         (inf, inf) when it cannot be computed (the full test then decides).
         """
-        from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
-
         try:
             phase = phase_object(spec, name, self._refinement_for(spec))
             if phase is None:
@@ -384,20 +382,9 @@ class SequentialRefiner:
 
             parent = self._split_from(name)
             mustrain = v(f"{parent}_mustrain", ph.mustrain) if parent in fit0.active_phases else ph.mustrain
-            inst = Instrument(self.wavelength_A, U=v("U", 0.0), V=v("V", 0.0), W=v("W", 1.0), X=v("X", 0.0),
-                              Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0), sh_l=v("sh_l", 0.0))
-            x = np.asarray(fit0.two_theta_deg, dtype=float)
-            curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=max(mustrain, 0.0),
-                                                size_um=ph.size_um or np.inf)], inst).phases[name]
-            w = 1.0 / np.asarray(fit0.sigma, dtype=float)
-            r = (np.asarray(fit0.obs) - np.asarray(fit0.calc)) * w
-            cw = curve * w
-            den = float(np.dot(cw, cw))
-            if not den > 0:
+            amp, z = residual_match(fit0, phase, self.wavelength_A, mustrain, ph.size_um)
+            if amp == 0.0 and z == 0.0:
                 return 0.0, 0.0
-            amp = float(np.dot(r, cw)) / den
-            esd = math.sqrt(max(float(fit0.gof), 1.0) / den)
-            z = amp / esd
             # implied weight fraction: amp * ZMV / (amp * ZMV + sum_k S_k ZMV_k), the sum taken
             # from the main phase's scale and weight fraction in fit0
             frac = math.inf

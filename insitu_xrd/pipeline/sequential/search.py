@@ -18,7 +18,7 @@ from scipy import ndimage
 from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives, row_echelon
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice"]
+__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice", "residual_match", "curve_match"]
 
 
 def _smooth_signal(tth: np.ndarray, intensity: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -312,3 +312,42 @@ def with_lattice(spec: RefinementSpec, name: str, a: float, c: float, **more: fl
     update = {"a": a, "c": c, **{k: float(v) for k, v in more.items() if k in _CELL_INDEX}}
     phases = [p.model_copy(update=update) if p.name == name else p for p in spec.phases]
     return spec.model_copy(update={"phases": phases})
+
+
+def residual_match(fit: Any, phase: Any, wavelength_A: float, mustrain: float, size_um: float | None = None
+                   ) -> tuple[float, float]:
+    """How much of ``phase``'s calculated pattern is in the weighted residual of ``fit``.
+
+    The pattern (scale 1, the fit's instrument profile and zero, the given microstrain in 1e-6
+    and size in um) is scaled to the residual (obs - calc) / sigma by one linear amplitude.
+    Returns (amplitude, z = amplitude / esd), the esd taken with the fit's GoF (at least 1). It
+    ignores the correlations a full fit has (background, other phases, Le Bail intensities), so it
+    overestimates what a full fit finds: a cheap gate before one, never a decision alone.
+    """
+    from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
+    from insitu_xrd.pipeline.sequential.records import param_value
+
+    def v(key: str, default: float) -> float:
+        val = param_value(fit, key)[0]
+        return val if np.isfinite(val) else default
+
+    inst = Instrument(wavelength_A, U=v("U", 0.0), V=v("V", 0.0), W=v("W", 1.0), X=v("X", 0.0),
+                      Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0), sh_l=v("sh_l", 0.0))
+    x = np.asarray(fit.two_theta_deg, dtype=float)
+    curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=max(mustrain, 0.0),
+                                        size_um=size_um or np.inf)], inst).phases[phase.name]
+    return curve_match(fit, curve)
+
+
+def curve_match(fit: Any, curve: np.ndarray) -> tuple[float, float]:
+    """(amplitude, z) of ``curve`` (on the fit's 2theta grid) in the weighted residual of ``fit``
+    (see :func:`residual_match`)."""
+    w = 1.0 / np.asarray(fit.sigma, dtype=float)
+    r = (np.asarray(fit.obs) - np.asarray(fit.calc)) * w
+    cw = curve * w
+    den = float(np.dot(cw, cw))
+    if not den > 0:
+        return 0.0, 0.0
+    amp = float(np.dot(r, cw)) / den
+    esd = math.sqrt(max(float(fit.gof), 1.0) / den)
+    return amp, amp / esd
