@@ -64,7 +64,7 @@ from insitu_xrd.pipeline.sequential import (
     read_chain_state,
     write_chain_state,
 )
-from insitu_xrd.pipeline.sequential.cell_lines import LiveCellLines, cell_lines_summary
+from insitu_xrd.pipeline.sequential.cell_live import LiveCellLines, cell_lines_summary
 from insitu_xrd.pipeline.sequential.store import SequentialStore
 from insitu_xrd.pipeline.stages import (
     StageCache,

@@ -51,7 +51,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
-from scipy import ndimage
 
 from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, component_phase, expected_lines
 from insitu_xrd.core.profiles import pseudo_voigt
@@ -61,9 +60,8 @@ from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.cell_trials import try_components
 from insitu_xrd.pipeline.sequential.records import param_value
 
-__all__ = ["CellLines", "detect_cell_lines", "late_lines", "LiveCellLines",
-           "cell_lines_summary",
-           "FIRST_FRAMES", "DETECT_SIGMA", "FRAME_SIGMA"]
+__all__ = ["CellLines", "detect_cell_lines", "first_usable_frames", "FIRST_FRAMES", "DETECT_SIGMA", "FRAME_SIGMA",
+           "INDEX_HEIGHT_FRACTION", "MISFIT_HEIGHT_FACTOR"]
 
 #: frames at the start of the series whose residual is searched
 FIRST_FRAMES = 3
@@ -370,7 +368,8 @@ class CellLines:
                 "cell_component_trials": json.dumps(self.trials), "cell_standard": json.dumps(self.standard)}
 
 
-def _first_frames(patterns: xr.Dataset, n: int) -> list[int]:
+def first_usable_frames(patterns: xr.Dataset, n: int) -> list[int]:
+    """The first ``n`` frames of ``patterns`` whose status is ok."""
     st = [str(s) for s in patterns["status"].values] if "status" in patterns else ["ok"] * patterns.sizes["frame"]
     return [i for i, s in enumerate(st) if s == "ok"][:n]
 
@@ -657,7 +656,7 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
     """Find and name the cell's lines in the first ``n_frames`` usable frames of ``patterns`` (see
     module docstring); ``factory``: spec -> Refinement; ``wavelength_A``: default the patterns'
     attr. Never raises for the data: a failure is a note and nothing is added."""
-    cells = CellLines(frames=_first_frames(patterns, n_frames))
+    cells = CellLines(frames=first_usable_frames(patterns, n_frames))
     wavelength = float(wavelength_A if wavelength_A is not None else patterns.attrs["wavelength_A"])
     if not cells.frames:
         cells.notes.append("no usable frame to search")
@@ -701,119 +700,3 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
         cells.notes.append(f"cell-line search failed ({type(exc).__name__}: {exc}); nothing added")
         cells.components, cells.free, cells.phases, cells.humps, cells.standard = [], [], [], [], {}
     return cells
-
-
-# ---------------------------------------------------------------------------------------------
-# lines appearing later
-
-
-def late_lines(results: xr.Dataset, patterns: xr.Dataset, spec: RefinementSpec, after: Sequence[int],
-               min_sigma: float = DETECT_SIGMA) -> list[dict]:
-    """Lines of the residual (patterns' intensity - the results' calc) of frames after the first
-    ones (``after``: the frames searched by :func:`detect_cell_lines`) that are significant
-    (``min_sigma``) where the model of that frame has no peak: never absorbed, flagged with their
-    d-spacing and the frames they are in (first frame first). [{d_A, two_theta_deg, first_frame,
-    frames, max_sigma}] sorted by first frame."""
-    wavelength = float(patterns.attrs["wavelength_A"])
-    x_all = np.asarray(results["two_theta"].values, float)
-    first_set = set(int(i) for i in after)
-    start = max(first_set) + 1 if first_set else 0
-    found: list[dict] = []
-    st = [str(s) for s in results["status"].values]
-    for i in range(start, results.sizes["frame"]):
-        if st[i] not in ("ok", "refit"):
-            continue
-        calc = np.asarray(results["calc"].values[i], float)
-        obs = np.asarray(patterns["intensity"].values[i], float)
-        keep = np.isfinite(calc) & np.isfinite(obs)
-        if keep.sum() < 50:
-            continue
-        x, r = x_all[keep], (obs - calc)[keep]
-        step = float(np.median(np.diff(x)))
-        # the model's peaks (phases, diffuse components, the cell's peaks): calc above a smooth floor
-        size = max(3, int(0.3 / step))
-        floor = ndimage.uniform_filter1d(ndimage.minimum_filter1d(calc[keep], size), size)
-        model = calc[keep] - np.minimum(floor, calc[keep])
-        tops = np.nonzero((model >= ndimage.maximum_filter1d(model, 5)) & (model > 0))[0]
-        sig = (np.asarray(patterns["sigma"].values[i], float)[keep] if "sigma" in patterns
-               else np.sqrt(np.abs(obs[keep]) + 1.0))
-        maps = excess_maps(x, r, sig, 3 * step, max_scales=6)
-        def explained(center: float, fwhm: float, height: float) -> bool:
-            """A modelled peak is there: misfit of a listed phase, not a new line."""
-            at = float(np.interp(center, x, model))
-            near = tops[np.abs(x[tops] - center) <= 1.5 * fwhm]
-            return at >= MISFIT_HEIGHT_FACTOR * height or bool(
-                len(near) and float(np.max(model[near])) >= INDEX_HEIGHT_FRACTION * height)
-
-        for ln in residual_lines(x, r, maps, min_sigma, explained=explained):
-            if explained(ln.two_theta_deg, ln.fwhm_deg, ln.height):
-                continue
-            d = _d_of(ln.two_theta_deg, wavelength)
-            for g in found:
-                if abs(g["two_theta_deg"] - ln.two_theta_deg) <= max(g["fwhm_deg"], ln.fwhm_deg):
-                    if i not in g["frames"]:
-                        g["frames"].append(i)
-                    g["max_sigma"] = max(g["max_sigma"], round(ln.sigma, 1))
-                    break
-            else:
-                found.append({"d_A": round(d, 5), "two_theta_deg": round(ln.two_theta_deg, 5), "fwhm_deg": round(ln.fwhm_deg, 5),
-                              "first_frame": i, "frames": [i], "max_sigma": round(ln.sigma, 1)})
-    return sorted(found, key=lambda g: (g["first_frame"], g["d_A"]))
-
-
-# ---------------------------------------------------------------------------------------------
-# live (watch mode)
-
-
-class LiveCellLines:
-    """The cell-line search of a watch session: once the first ``FIRST_FRAMES`` usable frames are
-    in (or when the session ends with fewer), :meth:`ready` searches them and gives the spec to
-    refine every frame with; the same frames give the same spec in every session (a restart
-    resumes into the same results layout).
-
-    spec : the recipe's refinement. factory : spec -> Refinement. options : sequential section.
-    """
-
-    def __init__(self, spec: RefinementSpec, factory: Any, options: SequentialSection | None) -> None:
-        self.recipe_spec = spec
-        self.factory = factory
-        self.options = options
-        self.cells: CellLines | None = None if spec.cell_lines == "auto" else CellLines()
-        self.spec = spec
-
-    @property
-    def pending(self) -> bool:
-        return self.cells is None
-
-    def ready(self, rows: xr.Dataset, wavelength_A: float, final: bool = False) -> bool:
-        """Search ``rows`` (the series' first patterns, in order) when enough usable frames are
-        there or ``final``; True once the spec is settled (then :attr:`spec`, :attr:`cells`)."""
-        if self.cells is not None:
-            return True
-        if len(_first_frames(rows, FIRST_FRAMES)) < FIRST_FRAMES and not final:
-            return False
-        self.cells = detect_cell_lines(rows, self.recipe_spec, self.factory, self.options, wavelength_A=wavelength_A)
-        self.spec = self.cells.apply(self.recipe_spec)
-        return True
-
-    def attrs(self) -> dict[str, str]:
-        """Results attrs of the search (none while it has not run or with ``cell_lines: off``)."""
-        if self.cells is None or self.recipe_spec.cell_lines != "auto":
-            return {}
-        return self.cells.attrs()
-
-    def late_line_attrs(self, results: xr.Dataset, patterns: xr.Dataset) -> dict[str, str]:
-        """``cell_late_lines`` of the frames refined so far (see :func:`late_lines`)."""
-        if self.cells is None or self.recipe_spec.cell_lines != "auto" or "calc" not in results:
-            return {}
-        return {"cell_late_lines": json.dumps(late_lines(results, patterns, self.spec, self.cells.frames))}
-
-
-def cell_lines_summary(cells: CellLines | None) -> str:
-    """One line on what the search found (for the watch's log)."""
-    if cells is None:
-        return "cell lines: not searched"
-    if not cells.found:
-        return "cell lines: none found in the first frames" + (f" ({'; '.join(cells.notes)})" if cells.notes else "")
-    parts = [c["name"] for c in cells.components] + [f["name"] for f in cells.free]
-    return f"cell lines found in frames {cells.frames}: {', '.join(parts)} (added to the model)"

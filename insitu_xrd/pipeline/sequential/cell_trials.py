@@ -42,7 +42,7 @@ from insitu_xrd.pipeline.sequential.records import param_value
 from insitu_xrd.pipeline.sequential.search import curve_match, residual_match
 
 __all__ = ["TrialResult", "try_components", "TRIAL_Z", "ACCEPT_CHI2_GAIN", "ACCEPT_SCALE_SIGMA",
-           "component_phase_spec"]
+           "component_phase_spec", "STRONG_LINE_REL", "MISSING_FRACTION"]
 
 #: matched-filter z (in GoF-scaled esds of the residual) for a component to be tried by a fit
 TRIAL_Z = 8.0
@@ -56,6 +56,10 @@ START_MUSTRAIN = 300.0
 MAX_KEPT = 6
 #: lines of a line-list component modelled: at least this strong (strongest in the range = 100)
 LINE_MIN_REL = 5.0
+#: lines of a line-list component that must be there: at least this strong ...
+STRONG_LINE_REL = 20.0
+#: ... with at least this fraction of the area the strongest line implies
+MISSING_FRACTION = 0.25
 
 
 class TrialResult:
@@ -149,12 +153,18 @@ def _best_scale(fit: Any, comp: CellComponent, wavelength_A: float) -> tuple[flo
     return best
 
 
-def _significance(fit: Any, name: str) -> float:
-    """The parameter over its statistical esd (the serial-correlation factor taken out)."""
+def _statistical(fit: Any, name: str) -> tuple[float, float]:
+    """(value, statistical esd) of a fitted parameter: the serial-correlation factor taken out."""
     val, esd = param_value(fit, name)
     factor = float(getattr(fit, "esd_factor", 1.0) or 1.0)
     if np.isfinite(factor) and factor > 0:
         esd = esd / factor
+    return float(val), float(esd)
+
+
+def _significance(fit: Any, name: str) -> float:
+    """The parameter over its statistical esd."""
+    val, esd = _statistical(fit, name)
     return val / esd if np.isfinite(val) and np.isfinite(esd) and esd > 0 else math.nan
 
 
@@ -204,7 +214,30 @@ def _verdict(trial: TrialResult, fit: Any) -> list[str]:
                    f"(<= {ACCEPT_SCALE_SIGMA:g})")
     if trial.spec is not None and not _lattice_inside(fit, trial.spec.name, trial.spec):
         why.append("lattice at its bound (not the library's cell)")
+    if trial.spec is None:
+        why += _missing_lines(trial, fit)
     return why
+
+
+def _missing_lines(trial: TrialResult, fit: Any) -> list[str]:
+    """A line-list component is its lines together: every strong line (>= STRONG_LINE_REL of the
+    strongest) whose expected area, from the strongest line's fitted area and the library ratio,
+    would stand 3 statistical esds out must come out with at least MISSING_FRACTION of it (one
+    broad band alone, an electrolyte hump, is no carbon black)."""
+    areas = [_statistical(fit, f"bkg_hump{trial.first_hump + k}_area") for k in range(len(trial.lines))]
+    strongest = int(np.argmax([ln.rel_intensity for ln in trial.lines]))
+    top, top_esd = areas[strongest]
+    out = []
+    for k, ln in enumerate(trial.lines):
+        if k == strongest or ln.rel_intensity < STRONG_LINE_REL:
+            continue
+        area, esd = areas[k]
+        if not np.isfinite(esd) and area == 0.0:  # held at its bound of 0: no esd of its own
+            esd = top_esd
+        expected = top * ln.rel_intensity / trial.lines[strongest].rel_intensity
+        if np.isfinite(esd) and expected > 3.0 * esd and not area >= MISSING_FRACTION * expected:
+            out.append(f"line {ln.label} at {ln.d_A:.3f} A missing ({area:.3g} for {expected:.3g} expected)")
+    return out
 
 
 def try_components(spec: RefinementSpec, wavelength_A: float, fit_first: Callable[[RefinementSpec], Any],

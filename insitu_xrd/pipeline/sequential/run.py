@@ -25,7 +25,8 @@ from insitu_xrd.errors import InsituXRDError
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.io.chain_state import read_chain_state_file, write_chain_state_file
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.sequential.cell_lines import detect_cell_lines, late_lines
+from insitu_xrd.pipeline.sequential.cell_late import late_lines
+from insitu_xrd.pipeline.sequential.cell_lines import detect_cell_lines
 from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
 from insitu_xrd.pipeline.sequential.records import (FrameRecord, frame_arrays, records_to_dataset, site_parameter_dataset,
                                                      two_theta_axis)
