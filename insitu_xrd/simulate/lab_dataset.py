@@ -95,7 +95,8 @@ class LabSpec:
     texture_ratio: March-Dollase ratio of H2/H3 about [001] (< 1: platelets lying flat).
     displacement_um: specimen displacement (GSAS-II Shift sign: > 0 moves peaks to lower angle).
     peak_counts: height (counts) of the H2 003 Ka1 peak at x = 1. weight fractions of the
-    diffracting volume: cathode, Al current collector, Be window.
+    diffracting volume: cathode, Al current collector, Be window. sh_l: GSAS-II SH/L axial-divergence
+    asymmetry (FCJ; `LAB_INSTRUMENT`'s 0.02 by default).
     """
 
     patterns: int = 12
@@ -112,6 +113,7 @@ class LabSpec:
     al_weight_fraction: float = 0.08
     be_weight_fraction: float = 0.12
     background_coeffs: tuple[float, ...] = (180.0, -60.0, 25.0, -8.0)
+    sh_l: float = LAB_INSTRUMENT["sh_l"]
     cycler: CyclerSpec = field(default_factory=CyclerSpec)
 
 
@@ -119,7 +121,7 @@ def lab_instrument(spec: LabSpec | None = None, kalpha2: bool = True) -> Instrum
     """The true instrument of the scenario (Cu Ka doublet unless ``kalpha2`` is False)."""
     spec = spec or LabSpec()
     return Instrument(CU_KA1_A, U=LAB_INSTRUMENT["U"], V=LAB_INSTRUMENT["V"], W=LAB_INSTRUMENT["W"],
-                      X=LAB_INSTRUMENT["X"], Y=LAB_INSTRUMENT["Y"], sh_l=LAB_INSTRUMENT["sh_l"],
+                      X=LAB_INSTRUMENT["X"], Y=LAB_INSTRUMENT["Y"], sh_l=spec.sh_l,
                       geometry="bragg_brentano", displacement_um=spec.displacement_um,
                       goniometer_radius_mm=spec.goniometer_radius_mm, polarization=spec.polarization,
                       kalpha2_wavelength_A=CU_KA2_A if kalpha2 else None, kalpha2_ratio=CU_KA2_RATIO if kalpha2 else 0.0)
@@ -278,7 +280,7 @@ def simulate_lab_dataset(out_dir: str | Path, patterns: int = 12, seed: int = 0,
         "instrument": {"kalpha1_A": CU_KA1_A, "kalpha2_A": CU_KA2_A, "kalpha2_ratio": CU_KA2_RATIO,
                        "polarization": spec.polarization, "geometry": "bragg_brentano",
                        "displacement_um": spec.displacement_um, "goniometer_radius_mm": spec.goniometer_radius_mm,
-                       **LAB_INSTRUMENT, "units": "GSAS-II CW: U,V,W centideg^2; X,Y centideg"},
+                       **LAB_INSTRUMENT, "sh_l": spec.sh_l, "units": "GSAS-II CW: U,V,W centideg^2; X,Y centideg"},
         "texture_ratio": spec.texture_ratio,
         "weight_fractions_of_volume": {"cathode": spec.cathode_weight_fraction, "Al": spec.al_weight_fraction,
                                        "Be": spec.be_weight_fraction},
