@@ -181,6 +181,8 @@ class Refinement:
                             kw[k] = getattr(ps, k)
                 ph = make_template(ps.template, name=ps.name, **kw)
             ph = ph.with_cell(a=ps.a, b=ps.b, c=ps.c, alpha=ps.alpha, beta=ps.beta, gamma=ps.gamma)
+            if spec.resonant_scattering:  # f', f'' at the (Ka1) wavelength, as GSAS-II: large at Cu Ka for Ni, Co, Mn
+                ph = ph.at_wavelength(self.wavelength_A)
             if ps.biso_A2 is not None:
                 for s in ph.sites:
                     s.biso_A2 = float(ps.biso_A2)

@@ -391,6 +391,12 @@ class RefinementSpec(_Strict):
         "counts; background-subtracted data with negative points: sqrt(max(I, 0) + s0^2), s0 the noise of the "
         "points below zero), unit (1 everywhere), auto (from_file when the data have esds, else poisson). The "
         "choice is reported (FitResult.sigma_source, results attrs sigma_source).")
+    resonant_scattering: bool = Field(
+        False,
+        description="Structure factors with the resonant f' + i f'' of every species at the data's (Ka1) wavelength "
+        "(Chantler, xraydb; GSAS-II always adds Cromer-Liberman's). Needed for laboratory Cu/Co/Fe Ka data of "
+        "transition-metal compounds (Ni, Co, Mn: NMC811 intensities move by up to ~40 % relative to one another); "
+        "below 1 % at ~100 keV. Off by default (earlier versions' model).")
     esd_correction: Literal["durbin_watson", "none"] = Field(
         "durbin_watson",
         description="Inflate esds for serially correlated residuals (AR(1) factor from the Durbin-Watson statistic, after Berar & Lelann 1991).",

@@ -11,6 +11,7 @@ Bragg-Brentano diffractometer, through a Be window, one 1D scan per state of cha
   (~ cos(theta) shift), FCJ axial-divergence asymmetry (SH/L) and a lab profile (U V W X Y);
 - a cast electrode of platelets: March-Dollase texture about [001] of H2 and H3;
 - the Al current collector and the Be window lines (weight fractions of the diffracting volume);
+- resonant scattering f', f'' of every atom at Cu Ka1 (`Phase.at_wavelength`);
 - Poisson counts, written as 2-column ``.xy`` files (2theta, counts: no esd column, as a
   diffractometer exports them), each with a ``time_s=`` header line (mid-scan time).
 
@@ -134,12 +135,13 @@ def _phase_states(spec: LabSpec, scenario: ChargeScenario, x_li: float, k: float
         if not pt.present:
             continue
         ph = cathode_phase(pt.name, pt.a_A, pt.c_A, pt.li_occupancy, pt.ni_li_mixing, pt.o_z)  # type: ignore[arg-type]
+        ph = ph.at_wavelength(CU_KA1_A)  # resonant f', f'' at Cu Ka1 (Ni, Co, Mn: up to ~30 % in |F|^2)
         w = spec.cathode_weight_fraction * pt.cathode_fraction
         out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=float(pt.mustrain),  # type: ignore[arg-type]
                               size_um=float(pt.size_um) if pt.size_um else np.inf,
                               md_ratio=spec.texture_ratio if spec.texture_ratio != 1.0 else None, md_axis=(0, 0, 1)))
-    al = make_template("al", name="Al")
-    be = phase_from_cif_text(BE_CIF, name="Be")
+    al = make_template("al", name="Al").at_wavelength(CU_KA1_A)
+    be = phase_from_cif_text(BE_CIF, name="Be").at_wavelength(CU_KA1_A)
     out.append(PhaseState(al, scale=scale_for_weight_fraction(spec.al_weight_fraction, al, k), mustrain=500.0))
     out.append(PhaseState(be, scale=scale_for_weight_fraction(spec.be_weight_fraction, be, k), mustrain=300.0))
     return out
@@ -203,6 +205,7 @@ def _recipe(spec: LabSpec) -> dict[str, Any]:
             "mode": "rietveld",
             "range_2theta_deg": [start + 0.5, stop - 0.5],
             "background": {"chebyshev": 6},
+            "resonant_scattering": True,
             "profile": {"instrument": "cu_kalpha_bb.instprm", "geometry": "bragg_brentano",
                         "goniometer_radius_mm": spec.goniometer_radius_mm, "displacement_um": 0.0,
                         "refine": ["displacement_um"]},
