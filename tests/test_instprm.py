@@ -120,3 +120,46 @@ def test_wavelength_mismatch_and_missing_file(tmp_path):
 def test_comment_with_bank_word_is_refused():
     with pytest.raises(InsituXRDError, match="Bank"):
         format_instprm(Instrument(0.5), comments=["bank 1"])
+
+
+def _gsas2_read_items(text: str) -> dict:
+    """Items as GSAS-II 2.0's ReadInstprm takes them from a single-bank file: the first line is
+    skipped, every following line up to the first '#' line after it is read as name:value (a '#'
+    line right after the first is read as an item too)."""
+    lines = text.splitlines()
+    items = {}
+    for line in lines[1:]:
+        if line.startswith("#") and items:
+            break
+        for chunk in line.replace(" ", "").split(";"):
+            name, value = chunk.split(":", 1)
+            items[name] = value
+    return items
+
+
+def test_written_file_is_read_whole_by_gsas2(tmp_path):
+    # comments (provenance, fit quality, displacement) go after the items: written before them,
+    # GSAS-II read the first comment as an item and stopped at the second (no parameters at all)
+    inst = Instrument(1.540593, U=3.0, V=-1.5, W=2.5, X=1.2, Y=2.0, sh_l=0.02, displacement_um=7.0,
+                      kalpha2_wavelength_A=1.544427, kalpha2_ratio=0.5)
+    path = write_instrument(tmp_path / "cu.instprm", inst, polarization=0.5557,
+                            comments=["fit of LaB6", "Rwp 3.1 %"], extra={"Diff-type": "Bragg-Brentano"})
+    g2 = _gsas2_read_items(path.read_text())
+    assert not any(k.startswith("#") for k in g2)
+    assert {"Type", "Lam1", "Lam2", "I(L2)/I(L1)", "Polariz.", "U", "V", "W", "X", "Y", "SH/L", "Diff-type"} <= set(g2)
+    assert float(g2["Lam2"]) == 1.544427 and float(g2["Polariz."]) == 0.5557
+    prm = read_instprm(path)  # ours reads the trailing comments back
+    assert prm.displacement_um == 7.0 and prm.comments == ["# fit of LaB6", "# Rwp 3.1 %"]
+    assert read_instrument(path, wavelength_A=1.540593) == inst
+    again = write_instprm(tmp_path / "again.instprm", prm)
+    assert _gsas2_read_items(again.read_text()) == g2 and read_instprm(again).items == prm.items
+    # an item after a trailing comment is read by neither
+    text = path.read_text() + "U:99\n"
+    assert parse_instprm(text).items["U"] == 3.0 and float(_gsas2_read_items(text)["U"]) == 3.0
+    # the real GSAS-II, where it is installed (not part of the project's dependencies)
+    try:
+        from GSASII import GSASIIfiles
+    except Exception:
+        return
+    _, (iparm, _) = GSASIIfiles.ReadInstprm(path.read_text().splitlines(keepends=True), None, {})
+    assert iparm["Lam2"][1] == 1.544427 and iparm["U"][1] == 3.0

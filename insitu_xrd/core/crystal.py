@@ -9,7 +9,13 @@ Conventions
   group, Friedel pairs included, are merged) with its powder multiplicity.
 - ``structure_factor_sq`` returns |F|^2 in electrons^2 *per unit cell* (all symmetry-generated
   positions, centring included), with isotropic Debye-Waller factors exp(-B s^2), s = 1/(2d).
-  Anomalous dispersion is neglected (f' and f'' of Li..Ni are below 1 % of f0 at ~100 keV).
+  Resonant (anomalous) scattering f' + i f'' is included when the phase carries it for the
+  wavelength (`Phase.at_wavelength`: the refinement engine calls it when the recipe sets
+  `refinement.resonant_scattering`, the laboratory simulator always; Chantler's tables via
+  xraydb, as GSAS-II adds Cromer-Liberman's): the scattering factor is
+  f0(s) + f' + i f''. At Cu Ka it is large for transition metals (Ni f' = -3.0, Co f'' = 3.6
+  electrons): NMC811 intensities change by up to ~30 % relative to one another; at ~100 keV it
+  is below 1 % of f0. A Phase built directly has none (f' = f'' = 0).
 - Form factors: Waasmaier & Kirfel (1995) coefficients via the maintained `xraydb` package.
 """
 
@@ -32,6 +38,7 @@ __all__ = [
     "Phase",
     "Reflections",
     "form_factor",
+    "resonant_scattering",
     "make_template",
     "TEMPLATE_NAMES",
     "CELL_PART_LATTICE_A",
@@ -58,10 +65,25 @@ def form_factor(symbol: str, s_invA: np.ndarray) -> np.ndarray:
     return np.interp(np.asarray(s_invA, dtype=float), s_grid, f_grid)
 
 
+def _element(symbol: str) -> str:
+    return "".join(ch for ch in symbol if ch.isalpha())
+
+
+@functools.lru_cache(maxsize=512)
+def resonant_scattering(symbol: str, wavelength_A: float) -> tuple[float, float]:
+    """(f', f'') in electrons of an element or ion symbol at the X-ray wavelength (A): Chantler's
+    tables (NIST FFAST) through xraydb; the ion takes its element's values."""
+    energy_eV = 12398.419843 / float(wavelength_A)
+    element = _element(symbol)
+    try:
+        return float(xraydb.f1_chantler(element, energy_eV)), float(xraydb.f2_chantler(element, energy_eV))
+    except Exception as exc:  # xraydb raises ValueError/KeyError for unknown elements
+        raise InsituXRDError(f"no resonant scattering factors for {symbol!r} at {wavelength_A} A in xraydb") from exc
+
+
 def atomic_mass_amu(symbol: str) -> float:
     """Atomic mass (g/mol) of an element or ion symbol such as 'Ni' or 'O2-'."""
-    element = "".join(ch for ch in symbol if ch.isalpha())
-    return float(xraydb.atomic_mass(element))
+    return float(xraydb.atomic_mass(_element(symbol)))
 
 
 @dataclass
@@ -158,6 +180,8 @@ class Phase:
     cell : (a, b, c, alpha, beta, gamma) in A and degrees.
     sites : the asymmetric-unit sites.
     z_formula : formula units per unit cell (informational; weight fractions use the cell mass).
+    resonant : element or ion symbol -> (f', f'') in electrons at the wavelength of the data
+        (`at_wavelength`); empty: no resonant scattering.
     """
 
     name: str
@@ -165,6 +189,7 @@ class Phase:
     cell: tuple[float, float, float, float, float, float]
     sites: list[Site] = field(default_factory=list)
     z_formula: int = 1
+    resonant: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         sg = find_space_group(self.space_group)
@@ -287,6 +312,17 @@ class Phase:
             total += m * sum(occ * atomic_mass_amu(el) for el, occ in site.occupancy.items())
         return total
 
+    def at_wavelength(self, wavelength_A: float) -> "Phase":
+        """Copy with the resonant scattering (f', f'') of every species at the wavelength (A)."""
+        species = {el for site in self.sites for el in site.occupancy}
+        return dataclasses.replace(self, sites=[dataclasses.replace(s) for s in self.sites],
+                                   resonant={el: resonant_scattering(el, float(wavelength_A)) for el in sorted(species)})
+
+    def scattering_factor(self, symbol: str, s_invA: np.ndarray) -> np.ndarray:
+        """f0(s) + f' + i f'' (electrons, complex) of a species at s = 1/(2d) (1/A)."""
+        fp, fpp = self.resonant.get(symbol, (0.0, 0.0))
+        return form_factor(symbol, s_invA) + (fp + 1j * fpp)
+
     def structure_factor_sq(self, hkl: np.ndarray, cell: tuple[float, ...] | None = None,
                             positions_of: Callable[[Site], np.ndarray] | None = None) -> np.ndarray:
         """|F(hkl)|^2 (electrons^2 per unit cell) with form factors and isotropic B.
@@ -302,6 +338,12 @@ class Phase:
             phase = 2.0 * np.pi * h @ positions.T  # (n, npos)
             geom_re = np.cos(phase).sum(axis=1)
             geom_im = np.sin(phase).sum(axis=1)
+            if self.resonant:  # complex scattering factors: F = sum (f0 + f' + i f'') T
+                f_site = sum(occ * self.scattering_factor(el, s) for el, occ in site.occupancy.items())
+                f_site = f_site * np.exp(-site.biso_A2 * s * s)
+                f_real += f_site.real * geom_re - f_site.imag * geom_im
+                f_imag += f_site.real * geom_im + f_site.imag * geom_re
+                continue
             f_site = np.zeros(len(h))
             for element, occ in site.occupancy.items():
                 f_site += occ * form_factor(element, s)

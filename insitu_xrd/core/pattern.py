@@ -3,6 +3,8 @@
 y(2theta) = background + sum over phases and reflections of area_k * pV(2theta; 2theta_k, H_k, eta_k)
           + diffuse (broad pseudo-Voigt) components.
 
+- |F|^2 of the phase as it is: with resonant f' + i f'' when the phase carries them
+  (`Phase.at_wavelength`; the lab simulator's phases, a fit with `resonant_scattering`).
 - Peak area (integrated intensity, in intensity x degrees): scale * multiplicity * |F|^2 * Lorentz
   * texture * polarization * absorption, Lorentz = 1 / (sin^2(theta) cos(theta)) (powder).
   Polarization is applied only when `Instrument.polarization` is set (1D laboratory data): by

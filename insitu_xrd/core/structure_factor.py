@@ -9,7 +9,8 @@ and its geometric sum over the orbit T_s = sum_j exp(2 pi i h.r_j), r_j = R_j x 
 - d |F|^2 / dp       = 2 Re(conj(F) dF/dp)
 
 Same conventions as :meth:`insitu_xrd.core.crystal.Phase.structure_factor_sq` (electrons^2 per
-cell, s = 1/(2d) in 1/A, neutral-atom form factors, no anomalous dispersion).
+cell, s = 1/(2d) in 1/A, neutral-atom form factors plus the phase's resonant f' + i f'', so the
+site scattering g_s and dF/d occ_e are complex).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from insitu_xrd.core.crystal import Phase, Site, form_factor
+from insitu_xrd.core.crystal import Phase, Site
 from insitu_xrd.core.symmetry import site_orbit
 
 __all__ = ["SlotChange", "structure_factor_sq_derivatives"]
@@ -62,7 +63,7 @@ def structure_factor_sq_derivatives(
         expo = np.exp(2j * np.pi * (h @ pos.T))  # (n, m)
         geom = expo.sum(axis=1)
         dw = np.exp(-site.biso_A2 * s2)
-        scatter = sum(occ * form_factor(el, s) for el, occ in site.occupancy.items()) * dw
+        scatter = sum(occ * phase.scattering_factor(el, s) for el, occ in site.occupancy.items()) * dw
         f_total += scatter * geom
         per_site.append((expo, rot, geom, dw, scatter))
     out = np.zeros((n, len(parameters)))
@@ -75,7 +76,7 @@ def structure_factor_sq_derivatives(
                 hv = np.einsum("ni,mij,j->nm", h, rot, np.asarray(ch.vector, dtype=float))
                 dF += ch.coef * scatter * (2j * np.pi * hv * expo).sum(axis=1)
             elif ch.kind == "occ":
-                dF += ch.coef * form_factor(ch.element, s) * dw * geom
+                dF += ch.coef * phase.scattering_factor(ch.element, s) * dw * geom
             elif ch.kind == "biso":
                 dF += -ch.coef * s2 * scatter * geom
             else:

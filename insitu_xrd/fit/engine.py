@@ -99,7 +99,7 @@ from insitu_xrd.fit.model import Problem
 from insitu_xrd.fit.parameters import ParameterBuilder
 from insitu_xrd.fit.phase_model import PhaseModel
 from insitu_xrd.fit.result import NOT_APPLIED_POLARIZATION, FitResult
-from insitu_xrd.fit.spec import RefinementSpec
+from insitu_xrd.fit.spec import RefinementSpec, resonant_on
 from insitu_xrd.fit.stages import FitStages
 from insitu_xrd.fit.structures import StructureCache
 
@@ -181,6 +181,8 @@ class Refinement:
                             kw[k] = getattr(ps, k)
                 ph = make_template(ps.template, name=ps.name, **kw)
             ph = ph.with_cell(a=ps.a, b=ps.b, c=ps.c, alpha=ps.alpha, beta=ps.beta, gamma=ps.gamma)
+            if resonant_on(spec.resonant_scattering, self.wavelength_A):  # f', f'' at the (Ka1) wavelength, as GSAS-II
+                ph = ph.at_wavelength(self.wavelength_A)
             if ps.biso_A2 is not None:
                 for s in ph.sites:
                     s.biso_A2 = float(ps.biso_A2)

@@ -6,9 +6,13 @@ Format (as GSAS-II's ``ReadInstprm``/``WriteInstprm`` handle it):
   items!``);
 * every other line holds ``name:value`` items, several items may share a line separated by ``;``
   (``Lam:0.1173;Zero:0.0;Polariz.:0.99``); spaces are insignificant;
-* ``#`` lines before the first item are comments; a ``#Bank n: ...`` line starts the block of bank
-  ``n`` in multi-bank files (GSAS-II "Save all profiles"); a ``#`` line after the items of the bank
-  being read ends it (GSAS-II stops there, so insitu-xrd writes its own comments before the items);
+* a ``#Bank n: ...`` line starts the block of bank ``n`` in multi-bank files (GSAS-II "Save all
+  profiles"); a ``#`` line after the items of the bank being read ends them: GSAS-II reads no item
+  after it, so insitu-xrd writes its own comments (and the displacement comment) *after* the items.
+  GSAS-II's ``ReadInstprm`` skips only the first line before the items: a second ``#`` line there
+  is read as an item and the next one ends the file, so a file with several comment lines before
+  its items has no parameters for GSAS-II (insitu-xrd before 0.1 wrote such files; this reader
+  still takes comments before the items);
 * CW X-ray items: ``Type`` (``PXC``), ``Bank``, ``Lam`` (or ``Lam1``, ``Lam2``, ``I(L2)/I(L1)`` for
   a Kalpha doublet), ``Zero`` (deg 2theta, added to calculated positions), ``Polariz.``,
   ``Azimuth`` (deg), ``U``, ``V``, ``W`` (centideg^2), ``X``, ``Y``, ``Z`` (centideg), ``SH/L``
@@ -18,7 +22,7 @@ Format (as GSAS-II's ``ReadInstprm``/``WriteInstprm`` handle it):
 Mapping to :class:`insitu_xrd.core.pattern.Instrument`: Lam -> wavelength_A, U V W X Y as they are
 (the same GSAS-II CW units), Zero -> zero_deg, Gonio.radius -> distance_mm. GSAS-II has no item for
 insitu-xrd's flat-detector sample displacement, so ``displacement_um`` travels in a header comment
-``#insitu-xrd displacement_um: <value>`` that GSAS-II skips. ``SH/L`` -> sh_l, the
+``#insitu-xrd displacement_um: <value>`` after the items, which GSAS-II does not read. ``SH/L`` -> sh_l, the
 Finger-Cox-Jephcoat axial-divergence asymmetry of the same (GSAS-II) profile function. ``Z`` (a
 Gaussian term in 1/cos^2(theta)) is not part of the insitu-xrd profile model:
 :func:`instrument_from_instprm` refuses a non-zero ``Z`` (the profile would be wrong). A Kalpha
@@ -133,7 +137,7 @@ def parse_instprm(text: str, bank: int | None = None, source: Path | str | None 
     comments: list[str] = []
     displacement = 0.0
     in_bank = not banks
-    found = False
+    found = trailer = False
     for lineno, raw in enumerate(lines, start=1):
         line = raw.strip()
         if lineno == 1 and not first_line_is_bank:
@@ -146,7 +150,7 @@ def parse_instprm(text: str, bank: int | None = None, source: Path | str | None 
                 in_bank = int(m.group(1)) == want
                 continue
             if found:
-                break  # GSAS-II stops at the first comment after the items
+                trailer = True  # GSAS-II stops at the first comment after the items: the rest is comments
             if in_bank:
                 dm = _DISPLACEMENT_COMMENT.match(line)
                 if dm:
@@ -154,8 +158,8 @@ def parse_instprm(text: str, bank: int | None = None, source: Path | str | None 
                 else:
                     comments.append(line)
             continue
-        if not in_bank:
-            continue
+        if not in_bank or trailer:
+            continue  # GSAS-II reads no item after a comment that follows the items; neither do we
         found = True
         if '"""' in line or "'''" in line:
             raise InsituXRDError(f"{where}, line {lineno}: multi-line (TOF/EDX table) items are not supported")
@@ -277,8 +281,8 @@ def format_instprm(
         integrated 2D patterns have it divided out.
     sh_l: GSAS-II SH/L (FCJ axial-divergence asymmetry); default ``instrument.sh_l`` (0 unless
         refined), so GSAS-II and insitu-xrd compute the same profile from the file.
-    comments: lines written as ``# ...`` after the header (provenance, fit quality); they must
-        not contain 'Bank' (GSAS-II would take them for a bank header).
+    comments: lines written as ``# ...`` after the items (provenance, fit quality; GSAS-II stops
+        reading at the first of them); they must not contain 'Bank' (a bank header).
     extra: items overriding or adding to the standard ones (e.g. ``{"InstrName": "11-ID-C"}``).
     """
     items: dict[str, Any] = {
@@ -304,25 +308,25 @@ def format_instprm(
                  "I(L2)/I(L1)": ratio, **rest}
     for key, value in (extra or {}).items():
         (items if key in _CW_ORDER else tail)[key] = value
-    lines = [HEADER]
+    comment_lines = []
     for c in comments:
         for sub in str(c).splitlines() or [""]:
             if re.search(r"bank", sub, re.I):
                 raise InsituXRDError(f"instprm comment {sub!r} must not contain 'Bank' (GSAS-II reads it as a bank header)")
-            lines.append("# " + sub)
-    lines.append(f"#insitu-xrd displacement_um: {_fmt(float(instrument.displacement_um))}")
+            comment_lines.append("# " + sub)
     ordered = [k for k in _CW_ORDER if k in items] + [k for k in items if k not in _CW_ORDER]
-    lines += [f"{k}:{_fmt(items[k])}" for k in ordered]
-    lines += [f"{k}:{_fmt(v)}" for k, v in tail.items()]
+    lines = [HEADER] + [f"{k}:{_fmt(items[k])}" for k in ordered] + [f"{k}:{_fmt(v)}" for k, v in tail.items()]
+    # comments after the items: GSAS-II's reader takes a comment line before them for an item
+    lines += [f"#insitu-xrd displacement_um: {_fmt(float(instrument.displacement_um))}"] + comment_lines
     return "\n".join(lines) + "\n"
 
 
 def write_instprm(path: str | Path, prm: InstprmFile) -> Path:
     """Write a parsed file back (items in their order, comments, displacement comment)."""
     path = Path(path)
-    lines = [HEADER] + [c if c.startswith("#") else "# " + c for c in prm.comments]
-    lines.append(f"#insitu-xrd displacement_um: {_fmt(float(prm.displacement_um))}")
-    lines += [f"{k}:{_fmt(v)}" for k, v in prm.items.items()]
+    lines = [HEADER] + [f"{k}:{_fmt(v)}" for k, v in prm.items.items()]
+    lines.append(f"#insitu-xrd displacement_um: {_fmt(float(prm.displacement_um))}")  # after the items (GSAS-II)
+    lines += [c if c.startswith("#") else "# " + c for c in prm.comments]
     return _atomic_write(path, "\n".join(lines) + "\n")
 
 

@@ -11,6 +11,7 @@ Bragg-Brentano diffractometer, through a Be window, one 1D scan per state of cha
   (~ cos(theta) shift), FCJ axial-divergence asymmetry (SH/L) and a lab profile (U V W X Y);
 - a cast electrode of platelets: March-Dollase texture about [001] of H2 and H3;
 - the Al current collector and the Be window lines (weight fractions of the diffracting volume);
+- resonant scattering f', f'' of every atom at Cu Ka1 (`Phase.at_wavelength`);
 - Poisson counts, written as 2-column ``.xy`` files (2theta, counts: no esd column, as a
   diffractometer exports them), each with a ``time_s=`` header line (mid-scan time).
 
@@ -95,7 +96,8 @@ class LabSpec:
     texture_ratio: March-Dollase ratio of H2/H3 about [001] (< 1: platelets lying flat).
     displacement_um: specimen displacement (GSAS-II Shift sign: > 0 moves peaks to lower angle).
     peak_counts: height (counts) of the H2 003 Ka1 peak at x = 1. weight fractions of the
-    diffracting volume: cathode, Al current collector, Be window.
+    diffracting volume: cathode, Al current collector, Be window. sh_l: GSAS-II SH/L axial-divergence
+    asymmetry (FCJ; `LAB_INSTRUMENT`'s 0.02 by default).
     """
 
     patterns: int = 12
@@ -112,6 +114,7 @@ class LabSpec:
     al_weight_fraction: float = 0.08
     be_weight_fraction: float = 0.12
     background_coeffs: tuple[float, ...] = (180.0, -60.0, 25.0, -8.0)
+    sh_l: float = LAB_INSTRUMENT["sh_l"]
     cycler: CyclerSpec = field(default_factory=CyclerSpec)
 
 
@@ -119,7 +122,7 @@ def lab_instrument(spec: LabSpec | None = None, kalpha2: bool = True) -> Instrum
     """The true instrument of the scenario (Cu Ka doublet unless ``kalpha2`` is False)."""
     spec = spec or LabSpec()
     return Instrument(CU_KA1_A, U=LAB_INSTRUMENT["U"], V=LAB_INSTRUMENT["V"], W=LAB_INSTRUMENT["W"],
-                      X=LAB_INSTRUMENT["X"], Y=LAB_INSTRUMENT["Y"], sh_l=LAB_INSTRUMENT["sh_l"],
+                      X=LAB_INSTRUMENT["X"], Y=LAB_INSTRUMENT["Y"], sh_l=spec.sh_l,
                       geometry="bragg_brentano", displacement_um=spec.displacement_um,
                       goniometer_radius_mm=spec.goniometer_radius_mm, polarization=spec.polarization,
                       kalpha2_wavelength_A=CU_KA2_A if kalpha2 else None, kalpha2_ratio=CU_KA2_RATIO if kalpha2 else 0.0)
@@ -132,12 +135,13 @@ def _phase_states(spec: LabSpec, scenario: ChargeScenario, x_li: float, k: float
         if not pt.present:
             continue
         ph = cathode_phase(pt.name, pt.a_A, pt.c_A, pt.li_occupancy, pt.ni_li_mixing, pt.o_z)  # type: ignore[arg-type]
+        ph = ph.at_wavelength(CU_KA1_A)  # resonant f', f'' at Cu Ka1 (Ni, Co, Mn: up to ~30 % in |F|^2)
         w = spec.cathode_weight_fraction * pt.cathode_fraction
         out.append(PhaseState(ph, scale=scale_for_weight_fraction(w, ph, k), mustrain=float(pt.mustrain),  # type: ignore[arg-type]
                               size_um=float(pt.size_um) if pt.size_um else np.inf,
                               md_ratio=spec.texture_ratio if spec.texture_ratio != 1.0 else None, md_axis=(0, 0, 1)))
-    al = make_template("al", name="Al")
-    be = phase_from_cif_text(BE_CIF, name="Be")
+    al = make_template("al", name="Al").at_wavelength(CU_KA1_A)
+    be = phase_from_cif_text(BE_CIF, name="Be").at_wavelength(CU_KA1_A)
     out.append(PhaseState(al, scale=scale_for_weight_fraction(spec.al_weight_fraction, al, k), mustrain=500.0))
     out.append(PhaseState(be, scale=scale_for_weight_fraction(spec.be_weight_fraction, be, k), mustrain=300.0))
     return out
@@ -201,6 +205,7 @@ def _recipe(spec: LabSpec) -> dict[str, Any]:
             "mode": "rietveld",
             "range_2theta_deg": [start + 0.5, stop - 0.5],
             "background": {"chebyshev": 6},
+            "resonant_scattering": "on",
             "profile": {"instrument": "cu_kalpha_bb.instprm", "geometry": "bragg_brentano",
                         "goniometer_radius_mm": spec.goniometer_radius_mm, "displacement_um": 0.0,
                         "refine": ["displacement_um"]},
@@ -278,7 +283,7 @@ def simulate_lab_dataset(out_dir: str | Path, patterns: int = 12, seed: int = 0,
         "instrument": {"kalpha1_A": CU_KA1_A, "kalpha2_A": CU_KA2_A, "kalpha2_ratio": CU_KA2_RATIO,
                        "polarization": spec.polarization, "geometry": "bragg_brentano",
                        "displacement_um": spec.displacement_um, "goniometer_radius_mm": spec.goniometer_radius_mm,
-                       **LAB_INSTRUMENT, "units": "GSAS-II CW: U,V,W centideg^2; X,Y centideg"},
+                       **LAB_INSTRUMENT, "sh_l": spec.sh_l, "units": "GSAS-II CW: U,V,W centideg^2; X,Y centideg"},
         "texture_ratio": spec.texture_ratio,
         "weight_fractions_of_volume": {"cathode": spec.cathode_weight_fraction, "Al": spec.al_weight_fraction,
                                        "Be": spec.be_weight_fraction},
