@@ -143,12 +143,13 @@ def test_cylinder_absorption_recovered() -> None:
     x, y, s = pattern(32, lam, x, dict(LAB, absorption_muR=1.5), k=300.0)
     res = Refinement(spec([6, 45], [], dict(LAB, absorption_muR=1.0, refine=["absorption_muR"])), lam).fit(x, y, s)
     # 3 esd for one seed: with f', f'' at 0.729 A (resonant_scattering: auto) seeds 32-36 gave
-    # +2.2, -0.3, -1.0, -0.5, -0.1 esd (GoF 0.98-1.03), a statistical spread; this seed is the +2.2
+    # +2.2, -0.3, -1.0, -0.5, -0.1 esd in muR and -2.2, +0.2, +1.0, +0.5, 0.0 in B (GoF
+    # 0.98-1.03), a statistical spread; this seed is the 2.2 of both (they are anticorrelated)
     within(res, "absorption_muR", 1.5, n=3)
     assert res.esds["absorption_muR"] < 0.05
     within(res, "H2_c", H2["c"])
     res_b = Refinement(spec([6, 45], ["biso_A2"], dict(LAB, absorption_muR=1.5)), lam).fit(x, y, s)
-    within(res_b, "H2_biso_A2", b_true)
+    within(res_b, "H2_biso_A2", b_true, n=3)
     plain = Refinement(spec([6, 45], ["biso_A2"], dict(LAB)), lam).fit(x, y, s)
     assert b_true - plain.values["H2_biso_A2"] > 5 * plain.esds["H2_biso_A2"], (plain.values["H2_biso_A2"], b_true)
 
