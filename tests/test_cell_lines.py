@@ -243,3 +243,29 @@ def test_watch_finds_the_same_cell_lines_once_the_first_frames_are_in(runs, tmp_
     assert any(abs(g["d_A"] - 2.60) < 0.005 and g["first_frame"] == LATE_FRAME for g in late), late
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## Cell components" in report and "**PTFE**" in report
+
+
+def test_a_resumed_run_reuses_the_stored_search(tmp_path, monkeypatch):
+    """The search result is stored with the refined frames (attr cell_lines_state): a resumed run
+    (same checkpoint and settings) refits with that model and does not search again, so its
+    frames match those refined before the interruption."""
+    import insitu_xrd.pipeline.sequential.run as seq_run
+    from insitu_xrd.pipeline.sequential.cell_lines import CellLines
+
+    ds = _series(late=False, nf=3, seed=7)
+    spec = _spec("auto")
+    ckpt = tmp_path / "sequential.nc"
+    first = refine_sequence(ds, spec, _factory, SequentialSection(), checkpoint=ckpt, cache_key="k1", progress=False)
+    stored = CellLines.from_state(first.attrs["cell_lines_state"])
+    assert stored is not None and stored.attrs() == {k: first.attrs[k] for k in stored.attrs()}
+
+    def no_search(*_a, **_k):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(seq_run, "detect_cell_lines", no_search)
+    again = refine_sequence(ds, spec, _factory, SequentialSection(), checkpoint=ckpt, cache_key="k1", progress=False)
+    assert again.attrs["cell_components"] == first.attrs["cell_components"]
+    np.testing.assert_array_equal(again["a"].values, first["a"].values)
+    # other settings (another cache key): the stored search is not taken
+    with pytest.raises(AssertionError, match="searched again"):
+        refine_sequence(ds, spec, _factory, SequentialSection(), checkpoint=ckpt, cache_key="k2", progress=False)

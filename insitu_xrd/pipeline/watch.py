@@ -64,6 +64,7 @@ from insitu_xrd.pipeline.sequential import (
     read_chain_state,
     write_chain_state,
 )
+from insitu_xrd.pipeline.sequential.cell_lines import resumed_cell_lines
 from insitu_xrd.pipeline.sequential.cell_live import LiveCellLines, cell_lines_summary
 from insitu_xrd.pipeline.sequential.store import SequentialStore
 from insitu_xrd.pipeline.stages import (
@@ -235,6 +236,8 @@ class _Session:
         self.factory = make_factory(self.rec, self.series.wavelength_A)
         # the cell's lines are searched in the first frames (a restart searches the same frames again)
         self.cells = LiveCellLines(self.rec.refinement, self.factory, self.rec.sequential)
+        if self.rec.refinement.cell_lines == "auto":  # a restart keeps the model of the frames refined before
+            self.cells.resume(resumed_cell_lines(self.seq_path, self.key))
         if len(self.series.store):
             self.cells.ready(self.series.store.read_rows(range(min(len(self.series.store), 20))), self.series.wavelength_A)
         store = self.series.store

@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,9 +61,11 @@ from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.cell_trials import try_components
 from insitu_xrd.pipeline.sequential.records import param_value
 
-__all__ = ["CellLines", "detect_cell_lines", "first_usable_frames", "FIRST_FRAMES", "DETECT_SIGMA", "FRAME_SIGMA",
+__all__ = ["CellLines", "detect_cell_lines", "resumed_cell_lines", "STATE_VERSION", "first_usable_frames", "FIRST_FRAMES", "DETECT_SIGMA", "FRAME_SIGMA",
            "INDEX_HEIGHT_FRACTION", "MISFIT_HEIGHT_FACTOR"]
 
+#: version of :meth:`CellLines.to_state`'s JSON
+STATE_VERSION = 1
 #: frames at the start of the series whose residual is searched
 FIRST_FRAMES = 3
 #: a line's integrated excess in the mean residual of the first frames, in local robust spreads
@@ -362,10 +365,36 @@ class CellLines:
 
     def attrs(self) -> dict[str, str]:
         """Results attrs (JSON strings): ``cell_components``, ``cell_free_peaks``, ``cell_lines_frames``,
-        ``cell_lines_notes``."""
+        ``cell_lines_notes``, ``cell_component_trials``, ``cell_standard``, and ``cell_lines_state``
+        (everything, for :meth:`from_state`: a resumed run reuses the search instead of repeating it)."""
         return {"cell_components": json.dumps(self.components), "cell_free_peaks": json.dumps(self.free),
                 "cell_lines_frames": json.dumps(self.frames), "cell_lines_notes": json.dumps(self.notes),
-                "cell_component_trials": json.dumps(self.trials), "cell_standard": json.dumps(self.standard)}
+                "cell_component_trials": json.dumps(self.trials), "cell_standard": json.dumps(self.standard),
+                "cell_lines_state": self.to_state()}
+
+    def to_state(self) -> str:
+        """The whole search result as one JSON string (:meth:`from_state` reads it back)."""
+        return json.dumps({"version": STATE_VERSION, "components": self.components, "free": self.free,
+                           "phases": [p.model_dump(mode="json", exclude_unset=True) for p in self.phases],
+                           "humps": [h.model_dump(mode="json", exclude_unset=True) for h in self.humps],
+                           "frames": self.frames, "notes": self.notes, "trials": self.trials,
+                           "standard": self.standard, "library_humps": self.library_humps})
+
+    @classmethod
+    def from_state(cls, text: str) -> "CellLines | None":
+        """The search result :meth:`to_state` wrote; None when ``text`` is not one (another
+        version, damaged): the caller then searches again."""
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict) or d.get("version") != STATE_VERSION:
+                return None
+            return cls(components=list(d["components"]), free=list(d["free"]),
+                       phases=[PhaseSpec.model_validate(p) for p in d["phases"]],
+                       humps=[HumpSpec.model_validate(h) for h in d["humps"]], frames=[int(i) for i in d["frames"]],
+                       notes=list(d["notes"]), trials=list(d["trials"]), standard=dict(d["standard"]),
+                       library_humps=int(d["library_humps"]))
+        except (TypeError, ValueError, KeyError):
+            return None
 
 
 def first_usable_frames(patterns: xr.Dataset, n: int) -> list[int]:
@@ -700,3 +729,29 @@ def detect_cell_lines(patterns: xr.Dataset, spec: RefinementSpec, factory: Any, 
         cells.notes.append(f"cell-line search failed ({type(exc).__name__}: {exc}); nothing added")
         cells.components, cells.free, cells.phases, cells.humps, cells.standard = [], [], [], [], {}
     return cells
+
+
+def resumed_cell_lines(checkpoint: str | Path | None, cache_key: str) -> CellLines | None:
+    """The search result stored with the refined frames of an earlier run or session
+    (``checkpoint``: its sequential.nc, beside the working store sequential.zarr) made with the
+    same settings (``cache_key``); None when there is none. A resumed run refits its remaining
+    frames with the same model as the frames already refined, without searching again."""
+    if checkpoint is None:
+        return None
+    from insitu_xrd.io.store import open_frame_dataset
+
+    path = Path(checkpoint)
+    for where in (path.with_suffix(".zarr"), path):
+        if not where.exists():
+            continue
+        try:
+            if where.suffix == ".zarr":
+                stored = dict(open_frame_dataset(where, load=False).attrs)
+            else:
+                with xr.open_dataset(where, engine="h5netcdf") as ds:
+                    stored = dict(ds.attrs)
+        except Exception:  # unreadable or not a results file: search again
+            continue
+        if stored.get("cache_key") == cache_key and "cell_lines_state" in stored:
+            return CellLines.from_state(str(stored["cell_lines_state"]))
+    return None

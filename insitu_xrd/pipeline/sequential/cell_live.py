@@ -35,6 +35,13 @@ class LiveCellLines:
     def pending(self) -> bool:
         return self.cells is None
 
+    def resume(self, cells: CellLines | None) -> None:
+        """Take the search result an earlier session stored with its refined frames (None: none),
+        so a restart refines with the model the stored frames have, without searching again."""
+        if cells is not None and self.cells is None:
+            self.cells = cells
+            self.spec = cells.apply(self.recipe_spec)
+
     def ready(self, rows: xr.Dataset, wavelength_A: float, final: bool = False) -> bool:
         """Search ``rows`` (the series' first patterns, in order) when enough usable frames are
         there or ``final``; True once the spec is settled (then :attr:`spec`, :attr:`cells`)."""

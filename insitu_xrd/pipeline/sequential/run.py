@@ -26,7 +26,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.io.chain_state import read_chain_state_file, write_chain_state_file
 from insitu_xrd.pipeline.recipe import SequentialSection
 from insitu_xrd.pipeline.sequential.cell_late import late_lines
-from insitu_xrd.pipeline.sequential.cell_lines import detect_cell_lines
+from insitu_xrd.pipeline.sequential.cell_lines import detect_cell_lines, resumed_cell_lines
 from insitu_xrd.pipeline.sequential.chain import RefinementFactory, SequentialRefiner, run_chain
 from insitu_xrd.pipeline.sequential.records import (FrameRecord, frame_arrays, records_to_dataset, site_parameter_dataset,
                                                      two_theta_axis)
@@ -110,7 +110,10 @@ def refine_sequence(
                       "sequential_options": opt.model_dump_json()})
     cells = None
     if spec.cell_lines == "auto":  # the cell's own lines, found in the first frames, become part of the model
-        cells = detect_cell_lines(patterns, spec, factory, opt)
+        # a resumed run keeps the model its stored frames were refined with
+        cells = resumed_cell_lines(ckpt, cache_key or "") if ckpt is not None and cache_key else None
+        if cells is None:
+            cells = detect_cell_lines(patterns, spec, factory, opt)
         spec = cells.apply(spec)
         all_attrs.update(cells.attrs())
     keys = frame_keys(patterns)
