@@ -38,8 +38,8 @@ import numpy as np
 from insitu_xrd.core.cell_components import CELL_COMPONENTS, CellComponent, component_phase, expected_lines
 from insitu_xrd.core.profiles import peak_fwhm_eta, pseudo_voigt
 from insitu_xrd.fit.spec import HumpSpec, PhaseSpec, RefinementSpec
-from insitu_xrd.pipeline.sequential.records import param_value
-from insitu_xrd.pipeline.sequential.search import curve_match, residual_match
+from insitu_xrd.pipeline.sequential.records import param_value, statistical_value
+from insitu_xrd.pipeline.sequential.search import curve_match, fit_profile, residual_match
 
 __all__ = ["TrialResult", "try_components", "TRIAL_Z", "ACCEPT_CHI2_GAIN", "ACCEPT_SCALE_SIGMA",
            "component_phase_spec", "STRONG_LINE_REL", "MISSING_FRACTION"]
@@ -99,14 +99,6 @@ def component_phase_spec(comp: CellComponent, name: str, lattice_scale: float) -
                      lattice_bound_pct=max(0.3, 200.0 * comp.d_tolerance), **start)
 
 
-def _instrument(fit: Any) -> dict[str, float]:
-    def v(key: str, default: float) -> float:
-        val = param_value(fit, key)[0]
-        return val if np.isfinite(val) else default
-
-    return {k: v(k, d) for k, d in (("U", 0.0), ("V", 0.0), ("W", 1.0), ("X", 0.0), ("Y", 0.0))}
-
-
 def line_peaks(comp: CellComponent, fit: Any, wavelength_A: float, lattice_scale: float) -> tuple[list[Any], list[HumpSpec]]:
     """A line-list component's lines inside the fit's range and their peaks: at the library place
     times ``lattice_scale``, the library's intrinsic width (a Scherrer-like 1/cos(theta) term)
@@ -114,7 +106,7 @@ def line_peaks(comp: CellComponent, fit: Any, wavelength_A: float, lattice_scale
     x = np.asarray(fit.two_theta_deg, dtype=float)
     lines = expected_lines(comp, wavelength_A, (float(x.min()), float(x.max())), lattice_scale=lattice_scale,
                            min_rel_intensity=LINE_MIN_REL)
-    inst = _instrument(fit)
+    inst = {k: v for k, v in fit_profile(fit).items() if k in ("U", "V", "W", "X", "Y")}
     humps = []
     for ln in lines:
         size_um = 1e-4 / ln.fwhm_inv_A if ln.fwhm_inv_A > 0 else np.inf  # width in 1/d = 1 / size
@@ -153,18 +145,9 @@ def _best_scale(fit: Any, comp: CellComponent, wavelength_A: float) -> tuple[flo
     return best
 
 
-def _statistical(fit: Any, name: str) -> tuple[float, float]:
-    """(value, statistical esd) of a fitted parameter: the serial-correlation factor taken out."""
-    val, esd = param_value(fit, name)
-    factor = float(getattr(fit, "esd_factor", 1.0) or 1.0)
-    if np.isfinite(factor) and factor > 0:
-        esd = esd / factor
-    return float(val), float(esd)
-
-
 def _significance(fit: Any, name: str) -> float:
     """The parameter over its statistical esd."""
-    val, esd = _statistical(fit, name)
+    val, esd = statistical_value(fit, name)
     return val / esd if np.isfinite(val) and np.isfinite(esd) and esd > 0 else math.nan
 
 
@@ -224,7 +207,7 @@ def _missing_lines(trial: TrialResult, fit: Any) -> list[str]:
     strongest) whose expected area, from the strongest line's fitted area and the library ratio,
     would stand 3 statistical esds out must come out with at least MISSING_FRACTION of it (one
     broad band alone, an electrolyte hump, is no carbon black)."""
-    areas = [_statistical(fit, f"bkg_hump{trial.first_hump + k}_area") for k in range(len(trial.lines))]
+    areas = [statistical_value(fit, f"bkg_hump{trial.first_hump + k}_area") for k in range(len(trial.lines))]
     strongest = int(np.argmax([ln.rel_intensity for ln in trial.lines]))
     top, top_esd = areas[strongest]
     out = []

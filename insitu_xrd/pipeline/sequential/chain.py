@@ -38,7 +38,8 @@ from insitu_xrd.core.symmetry import LATTICE_NAMES
 from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.fit.stages import SIGNIFICANCE
 from insitu_xrd.pipeline.recipe import SequentialSection
-from insitu_xrd.pipeline.sequential.records import FrameRecord, dataset_to_records, frame_arrays, param_value, record_from_fit
+from insitu_xrd.pipeline.sequential.records import (FrameRecord, dataset_to_records, frame_arrays, param_value,
+                                                     record_from_fit, statistical_value)
 from insitu_xrd.pipeline.sequential.search import phase_object, residual_match, search_lattice, seeded_spec, with_lattice
 
 __all__ = ["SequentialRefiner", "RefinementFactory", "refit_frame", "run_chain", "seam_fits_agree"]
@@ -193,11 +194,9 @@ class SequentialRefiner:
             lattice = [p for p in lattice if p.split("_", 1)[0] in self.base_phases]
             if lattice:
                 return f"at bound: {', '.join(lattice)}"
-        factor = float(getattr(fit, "esd_factor", 1.0) or 1.0)
         weak = []
         for name in fit.active_phases:
-            sc, esd = param_value(fit, f"{name}_scale")
-            esd = esd / factor if np.isfinite(factor) and factor > 0 else esd  # statistical esd
+            sc, esd = statistical_value(fit, f"{name}_scale")
             if np.isfinite(esd) and esd > 0 and not sc > SIGNIFICANCE * esd:
                 weak.append(f"{name} {sc:.4g} +/- {esd:.2g}")
         if weak and len(weak) == len(fit.active_phases):

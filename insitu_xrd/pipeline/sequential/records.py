@@ -25,7 +25,7 @@ from insitu_xrd.fit.spec import RefinementSpec
 from insitu_xrd.provenance import software_versions_json, utc_now_iso
 
 __all__ = ["site_parameter_dataset", "FrameRecord", "record_from_fit", "broadening_correlations", "records_to_dataset", "dataset_to_records",
-           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "two_theta_axis", "frame_arrays", "without_esds", "PER_PHASE_VARS",
+           "cathode_phases", "phase_onset_attrs", "automation_attrs", "param_value", "statistical_value", "two_theta_axis", "frame_arrays", "without_esds", "PER_PHASE_VARS",
            "CORR_WITH", "UNITS"]
 
 #: Per-phase output variables -> FitResult parameter suffix.
@@ -122,6 +122,14 @@ def param_value(fit: Any, name: str) -> tuple[float, float]:
         esd = p.stderr if (p.vary and p.stderr is not None) else math.nan
         return float(p.value), float(esd)
     return math.nan, math.nan
+
+
+def statistical_value(fit: Any, name: str) -> tuple[float, float]:
+    """(value, statistical esd) of the parameter ``name``: the fit's serial-correlation factor
+    (``esd_factor``) taken out of its esd, for decisions a correlated residual must not sway."""
+    val, esd = param_value(fit, name)
+    factor = float(getattr(fit, "esd_factor", 1.0) or 1.0)
+    return val, (esd / factor if np.isfinite(factor) and factor > 0 else esd)
 
 
 #: refined per-phase parameters whose missing esd means the fit held the phase

@@ -18,7 +18,7 @@ from scipy import ndimage
 from insitu_xrd.core.symmetry import reciprocal_metric_and_derivatives, row_echelon
 from insitu_xrd.fit.spec import RefinementSpec
 
-__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice", "residual_match", "curve_match"]
+__all__ = ["coarse_lattice_search", "search_lattice", "seeded_spec", "phase_object", "with_lattice", "residual_match", "curve_match", "fit_profile"]
 
 
 def _smooth_signal(tth: np.ndarray, intensity: np.ndarray, sigma_bins: float) -> np.ndarray:
@@ -314,6 +314,18 @@ def with_lattice(spec: RefinementSpec, name: str, a: float, c: float, **more: fl
     return spec.model_copy(update={"phases": phases})
 
 
+def fit_profile(fit: Any) -> dict[str, float]:
+    """The fit's instrument profile (GSAS-II U, V, W, X, Y; zero_deg, deg; sh_l), each parameter
+    the fit lacks at its neutral value (W = 1: a finite width)."""
+    from insitu_xrd.pipeline.sequential.records import param_value
+
+    out = {}
+    for key, default in (("U", 0.0), ("V", 0.0), ("W", 1.0), ("X", 0.0), ("Y", 0.0), ("zero_deg", 0.0), ("sh_l", 0.0)):
+        val = param_value(fit, key)[0]
+        out[key] = val if np.isfinite(val) else default
+    return out
+
+
 def residual_match(fit: Any, phase: Any, wavelength_A: float, mustrain: float, size_um: float | None = None
                    ) -> tuple[float, float]:
     """How much of ``phase``'s calculated pattern is in the weighted residual of ``fit``.
@@ -325,14 +337,8 @@ def residual_match(fit: Any, phase: Any, wavelength_A: float, mustrain: float, s
     overestimates what a full fit finds: a cheap gate before one, never a decision alone.
     """
     from insitu_xrd.core.pattern import Instrument, PhaseState, calc_pattern
-    from insitu_xrd.pipeline.sequential.records import param_value
 
-    def v(key: str, default: float) -> float:
-        val = param_value(fit, key)[0]
-        return val if np.isfinite(val) else default
-
-    inst = Instrument(wavelength_A, U=v("U", 0.0), V=v("V", 0.0), W=v("W", 1.0), X=v("X", 0.0),
-                      Y=v("Y", 0.0), zero_deg=v("zero_deg", 0.0), sh_l=v("sh_l", 0.0))
+    inst = Instrument(wavelength_A, **fit_profile(fit))
     x = np.asarray(fit.two_theta_deg, dtype=float)
     curve = calc_pattern(x, [PhaseState(phase, scale=1.0, mustrain=max(mustrain, 0.0),
                                         size_um=size_um or np.inf)], inst).phases[phase.name]
